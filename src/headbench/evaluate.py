@@ -1,0 +1,328 @@
+"""Metrics and statistics for comparing heads.
+
+- `classification_metrics`: accuracy, top-5, macro-F1, NLL and ECE from logits.
+- `calibration_bins`: per-bin confidence / accuracy / count behind ECE and reliability plots.
+- `mean_ci`: Student-t interval of a mean over seeds (the t quantile is computed here, from the
+  regularized incomplete beta function; no scipy).
+- `paired_diff_ci`: paired t interval of a - b over seeds (same seeds, same splits).
+- `bootstrap_diff_ci`: paired bootstrap over test images of an accuracy difference.
+- `measure_latency`: median wall-clock time per batch and per image.
+
+Seeds answer "how much does training noise move this number?"; the bootstrap answers "how much
+does the choice of test images move it?". They are different questions; report the one you mean.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from headbench.errors import HeadbenchError, unknown
+
+ECE_BINS = 15
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def softmax(logits: Any) -> np.ndarray:
+    """Row-wise softmax in float64, stable for large logits."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def confusion_matrix(pred: Any, y: Any, num_classes: int) -> np.ndarray:
+    """Counts (true class, predicted class), shape (K, K)."""
+    pred, y = np.asarray(pred, dtype=np.int64), np.asarray(y, dtype=np.int64)
+    counts = np.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def macro_f1(pred: Any, y: Any, num_classes: int) -> float:
+    """Mean per-class F1 over classes present in `y` or in `pred` (others are undefined)."""
+    cm = confusion_matrix(pred, y, num_classes)
+    tp = np.diag(cm).astype(np.float64)
+    fp, fn = cm.sum(axis=0) - tp, cm.sum(axis=1) - tp
+    present = (tp + fp + fn) > 0
+    return float(np.mean(2 * tp[present] / (2 * tp + fp + fn)[present]))
+
+
+def calibration_bins(probs: Any, y: Any, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Top-1 confidence vs accuracy in `bins` equal-width bins (lo, hi] over [0, 1].
+
+    Returns:
+        dict with `edges` (bins + 1,), and per bin `confidence` (mean top-1 probability),
+        `accuracy` and `count`; empty bins have NaN confidence and accuracy and count 0.
+    """
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    which = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(which, weights=conf, minlength=bins) / count
+        accuracy = np.bincount(which, weights=correct, minlength=bins) / count
+    return {"edges": np.linspace(0.0, 1.0, bins + 1), "confidence": confidence,
+            "accuracy": accuracy, "count": count}
+
+
+def expected_calibration_error(probs: Any, y: Any, bins: int = ECE_BINS) -> float:
+    """Sum over bins of |accuracy - confidence| weighted by the bin's share of images."""
+    b = calibration_bins(probs, y, bins)
+    filled = b["count"] > 0
+    gaps = np.abs(b["accuracy"][filled] - b["confidence"][filled])
+    return float(np.sum(gaps * b["count"][filled]) / b["count"].sum())
+
+
+def classification_metrics(logits: Any, y: Any, num_classes: int) -> dict[str, Any]:
+    """Accuracy, top-5, macro-F1, NLL and ECE of (N, K) logits against labels y.
+
+    Returns:
+        dict with `accuracy`, `top5` (None unless num_classes > 5), `macro_f1` (classes absent
+        from both y and the predictions excluded), `nll` (mean cross-entropy, nats), `ece`
+        (15 equal-width confidence bins) and `n`.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    if logits.ndim != 2 or logits.shape != (len(y), num_classes) or len(y) == 0:
+        raise ValueError(f"logits must be (N, {num_classes}) with N = len(y) = {len(y)} > 0, "
+                         f"got {logits.shape}")
+    pred = logits.argmax(axis=1)
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    top5 = None
+    if num_classes > 5:
+        best5 = np.argpartition(-logits, 4, axis=1)[:, :5]
+        top5 = float(np.mean((best5 == y[:, None]).any(axis=1)))
+    return {"accuracy": float(np.mean(pred == y)), "top5": top5,
+            "macro_f1": macro_f1(pred, y, num_classes),
+            "nll": float(-np.mean(log_probs[np.arange(len(y)), y])),
+            "ece": expected_calibration_error(np.exp(log_probs), y), "n": int(len(y))}
+
+
+# ----------------------------------------------------------------------------- Student t
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)),
+                    -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                 + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """CDF of Student's t with `df` degrees of freedom."""
+    # Two forms of the same identity, each exact where the other cancels.
+    x = df / (df + t * t)
+    if x < 0.5:  # |t| large: the tail directly
+        tail = 0.5 * betainc(df / 2.0, 0.5, x)
+    else:        # |t| small: 1 - x computed without cancellation
+        tail = 0.5 - 0.5 * betainc(0.5, df / 2.0, t * t / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Inverse CDF of Student's t (bisection on `t_cdf`); t_quantile(0.975, 4) = 2.776."""
+    if not 0.0 < p < 1.0 or not df > 0:
+        raise ValueError(f"need 0 < p < 1 and df > 0, got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise HeadbenchError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval (n - 1 df) of values over seeds.
+
+    Returns:
+        (mean, lo, hi); with a single value (value, nan, nan) -- one seed says nothing about
+        seed-to-seed spread.
+
+    Example:
+        >>> m, lo, hi = mean_ci([0.80, 0.82, 0.84])
+        >>> round(m, 2), round(hi - m, 4)
+        (0.82, 0.0497)
+    """
+    _check_confidence(confidence)
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("mean_ci needs at least one value")
+    mean = float(v.mean())
+    if v.size == 1:
+        return mean, math.nan, math.nan
+    t = t_quantile(0.5 + confidence / 2.0, v.size - 1)
+    half = t * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return mean, mean - half, mean + half
+
+
+def paired_diff_ci(a: Sequence[float], b: Sequence[float],
+                   confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a - b and its paired t interval; a[i] and b[i] share seed i."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need equal lengths, got {a.shape} and {b.shape}")
+    return mean_ci(a - b, confidence)
+
+
+def bootstrap_diff_ci(correct_a: Any, correct_b: Any, n_boot: int = 2000, seed: int = 0,
+                      confidence: float = 0.95) -> tuple[float, float, float]:
+    """Accuracy difference a - b and its paired percentile-bootstrap interval over test images.
+
+    Args:
+        correct_a, correct_b: per-image correctness (bool or 0/1) of two heads on the same
+            images, in the same order.
+        n_boot: bootstrap resamples.
+        seed: seeds the resampling.
+
+    Resampling images with replacement only changes how often each value of the per-image
+    difference (-1, 0, 1) occurs, so each resample is drawn as one multinomial count vector:
+    exact, and O(n_boot) memory instead of O(n_boot * N).
+    """
+    _check_confidence(confidence)
+    d = np.asarray(correct_a, dtype=np.float64) - np.asarray(correct_b, dtype=np.float64)
+    if d.ndim != 1 or d.size == 0 or np.shape(correct_a) != np.shape(correct_b):
+        raise ValueError("correct_a and correct_b must be equal-length, non-empty 1-d arrays")
+    values, counts = np.unique(d, return_counts=True)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(d.size, counts / d.size, size=n_boot)
+    boot = draws @ values / d.size
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(d.mean()), float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- latency
+
+_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _autocast_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise unknown("autocast dtype", dtype, _DTYPES)
+    return _DTYPES[dtype]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_batch(module: nn.Module, x: torch.Tensor, warmup: int, repeats: int,
+                autocast: torch.dtype | None) -> float:
+    """Median seconds for one forward pass on x."""
+    device = x.device
+    ctx = (torch.autocast(device.type, dtype=autocast) if autocast is not None
+           else contextlib.nullcontext())
+    times = []
+    with torch.inference_mode(), ctx:
+        for i in range(warmup + repeats):
+            _sync(device)
+            start = time.perf_counter()
+            module(x)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_latency(module: nn.Module, input_shape: Sequence[int],
+                    device: str | torch.device | None = None,
+                    batch_sizes: Sequence[int] = (1, 32), warmup: int = 2, repeats: int = 5,
+                    autocast_dtype: str | torch.dtype | None = None,
+                    channels_last: bool = False) -> dict[int, dict[str, float]]:
+    """Median forward time of `module` on random inputs of shape (batch, *input_shape).
+
+    The module runs in eval mode under `torch.inference_mode`; CUDA is synchronised around each
+    timed call. Its device, mode and memory format are restored afterwards.
+
+    Args:
+        input_shape: one input without the batch dimension, e.g. (3, 224, 224) for a model or
+            (C, H, W) of the feature map for a head.
+        batch_sizes: batch sizes to time.
+        warmup, repeats: untimed calls, then timed calls whose median is reported.
+        autocast_dtype: None (float32), 'float16' or 'bfloat16'.
+        channels_last: run module and input in channels-last memory format.
+
+    Returns:
+        batch size -> {`ms_per_batch`, `ms_per_image`, `images_per_s`}, e.g.
+        `measure_latency(head, (1280, 7, 7))[32]["images_per_s"]`.
+    """
+    from headbench.train import resolve_device
+
+    if repeats < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
+        raise HeadbenchError("latency needs repeats >= 1, warmup >= 0 and batch sizes >= 1")
+    device = resolve_device(device)
+    autocast = _autocast_dtype(autocast_dtype)
+    param = next(module.parameters(), None)
+    home = param.device if param is not None else torch.device("cpu")
+    was_training = module.training
+    module.to(device).eval()
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(0)
+    per_batch = {}
+    try:
+        for bs in batch_sizes:
+            x = torch.randn((bs, *input_shape), generator=generator).to(device)
+            if channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            seconds = _time_batch(module, x, warmup, repeats, autocast)
+            per_batch[int(bs)] = {"ms_per_batch": seconds * 1e3,
+                                  "ms_per_image": seconds * 1e3 / bs,
+                                  "images_per_s": bs / seconds}
+    finally:
+        if channels_last:
+            module.to(memory_format=torch.contiguous_format)
+        module.to(home).train(was_training)
+    return per_batch

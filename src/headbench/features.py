@@ -1,0 +1,576 @@
+"""The on-disk feature cache: the backbone runs once per image.
+
+Heads are trained on the backbone's *unpooled* feature map (C, H, W), so flatten, average-pool
+and attention heads train from the same cache as `gap`. Maps are stored as float16 in
+memory-mappable `.npy` chunks:
+
+    <cache_dir>/<key>/meta.json              what produced the features (the key's fields + more)
+    <cache_dir>/<key>/chunks/000000.npy      float16 (n, C, H, W)
+    <cache_dir>/<key>/chunks/000000.json     {"digests": [n content digests, row order],
+                                              "failures": {digest: reason}}
+
+The key hashes everything that changes the numbers: backbone, weights checksum, data config,
+input size, view (resize / shift / margin), precision and the format version. Rows are found by
+the image's content digest, so a new or changed file is extracted alone and an unchanged one
+never again; decode failures are cached with their reason the same way.
+
+A chunk counts only once its `.json` exists: the `.npy` is committed first (temp file +
+`os.replace`), then the `.json`. An interrupted extraction therefore resumes after the last
+finished chunk, and a half-written `.npy` without its `.json` is ignored and later overwritten.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import io, progress
+from .data import BadImage, View, draft_size, load_image, make_transform
+from .errors import HeadbenchError, unknown
+
+FORMAT_VERSION = 1
+PRECISIONS = ("auto", "fp32", "bf16")
+FP16_MAX = 65504.0  # largest finite float16; larger activations would be stored as inf
+_CHUNK_RE = re.compile(r"^(\d+)\.(npy|json)$")
+_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
+_OPEN_CHUNKS = 128  # memory maps kept open per FeatureSet (each holds a file descriptor)
+
+
+# --------------------------------------------------------------------------- cache location
+
+
+def default_cache_dir() -> Path:
+    """`$HEADBENCH_CACHE`, else `$XDG_CACHE_HOME/headbench`, else `~/.cache/headbench`."""
+    if os.environ.get("HEADBENCH_CACHE"):
+        return Path(os.environ["HEADBENCH_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "headbench"
+    return Path.home() / ".cache" / "headbench"
+
+
+# --------------------------------------------------------------------------- precision
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:  # not Linux: no way to tell cheaply, assume no native bf16
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return frozenset(flags)
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        try:  # emulated bf16 (pre-Ampere) is slower than fp32, so it does not count
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:
+            return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """The inference precision actually used: 'fp32' or 'bf16'.
+
+    'auto' picks bf16 only where the hardware runs it natively (CUDA with bf16 support, or a CPU
+    with avx512_bf16 / amx_bf16) and fp32 elsewhere; 'bf16' on other hardware is an error
+    rather than a silent, slow emulation.
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise unknown("precision", str(precision), PRECISIONS)
+    if precision == "fp32":
+        return "fp32"
+    supported = _bf16_supported(device)
+    if precision == "bf16" and not supported:
+        raise HeadbenchError(f"precision 'bf16' is not supported natively on {device.type} "
+                             "(needs a CUDA GPU with bf16 or a CPU with avx512_bf16/amx_bf16): "
+                             "use precision 'fp32' or 'auto'")
+    return "bf16" if supported else "fp32"
+
+
+# --------------------------------------------------------------------------- cache key
+
+
+def _input_size(backbone: Any, view: View) -> int | list[int]:
+    """The image size the backbone sees under `view`."""
+    return view.size if view.size is not None else list(backbone.data_config["input_size"][1:])
+
+
+def key_fields(backbone: Any, view: View, precision: str) -> dict[str, Any]:
+    """Everything that changes the stored numbers; their hash is the cache key."""
+    return {"format": FORMAT_VERSION, "backbone": backbone.timm_name,
+            "weights_checksum": backbone.weights_checksum,
+            "data_config": backbone.data_config, "input_size": _input_size(backbone, view),
+            "view": view.key, "precision": precision}
+
+
+def cache_key(fields: dict[str, Any]) -> str:
+    """First 16 hex digits of the sha256 of the canonical JSON of `fields`."""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- chunks on disk
+
+
+def _npy_rows(path: Path) -> int | None:
+    """Rows of a complete .npy file, or None when it is missing or truncated."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read(f)
+            expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+        return shape[0] if os.path.getsize(path) == expected and shape else None
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class _Index:
+    """What the committed chunks of one cache entry hold."""
+    rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # digest -> (chunk, row)
+    failures: dict[str, str] = field(default_factory=dict)  # digest -> reason
+    next_chunk: int = 0
+
+    @classmethod
+    def load(cls, chunks: Path) -> "_Index":
+        index = cls()
+        numbers = sorted(int(m[1]) for p in _listdir(chunks)
+                         if (m := _CHUNK_RE.match(p.name)) and m[2] == "json")
+        for number in numbers:
+            index.next_chunk = number + 1
+            try:
+                record = json.loads((chunks / f"{number:06d}.json").read_text())
+                digests, failures = list(record["digests"]), dict(record["failures"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # unreadable record: treat the chunk as never written
+            if digests and _npy_rows(chunks / f"{number:06d}.npy") != len(digests):
+                continue
+            index.failures.update(failures)
+            index.rows.update((d, (number, row)) for row, d in enumerate(digests))
+        return index
+
+    def knows(self, digest: str) -> bool:
+        return digest in self.rows or digest in self.failures
+
+
+def _listdir(path: Path) -> list[Path]:
+    try:
+        return list(path.iterdir())
+    except OSError:
+        return []
+
+
+def _commit_chunk(chunks: Path, number: int, features: np.ndarray, digests: list[str],
+                  failures: dict[str, str]) -> None:
+    """Write one chunk: the .npy first, then the .json that makes it count."""
+    if digests:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, features)
+        io.atomic_write(chunks / f"{number:06d}.npy", write)
+    io.atomic_write_json(chunks / f"{number:06d}.json",
+                         {"digests": digests, "failures": failures})
+
+
+@contextlib.contextmanager
+def _entry_lock(entry: Path) -> Iterator[None]:
+    """Serialise extraction into one entry across processes (chunk numbers would collide)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): concurrent runs into one entry are unsupported
+        yield
+        return
+    entry.mkdir(parents=True, exist_ok=True)
+    with open(entry / "lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress.log(f"waiting for another headbench process extracting into {entry}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class ImageFiles(Dataset):
+    """Decodes and transforms image files; a file that fails to decode yields its reason.
+
+    Item `i` is `(tensor (3, S, S), i, "")`, or `(empty tensor, i, reason)` for a file that
+    cannot be decoded, so one corrupt file never stops a DataLoader worker.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], transform: Any,
+                 draft: tuple[int, int] | None = None):
+        self.paths, self.transform, self.draft = list(paths), transform, draft
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            image = load_image(self.paths[i], draft=self.draft)
+            return self.transform(image), i, ""
+        except BadImage as e:
+            return torch.empty(0), i, str(e) or type(e).__name__
+        except OSError as e:  # unreadable file, PIL decoder error
+            return torch.empty(0), i, f"{type(e).__name__}: {e}"
+
+
+def _collate(items: list[tuple[torch.Tensor, int, str]]
+             ) -> tuple[torch.Tensor | None, list[int], list[int], list[str]]:
+    """(stacked good images, their indices, failed indices, failure reasons)."""
+    good = [(x, i) for x, i, reason in items if not reason]
+    bad = [(i, reason) for _, i, reason in items if reason]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, [i for _, i in good], [i for i, _ in bad], [r for _, r in bad]
+
+
+def _default_workers() -> int:
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 1 else min(4, cores)
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+@contextlib.contextmanager
+def _placed(backbone: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Backbone on `device`, channels_last, eval; put back as it was afterwards."""
+    first = next(backbone.parameters(), None)
+    home = first.device if first is not None else torch.device("cpu")
+    training = backbone.training
+    backbone.to(device=device, memory_format=torch.channels_last).eval()
+    try:
+        yield
+    finally:
+        backbone.to(device=home, memory_format=torch.contiguous_format).train(training)
+
+
+def _forward(backbone: torch.nn.Module, images: torch.Tensor, device: torch.device,
+             precision: str) -> np.ndarray:
+    """float16 (n, C, H, W) feature maps of one batch."""
+    x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    with torch.inference_mode():
+        with autocast:
+            out = backbone(x)
+        out = out.float().clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
+        return out.contiguous().cpu().numpy()
+
+
+class _ChunkWriter:
+    """Buffers extracted rows and commits them `chunk_size` at a time."""
+
+    def __init__(self, chunks: Path, first_number: int, chunk_size: int, shape: tuple):
+        self.chunks, self.number, self.chunk_size, self.shape = chunks, first_number, chunk_size, shape
+        self.arrays: list[np.ndarray] = []
+        self.digests: list[str] = []
+        self.failures: dict[str, str] = {}
+
+    def add(self, features: np.ndarray, digests: list[str], failures: dict[str, str]) -> None:
+        self.arrays.append(features)
+        self.digests += digests
+        self.failures.update(failures)
+        while len(self.digests) + len(self.failures) >= self.chunk_size:
+            self.flush(self.chunk_size)
+
+    def flush(self, limit: int | None = None) -> None:
+        """Commit up to `limit` buffered items (rows first, then failures)."""
+        if not self.digests and not self.failures:
+            return
+        rows = np.concatenate(self.arrays) if self.arrays else np.empty((0, *self.shape), np.float16)
+        n_rows = min(len(self.digests), limit if limit is not None else len(self.digests))
+        n_fail = min(len(self.failures), (limit - n_rows) if limit is not None else len(self.failures))
+        failed = dict(list(self.failures.items())[:n_fail])
+        _commit_chunk(self.chunks, self.number, rows[:n_rows], self.digests[:n_rows], failed)
+        self.number += 1
+        self.arrays, self.digests = [rows[n_rows:]], self.digests[n_rows:]
+        self.failures = {d: r for d, r in self.failures.items() if d not in failed}
+
+
+def _ensure_meta(entry: Path, fields: dict[str, Any], backbone: Any, view: View) -> dict:
+    """meta.json of the entry, written on first use."""
+    try:
+        return json.loads((entry / "meta.json").read_text())
+    except (OSError, ValueError):
+        pass
+    meta = dict(fields, backbone_name=backbone.name, weights=str(backbone.weights),
+                feature_shape=list(backbone.feature_shape(view.size)),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    io.atomic_write_json(entry / "meta.json", meta)
+    return meta
+
+
+def _run(backbone: Any, todo: list[tuple[str, Path]], view: View, precision: str,
+         device: torch.device, chunks: Path, index: _Index, shape: tuple, batch_size: int,
+         workers: int, chunk_size: int, description: str) -> int:
+    """Extract the (digest, path) pairs in `todo` into new chunks; the number of rows written."""
+    dataset = ImageFiles([p for _, p in todo], make_transform(backbone.data_config, view),
+                         draft_size(backbone.data_config, view))
+    n_batches = -(-len(todo) // batch_size)
+    # With a single batch a worker only adds start-up time: decoding is serial either way.
+    workers = 0 if n_batches == 1 else min(workers, n_batches)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, pin_memory=device.type == "cuda")
+    writer = _ChunkWriter(chunks, index.next_chunk, chunk_size, shape)
+    n_rows = 0
+    with _placed(backbone, device), progress.progress(description, total=len(todo),
+                                                      unit="img") as bar:
+        for images, good, bad, reasons in loader:
+            features = (_forward(backbone, images, device, precision) if images is not None
+                        else np.empty((0, *shape), np.float16))
+            if features.shape[1:] != shape:
+                raise RuntimeError(f"backbone produced {features.shape[1:]}, meta says {shape}")
+            writer.add(features, [todo[i][0] for i in good],
+                       {todo[i][0]: r for i, r in zip(bad, reasons)})
+            n_rows += len(good)
+            bar.advance(len(good) + len(bad))
+            if bad:
+                bar.set_postfix(f"{len(writer.failures) + len(index.failures)} unreadable")
+        writer.flush()
+    return n_rows
+
+
+def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
+            view: View = View(), precision: str = "auto", cache_dir: str | Path | None = None,
+            batch_size: int = 32, workers: int | None = None,
+            device: str | torch.device | None = None, chunk_size: int = 256,
+            description: str = "extracting features") -> "FeatureSet":
+    """Feature maps of `paths` under `view`, computing only those not cached yet.
+
+    Args:
+        backbone: a `headbench.backbones.Backbone`.
+        paths: image files.
+        digests: content digest of each file (`data.file_digest`); the cache is keyed by it.
+        view: resize / shift / margin applied before the backbone.
+        precision: 'auto' (bf16 where the hardware has it, else fp32), 'fp32' or 'bf16'.
+        cache_dir: cache root; default `default_cache_dir()`.
+        batch_size: images per forward pass.
+        workers: decoding processes; default min(4, cores), 0 on a single core.
+        device: default `headbench.model.default_device()`.
+        chunk_size: images per committed chunk (the unit an interrupted run resumes from).
+        description: progress bar label.
+
+    Returns:
+        A `FeatureSet` over all files, in the order given.
+    """
+    if len(paths) != len(digests):
+        raise ValueError(f"{len(paths)} paths but {len(digests)} digests")
+    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
+        if value < 1:
+            raise HeadbenchError(f"{name} must be at least 1, got {value}")
+    if workers is not None and workers < 0:
+        raise HeadbenchError(f"workers must be 0 or more, got {workers}")
+    if device is None:
+        from .model import default_device
+        device = default_device()
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    fields = key_fields(backbone, view, precision)
+    key = cache_key(fields)
+    entry = Path(cache_dir or default_cache_dir()) / key
+    index = _Index.load(entry / "chunks")
+    n_extracted = 0
+    if not all(index.knows(d) for d in digests):
+        with _entry_lock(entry):
+            index = _Index.load(entry / "chunks")  # another process may have filled it meanwhile
+            todo = list({d: Path(p) for p, d in zip(paths, digests) if not index.knows(d)}.items())
+            if todo:
+                meta = _ensure_meta(entry, fields, backbone, view)
+                n_extracted = _run(backbone, todo, view, precision, device, entry / "chunks",
+                                   index, tuple(meta["feature_shape"]), batch_size,
+                                   _default_workers() if workers is None else workers,
+                                   chunk_size, description)
+                index = _Index.load(entry / "chunks")
+    meta = _ensure_meta(entry, fields, backbone, view)
+    return FeatureSet(key, meta, entry, list(digests), index, n_extracted)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class FeatureSet:
+    """Cached feature maps of a list of files, read straight from the chunk memory maps.
+
+    Attributes:
+        key: the cache key (entry directory name).
+        meta: contents of the entry's meta.json.
+        shape: (C, H, W) of one feature map.
+        n_extracted: rows computed by the `extract` call that returned this set.
+        failures: file index -> reason, for files that could not be decoded.
+        valid: bool array, True where a file has features.
+
+    Example:
+        >>> fs = extract(backbone, paths, digests, cache_dir=tmp)  # doctest: +SKIP
+        >>> fs.take(np.flatnonzero(fs.valid)[:8]).shape  # doctest: +SKIP
+        (8, 512, 2, 2)
+    """
+
+    def __init__(self, key: str, meta: dict, entry: Path, digests: list[str], index: _Index,
+                 n_extracted: int):
+        self.key, self.meta, self.path, self.digests = key, meta, entry, digests
+        self.shape = tuple(meta["feature_shape"])
+        self.n_extracted = n_extracted
+        located = [index.rows.get(d, (-1, -1)) for d in digests]
+        self._chunk = np.array([c for c, _ in located], dtype=np.int64)
+        self._row = np.array([r for _, r in located], dtype=np.int64)
+        self.valid = self._chunk >= 0
+        self.failures = {i: index.failures[d] for i, d in enumerate(digests)
+                         if not self.valid[i] and d in index.failures}
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def __repr__(self) -> str:
+        return (f"FeatureSet(key={self.key!r}, files={len(self)}, valid={int(self.valid.sum())}, "
+                f"shape={self.shape})")
+
+    def _map(self, chunk: int) -> np.ndarray:
+        if chunk in self._maps:
+            self._maps.move_to_end(chunk)
+        else:
+            self._maps[chunk] = np.load(self.path / "chunks" / f"{chunk:06d}.npy", mmap_mode="r")
+            if len(self._maps) > _OPEN_CHUNKS:
+                self._maps.popitem(last=False)
+        return self._maps[chunk]
+
+    def _indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise IndexError(f"boolean mask of shape {idx.shape} for {len(self)} files")
+            return np.flatnonzero(idx)
+        if idx.size == 0:
+            return np.empty(0, dtype=np.int64)
+        idx = idx.astype(np.int64, casting="same_kind").reshape(-1)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"file index out of range for {len(self)} files")
+        idx = np.where(idx < 0, idx + len(self), idx)
+        bad = idx[~self.valid[idx]]
+        if bad.size:
+            i = int(bad[0])
+            why = self.failures.get(i, "not extracted")
+            raise IndexError(f"file {i} has no features ({why}); select with FeatureSet.valid")
+        return idx
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """float16 (n, C, H, W) feature maps of the given file indices, in that order."""
+        idx = self._indices(indices)
+        out = np.empty((len(idx), *self.shape), dtype=np.float16)
+        chunks = self._chunk[idx]
+        for chunk in np.unique(chunks):
+            where = np.flatnonzero(chunks == chunk)
+            rows = self._row[idx[where]]
+            order = np.argsort(rows, kind="stable")  # read each chunk front to back
+            out[where[order]] = self._map(int(chunk))[rows[order]]
+        return out
+
+    rows = take
+
+    def __getitem__(self, indices: int | Sequence[int] | np.ndarray) -> np.ndarray:
+        """`fs[i]` is one (C, H, W) map; `fs[indices]` is `fs.take(indices)`."""
+        if isinstance(indices, (int, np.integer)):
+            return self.take([int(indices)])[0]
+        return self.take(indices)
+
+
+# --------------------------------------------------------------------------- management
+
+
+def _entry_dirs(cache_dir: Path) -> list[Path]:
+    """Entry directories (named like a key, so nothing else under the root is ever touched)."""
+    return sorted(p for p in _listdir(cache_dir) if p.is_dir() and _KEY_RE.match(p.name))
+
+
+def _size_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+def list_entries(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """One dict per cache entry, oldest first: key, backbone, weights, view, precision,
+    images (cached feature rows), failures, size_bytes, path, created.
+
+    Entries whose meta.json is missing or unreadable (an extraction that never got going) are
+    listed with None for the fields it would have held, so they can still be removed.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    entries = []
+    for entry in _entry_dirs(cache_dir):
+        try:
+            meta = json.loads((entry / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        index = _Index.load(entry / "chunks")
+        entries.append({"key": entry.name, "backbone": meta.get("backbone_name"),
+                        "weights": meta.get("weights"), "view": meta.get("view"),
+                        "precision": meta.get("precision"), "images": len(index.rows),
+                        "failures": len(index.failures), "size_bytes": _size_bytes(entry),
+                        "path": str(entry), "created": meta.get("created")})
+    return sorted(entries, key=lambda e: (e["created"] or "", e["key"]))
+
+
+def remove_entries(cache_dir: str | Path | None = None,
+                   keys: Sequence[str] | None = None) -> int:
+    """Delete cache entries; `keys` None deletes all. Returns how many were removed.
+
+    Each key may be a unique prefix; an unknown or ambiguous one is an error and then nothing
+    is deleted.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    entries = _entry_dirs(cache_dir)
+    if keys is None:
+        chosen = entries
+    else:
+        chosen = list({e.name: e for e in (_match(entries, k, cache_dir) for k in keys)}.values())
+    for entry in chosen:
+        # Rename first so readers never see a half-deleted entry, then delete.
+        trash = entry.with_name(f".removing-{entry.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(entry, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return len(chosen)
+
+
+def _match(entries: list[Path], prefix: str, cache_dir: Path) -> Path:
+    hits = [e for e in entries if prefix and e.name.startswith(prefix.lower())]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise HeadbenchError(f"no cache entry '{prefix}' in {cache_dir}: "
+                             "list the keys with `headbench cache ls`")
+    raise HeadbenchError(f"cache key '{prefix}' matches {len(hits)} entries "
+                         f"({', '.join(e.name for e in hits[:4])}): give more characters")

@@ -1,0 +1,415 @@
+"""Keras-semantics pooling layers as PyTorch modules: the building blocks of headbench's heads.
+
+Every layer takes ``data_format='channels_first'`` (PyTorch's NCHW, the default) or
+``'channels_last'`` (Keras' NHWC); :func:`to_channels_first` is the one place layouts are handled.
+
+Global pools, (N, C, H, W) -> (N, C) for any H×W (``keepdims=True`` keeps the 1×1 spatial axes):
+
+- ``GlobalAvgPool2d``: mean over positions (Keras ``GlobalAveragePooling2D``).
+- ``GlobalMaxPool2d``: max over positions (Keras ``GlobalMaxPooling2D``).
+- ``GeM``: generalised mean ``mean(x^p)^(1/p)``; p=1 is average pooling, p→∞ tends to max.
+- ``AvgMax``: ``(avg + max) / 2``.
+- ``CatAvgMax``: ``[avg, max]`` concatenated, (N, 2C).
+- ``AttentionPool2d``: a learned query attends over the H·W positions (softmax-weighted mean).
+
+Fixed-size layers, whose output size depends on the map size:
+
+- ``AvgPool2d``: local average pooling with Keras ``pool_size`` / ``strides`` / ``padding``.
+- ``Flatten``: (N, C, H, W) -> (N, C·H·W).
+
+And ``PerPosition``, which applies a module (e.g. a Linear stack) to every spatial position —
+Keras' ``Dense`` on a 4-D tensor.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headbench import errors
+from headbench.errors import HeadbenchError
+
+DATA_FORMATS = ("channels_first", "channels_last")
+
+
+def check_data_format(data_format: str) -> str:
+    """Return `data_format` if it is 'channels_first' or 'channels_last', else raise."""
+    if data_format not in DATA_FORMATS:
+        raise errors.unknown("data_format", data_format, DATA_FORMATS)
+    return data_format
+
+
+def to_channels_first(x: torch.Tensor, data_format: str) -> torch.Tensor:
+    """View a 4-D tensor in `data_format` as NCHW (channels_last input is permuted)."""
+    if x.dim() != 4:
+        raise HeadbenchError(f"expected a 4-D feature map (N, C, H, W), got shape {tuple(x.shape)}")
+    if check_data_format(data_format) == "channels_last":
+        return x.permute(0, 3, 1, 2)
+    return x
+
+
+def from_channels_first(x: torch.Tensor, data_format: str) -> torch.Tensor:
+    """Inverse of :func:`to_channels_first`: give an NCHW tensor back in `data_format`."""
+    return x.permute(0, 2, 3, 1) if data_format == "channels_last" else x
+
+
+def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(int(v) < 1 for v in pair):
+        raise HeadbenchError(f"{name} must be a positive int or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _size_text(pair: tuple[int, int]) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}×{pair[1]}"
+
+
+# --- global pooling -----------------------------------------------------------------------------
+
+class _GlobalPool(nn.Module):
+    """Holds `data_format` and `keepdims`; subclasses implement `pool(x)` on NCHW -> (N, C')."""
+
+    def __init__(self, keepdims: bool = False, data_format: str = "channels_first"):
+        super().__init__()
+        self.keepdims = keepdims
+        self.data_format = check_data_format(data_format)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool(to_channels_first(x, self.data_format))
+        if not self.keepdims:
+            return y
+        return y[:, None, None, :] if self.data_format == "channels_last" else y[:, :, None, None]
+
+    def extra_repr(self) -> str:
+        parts = ["keepdims=True"] if self.keepdims else []
+        if self.data_format != "channels_first":
+            parts.append(f"data_format='{self.data_format}'")
+        return ", ".join(parts)
+
+
+class GlobalAvgPool2d(_GlobalPool):
+    """Global average pooling (Keras ``GlobalAveragePooling2D``).
+
+    Args:
+        keepdims: keep the spatial axes with length 1.
+        data_format: 'channels_first' (N, C, H, W) or 'channels_last' (N, H, W, C).
+
+    Input shape: (N, C, H, W), or (N, H, W, C) for channels_last.
+    Output shape: (N, C); with keepdims (N, C, 1, 1), or (N, 1, 1, C) for channels_last.
+
+    Example:
+        >>> x = torch.arange(1., 10.).reshape(1, 3, 3, 1)
+        >>> GlobalAvgPool2d(data_format='channels_last')(x)
+        tensor([[5.]])
+    """
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class GlobalMaxPool2d(_GlobalPool):
+    """Global max pooling (Keras ``GlobalMaxPooling2D``).
+
+    Args:
+        keepdims: keep the spatial axes with length 1.
+        data_format: 'channels_first' (N, C, H, W) or 'channels_last' (N, H, W, C).
+
+    Input shape: (N, C, H, W), or (N, H, W, C) for channels_last.
+    Output shape: (N, C); with keepdims (N, C, 1, 1), or (N, 1, 1, C) for channels_last.
+
+    Example:
+        >>> x = torch.arange(1., 10.).reshape(1, 3, 3, 1)
+        >>> GlobalMaxPool2d(data_format='channels_last')(x)
+        tensor([[9.]])
+    """
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3))
+
+
+class GeM(_GlobalPool):
+    """Generalised-mean pooling: ``mean(clamp(x, eps)^p) ^ (1/p)`` over positions.
+
+    p=1 is average pooling; as p grows the result tends to max pooling. Inputs are clamped to
+    `eps` because a fractional power of a negative number is undefined (post-ReLU maps are ≥ 0).
+
+    Args:
+        p: initial exponent.
+        learnable: make p a trained parameter (otherwise a fixed buffer).
+        eps: lower clamp of the input.
+        keepdims: keep the spatial axes with length 1.
+        data_format: 'channels_first' (N, C, H, W) or 'channels_last' (N, H, W, C).
+
+    Input shape: (N, C, H, W), or (N, H, W, C) for channels_last.
+    Output shape: (N, C).
+
+    Example:
+        >>> GeM(p=2.0, learnable=False)(torch.tensor([[[[1., 7.]]]]))  # sqrt((1 + 49) / 2)
+        tensor([[5.]])
+    """
+
+    def __init__(self, p: float = 3.0, learnable: bool = True, eps: float = 1e-6,
+                 keepdims: bool = False, data_format: str = "channels_first"):
+        super().__init__(keepdims, data_format)
+        self.eps = eps
+        p_tensor = torch.tensor([float(p)])
+        if learnable:
+            self.p = nn.Parameter(p_tensor)
+        else:
+            self.register_buffer("p", p_tensor)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+    def extra_repr(self) -> str:
+        learn = isinstance(self.p, nn.Parameter)
+        base = f"p={self.p.item():.4g}, learnable={learn}, eps={self.eps:g}"
+        rest = super().extra_repr()
+        return f"{base}, {rest}" if rest else base
+
+
+class AvgMax(_GlobalPool):
+    """Mean of global average and global max pooling: ``(avg + max) / 2``.
+
+    Args:
+        keepdims: keep the spatial axes with length 1.
+        data_format: 'channels_first' (N, C, H, W) or 'channels_last' (N, H, W, C).
+
+    Input shape: (N, C, H, W), or (N, H, W, C) for channels_last.
+    Output shape: (N, C).
+
+    Example:
+        >>> AvgMax()(torch.tensor([[[[1., 3.]]]]))
+        tensor([[2.5000]])
+    """
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (x.mean(dim=(2, 3)) + x.amax(dim=(2, 3)))
+
+
+class CatAvgMax(_GlobalPool):
+    """Global average and global max pooling concatenated: ``[avg, max]`` (fastai, timm).
+
+    Args:
+        keepdims: keep the spatial axes with length 1.
+        data_format: 'channels_first' (N, C, H, W) or 'channels_last' (N, H, W, C).
+
+    Input shape: (N, C, H, W), or (N, H, W, C) for channels_last.
+    Output shape: (N, 2C): the C averages first, then the C maxima.
+
+    Example:
+        >>> CatAvgMax()(torch.tensor([[[[1., 3.]]]]))
+        tensor([[2., 3.]])
+    """
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+
+class AttentionPool2d(_GlobalPool):
+    """Attention pooling: a learned query attends over the H·W positions.
+
+    Each position is a token of C features. Its key is the token (through a learned C×C linear
+    map when `key_proj`); its value is the token itself, so the output stays in feature space.
+    With `num_heads` > 1 the channels are split into groups, each with its own query and
+    softmax. Per head h with query q_h and head width d = C / num_heads::
+
+        a_h = softmax_over_positions(k_h · q_h / sqrt(d)),   out_h = sum_positions a_h · v_h
+
+    The query starts at zero, so an untrained layer weights all positions equally and equals
+    global average pooling; training moves it away only as far as the data asks.
+
+    Args:
+        channels: C, the number of input channels.
+        num_heads: number of channel groups with separate attention; must divide C.
+        key_proj: learn a C×C linear key projection (otherwise keys are the raw features).
+        keepdims: keep the spatial axes with length 1.
+        data_format: 'channels_first' (N, C, H, W) or 'channels_last' (N, H, W, C).
+
+    Input shape: (N, C, H, W) for any H×W, or (N, H, W, C) for channels_last.
+    Output shape: (N, C).
+
+    Example:
+        >>> pool = AttentionPool2d(8, num_heads=2)
+        >>> pool(torch.randn(2, 8, 5, 7)).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1, key_proj: bool = True,
+                 keepdims: bool = False, data_format: str = "channels_first"):
+        super().__init__(keepdims, data_format)
+        if num_heads < 1 or channels % num_heads:
+            raise HeadbenchError(f"AttentionPool2d num_heads {num_heads} must divide the "
+                                 f"{channels} channels")
+        self.channels, self.num_heads = channels, num_heads
+        self.head_dim = channels // num_heads
+        self.key = nn.Linear(channels, channels) if key_proj else nn.Identity()
+        self.query = nn.Parameter(torch.zeros(num_heads, self.head_dim))
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax weights over positions, (N, num_heads, H·W), rows summing to 1."""
+        tokens = to_channels_first(x, self.data_format).flatten(2).transpose(1, 2)  # N, HW, C
+        return self._weights(tokens)
+
+    def _weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        keys = self.key(tokens).unflatten(-1, (self.num_heads, self.head_dim))  # N, HW, h, d
+        scores = torch.einsum("nphd,hd->nhp", keys, self.query) / math.sqrt(self.head_dim)
+        return scores.softmax(dim=-1)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(2).transpose(1, 2)
+        values = tokens.unflatten(-1, (self.num_heads, self.head_dim))
+        out = torch.einsum("nhp,nphd->nhd", self._weights(tokens), values)
+        return out.flatten(1)
+
+    def extra_repr(self) -> str:
+        base = f"channels={self.channels}, num_heads={self.num_heads}"
+        rest = super().extra_repr()
+        return f"{base}, {rest}" if rest else base
+
+
+# --- fixed-size layers --------------------------------------------------------------------------
+
+class AvgPool2d(nn.Module):
+    """Local average pooling with Keras ``AveragePooling2D`` semantics.
+
+    'valid' uses only whole windows: out = floor((in - pool) / stride) + 1. 'same' pads so that
+    out = ceil(in / stride), the extra row/column going to the bottom/right as in Keras, and
+    averages each window over its real (non-padded) positions only.
+
+    Args:
+        pool_size: window size, an int or (height, width).
+        strides: step between windows, an int or a pair; None means `pool_size` (Keras).
+        padding: 'valid' or 'same'.
+        data_format: 'channels_first' (N, C, H, W) or 'channels_last' (N, H, W, C); the output
+            keeps the input's layout.
+
+    Input shape: (N, C, H, W), or (N, H, W, C) for channels_last.
+    Output shape: (N, C, H', W'), or (N, H', W', C) for channels_last.
+
+    Raises:
+        HeadbenchError: with padding='valid', when the window is larger than the feature map.
+
+    Example (the 3×3 map 1..9, as in the Keras documentation):
+        >>> x = torch.arange(1., 10.).reshape(1, 3, 3, 1)
+        >>> AvgPool2d(2, strides=1, data_format='channels_last')(x).shape
+        torch.Size([1, 2, 2, 1])
+        >>> AvgPool2d(2, strides=3, data_format='channels_last')(x)
+        tensor([[[[3.]]]])
+        >>> AvgPool2d(3, strides=2, data_format='channels_last')(x)
+        tensor([[[[5.]]]])
+    """
+
+    def __init__(self, pool_size: int | tuple[int, int], strides: int | tuple[int, int] | None = None,
+                 padding: str = "valid", data_format: str = "channels_first"):
+        super().__init__()
+        if padding not in ("valid", "same"):
+            raise errors.unknown("padding", padding, ("valid", "same"))
+        self.pool_size = _pair(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else _pair(strides, "strides")
+        self.padding = padding
+        self.data_format = check_data_format(data_format)
+
+    def output_size(self, map_size: tuple[int, int]) -> tuple[int, int]:
+        """The (H', W') this layer produces from an H×W map; raises if the window does not fit."""
+        h, w = map_size
+        if self.padding == "same":
+            return math.ceil(h / self.strides[0]), math.ceil(w / self.strides[1])
+        if self.pool_size[0] > h or self.pool_size[1] > w:
+            raise HeadbenchError(
+                f"AvgPool2d pool_size {_size_text(self.pool_size)} is larger than the {h}×{w} "
+                f"feature map; use a smaller --pool-size or a global-pooling head")
+        return ((h - self.pool_size[0]) // self.strides[0] + 1,
+                (w - self.pool_size[1]) // self.strides[1] + 1)
+
+    def _same_padding(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """F.pad amounts (left, right, top, bottom): TF/Keras put the odd one at the end."""
+        pads = []
+        for size, pool, stride in ((w, self.pool_size[1], self.strides[1]),
+                                   (h, self.pool_size[0], self.strides[0])):
+            total = max((math.ceil(size / stride) - 1) * stride + pool - size, 0)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = to_channels_first(x, self.data_format)
+        self.output_size((x.shape[2], x.shape[3]))  # raises a readable error if it cannot fit
+        if self.padding == "valid":
+            y = F.avg_pool2d(x, self.pool_size, self.strides)
+        else:
+            pad = self._same_padding(x.shape[2], x.shape[3])
+            sums = F.avg_pool2d(F.pad(x, pad), self.pool_size, self.strides)
+            ones = F.pad(x.new_ones(1, 1, x.shape[2], x.shape[3]), pad)
+            # Share of real positions per window: divide it out to average over those only.
+            y = sums / F.avg_pool2d(ones, self.pool_size, self.strides)
+        return from_channels_first(y, self.data_format)
+
+    def extra_repr(self) -> str:
+        text = (f"pool_size={self.pool_size}, strides={self.strides}, "
+                f"padding='{self.padding}'")
+        if self.data_format != "channels_first":
+            text += f", data_format='{self.data_format}'"
+        return text
+
+
+class Flatten(nn.Module):
+    """Flatten a feature map to one vector per image (Keras ``Flatten``).
+
+    The vector follows the input's memory order: C, H, W for channels_first (PyTorch's
+    ``torch.flatten``), H, W, C for channels_last (Keras' default layout). Unlike Keras, a
+    channels_first input is not reordered to H, W, C first.
+
+    Args:
+        data_format: 'channels_first' (N, C, H, W) or 'channels_last' (N, H, W, C).
+
+    Input shape: (N, C, H, W), or (N, H, W, C) for channels_last.
+    Output shape: (N, C·H·W).
+
+    Example:
+        >>> Flatten()(torch.zeros(2, 2048, 7, 7)).shape
+        torch.Size([2, 100352])
+    """
+
+    def __init__(self, data_format: str = "channels_first"):
+        super().__init__()
+        self.data_format = check_data_format(data_format)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise HeadbenchError(f"Flatten expected a 4-D feature map, got shape {tuple(x.shape)}")
+        return x.flatten(1)  # memory order is already the documented order for both layouts
+
+    def extra_repr(self) -> str:
+        return "" if self.data_format == "channels_first" else f"data_format='{self.data_format}'"
+
+
+class PerPosition(nn.Module):
+    """Apply `module` to the C-vector at every spatial position (Keras ``Dense`` on a 4-D map).
+
+    Args:
+        module: maps (..., C) -> (..., C'), e.g. ``nn.Linear(C, C')`` or a Linear/ReLU stack.
+        data_format: 'channels_first' (N, C, H, W) or 'channels_last' (N, H, W, C); the output
+            keeps the input's layout.
+
+    Input shape: (N, C, H, W), or (N, H, W, C) for channels_last.
+    Output shape: (N, C', H, W), or (N, H, W, C') for channels_last.
+
+    Example:
+        >>> PerPosition(nn.Linear(512, 10))(torch.zeros(2, 512, 7, 7)).shape
+        torch.Size([2, 10, 7, 7])
+    """
+
+    def __init__(self, module: nn.Module, data_format: str = "channels_first"):
+        super().__init__()
+        self.module = module
+        self.data_format = check_data_format(data_format)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = to_channels_first(x, self.data_format).permute(0, 2, 3, 1)  # N, H, W, C
+        y = self.module(x).permute(0, 3, 1, 2)
+        return from_channels_first(y, self.data_format)

@@ -1,0 +1,233 @@
+"""Backbones: names, feature maps, weights sources, checksums and preprocessing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import safetensors.torch
+import timm
+import torch
+from PIL import Image
+
+from headbench import backbones
+from headbench.backbones import (create_backbone, embedded_imagenet_model, list_backbones,
+                                 resolve_name, resolve_weights)
+from headbench.errors import HeadbenchError
+
+
+def meta_backbone(name: str, input_size=None) -> backbones.Backbone:
+    """Shapes and parameter counts without allocating weights."""
+    with torch.device("meta"):
+        return create_backbone(name, weights="none", input_size=input_size)
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    """A resnet18 backbone (seed 1) and its weights saved as a plain state_dict."""
+    bb = create_backbone("resnet18", weights="none", input_size=64, seed=1)
+    return bb, bb.model.state_dict(), tmp_path_factory.mktemp("weights")
+
+
+@pytest.fixture(scope="module")
+def imagenet_lite0() -> torch.nn.Module:
+    return embedded_imagenet_model()
+
+
+def test_documented_aliases_are_cnn_backbones():
+    assert {"resnet50", "mobilenet", "vgg16", "efficientnet_lite0"} <= set(list_backbones())
+    assert resolve_name("mobilenet") == "mobilenetv2_100"
+    for alias in list_backbones():
+        c, h, w = meta_backbone(alias, input_size=224).feature_shape()
+        assert c > 0 and h > 0 and w > 0, alias
+
+
+@pytest.mark.parametrize("name, channels", [("resnet50", 2048), ("vgg16", 512),
+                                            ("mobilenet", 1280), ("efficientnet_lite0", 1280)])
+def test_feature_map_at_224_is_7x7(name, channels):
+    bb = meta_backbone(name)
+    assert bb.feature_shape() == (channels, 7, 7)
+    assert bb.num_features == channels
+
+
+def test_vgg16_backbone_is_the_conv_base_only():
+    # Keras VGG16(include_top=False) has 14,714,688 parameters; timm's ConvMlp fc6/fc7 must go.
+    bb = meta_backbone("vgg16")
+    assert sum(p.numel() for p in bb.parameters()) == 14_714_688
+
+
+def test_feature_shape_follows_input_size():
+    bb = create_backbone("resnet18", weights="none", input_size=64)
+    assert bb.feature_shape() == (512, 2, 2)
+    assert bb.feature_shape(96) == (512, 3, 3)
+    assert tuple(bb(torch.zeros(1, 3, 96, 96)).shape) == (1, 512, 3, 3)
+    assert bb.data_config["input_size"] == [3, 64, 64]
+    assert not bb.training
+
+
+def _preprocess(image: np.ndarray, config: dict) -> torch.Tensor:
+    """Resize the shorter side to int(224 / crop_pct), centre-crop 224, normalise."""
+    size = config["input_size"][-1]
+    img = Image.fromarray(image)
+    scale = int(size / config["crop_pct"]) / min(img.size)
+    resample = getattr(Image.Resampling, config["interpolation"].upper())
+    img = img.resize((round(img.width * scale), round(img.height * scale)), resample)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
+    mean, std = torch.tensor(config["mean"]), torch.tensor(config["std"])
+    return ((x - mean[:, None, None]) / std[:, None, None])[None]
+
+
+def test_embedded_weights_classify_sample_photos_as_imagenet(imagenet_lite0):
+    from sklearn.datasets import load_sample_image
+    config = create_backbone("efficientnet_lite0", weights="embedded").data_config
+    model = imagenet_lite0
+    x = torch.cat([_preprocess(load_sample_image(f), config) for f in ("china.jpg", "flower.jpg")])
+    with torch.no_grad():
+        top1 = model(x).argmax(dim=1).tolist()
+    assert top1 == [698, 985]  # palace, daisy
+
+
+def test_embedded_backbone_equals_imagenet_model_features(imagenet_lite0):
+    bb = create_backbone("efficientnet_lite0")  # default weights: embedded
+    full = imagenet_lite0
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(bb(x), full.forward_features(x))
+    assert bb.weights == "embedded" and len(bb.weights_checksum) == 16
+
+
+def test_embedded_data_config_uses_half_mean_std():
+    config = create_backbone("efficientnet_lite0", weights="embedded").data_config
+    assert config["mean"] == [0.5, 0.5, 0.5] and config["std"] == [0.5, 0.5, 0.5]
+    assert config["input_size"] == [3, 224, 224]
+
+
+def test_none_weights_keep_timm_data_config():
+    bb = meta_backbone("resnet50")
+    timm_cfg = timm.data.resolve_model_data_config(bb.model)
+    assert bb.data_config == {"input_size": [3, 224, 224], "mean": list(timm_cfg["mean"]),
+                              "std": list(timm_cfg["std"]),
+                              "interpolation": timm_cfg["interpolation"],
+                              "crop_pct": timm_cfg["crop_pct"]}
+    assert bb.data_config["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert meta_backbone("resnet50", input_size=(320, 256)).data_config["input_size"] == [3, 320,
+                                                                                         256]
+
+
+def test_default_weights_are_embedded_only_for_efficientnet_lite0():
+    assert resolve_weights("efficientnet_lite0", "default") == "embedded"
+    assert resolve_weights("resnet50", "default") == "hub"
+
+
+def test_embedded_weights_rejected_for_other_backbones():
+    with pytest.raises(HeadbenchError, match="only for efficientnet_lite0.*hub, none"):
+        create_backbone("resnet50", weights="embedded")
+
+
+def test_hub_weights_offline_fail_at_once_with_advice(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # empty cache
+    with pytest.raises(HeadbenchError) as info:
+        create_backbone("resnet50", weights="hub")
+    message = str(info.value)
+    assert "could not download hub weights for 'resnet50' (offline?)" in message
+    assert "--weights PATH" in message and "\n" not in message
+
+
+def test_hub_weights_offline_load_from_local_cache(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+    repo = tmp_path / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    full = timm.create_model("resnet18")  # with its ImageNet classifier, as on the hub
+    safetensors.torch.save_file(full.state_dict(),
+                                str(repo / "snapshots" / ("0" * 40) / "model.safetensors"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    bb = create_backbone("resnet18", weights="hub")
+    expected = {k: v for k, v in full.state_dict().items() if not k.startswith("fc.")}
+    assert bb.weights == "hub"
+    assert bb.weights_checksum == backbones.state_dict_checksum(expected)
+    assert bb.data_config["crop_pct"] == timm.models.get_pretrained_cfg("resnet18").crop_pct
+
+
+def test_local_weights_round_trip_gives_same_checksum(resnet18_file):
+    bb, state, folder = resnet18_file
+    safetensors.torch.save_file(state, str(folder / "w.safetensors"))
+    # A training checkpoint: nested under 'state_dict', DataParallel 'module.' prefixes.
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}},
+               folder / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        loaded = create_backbone("resnet18", weights=str(folder / name), input_size=64)
+        assert loaded.weights == str((folder / name).resolve())
+        assert loaded.weights_checksum == bb.weights_checksum
+    assert create_backbone("resnet18", weights="none", input_size=64).weights_checksum \
+        != bb.weights_checksum
+
+
+def test_local_weights_drop_the_imagenet_classifier_silently(resnet18_file, capsys):
+    bb, state, folder = resnet18_file
+    full = dict(state, **{"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
+    torch.save(full, folder / "full.pt")
+    loaded = create_backbone("resnet18", weights=str(folder / "full.pt"))
+    assert loaded.weights_checksum == bb.weights_checksum
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_local_weights_with_extra_keys_warn(resnet18_file, capsys):
+    _, state, folder = resnet18_file
+    torch.save(dict(state, **{"extra.weight": torch.zeros(3)}), folder / "extra.bin")
+    create_backbone("resnet18", weights=str(folder / "extra.bin"))
+    assert "extra.weight" in capsys.readouterr().err
+
+
+def test_local_weights_with_missing_keys_raise(resnet18_file):
+    _, state, folder = resnet18_file
+    partial = {k: v for k, v in state.items() if not k.startswith("layer4.")}
+    safetensors.torch.save_file(partial, str(folder / "partial.safetensors"))
+    with pytest.raises(HeadbenchError, match=r"partial\.safetensors' lacks \d+ tensors.*layer4\."):
+        create_backbone("resnet18", weights=str(folder / "partial.safetensors"))
+
+
+def test_local_weights_of_another_architecture_raise(resnet18_file):
+    _, state, folder = resnet18_file
+    torch.save({f"other.{k}": v for k, v in state.items()}, folder / "other.pth")
+    with pytest.raises(HeadbenchError, match="other.pth' matches no tensor"):
+        create_backbone("resnet18", weights=str(folder / "other.pth"))
+    torch.save(state, folder / "r18.pth")
+    with pytest.raises(HeadbenchError, match=r"r18.pth': 'layer1.0.conv1.weight'.*expects"):
+        create_backbone("resnet50", weights=str(folder / "r18.pth"))
+
+
+def test_bad_weights_argument_raises(tmp_path):
+    with pytest.raises(HeadbenchError, match="'nope.pth' does not exist"):
+        create_backbone("resnet18", weights="nope.pth")
+    (tmp_path / "w.h5").write_bytes(b"keras")
+    with pytest.raises(HeadbenchError, match="unknown extension"):
+        create_backbone("resnet18", weights=str(tmp_path / "w.h5"))
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(HeadbenchError, match="could not read weights file"):
+        create_backbone("resnet18", weights=str(tmp_path / "broken.pth"))
+
+
+def test_unknown_backbone_suggests_closest():
+    with pytest.raises(HeadbenchError, match="unknown backbone 'resnet5O': did you mean resnet50"):
+        resolve_name("resnet5O")
+    with pytest.raises(HeadbenchError, match="unknown backbone 'resnet50.bogus'.*resnet50.a1_in1k"):
+        resolve_name("resnet50.bogus")
+
+
+def test_transformer_without_feature_map_rejected():
+    with pytest.raises(HeadbenchError, match=r"not an \(N, C, H, W\) map"):
+        meta_backbone("vit_tiny_patch16_224")
+
+
+def test_random_init_is_seeded_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a = create_backbone("resnet18", weights="none", input_size=32)
+    b = create_backbone("resnet18", weights="none", input_size=32)
+    c = create_backbone("resnet18", weights="none", input_size=32, seed=7)
+    assert a.weights_checksum == b.weights_checksum != c.weights_checksum
+    assert torch.equal(torch.random.get_rng_state(), state)

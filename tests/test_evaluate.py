@@ -1,0 +1,156 @@
+"""Metrics and statistics against hand-computed values and reference implementations."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from sklearn.metrics import f1_score
+from torch import nn
+
+from headbench.errors import HeadbenchError
+from headbench.evaluate import (bootstrap_diff_ci, calibration_bins, classification_metrics,
+                                mean_ci, measure_latency, paired_diff_ci, t_quantile)
+
+
+def hand_logits() -> tuple[np.ndarray, np.ndarray]:
+    """6 images, 6 classes: predictions [0, 1, 1, 1, 2, 4] against labels [0, 0, 1, 1, 2, 3].
+
+    Image 1 ranks its true class second (a top-5 hit); image 5 ranks it last (a top-5 miss).
+    """
+    y = np.array([0, 0, 1, 1, 2, 3])
+    logits = np.zeros((6, 6))
+    for i, p in enumerate([0, 1, 1, 1, 2, 4]):
+        logits[i, p] = 5.0
+    logits[1, 0] = 4.0
+    logits[5, 3] = -5.0
+    return logits, y
+
+
+def test_accuracy_top5_and_macro_f1_on_hand_example():
+    logits, y = hand_logits()
+    m = classification_metrics(logits, y, num_classes=6)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["top5"] == pytest.approx(5 / 6)
+    # per-class F1: 2/3, 4/5, 1, 0 (class 3 missed), 0 (class 4 predicted); class 5 excluded
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 1 + 0 + 0) / 5)
+    assert m["macro_f1"] == pytest.approx(f1_score(y, logits.argmax(1), average="macro"))
+    assert m["n"] == 6
+
+
+def test_top5_is_none_with_five_classes_or_fewer():
+    logits = np.random.default_rng(0).standard_normal((4, 5))
+    assert classification_metrics(logits, np.array([0, 1, 2, 3]), 5)["top5"] is None
+
+
+def test_nll_equals_torch_cross_entropy():
+    rng = np.random.default_rng(1)
+    logits = (rng.standard_normal((50, 7)) * 30).astype(np.float32)  # large: tests stability
+    y = rng.integers(0, 7, 50)
+    expected = F.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(y)).item()
+    assert classification_metrics(logits, y, 7)["nll"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_ece_is_zero_for_confident_correct_predictions():
+    y = np.array([0, 1, 2, 1])
+    logits = 50.0 * np.eye(3)[y]
+    assert classification_metrics(logits, y, 3)["ece"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_ece_on_hand_case():
+    # confidences 0.9, 0.9 (one right, one wrong) and 0.6, 0.6 (both right):
+    # |0.5 - 0.9| * 2/4 + |1.0 - 0.6| * 2/4 = 0.4
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
+    y = np.array([0, 1, 1, 1])
+    m = classification_metrics(np.log(probs), y, 2)
+    assert m["ece"] == pytest.approx(0.4)
+    bins = calibration_bins(probs, y)
+    assert bins["count"].sum() == 4 and bins["count"][13] == 2  # (0.867, 0.933]
+    assert np.nanmax(bins["accuracy"]) == 1.0
+    assert np.isnan(bins["confidence"][0])
+
+
+@pytest.mark.parametrize("df, expected", [(2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042),
+                                          (100_000, 1.960)])
+def test_t_quantile_matches_tables(df, expected):
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=5e-4)
+
+
+@pytest.mark.parametrize("p", [0.9, 0.95, 0.995, 0.5001, 0.025])
+@pytest.mark.parametrize("df", [1, 3, 7.5, 250])
+def test_t_quantile_matches_scipy(p, df):
+    assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8, abs=1e-12)
+
+
+def test_mean_ci_width_is_t_times_standard_error():
+    mean, lo, hi = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert hi - mean == pytest.approx(4.3027 / math.sqrt(3), abs=1e-4)
+    assert mean - lo == pytest.approx(hi - mean)
+    values = [0.71, 0.74, 0.69, 0.73, 0.70]
+    expected = stats.t.interval(0.9, 4, loc=np.mean(values), scale=stats.sem(values))
+    assert mean_ci(values, confidence=0.9)[1:] == pytest.approx(expected)
+
+
+def test_mean_ci_of_one_seed_has_no_interval():
+    mean, lo, hi = mean_ci([0.8])
+    assert mean == 0.8 and math.isnan(lo) and math.isnan(hi)
+
+
+def test_mean_ci_rejects_confidence_outside_unit_interval():
+    with pytest.raises(HeadbenchError, match="confidence"):
+        mean_ci([1.0, 2.0], confidence=95)
+
+
+def test_paired_diff_ci_covers_zero_for_identical_and_excludes_it_for_clear_difference():
+    a = np.array([0.80, 0.83, 0.78, 0.81])
+    diff, lo, hi = paired_diff_ci(a, a)
+    assert lo <= 0.0 <= hi and diff == 0.0
+    # seed effects shared by both heads cancel in the paired difference
+    b = a - 0.02 + np.array([0.001, -0.001, 0.002, 0.0])
+    diff, lo, hi = paired_diff_ci(a, b)
+    assert diff == pytest.approx(0.0195) and lo > 0.0
+
+
+def test_bootstrap_diff_ci_covers_zero_for_identical_and_excludes_it_for_clear_difference():
+    rng = np.random.default_rng(0)
+    a = rng.random(400) < 0.9
+    diff, lo, hi = bootstrap_diff_ci(a, a)
+    assert (diff, lo, hi) == (0.0, 0.0, 0.0)
+    b = rng.random(400) < 0.6
+    diff, lo, hi = bootstrap_diff_ci(a, b)
+    assert diff == pytest.approx(a.mean() - b.mean())
+    assert 0.0 < lo < diff < hi
+
+
+def test_bootstrap_diff_ci_agrees_with_resampling_images():
+    rng = np.random.default_rng(2)
+    a, b = rng.random(300) < 0.8, rng.random(300) < 0.75
+    _, lo, hi = bootstrap_diff_ci(a, b, n_boot=4000, seed=1)
+    idx = np.random.default_rng(3).integers(0, 300, (4000, 300))
+    naive = (a[idx].mean(1) - b[idx].mean(1))
+    assert lo == pytest.approx(np.quantile(naive, 0.025), abs=0.01)
+    assert hi == pytest.approx(np.quantile(naive, 0.975), abs=0.01)
+    assert bootstrap_diff_ci(a, b, n_boot=500, seed=4) == bootstrap_diff_ci(a, b, 500, seed=4)
+
+
+def test_measure_latency_returns_positive_times_and_restores_module():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1))
+    model.train()
+    result = measure_latency(model, (3, 16, 16), device="cpu", batch_sizes=(1, 4), repeats=2,
+                             channels_last=True)
+    assert set(result) == {1, 4}
+    for bs, r in result.items():
+        assert r["ms_per_batch"] > 0 and r["images_per_s"] > 0
+        assert r["ms_per_image"] == pytest.approx(r["ms_per_batch"] / bs)
+        assert r["images_per_s"] == pytest.approx(1000 / r["ms_per_image"])
+    assert model.training
+    assert model[0].weight.is_contiguous()
+
+
+def test_measure_latency_rejects_unknown_autocast_dtype():
+    with pytest.raises(HeadbenchError, match="bfloat16"):
+        measure_latency(nn.Linear(2, 2), (2,), device="cpu", autocast_dtype="bfloat61")

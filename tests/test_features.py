@@ -1,0 +1,261 @@
+"""The feature cache: extract once per image, resume after interruption, read back exactly."""
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from headbench import features
+from headbench.backbones import create_backbone
+from headbench.data import View, file_digest, load_image, make_transform
+from headbench.errors import HeadbenchError
+
+N_IMAGES = 10
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return create_backbone("resnet18", weights="none", input_size=64)
+
+
+def _write_image(path: Path, seed: int) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (48, 56, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    return [_write_image(folder / f"{i}.png", seed=i) for i in range(N_IMAGES)]
+
+
+def _extract(backbone, paths, cache_dir, **kwargs):
+    kwargs = {"precision": "fp32", "workers": 0, "device": "cpu", **kwargs}
+    return features.extract(backbone, paths, [file_digest(p) for p in paths],
+                            cache_dir=cache_dir, **kwargs)
+
+
+def _assert_same_as_fresh(backbone, images, tmp_path, fs):
+    # Not bit-identical: oneDNN picks kernels by batch size, and the batches differ after a resume.
+    fresh = _extract(backbone, images, tmp_path / "fresh")
+    np.testing.assert_allclose(fs.take(np.arange(N_IMAGES)).astype(np.float32),
+                               fresh.take(np.arange(N_IMAGES)).astype(np.float32),
+                               rtol=1e-2, atol=1e-3)
+
+
+def _chunk_files(fs, suffix):
+    return sorted((fs.path / "chunks").glob(f"[0-9]*.{suffix}"))
+
+
+def test_second_extract_computes_nothing_and_returns_identical_arrays(backbone, images, tmp_path,
+                                                                      monkeypatch):
+    first = _extract(backbone, images, tmp_path / "cache", chunk_size=4)
+    assert first.n_extracted == N_IMAGES and first.valid.all() and not first.failures
+
+    def no_forward(x):
+        raise AssertionError("the backbone ran although everything was cached")
+    monkeypatch.setattr(backbone, "forward", no_forward)
+    second = _extract(backbone, images, tmp_path / "cache", chunk_size=4)
+    assert second.n_extracted == 0 and second.key == first.key
+    everything = np.arange(N_IMAGES)
+    np.testing.assert_array_equal(second.take(everything), first.take(everything))
+
+
+def test_new_image_is_extracted_alone(backbone, images, tmp_path):
+    _extract(backbone, images[:-1], tmp_path)
+    fs = _extract(backbone, images, tmp_path)
+    assert fs.n_extracted == 1 and fs.valid.all()
+
+
+def test_changed_file_is_reextracted(backbone, images, tmp_path):
+    before = _extract(backbone, images, tmp_path).take([2])
+    _write_image(images[2], seed=999)
+    fs = _extract(backbone, images, tmp_path)
+    assert fs.n_extracted == 1
+    assert not np.array_equal(fs.take([2]), before)
+
+
+def test_duplicate_files_are_extracted_once(backbone, images, tmp_path):
+    fs = _extract(backbone, images + images[:3], tmp_path)
+    assert fs.n_extracted == N_IMAGES and len(fs) == N_IMAGES + 3
+    np.testing.assert_array_equal(fs.take([0, 1, 2]), fs.take([10, 11, 12]))
+
+
+def test_corrupt_file_is_a_cached_failure_and_does_not_stop_the_others(backbone, images,
+                                                                       tmp_path):
+    images[3].write_bytes(b"this is not a png")
+    # Two decoding workers: the failure must come back from a worker process too.
+    fs = _extract(backbone, images, tmp_path, workers=2, batch_size=3)
+    assert set(fs.failures) == {3} and "not an image" in fs.failures[3]
+    assert fs.valid.sum() == N_IMAGES - 1 and not fs.valid[3]
+    assert fs.n_extracted == N_IMAGES - 1
+    with pytest.raises(IndexError, match="file 3 has no features"):
+        fs.take([0, 3])
+    again = _extract(backbone, images, tmp_path)
+    assert again.n_extracted == 0 and again.failures == fs.failures
+
+
+def test_interrupted_extraction_resumes_after_last_committed_chunk(backbone, images, tmp_path,
+                                                                   monkeypatch):
+    commit = features._commit_chunk
+
+    def commit_then_interrupt(*args, **kwargs):
+        commit(*args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(features, "_commit_chunk", commit_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _extract(backbone, images, tmp_path, chunk_size=3, batch_size=2)
+    monkeypatch.setattr(features, "_commit_chunk", commit)
+
+    fs = _extract(backbone, images, tmp_path, chunk_size=3, batch_size=2)
+    assert fs.n_extracted == N_IMAGES - 3 and fs.valid.all()
+    _assert_same_as_fresh(backbone, images, tmp_path, fs)
+
+
+def test_half_written_chunk_without_json_is_ignored(backbone, images, tmp_path):
+    fs = _extract(backbone, images, tmp_path, chunk_size=5)
+    last_npy, last_json = _chunk_files(fs, "npy")[-1], _chunk_files(fs, "json")[-1]
+    last_json.unlink()
+    last_npy.write_bytes(last_npy.read_bytes()[:200])  # truncated, as if killed mid-write
+
+    fs = _extract(backbone, images, tmp_path, chunk_size=5)
+    assert fs.n_extracted == 5 and fs.valid.all()
+    _assert_same_as_fresh(backbone, images, tmp_path, fs)
+
+
+def test_chunks_store_float16_nchw_and_digests(backbone, images, tmp_path):
+    fs = _extract(backbone, images, tmp_path, chunk_size=4)
+    assert fs.shape == backbone.feature_shape() == (512, 2, 2)
+    arrays = [np.load(p) for p in _chunk_files(fs, "npy")]
+    assert [a.shape for a in arrays] == [(4, 512, 2, 2), (4, 512, 2, 2), (2, 512, 2, 2)]
+    assert all(a.dtype == np.float16 for a in arrays)
+    records = [json.loads(p.read_text()) for p in _chunk_files(fs, "json")]
+    assert [d for r in records for d in r["digests"]] == [file_digest(p) for p in images]
+    meta = json.loads((fs.path / "meta.json").read_text())
+    assert meta["feature_shape"] == [512, 2, 2] and meta["precision"] == "fp32"
+
+
+def test_take_returns_rows_in_requested_order_across_chunks(backbone, images, tmp_path):
+    fs = _extract(backbone, images, tmp_path, chunk_size=3)
+    order = [9, 0, 4, 4, 1]
+    picked = fs.take(order)
+    assert picked.shape == (5, 512, 2, 2) and picked.dtype == np.float16
+    for row, i in zip(picked, order):
+        np.testing.assert_array_equal(row, fs[i])
+    np.testing.assert_array_equal(fs[np.array(order)], picked)
+    np.testing.assert_array_equal(fs.rows(fs.valid), fs.take(np.arange(N_IMAGES)))
+    with pytest.raises(IndexError):
+        fs.take([N_IMAGES])
+
+
+def _direct_forward(backbone, paths, view=View()):
+    transform = make_transform(backbone.data_config, view)
+    x = torch.stack([transform(load_image(p)) for p in paths])
+    with torch.inference_mode():
+        return backbone(x).float().numpy()
+
+
+def test_fp32_features_equal_a_direct_backbone_forward(backbone, images, tmp_path):
+    fs = _extract(backbone, images, tmp_path, batch_size=4)
+    expected = _direct_forward(backbone, images)
+    got = fs.take(np.arange(N_IMAGES)).astype(np.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)
+
+
+def test_extraction_leaves_backbone_as_it_was(backbone, images, tmp_path):
+    _extract(backbone, images[:2], tmp_path)
+    conv = backbone.model.conv1.weight
+    assert conv.is_contiguous() and conv.device.type == "cpu" and not backbone.training
+
+
+@pytest.mark.skipif(features.resolve_precision("auto", "cpu") != "bf16",
+                    reason="this CPU has no native bf16 (avx512_bf16/amx_bf16)")
+def test_bf16_features_are_close_to_fp32(backbone, images, tmp_path):
+    fp32 = _extract(backbone, images, tmp_path).take(np.arange(N_IMAGES)).astype(np.float32)
+    bf16 = _extract(backbone, images, tmp_path, precision="bf16")
+    assert bf16.meta["precision"] == "bf16" and bf16.n_extracted == N_IMAGES
+    got = bf16.take(np.arange(N_IMAGES)).astype(np.float32)
+    relative = np.linalg.norm(got - fp32) / np.linalg.norm(fp32)
+    assert 0 < relative < 0.05
+
+
+def test_cache_key_changes_with_view_precision_and_weights(backbone):
+    base = features.cache_key(features.key_fields(backbone, View(), "fp32"))
+    assert base == features.cache_key(features.key_fields(backbone, View(), "fp32"))
+    other_weights = types.SimpleNamespace(timm_name=backbone.timm_name,
+                                          weights_checksum="0123456789abcdef",
+                                          data_config=backbone.data_config)
+    variants = [features.key_fields(backbone, View(shift=(4, 0), margin=4), "fp32"),
+                features.key_fields(backbone, View(size=96), "fp32"),
+                features.key_fields(backbone, View(), "bf16"),
+                features.key_fields(other_weights, View(), "fp32")]
+    keys = {features.cache_key(f) for f in variants}
+    assert len(keys) == len(variants) and base not in keys
+
+
+def test_another_view_gets_its_own_entry(backbone, images, tmp_path):
+    center = _extract(backbone, images[:3], tmp_path)
+    larger = _extract(backbone, images[:3], tmp_path, view=View(size=96))
+    assert larger.key != center.key and larger.n_extracted == 3
+    assert larger.shape == (512, 3, 3)
+
+
+def test_list_and_remove_entries(backbone, images, tmp_path):
+    cache = tmp_path / "cache"
+    a = _extract(backbone, images[:2], cache)
+    b = _extract(backbone, images[:3], cache, view=View(size=96))
+    (cache / "0123456789abcdef").mkdir()  # an entry whose extraction never got going
+    (cache / "notes").mkdir()             # not an entry: never listed, never removed
+
+    entries = {e["key"]: e for e in features.list_entries(cache)}
+    assert set(entries) == {a.key, b.key, "0123456789abcdef"}
+    assert entries[a.key]["images"] == 2 and entries[b.key]["images"] == 3
+    assert entries[b.key]["view"] == "size96" and entries[a.key]["backbone"] == "resnet18"
+    assert entries[a.key]["weights"] == "none" and entries[a.key]["precision"] == "fp32"
+    assert entries[a.key]["size_bytes"] > 2 * 512 * 4 * 2
+    assert entries["0123456789abcdef"]["backbone"] is None
+
+    with pytest.raises(HeadbenchError, match="no cache entry 'ffff'"):
+        features.remove_entries(cache, ["ffff"])
+    assert features.remove_entries(cache, [a.key[:6]]) == 1
+    assert not (cache / a.key).exists() and (cache / b.key).exists()
+    assert features.remove_entries(cache) == 2
+    assert features.list_entries(cache) == [] and (cache / "notes").is_dir()
+
+
+def test_remove_entries_rejects_ambiguous_prefix(tmp_path):
+    (tmp_path / "abc0000000000000").mkdir()
+    (tmp_path / "abc1111111111111").mkdir()
+    with pytest.raises(HeadbenchError, match="matches 2 entries"):
+        features.remove_entries(tmp_path, ["abc"])
+    assert len(features.list_entries(tmp_path)) == 2
+
+
+def test_resolve_precision_rejects_unknown_name():
+    with pytest.raises(HeadbenchError, match="precision 'fp16'.*auto, bf16, fp32"):
+        features.resolve_precision("fp16", "cpu")
+
+
+def test_resolve_precision_follows_cpu_flags(monkeypatch):
+    monkeypatch.setattr(features, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert features.resolve_precision("auto", "cpu") == "fp32"
+    with pytest.raises(HeadbenchError, match="'bf16' is not supported.*use precision 'fp32'"):
+        features.resolve_precision("bf16", "cpu")
+    monkeypatch.setattr(features, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert features.resolve_precision("auto", "cpu") == "bf16"
+    assert features.resolve_precision("fp32", "cpu") == "fp32"
+
+
+def test_default_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("HEADBENCH_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert features.default_cache_dir() == tmp_path / "xdg" / "headbench"
+    monkeypatch.setenv("HEADBENCH_CACHE", str(tmp_path / "mine"))
+    assert features.default_cache_dir() == tmp_path / "mine"

@@ -1,0 +1,339 @@
+"""report.py: the self-contained report.html of a run folder and the terminal summary table.
+
+`make_run` writes a run folder by hand, following the schema in docs/DESIGN.md, so these tests
+need no training; tests/test_report_browser.py reuses it.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from headbench.errors import HeadbenchError
+from headbench.report import SUMMARY_COLUMNS, summary_table, write_report
+
+ALL_PLOTS = ["accuracy-vs-params", "learning-curves", "shift-accuracy", "shift-consistency",
+             "size-accuracy", "shots-accuracy", "confusion-matrix", "time-latency"]
+ALL_ANALYSES = ("shifts", "sizes", "shots", "cam")
+# head -> (head params, mean test accuracy); the order of accuracy is what tests check.
+HEADS = {"gap": (1_026, 0.90), "flatten": (50_178, 0.80), "max": (1_026, 0.85),
+         "attention": (263_000, 0.88)}
+
+
+def _ci(mean: float, seeds: int, half: float = 0.02) -> dict:
+    return dict(mean=mean, lo=mean - half if seeds > 1 else None, hi=mean + half if seeds > 1 else None)
+
+
+def _metrics(acc: float, n: int) -> dict:
+    return dict(accuracy=acc, top5=None, macro_f1=acc - 0.01, nll=0.3, ece=0.05, n=n)
+
+
+def _image(path: Path, px: int, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (px, px, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def make_run(root: Path, classes=("ants", "bees"), heads: dict = HEADS, seeds: int = 3,
+             analyses=ALL_ANALYSES, per_class: int = 5, image_px: int = 40, cam_px: int = 64,
+             cam_per_head: int = 2) -> Path:
+    """A run folder under `root/run` with images under `root/data`, like `compare` writes it."""
+    data, run = root / "data", root / "run"
+    run.mkdir(parents=True)
+    test = [(f"test/c{c}/img_{i}.png", c) for c in range(len(classes)) for i in range(per_class)]
+    for k, (rel, _) in enumerate(test):
+        _image(data / rel, image_px, k)
+    rng = np.random.default_rng(0)
+    entries, pred_rows = [], []
+    for name, (params, acc) in heads.items():
+        seed_rows = []
+        for s in range(seeds):
+            history = [dict(epoch=e, train_loss=1 / (e + 1), train_acc=acc + 0.01 * e,
+                            val_loss=1.2 / (e + 1), val_acc=acc - 0.01 + 0.005 * e, lr=1e-3)
+                       for e in range(1, 6)]
+            seed_rows.append(dict(seed=s, best_epoch=4, epochs_run=5, train_time_s=1.5 + s,
+                                  train=_metrics(acc + 0.05, 40), val=_metrics(acc, 10),
+                                  test=_metrics(acc, len(test)), history=history))
+            for i, (rel, label) in enumerate(test):
+                loss = float(rng.uniform(0.01, 3.0))
+                pred = label if loss < 0.69 else 1 - label
+                pred_rows.append(dict(head=name, seed=s, index=i, path=rel, label=classes[label],
+                                      pred=classes[pred], p_pred=f"{max(np.exp(-loss), 0.5):.6f}",
+                                      p_label=f"{np.exp(-loss):.6f}", loss=f"{loss:.6f}"))
+        entries.append(dict(
+            head=name, spec=dict(name=name, hidden=[], dropout=0.0), fixed_size=name == "flatten",
+            head_params=params, total_params=params + 11_000_000, head_flops=2 * params,
+            total_flops=1.8e9 + 2 * params, weight_decay=1e-4, wd_sweep={"0.0001": 0.31, "0.001": 0.35},
+            best_seed=seeds - 1, model_dir=f"heads/{name}", model_size_bytes=44_000_000,
+            latency_ms_b1=4.0 + params / 1e5, throughput_b32=900.0,
+            architecture=f"Sequential(\n  (pool): {name}<pool>\n  (fc): Linear(in=512, out=2)\n)",
+            seeds=seed_rows,
+            summary=dict(test_accuracy=_ci(acc, seeds), train_accuracy=_ci(acc + 0.05, seeds),
+                         val_accuracy=_ci(acc, seeds), overfit_gap=_ci(0.05, seeds, 0.01),
+                         macro_f1=_ci(acc - 0.01, seeds), nll=_ci(0.3, seeds), ece=_ci(0.05, seeds),
+                         top5=None, train_time_s=2.5)))
+    counts = {role: {c: per_class for c in classes} for role in ("train", "val", "test")}
+    results = dict(
+        headbench_version="0.1.0", created="2025-01-01T12:00:00", run_dir=str(run),
+        dataset=dict(root=str(data), name="toy", layout="train/val", classes=list(classes),
+                     split_description="test = val/ folder; val = 15% of train/, stratified",
+                     counts=counts, n_skipped=1,
+                     leakage=[dict(digest="ab12", roles={"train": ["train/a.png"],
+                                                         "test": ["test/a.png"]})]),
+        backbone=dict(name="resnet18", timm_name="resnet18.a1_in1k", weights="none",
+                      weights_checksum=None, feature_shape=[512, 7, 7], params=11_000_000,
+                      flops=1.8e9, latency_ms_b1=4.0, throughput_b32=950.0,
+                      data_config=dict(input_size=[3, 224, 224], mean=[0.5] * 3, std=[0.5] * 3,
+                                       interpolation="bicubic", crop_pct=0.875)),
+        precision="fp32", device="cpu",
+        machine=dict(platform="Linux", cpu="Test CPU", torch="2.14.1", timm="1.0.31"),
+        timing=dict(scan_s=0.1, extract_s=12.0, n_extracted=30, train_s=20.0, total_s=35.0),
+        train_config=dict(epochs=5, batch_size=64, lr=1e-3),
+        heads=entries, best_head=max(heads, key=lambda h: heads[h][1]),
+        findings=[dict(text="gap beats flatten by 10.0 points (95% CI 8.0 to 12.0).", kind="diff",
+                       a="gap", b="flatten", diff=0.1, lo=0.08, hi=0.12, significant=True)],
+        analyses=_analyses(run, heads, seeds, analyses, cam_px, cam_per_head, classes))
+    (run / "results.json").write_text(json.dumps(results, indent=1))
+    with open(run / "predictions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(pred_rows[0]))
+        writer.writeheader()
+        writer.writerows(pred_rows)
+    (run / "skipped.csv").write_text("path,reason\ntrain/broken.jpg,cannot decode image\n")
+    return run
+
+
+def _analyses(run: Path, heads: dict, seeds: int, which, cam_px: int, cam_per_head: int,
+              classes) -> dict:
+    out = {}
+    if "shifts" in which:
+        out["shifts"] = dict(shifts=[0, 8, 16, 32], margin=32, directions=[[1, 0], [0, 1]], heads={
+            h: dict(accuracy={str(s): _ci(acc - s / 400, seeds) for s in (0, 8, 16, 32)},
+                    consistency={str(s): _ci(1 - s / 100, seeds) for s in (0, 8, 16, 32)})
+            for h, (_, acc) in heads.items()})
+    if "sizes" in which:
+        out["sizes"] = dict(sizes=[160, 224, 288], base=224, heads={
+            h: ({"160": {"not_applicable": "built for a 7×7 map"}, "224": _ci(acc, seeds)}
+                if h == "flatten" else {str(s): _ci(acc - abs(s - 224) / 2000, seeds)
+                                        for s in (160, 224, 288)})
+            for h, (_, acc) in heads.items()})
+    if "shots" in which:
+        out["shots"] = dict(shots=["1", "5", "all"], seeds=seeds, heads={
+            h: {k: dict(test_accuracy=_ci(acc * f, seeds), train_accuracy=_ci(1.0, seeds),
+                        overfit_gap=_ci(1 - acc * f, seeds))
+                for k, f in (("1", 0.6), ("5", 0.8), ("all", 1.0))}
+            for h, (_, acc) in heads.items()})
+    if "cam" in which:
+        cams = {}
+        for h in heads:
+            files = [f"analyses/cam/{h}/ok_{i}_true-{classes[0]}_pred-{classes[0]}.png"
+                     for i in range(cam_per_head)]
+            for i, rel in enumerate(files):
+                _image(run / rel, cam_px, 100 + i)
+            cams[h] = dict(method="exact CAM", files=files)
+        out["cam"] = dict(per_head=cam_per_head, heads=cams)
+    return out
+
+
+def _figure_ids(page: str) -> set[str]:
+    return set(re.findall(r'<figure id="([^"]+)"><figcaption>', page))
+
+
+def _data_image(src: str) -> bytes:
+    return base64.b64decode(src.split(",", 1)[1])
+
+
+def _summary_rows(page: str) -> list[tuple[str, str]]:
+    """(row class, head name) of the summary table, in document order."""
+    table = page.split('id="summary-table"', 1)[1].split("</table>", 1)[0]
+    return re.findall(r'<tr( class="best")?><td data-value="([^"]*)"', table)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    """A run with every analysis and CAMs larger than the report embeds, rendered once."""
+    run = make_run(tmp_path_factory.mktemp("full"), cam_px=300)
+    assert write_report(run) == run / "report.html"
+    return run
+
+
+@pytest.fixture(scope="module")
+def full_page(full_run) -> str:
+    return (full_run / "report.html").read_text()
+
+
+def test_report_has_every_plot_when_every_analysis_ran(full_page):
+    page = full_page
+    assert _figure_ids(page) == set(ALL_PLOTS)
+    plots = re.findall(r'<img class="plot" alt="([^"]+)" src="([^"]+)"', page)
+    assert sorted(alt.split(":")[0] for alt, _ in plots) == sorted(ALL_PLOTS)
+    for _, src in plots:
+        assert src.startswith("data:image/svg+xml;base64,")
+        assert b"<svg" in _data_image(src)
+
+
+def test_report_leaves_out_plots_of_analyses_that_did_not_run(tmp_path):
+    page = write_report(make_run(tmp_path, analyses=())).read_text()
+    assert _figure_ids(page) == {"accuracy-vs-params", "learning-curves", "confusion-matrix",
+                                 "time-latency"}
+    assert "Class activation maps" not in page
+    assert "Analyses not in this run" in page
+
+
+def test_report_draws_only_the_analyses_present(tmp_path):
+    page = write_report(make_run(tmp_path, analyses=("sizes",))).read_text()
+    assert "size-accuracy" in _figure_ids(page)
+    assert not {"shift-accuracy", "shift-consistency", "shots-accuracy"} & _figure_ids(page)
+    assert "flatten (built for a 7×7 map)" in page  # why a head has no point at 160 px
+
+
+def test_report_without_predictions_csv_has_no_confusion_matrix(tmp_path):
+    run = make_run(tmp_path)
+    (run / "predictions.csv").unlink()
+    page = write_report(run).read_text()
+    assert "confusion-matrix" not in _figure_ids(page)
+    assert "Highest-loss test images" not in page
+
+
+def test_report_stands_alone_without_external_urls(full_page):
+    page = full_page
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", page, re.I)
+    assert "<link rel=\"stylesheet\"" not in page and "<script src" not in page
+
+
+def test_report_escapes_class_and_head_names(tmp_path):
+    classes = ("<b>ant</b>", "bee & $wasp$")
+    heads = {"gap": (1_026, 0.9), "<i>x</i>": (2_000, 0.8)}
+    page = write_report(make_run(tmp_path, classes=classes, heads=heads)).read_text()
+    assert "<b>ant</b>" not in page and "<i>x</i>" not in page
+    assert "&lt;b&gt;ant&lt;/b&gt;" in page and "bee &amp; $wasp$" in page
+    assert "&lt;i&gt;x&lt;/i&gt;" in page
+    assert "confusion-matrix" in _figure_ids(page)  # '$' in a class name is no mathtext
+
+
+def test_summary_table_sorted_by_test_accuracy_with_best_highlighted(full_page):
+    page = full_page
+    rows = _summary_rows(page)
+    assert [name for _, name in rows] == ["gap", "attention", "max", "flatten"]
+    assert [bool(cls) for cls, _ in rows] == [True, False, False, False]
+    assert 'data-value="0.9"' in page  # numeric sort key of the accuracy column
+
+
+def test_summary_is_readable_without_javascript(full_page):
+    page = full_page
+    static = re.sub(r"<script>.*?</script>", "", page, flags=re.S)
+    assert "90.0% [88.0%, 92.0%]" in static
+    assert static.count('<details class="head"') == len(HEADS)
+    assert "Linear(in=512, out=2)" in static and "gap&lt;pool&gt;" in static
+
+
+def test_one_seed_shows_mean_without_interval(tmp_path):
+    page = write_report(make_run(tmp_path, seeds=1)).read_text()
+    assert "<td class=num data-value=\"0.9\">90.0%</td>" in page
+    assert "one seed: no interval" in page
+    assert "accuracy-vs-params" in _figure_ids(page)
+
+
+def test_terminal_table_has_same_columns_and_order_as_report(full_run):
+    results = json.loads((full_run / "results.json").read_text())
+    table = summary_table(results)
+    assert [c.header for c in table.columns] == SUMMARY_COLUMNS
+    console = Console(record=True, width=250, color_system=None)
+    console.print(table)
+    text = console.export_text()
+    order = [text.index(f" {h} ") for h in ("gap", "attention", "max", "flatten")]
+    assert order == sorted(order)
+    assert "90.0% [88.0%, 92.0%]" in text and "+5.0 pp" in text and "1.03k" in text
+
+
+def test_top_loss_images_come_from_best_seed_highest_loss_first(full_run, full_page):
+    page = full_page
+    with open(full_run / "predictions.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["head"] == "gap" and r["seed"] == "2"]
+    expected = [r["path"] for r in sorted(rows, key=lambda r: -float(r["loss"]))[:6]]
+    section = page.split('id="head-gap"', 1)[1].split("</details>", 1)[0]
+    assert "Highest-loss test images (seed 2)" in section
+    thumbs = re.findall(r'<figure class="thumb"><img src="([^"]+)" alt="([^"]+)"', section)
+    assert [alt for _, alt in thumbs] == expected
+    with Image.open(io.BytesIO(_data_image(thumbs[0][0]))) as im:
+        assert im.format == "JPEG" and max(im.size) <= 128
+
+
+def test_missing_dataset_images_are_skipped_with_a_note(tmp_path):
+    run = make_run(tmp_path)
+    for p in (tmp_path / "data" / "test" / "c0").iterdir():
+        p.unlink()
+    page = write_report(run).read_text()
+    assert "image(s) not found under" in page
+    assert _figure_ids(page) == set(ALL_PLOTS)
+
+
+def test_cam_overlays_are_embedded_downscaled(full_page):
+    page = full_page
+    cams = re.findall(r'<figure class="cam"><img src="([^"]+)"', page)
+    assert len(cams) == 2 * len(HEADS)
+    with Image.open(io.BytesIO(_data_image(cams[0]))) as im:
+        assert max(im.size) <= 224
+    assert "ok_0 · true ants · pred ants" in page
+
+
+def test_cam_paths_outside_the_run_folder_are_ignored(tmp_path):
+    run = make_run(tmp_path, analyses=("cam",))
+    results = json.loads((run / "results.json").read_text())
+    _image(tmp_path / "elsewhere.png", 32, 0)
+    results["analyses"]["cam"]["heads"]["gap"]["files"] = ["../elsewhere.png"]
+    (run / "results.json").write_text(json.dumps(results))
+    page = write_report(run).read_text()
+    section = page.split('id="head-gap"', 1)[1].split("</details>", 1)[0]
+    assert '<figure class="cam">' not in section
+
+
+def test_report_header_names_dataset_backbone_and_leakage(full_page):
+    page = full_page
+    for text in ("resnet18.a1_in1k", "fp32 on cpu", "train 10, val 10, test 10 images",
+                 "cannot decode image", "1 byte-identical file(s)", "Test CPU", "total 35.0 s",
+                 "gap beats flatten by 10.0 points"):
+        assert text in page
+
+
+def test_report_of_a_large_run_stays_small(tmp_path):
+    heads = {f"head{i}": (1_000 * (i + 1), 0.5 + i / 40) for i in range(10)}
+    run = make_run(tmp_path, heads=heads, per_class=6, image_px=400, cam_px=448, cam_per_head=4,
+                   seeds=2)
+    size = write_report(run).stat().st_size
+    assert size < 3_000_000, size  # noise images are the worst case for JPEG
+
+
+def test_malformed_analysis_entries_do_not_break_the_report(tmp_path):
+    run = make_run(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    results["analyses"]["sizes"]["heads"]["gap"] = "oops"
+    results["analyses"]["shots"] = {"shots": None, "heads": None}
+    del results["heads"][0]["seeds"][0]["history"]
+    (run / "results.json").write_text(json.dumps(results))
+    page = write_report(run).read_text()
+    assert "size-accuracy" in _figure_ids(page)
+    assert "shots-accuracy" not in _figure_ids(page)
+
+
+def test_write_report_rejects_folder_without_results(tmp_path):
+    with pytest.raises(HeadbenchError, match="no results.json"):
+        write_report(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(HeadbenchError, match="cannot read"):
+        write_report(tmp_path)
+
+
+def test_rerendering_replaces_the_report_and_leaves_no_temporary_files(tmp_path):
+    run = make_run(tmp_path)
+    (run / "report.html").write_text("old")
+    write_report(run)
+    assert (run / "report.html").read_text().startswith("<!DOCTYPE html>")
+    assert not list(run.glob(".report.html.*"))

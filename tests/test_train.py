@@ -1,0 +1,239 @@
+"""The shared head-training protocol on cached features (tiny synthetic feature maps, CPU)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headbench import train
+from headbench.errors import HeadbenchError
+from headbench.train import (Features, TrainConfig, fit_head, lr_at, predict_logits, seeded,
+                             train_head)
+
+C, K, MAP = 8, 3, 4
+
+
+def separable(n: int, seed: int, noise: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """float16 (n, C, MAP, MAP) maps whose channel means identify the class."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, K, n)
+    centres = 2.0 * np.eye(K, C)
+    X = centres[y][:, :, None, None] + noise * rng.standard_normal((n, C, MAP, MAP))
+    return X.astype(np.float16), y
+
+
+def gap_head(dropout: float = 0.0) -> nn.Module:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                         nn.Linear(C, K))
+
+
+def flatten_head() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(C * MAP * MAP, K))
+
+
+def bn_head() -> nn.Module:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(C),
+                         nn.Linear(C, K))
+
+
+FAST = TrainConfig(epochs=12, batch_size=16, lr=1e-2, warmup_epochs=1, patience=None,
+                   device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data():
+    X_tr, y_tr = separable(96, seed=1)
+    X_va, y_va = separable(60, seed=2)
+    return X_tr, y_tr, X_va, y_va
+
+
+def train_gap(data, seed: int = 0, dropout: float = 0.0, config: TrainConfig = FAST):
+    with seeded(seed):
+        head = gap_head(dropout)
+    return head, train_head(head, *data, config, weight_decay=1e-3, seed=seed)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_train_head_learns_separable_features(data):
+    head, result = train_gap(data)
+    logits = predict_logits(head, data[2])
+    assert (logits.argmax(1) == data[3]).mean() > 0.95
+    assert result.history[result.best_epoch - 1].val_acc > 0.95
+    assert len(result.history) == result.epochs_run == FAST.epochs
+    assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_same_seed_gives_identical_weights_and_history_even_with_dropout(data):
+    _, a = train_gap(data, seed=3, dropout=0.5)
+    _, b = train_gap(data, seed=3, dropout=0.5)
+    _, c = train_gap(data, seed=4, dropout=0.5)
+    assert_same_state(a.state_dict, b.state_dict)
+    assert a.history == b.history
+    assert not torch.equal(a.state_dict["3.weight"], c.state_dict["3.weight"])
+    assert a.history != c.history
+
+
+def test_training_leaves_global_torch_rng_untouched(data):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_gap(data, dropout=0.5)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_seeded_makes_head_init_deterministic():
+    with seeded(7):
+        a = gap_head()
+    with seeded(7):
+        b = gap_head()
+    with seeded(8):
+        c = gap_head()
+    assert_same_state(a.state_dict(), b.state_dict())
+    assert not torch.equal(a[3].weight, c[3].weight)
+
+
+def test_early_stopping_restores_best_epoch():
+    # random labels: the flatten head memorises train and val loss climbs after a few epochs
+    rng = np.random.default_rng(0)
+    X_tr = rng.standard_normal((48, C, MAP, MAP)).astype(np.float16)
+    X_va = rng.standard_normal((48, C, MAP, MAP)).astype(np.float16)
+    y_tr, y_va = rng.integers(0, K, 48), rng.integers(0, K, 48)
+    config = TrainConfig(epochs=40, batch_size=16, lr=3e-2, warmup_epochs=0, patience=3,
+                         device="cpu")
+    with seeded(0):
+        head = flatten_head()
+    result = train_head(head, X_tr, y_tr, X_va, y_va, config, weight_decay=0.0, seed=0)
+
+    val_losses = [e.val_loss for e in result.history]
+    assert result.epochs_run < config.epochs
+    assert result.epochs_run == result.best_epoch + config.patience
+    assert result.best_val_loss == min(val_losses) == val_losses[result.best_epoch - 1]
+    # the weights handed back (and left in the head) are the best epoch's, not the last's
+    assert_same_state(head.state_dict(), result.state_dict)
+    logits = torch.from_numpy(predict_logits(head, X_va))
+    loss = F.cross_entropy(logits, torch.from_numpy(y_va)).item()
+    assert loss == pytest.approx(result.best_val_loss, rel=1e-5)
+    assert all(v.device.type == "cpu" for v in result.state_dict.values())
+
+
+def test_fit_head_picks_decay_with_lowest_val_loss_and_trains_every_seed(data):
+    config = TrainConfig(epochs=6, batch_size=16, lr=1e-2, weight_decays=(0.0, 30.0),
+                         warmup_epochs=1, patience=None, device="cpu")
+    calls = []
+    fit = fit_head(gap_head, *data, config, seeds=(0, 5), head_name="gap",
+                   on_run=lambda done, total: calls.append((done, total)))
+
+    assert set(fit.sweep) == {0.0, 30.0}
+    assert fit.weight_decay == min(fit.sweep, key=fit.sweep.get)
+    assert fit.sweep[0.0] != fit.sweep[30.0]
+    assert [r.seed for r in fit.runs] == [0, 5]
+    assert all(r.weight_decay == fit.weight_decay for r in fit.runs)
+    assert fit.runs[0].best_val_loss == fit.sweep[fit.weight_decay]
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    json.dumps(fit.to_dict())  # the run folder stores it
+
+
+def test_fit_head_initialises_each_seed_like_seeded(data):
+    config = TrainConfig(epochs=3, batch_size=16, weight_decays=(1e-3,), device="cpu")
+    fit = fit_head(gap_head, *data, config, seeds=(2,))
+    with seeded(2):
+        head = gap_head()
+    alone = train_head(head, *data, config, weight_decay=1e-3, seed=2)
+    assert_same_state(fit.runs[0].state_dict, alone.state_dict)
+
+
+def test_memmap_features_streamed_from_disk_train_like_in_memory(data, tmp_path, monkeypatch):
+    X_tr, y_tr, X_va, y_va = data
+    path = tmp_path / "train.f16"
+    mm = np.memmap(path, dtype=np.float16, mode="w+", shape=X_tr.shape)
+    mm[:] = X_tr
+    mm.flush()
+    mm = np.memmap(path, dtype=np.float16, mode="r", shape=X_tr.shape)
+
+    _, in_memory = train_gap(data)
+    monkeypatch.setattr(train, "CACHE_BYTES", 0)  # force batch-by-batch reads
+    assert Features(mm, torch.device("cpu"))._memory is None
+    with seeded(0):
+        head = gap_head()
+    streamed = train_head(head, mm, y_tr, X_va, y_va, FAST, weight_decay=1e-3, seed=0)
+    assert_same_state(streamed.state_dict, in_memory.state_dict)
+    np.testing.assert_array_equal(predict_logits(head, mm), predict_logits(head, X_tr))
+
+
+def test_batchnorm_head_trains_when_one_sample_is_left_over(data):
+    X_tr, y_tr, X_va, y_va = data
+    n = FAST.batch_size + 1
+    with seeded(0):
+        head = bn_head()
+    result = train_head(head, X_tr[:n], y_tr[:n], X_va, y_va, FAST, weight_decay=1e-3, seed=0)
+    assert result.epochs_run == FAST.epochs
+    assert math.isfinite(result.best_val_loss)
+
+
+def test_lr_warms_up_per_step_then_decays_to_zero():
+    lrs = [lr_at(s, 1.0, warmup_steps=4, total_steps=20) for s in range(20)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4] == 1.0
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))
+    assert lrs[-1] < 0.01
+    assert lr_at(20, 1.0, 4, 20) == pytest.approx(0.0)
+
+
+def test_history_records_the_schedule(data):
+    _, result = train_gap(data)
+    steps = math.ceil(96 / FAST.batch_size)
+    total = FAST.epochs * steps
+    assert result.history[0].lr == pytest.approx(lr_at(steps - 1, FAST.lr, steps, total))
+    assert result.history[-1].lr == pytest.approx(lr_at(total - 1, FAST.lr, steps, total))
+
+
+def test_predict_logits_returns_float32_and_restores_train_mode(data):
+    head = gap_head()
+    head.train()
+    logits = predict_logits(head, data[2], batch_size=7)
+    assert logits.shape == (60, K) and logits.dtype == np.float32
+    assert head.training
+    with torch.no_grad():
+        expected = head.eval()(torch.from_numpy(data[2]).float()).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_train_head_rejects_labels_beyond_head_classes(data):
+    X_tr, y_tr, X_va, y_va = data
+    with pytest.raises(HeadbenchError, match="num_classes"):
+        train_head(gap_head(), X_tr, y_tr + 1, X_va, y_va, FAST, 0.0, 0)
+
+
+def test_train_head_rejects_label_count_mismatch(data):
+    X_tr, y_tr, X_va, y_va = data
+    with pytest.raises(HeadbenchError, match="y_train"):
+        train_head(gap_head(), X_tr, y_tr[:-1], X_va, y_va, FAST, 0.0, 0)
+
+
+@pytest.mark.parametrize("option, value", [("epochs", 0), ("batch_size", 1), ("lr", 0.0),
+                                           ("weight_decays", ()), ("patience", 0)])
+def test_train_config_rejects_out_of_range_option(option, value):
+    with pytest.raises(HeadbenchError, match=option):
+        TrainConfig(**{option: value})
+
+
+def test_train_config_round_trips_through_json():
+    config = TrainConfig(epochs=5, weight_decays=[0.1, 0.2], device="cpu")
+    restored = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    assert restored.weight_decays == (0.1, 0.2)
+
+
+def test_unknown_device_is_a_user_error():
+    with pytest.raises(HeadbenchError, match="device"):
+        train.resolve_device("gpu")
