@@ -246,7 +246,7 @@ def test_findings_compare_gap_and_flatten_on_the_analyses():
     results = _results([0.90, 0.91, 0.92], [0.80, 0.82, 0.81])
     ci = lambda vals: {"mean": float(np.mean(vals)), "lo": None, "hi": None, "values": vals}
     results["analyses"] = {
-        "shifts": {"shifts": [0, 16], "seeds": [0, 1, 2], "heads": {
+        "shifts": {"shifts": [0, 16], "seed_ids": [0, 1, 2], "heads": {
             "gap": {"accuracy": {"16": ci([0.9, 0.9, 0.9])},
                     "consistency": {"16": ci([0.95, 0.96, 0.97])}},
             "flatten": {"accuracy": {"16": ci([0.7, 0.7, 0.7])},
@@ -254,7 +254,7 @@ def test_findings_compare_gap_and_flatten_on_the_analyses():
         "shots": {"shots": ["1", "all"], "seed_ids": [0, 1, 2], "heads": {
             h: {"1": {"test_accuracy": ci([0.5, 0.52, 0.5]), "overfit_gap": ci([0.5, 0.5, 0.5])}}
             for h in ("gap", "flatten")}},
-        "sizes": {"sizes": [32, 64], "base": 64, "seeds": [0, 1, 2], "heads": {
+        "sizes": {"sizes": [32, 64], "base": 64, "seed_ids": [0, 1, 2], "heads": {
             "gap": {"32": ci([0.6, 0.62, 0.61]), "64": ci([0.9, 0.91, 0.92])},
             "flatten": {"32": an.not_applicable((2, 2)), "64": ci([0.8, 0.82, 0.81])}}}}
     out = {f["kind"]: f for f in an.findings(results)}

@@ -29,7 +29,9 @@ HEADS = {"gap": (1_026, 0.90), "flatten": (50_178, 0.80), "max": (1_026, 0.85),
 
 
 def _ci(mean: float, seeds: int, half: float = 0.02) -> dict:
-    return dict(mean=mean, lo=mean - half if seeds > 1 else None, hi=mean + half if seeds > 1 else None)
+    if seeds == 1:
+        return dict(mean=mean, lo=None, hi=None)
+    return dict(mean=mean, lo=mean - half, hi=mean + half)
 
 
 def _metrics(acc: float, n: int) -> dict:
@@ -71,7 +73,8 @@ def make_run(root: Path, classes=("ants", "bees"), heads: dict = HEADS, seeds: i
         entries.append(dict(
             head=name, spec=dict(name=name, hidden=[], dropout=0.0), fixed_size=name == "flatten",
             head_params=params, total_params=params + 11_000_000, head_flops=2 * params,
-            total_flops=1.8e9 + 2 * params, weight_decay=1e-4, wd_sweep={"0.0001": 0.31, "0.001": 0.35},
+            total_flops=1.8e9 + 2 * params, weight_decay=1e-4,
+            wd_sweep={"0.0001": 0.31, "0.001": 0.35},
             best_seed=seeds - 1, model_dir=f"heads/{name}", model_size_bytes=44_000_000,
             latency_ms_b1=4.0 + params / 1e5, throughput_b32=900.0,
             architecture=f"Sequential(\n  (pool): {name}<pool>\n  (fc): Linear(in=512, out=2)\n)",
@@ -229,7 +232,7 @@ def test_summary_table_sorted_by_test_accuracy_with_best_highlighted(full_page):
 def test_summary_is_readable_without_javascript(full_page):
     page = full_page
     static = re.sub(r"<script>.*?</script>", "", page, flags=re.S)
-    assert "90.0% [88.0%, 92.0%]" in static
+    assert "90.0 ± 2.0%" in static
     assert static.count('<details class="head"') == len(HEADS)
     assert "Linear(in=512, out=2)" in static and "gap&lt;pool&gt;" in static
 
@@ -244,13 +247,13 @@ def test_one_seed_shows_mean_without_interval(tmp_path):
 def test_terminal_table_has_same_columns_and_order_as_report(full_run):
     results = json.loads((full_run / "results.json").read_text())
     table = summary_table(results)
-    assert [c.header for c in table.columns] == SUMMARY_COLUMNS
+    assert [c.header.replace("\n", " ") for c in table.columns] == SUMMARY_COLUMNS
     console = Console(record=True, width=250, color_system=None)
     console.print(table)
     text = console.export_text()
     order = [text.index(f" {h} ") for h in ("gap", "attention", "max", "flatten")]
     assert order == sorted(order)
-    assert "90.0% [88.0%, 92.0%]" in text and "+5.0 pp" in text and "1.03k" in text
+    assert "90.0 ± 2.0%" in text and "+5.0 ± 1.0 pp" in text and "1.03k" in text
 
 
 def test_top_loss_images_come_from_best_seed_highest_loss_first(full_run, full_page):
@@ -337,3 +340,11 @@ def test_rerendering_replaces_the_report_and_leaves_no_temporary_files(tmp_path)
     write_report(run)
     assert (run / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert not list(run.glob(".report.html.*"))
+
+
+def test_terminal_table_prints_names_literally_not_as_markup(tmp_path):
+    run = make_run(tmp_path, heads={"[bold]gap": (1_026, 0.9), "flatten": (2_000, 0.8)})
+    results = json.loads((run / "results.json").read_text())
+    console = Console(record=True, width=250, color_system=None)
+    console.print(summary_table(results))
+    assert "[bold]gap" in console.export_text()

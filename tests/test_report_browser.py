@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from headbench.report import write_report
-from test_report import make_run
+from test_report import ALL_PLOTS, make_run
 
 pytestmark = pytest.mark.browser
 
@@ -188,6 +188,11 @@ def summary_order(browser: Browser) -> list[str]:
                             ".map(r => r.cells[0].textContent)")
 
 
+def column_values(browser: Browser, column: int) -> list[float]:
+    return browser.evaluate(f"""Array.from(document.querySelectorAll('#summary-table tbody tr'))
+        .map(r => Number(r.cells[{column}].getAttribute('data-value')))""")
+
+
 def screenshot(browser: Browser, path: Path) -> None:
     """The whole page (up to 12000 px tall) as PNG."""
     height = browser.page("Page.getLayoutMetrics")["cssContentSize"]["height"]
@@ -198,29 +203,45 @@ def screenshot(browser: Browser, path: Path) -> None:
     path.write_bytes(base64.b64decode(shot["data"]))
 
 
-def test_report_renders_in_chromium_with_plots_loaded_and_sortable_table(browser, tmp_path):
-    run = make_run(tmp_path, classes=("ants", "<bees>"))
-    open_report(browser, write_report(run))
+def check_report_in_browser(browser: Browser, run_dir: Path, name: str) -> list[str]:
+    """Render `run_dir`'s report and check it as a user sees it; returns the plots' alt texts.
 
+    Asserts: every image (plots, thumbnails, CAMs) decoded, clicking the test-accuracy header
+    sorts the table ascending then descending, no console errors. Saves
+    test-artifacts/<name>.png (after expanding the head sections).
+    """
+    open_report(browser, write_report(run_dir))
     plots = browser.evaluate("Array.from(document.querySelectorAll('img.plot'))"
                              ".map(i => [i.alt, i.complete, i.naturalWidth])")
-    assert len(plots) == 8
-    assert all(complete and width > 0 for _, complete, width in plots), plots
-    thumbs = browser.evaluate("Array.from(document.images).filter(i => !i.naturalWidth)"
+    assert plots and all(complete and width > 0 for _, complete, width in plots), plots
+    broken = browser.evaluate("Array.from(document.images).filter(i => !i.naturalWidth)"
                               ".map(i => i.alt)")
-    assert thumbs == []
+    assert broken == []
+    for expected in (sorted, lambda v: sorted(v, reverse=True)):
+        browser.click("#summary-table th:nth-child(2)")  # test accuracy
+        values = column_values(browser, 1)
+        assert values == expected(values), values
+    browser.click("#heads button")  # 'expand all', so the screenshot shows every head
+    screenshot(browser, ARTIFACTS / f"{name}.png")
+    assert console_errors(browser.events) == []
+    return [alt for alt, _, _ in plots]
 
-    assert summary_order(browser) == ["gap", "attention", "max", "flatten"]
-    browser.click("#summary-table th:nth-child(2)")  # test accuracy: ascending first
-    assert summary_order(browser) == ["flatten", "max", "attention", "gap"]
+
+def test_report_renders_in_chromium_with_plots_loaded_and_sortable_table(browser, tmp_path):
+    run = make_run(tmp_path, classes=("ants", "<bees>"))
+    alts = check_report_in_browser(browser, run, "report-browser")
+    assert sorted(a.split(":")[0] for a in alts) == sorted(ALL_PLOTS)
+    assert (ARTIFACTS / "report-browser.png").stat().st_size > 10_000
+
+    # Ascending again, then by name, then by head params; each a real mouse click.
     browser.click("#summary-table th:nth-child(2)")
-    assert summary_order(browser) == ["gap", "attention", "max", "flatten"]
-    browser.click("#summary-table th:nth-child(4)")  # head params: ties keep their order
-    assert summary_order(browser)[-1] == "attention"
-
+    assert summary_order(browser) == ["flatten", "max", "attention", "gap"]
+    browser.click("#summary-table th:nth-child(1)")
+    assert summary_order(browser) == ["attention", "flatten", "gap", "max"]
+    browser.click("#summary-table th:nth-child(4)")  # head params; ties keep their order
+    assert summary_order(browser) == ["gap", "max", "flatten", "attention"]
     assert browser.evaluate("document.querySelector('#summary-table tr.best td').textContent") \
         == "gap"
-    screenshot(browser, ARTIFACTS / "report-browser.png")
     assert console_errors(browser.events) == []
 
 
@@ -236,7 +257,8 @@ def test_head_sections_expand_with_the_toggle_button(browser, tmp_path):
 def test_browser_check_catches_console_errors_and_broken_plots(browser, tmp_path):
     # Guards the harness itself: a check that cannot fail would pass any report.
     page = tmp_path / "broken.html"
-    page.write_text('<!DOCTYPE html><link rel="icon" href="data:,"><img class="plot" src="gone.png">'
+    page.write_text('<!DOCTYPE html><link rel="icon" href="data:,">'
+                    '<img class="plot" src="gone.png">'
                     '<script>console.error("boom"); notDefined();</script>')
     open_report(browser, page)
     assert browser.evaluate("document.querySelector('img.plot').naturalWidth") == 0
@@ -244,3 +266,17 @@ def test_browser_check_catches_console_errors_and_broken_plots(browser, tmp_path
     assert len(errors) == 3, errors
     text = " | ".join(errors)
     assert "boom" in text and "gone.png" in text and "notDefined" in text
+
+
+@pytest.mark.slow
+def test_report_of_a_real_compare_run_works_in_chromium(browser, tmp_path):
+    from headbench.compare import compare
+    from headbench.synthetic import make_shapes_dataset
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=8, image_size=64)
+    result = compare(data, backbone="resnet18", weights="none", heads=["gap", "flatten"], seeds=2,
+                     epochs=2, input_size=64, out=tmp_path, cache_dir=tmp_path / "cache",
+                     shifts=[0, 8], sizes=[64, 96], shots=["1", "all"], cam=1, workers=0,
+                     report=False)
+    alts = check_report_in_browser(browser, result.run_dir, "report-browser-real-run")
+    assert sorted(a.split(":")[0] for a in alts) == sorted(ALL_PLOTS)
+    assert browser.evaluate("document.querySelectorAll('figure.cam img').length") >= 2

@@ -11,7 +11,8 @@ the same analysis is cheap.
   the unshifted view and the view shifted by s in that direction: pairs exactly s pixels apart.
   (Zhang 2019 compares two random shifts per image, so its pairs are at varying distances; an
   ImageNet ResNet50 scores about 89% there.) Consistency at 0 is 1 by definition. *Accuracy at
-  s* is averaged over the directions.
+  s* is averaged over the directions. Because every view comes from the larger resize, accuracy
+  at shift 0 can differ slightly from the run's test accuracy (standard resize).
 - ``sizes`` (resolution): every head trained at the base size, evaluated on test images at other
   input sizes. Fixed-size heads (flatten, avgpool) are reported as not applicable where the
   feature map differs from the one they were built for, never silently resized.
@@ -26,7 +27,7 @@ the same analysis is cheap.
   a difference is called significant only when every interval computed for it excludes zero.
 
 Every `ci` in the output is `{"mean", "lo", "hi", "values"}` over seeds (`lo`/`hi` null with one
-seed; `values` per seed, in the order of the analysis' `seeds` list).
+seed; `values` per seed, in the order of the analysis' `seed_ids` list).
 """
 from __future__ import annotations
 
@@ -427,7 +428,7 @@ def translation_analysis(ctx: RunContext, shifts: Sequence[int],
         heads[label] = {"accuracy": {str(s): _ci(acc[s]) for s in shifts},
                         "consistency": {str(s): _ci(cons[s]) for s in shifts}}
     return {"shifts": shifts, "margin": max(shifts), "directions": [list(d) for d in directions],
-            "seeds": list(ctx.seeds), "consistency_definition": CONSISTENCY_DEFINITION,
+            "seed_ids": list(ctx.seeds), "consistency_definition": CONSISTENCY_DEFINITION,
             "heads": heads}
 
 
@@ -465,7 +466,7 @@ def resolution_analysis(ctx: RunContext, sizes: Sequence[int]) -> dict:
             heads[label][str(size)] = _ci([float(np.mean(preds[(label, s)] == y))
                                            for s in ctx.seeds])
     heads = {label: {str(s): heads[label][str(s)] for s in sizes} for label in ctx.heads}
-    return {"sizes": sizes, "base": base, "map_sizes": map_sizes, "seeds": list(ctx.seeds),
+    return {"sizes": sizes, "base": base, "map_sizes": map_sizes, "seed_ids": list(ctx.seeds),
             "heads": heads}
 
 
@@ -623,8 +624,7 @@ def grad_cam(head: Head, feature_map: torch.Tensor, class_index: int) -> torch.T
 
 
 def _chw(feature_map: torch.Tensor | np.ndarray) -> torch.Tensor:
-    f = torch.as_tensor(np.asarray(feature_map) if not torch.is_tensor(feature_map)
-                        else feature_map).float().cpu()
+    f = torch.as_tensor(feature_map).float().cpu()  # numpy float16 rows from the cache too
     if f.dim() == 4 and f.shape[0] == 1:
         f = f[0]
     if f.dim() != 3:
@@ -781,7 +781,6 @@ def analyze(run_dir: str | Path, shifts: Any = None, sizes: Any = None, shots: A
         results["findings"] = findings(results, run_dir)
         _io.atomic_write_json(run_dir / "results.json", results)
         _write_report(run_dir)
-        log_findings(results["findings"])
         return results
     finally:
         _progress.set_quiet(was_quiet)
@@ -795,14 +794,6 @@ def _write_report(run_dir: Path) -> None:
             raise
         return
     write_report(run_dir)
-
-
-def log_findings(items: Sequence[dict]) -> None:
-    """Print the findings (through progress.log, so quiet mode drops them)."""
-    if items:
-        _progress.log("Findings:")
-        for item in items:
-            _progress.log(f"  - {item['text']}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -865,7 +856,7 @@ def _reference_head(heads: list[dict]) -> dict | None:
 
 
 @dataclass
-class _Diff:
+class PairedDiff:
     """A paired difference a − b with its intervals (t over seeds, bootstrap over images)."""
 
     diff: float
@@ -876,9 +867,10 @@ class _Diff:
 
     @property
     def significant(self) -> bool:
+        """Every computed interval excludes zero, all on the same side."""
         intervals = [ci for ci in (self.t, self.boot) if ci is not None]
-        return bool(intervals) and all(lo > 0 or hi < 0 for lo, hi in intervals) and \
-            len({lo > 0 for lo, _ in intervals}) == 1
+        return bool(intervals) and (all(lo > 0 for lo, _ in intervals)
+                                    or all(hi < 0 for _, hi in intervals))
 
     @property
     def lo_hi(self) -> tuple[float | None, float | None]:
@@ -909,7 +901,7 @@ class _Diff:
 
 def paired_difference(a: dict[int, float], b: dict[int, float],
                       correct_a: np.ndarray | None = None,
-                      correct_b: np.ndarray | None = None) -> _Diff:
+                      correct_b: np.ndarray | None = None) -> PairedDiff:
     """a − b over the seeds both have (t interval from 2 seeds on), plus a bootstrap over
     test images when per-image correctness of both is given."""
     seeds = sorted(set(a) & set(b))
@@ -924,10 +916,10 @@ def paired_difference(a: dict[int, float], b: dict[int, float],
         boot, n_images = (float(lo), float(hi)), len(correct_a)
         if not seeds:
             diff = boot_diff
-    return _Diff(diff, len(seeds), t, boot, n_images)
+    return PairedDiff(diff, len(seeds), t, boot, n_images)
 
 
-def _verdict(d: _Diff, better: str, worse: str, claim: str = "more accurate") -> str:
+def _verdict(d: PairedDiff, better: str, worse: str, claim: str = "more accurate") -> str:
     if d.significant:
         return f"{better if d.diff > 0 else worse} is {claim}"
     if d.t is None and d.boot is None:
@@ -972,7 +964,7 @@ def _per_seed(ci: dict | None, seeds: Sequence[int]) -> dict[int, float]:
 
 def _translation_finding(ref: dict, other: dict, shifts: dict) -> dict | None:
     a, b = ref["head"], other["head"]
-    heads, seeds, s = shifts.get("heads", {}), shifts.get("seeds", []), str(max(shifts["shifts"]))
+    heads, seeds, s = shifts.get("heads", {}), shifts.get("seed_ids", []), str(max(shifts["shifts"]))
     if a not in heads or b not in heads or s == "0":
         return None
     ca, cb = (_per_seed(heads[h]["consistency"].get(s), seeds) for h in (a, b))
@@ -1001,7 +993,7 @@ def _shots_finding(ref: dict, other: dict, shots: dict) -> dict | None:
 
 
 def _resolution_findings(sizes: dict, refs: list[dict]) -> list[dict]:
-    heads, base, seeds = sizes.get("heads", {}), str(sizes.get("base")), sizes.get("seeds", [])
+    heads, base, seeds = sizes.get("heads", {}), str(sizes.get("base")), sizes.get("seed_ids", [])
     others = [str(s) for s in sizes.get("sizes", []) if str(s) != base]
     out = []
     fixed = sorted(h for h, per in heads.items()
@@ -1054,4 +1046,4 @@ __all__ = ["RunContext", "SplitItems", "HeadRun", "analyze", "run_analyses",
            "translation_analysis", "resolution_analysis", "shots_analysis", "cam_analysis",
            "exact_cam", "grad_cam", "overlay_cam", "findings", "shift_consistency", "shift_views",
            "stratified_subset", "parse_shifts", "parse_sizes", "parse_shots", "paired_difference",
-           "log_findings"]
+           "PairedDiff"]

@@ -211,6 +211,8 @@ def _entry_lock(entry: Path) -> Iterator[None]:
         except BlockingIOError:
             progress.log(f"waiting for another headbench process extracting into {entry}")
             fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks (some network mounts): go on unlocked
+            pass
         try:
             yield
         finally:
@@ -291,7 +293,8 @@ class _ChunkWriter:
     """Buffers extracted rows and commits them `chunk_size` at a time."""
 
     def __init__(self, chunks: Path, first_number: int, chunk_size: int, shape: tuple):
-        self.chunks, self.number, self.chunk_size, self.shape = chunks, first_number, chunk_size, shape
+        self.chunks, self.number = chunks, first_number
+        self.chunk_size, self.shape = chunk_size, shape
         self.arrays: list[np.ndarray] = []
         self.digests: list[str] = []
         self.failures: dict[str, str] = {}
@@ -304,13 +307,13 @@ class _ChunkWriter:
             self.flush(self.chunk_size)
 
     def flush(self, limit: int | None = None) -> None:
-        """Commit up to `limit` buffered items (rows first, then failures)."""
+        """Commit up to `limit` buffered items (default all), rows before failures."""
         if not self.digests and not self.failures:
             return
-        rows = np.concatenate(self.arrays) if self.arrays else np.empty((0, *self.shape), np.float16)
-        n_rows = min(len(self.digests), limit if limit is not None else len(self.digests))
-        n_fail = min(len(self.failures), (limit - n_rows) if limit is not None else len(self.failures))
-        failed = dict(list(self.failures.items())[:n_fail])
+        limit = limit or len(self.digests) + len(self.failures)
+        rows = np.concatenate([np.empty((0, *self.shape), np.float16), *self.arrays])
+        n_rows = min(len(self.digests), limit)
+        failed = dict(list(self.failures.items())[:limit - n_rows])
         _commit_chunk(self.chunks, self.number, rows[:n_rows], self.digests[:n_rows], failed)
         self.number += 1
         self.arrays, self.digests = [rows[n_rows:]], self.digests[n_rows:]

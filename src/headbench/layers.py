@@ -214,8 +214,10 @@ class CatAvgMax(_GlobalPool):
 class AttentionPool2d(_GlobalPool):
     """Attention pooling: a learned query attends over the H·W positions.
 
-    Each position is a token of C features. Its key is the token (through a learned C×C linear
-    map when `key_proj`); its value is the token itself, so the output stays in feature space.
+    Each position is a token of C features. Its key is the token itself (or, with `key_proj`, a
+    learned C×C linear map of it: with one learned query that map adds C² weights but no
+    expressiveness, since q·(Wk + b) = (Wᵀq)·k + const and the constant cancels in the softmax);
+    its value is the token itself, so the output stays in feature space.
     With `num_heads` > 1 the channels are split into groups, each with its own query and
     softmax. Per head h with query q_h and head width d = C / num_heads::
 
@@ -240,7 +242,7 @@ class AttentionPool2d(_GlobalPool):
         torch.Size([2, 8])
     """
 
-    def __init__(self, channels: int, num_heads: int = 1, key_proj: bool = True,
+    def __init__(self, channels: int, num_heads: int = 1, key_proj: bool = False,
                  keepdims: bool = False, data_format: str = "channels_first"):
         super().__init__(keepdims, data_format)
         if num_heads < 1 or channels % num_heads:

@@ -33,7 +33,10 @@ from typing import Any, Callable
 import numpy as np
 from matplotlib.figure import Figure  # a bare Figure needs no GUI backend and no pyplot state
 from matplotlib.ticker import MaxNLocator
+from PIL import Image, ImageOps
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from . import io as _io
 from . import progress as _progress
@@ -83,8 +86,11 @@ def load_results(run_dir: str | Path) -> dict:
     return results
 
 
-SUMMARY_COLUMNS = ["head", "test accuracy (95% CI)", "train − test gap", "head params",
+SUMMARY_COLUMNS = ["head", "test acc ± 95% CI", "train − test gap", "head params",
                    "train time / seed", "latency b1", "throughput b32"]
+# The same headers on two lines, so the terminal table fits in 80 columns.
+_TERMINAL_HEADERS = ["head", "test acc\n± 95% CI", "train − test\ngap", "head\nparams",
+                     "train time\n/ seed", "latency\nb1", "throughput\nb32"]
 
 
 def summary_rows(results: dict) -> list[list[tuple[str, float | str | None]]]:
@@ -95,8 +101,8 @@ def summary_rows(results: dict) -> list[list[tuple[str, float | str | None]]]:
         acc, gap = _ci(s.get("test_accuracy")), _ci(s.get("overfit_gap"))
         rows.append([
             (str(h.get("head", "?")), str(h.get("head", "?"))),
-            (_ci_text(acc, _pct), acc and acc["mean"]),
-            (_ci_text(gap, _pp), gap and gap["mean"]),
+            (_pct(acc), acc and acc["mean"]),
+            (_pp(gap), gap and gap["mean"]),
             (_count(h.get("head_params")), h.get("head_params")),
             (_seconds(s.get("train_time_s")), s.get("train_time_s")),
             (_ms(h.get("latency_ms_b1")), h.get("latency_ms_b1")),
@@ -109,14 +115,17 @@ def summary_table(results: dict) -> Table:
     """The summary as a rich Table (same columns as the report); the best head in bold green."""
     seeds = _n_seeds(results)
     ds, bb = results.get("dataset") or {}, results.get("backbone") or {}
-    table = Table(title=f"{ds.get('name', 'data')} · {bb.get('name', 'backbone')} · "
-                        f"{seeds} seed{'s' if seeds != 1 else ''}",
-                  caption=_ci_note(seeds))
-    for i, name in enumerate(SUMMARY_COLUMNS):
-        table.add_column(name, justify="left" if i == 0 else "right")
+    # Text(), not str: folder and head names are data, never rich markup.
+    title = f"{ds.get('name', 'data')} · {bb.get('name', 'backbone')} · {seeds} seed" + (
+        "s" if seeds != 1 else "")
+    table = Table(title=Text(title), caption=Text(_ci_note(seeds)), box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    rows = summary_rows(results)
+    for i, name in enumerate(_TERMINAL_HEADERS):
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
     best = _best_head(results)
-    for row in summary_rows(results):
-        table.add_row(*(text for text, _ in row),
+    for row in rows:
+        table.add_row(*(Text(text) for text, _ in row),
                       style="bold green" if row[0][0] == best else None)
     return table
 
@@ -221,21 +230,27 @@ def _int(x: Any) -> int | None:
         return None
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def _pct(ci: dict | None) -> str:
+    """An accuracy as '91.2 ± 2.2%' (95% CI), '91.2%' with one seed."""
+    return _ci_text(ci, "{:.1f}", "%")
 
 
-def _pp(x: float) -> str:
-    return f"{100 * x:+.1f} pp"
+def _pp(ci: dict | None) -> str:
+    """A difference of accuracies in percentage points: '+3.1 ± 1.0 pp'."""
+    return _ci_text(ci, "{:+.1f}", " pp")
 
 
-def _ci_text(ci: dict | None, fmt: Callable[[float], str]) -> str:
-    """'91.2% [89.0%, 93.4%]'; the mean alone when there is no interval (one seed)."""
+def _ci_text(ci: dict | None, fmt: str, unit: str) -> str:
+    """Mean ± half-width in percent; [lo, hi] when the interval is not symmetric."""
     if ci is None:
         return "—"
+    mean = 100 * ci["mean"]
     if ci["lo"] is None or ci["hi"] is None:
-        return fmt(ci["mean"])
-    return f"{fmt(ci['mean'])} [{fmt(ci['lo'])}, {fmt(ci['hi'])}]"
+        return fmt.format(mean) + unit
+    lo, hi = 100 * ci["lo"], 100 * ci["hi"]
+    if math.isclose(hi - mean, mean - lo, rel_tol=1e-6, abs_tol=1e-9):
+        return f"{fmt.format(mean)} ± {hi - mean:.1f}{unit}"
+    return f"{fmt.format(mean)}{unit} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
 def _count(n: Any) -> str:
@@ -265,7 +280,7 @@ def _rate(x: Any) -> str:
 
 def _ci_note(seeds: int) -> str:
     if seeds > 1:
-        return f"[lo, hi]: 95% Student-t interval of the mean over {seeds} seeds"
+        return f"±: 95% Student-t interval of the mean over {seeds} seeds"
     return "one seed: no interval (run more seeds for one)"
 
 
@@ -294,7 +309,6 @@ def _svg_data(fig: Figure) -> str:
 
 def _jpeg_data(path: Path, max_px: int) -> str | None:
     """A downscaled JPEG data URL of the image at `path`; None when it cannot be read."""
-    from PIL import Image, ImageOps
     try:
         with Image.open(path) as im:
             im.draft("RGB", (max_px * 2, max_px * 2))  # fast JPEG decode at reduced size
@@ -314,7 +328,7 @@ def _inside(base: Path, rel: str) -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# plots: each returns (title, caption, data URL) or None when its data is not in the run
+# plots: each builder returns a _Plot, or None when its data is not in the run
 
 @dataclass
 class _Plot:
@@ -333,7 +347,8 @@ def _errorbar(ax, xs, cis, **kwargs) -> None:
     means = [100 * c["mean"] for c in cis]
     yerr = None
     if all(c["lo"] is not None and c["hi"] is not None for c in cis):
-        yerr = [[100 * (c["mean"] - c["lo"]) for c in cis], [100 * (c["hi"] - c["mean"]) for c in cis]]
+        yerr = [[100 * (c["mean"] - c["lo"]) for c in cis],
+                [100 * (c["hi"] - c["mean"]) for c in cis]]
     ax.errorbar(xs, means, yerr=yerr, capsize=3, marker="o", markersize=4, **kwargs)
 
 
@@ -345,8 +360,8 @@ def _clip_percent_axis(ax) -> None:
 
 def _plot_accuracy_vs_params(run: _Run) -> _Plot | None:
     colors = _head_colors(run)
-    points = [(h.get("head"), h.get("head_params"), _ci((h.get("summary") or {}).get("test_accuracy")))
-              for h in run.heads]
+    points = [(h.get("head"), h.get("head_params"),
+               _ci((h.get("summary") or {}).get("test_accuracy"))) for h in run.heads]
     points = [p for p in points if _finite(p[1]) and p[1] > 0 and p[2]]
     if not points:
         return None
@@ -401,7 +416,8 @@ def _plot_learning_curves(run: _Run) -> _Plot | None:
 
 
 def _plot_ci_lines(run: _Run, series: dict[str, tuple[list, list[dict]]], xlabel: str,
-                   ylabel: str, xticks: list | None = None, xticklabels: list | None = None) -> Figure:
+                   ylabel: str, xticks: list | None = None,
+                   xticklabels: list | None = None) -> Figure:
     """One line with CI bars per head; `series` maps head -> (x values, ci dicts)."""
     colors = _head_colors(run)
     fig = Figure(figsize=(7, 4.5), layout="constrained")
@@ -443,12 +459,13 @@ def _plot_shifts(run: _Run, metric: str) -> _Plot | None:
     fig = _plot_ci_lines(run, series, "shift (pixels)", ylabel)
     how = (f"Test images shifted by the given number of pixels in "
            f"{len(a.get('directions') or [])} directions (margin {a.get('margin', '?')} px); "
-           "mean over directions and seeds.")
+           f"bars: {_ci_note(_n_seeds(run.results))}.")
     if metric == "accuracy":
         return _Plot("shift-accuracy", "Test accuracy vs translation", how, _svg_data(fig))
+    definition = a.get("consistency_definition") or (
+        "share of test images whose prediction equals the prediction on the unshifted image")
     return _Plot("shift-consistency", "Consistency vs translation",
-                 how + " Consistency: the share of test images whose prediction equals the "
-                       "prediction on the unshifted image.", _svg_data(fig))
+                 f"{how} Consistency: {definition}.", _svg_data(fig))
 
 
 def _plot_sizes(run: _Run) -> _Plot | None:
@@ -552,16 +569,20 @@ def _plot_time_latency(run: _Run) -> _Plot | None:
 
 
 def _plots(run: _Run) -> list[_Plot]:
-    builders = [_plot_accuracy_vs_params, _plot_learning_curves,
-                lambda r: _plot_shifts(r, "accuracy"), lambda r: _plot_shifts(r, "consistency"),
-                _plot_sizes, _plot_shots, _plot_confusion, _plot_time_latency]
+    builders = [("accuracy-vs-params", _plot_accuracy_vs_params),
+                ("learning-curves", _plot_learning_curves),
+                ("shift-accuracy", lambda r: _plot_shifts(r, "accuracy")),
+                ("shift-consistency", lambda r: _plot_shifts(r, "consistency")),
+                ("size-accuracy", _plot_sizes), ("shots-accuracy", _plot_shots),
+                ("confusion-matrix", _plot_confusion), ("time-latency", _plot_time_latency)]
     plots = []
-    for build in builders:
+    for name, build in builders:
         try:
             plot = build(run)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             # One malformed entry must not cost the user the whole report; say which plot.
-            _progress.warn(f"report: a plot was left out, results.json entry not understood ({e!r})")
+            _progress.warn(f"report: plot {name} left out of {run.dir / 'report.html'}: "
+                           f"results.json entry not understood ({e!r})")
             continue
         if plot is not None:
             plots.append(plot)
@@ -623,7 +644,8 @@ def _run_facts(run: _Run) -> str:
         ("splits", _e(ds.get("split_description", "?")) + _split_totals(ds.get("counts"))),
         ("skipped files", _skipped_html(run)),
         ("leakage", _leakage_html(ds.get("leakage"))),
-        ("backbone", f"{_e(bb.get('name', '?'))} (timm <code>{_e(bb.get('timm_name', '?'))}</code>), "
+        ("backbone", f"{_e(bb.get('name', '?'))} "
+                     f"(timm <code>{_e(bb.get('timm_name', '?'))}</code>), "
                      f"{_count(bb.get('params'))} params, {_count(bb.get('flops'))} FLOPs"
                      + (f", feature map {'×'.join(_e(x) for x in shape)}" if shape else "")),
         ("weights", f"{_e(bb.get('weights', '?'))}"
@@ -660,8 +682,9 @@ def _counts_html(counts: Any, classes: list[str]) -> str:
         return ""
     roles = [r for r in ("train", "val", "test") if isinstance(counts.get(r), dict)]
     head = "<tr><th>class</th>" + "".join(f"<th>{r}</th>" for r in roles) + "</tr>"
-    rows = "".join(f"<tr><td>{_e(c)}</td>" + "".join(
-        f'<td class="num">{_e(counts[r].get(c, 0))}</td>' for r in roles) + "</tr>" for c in classes)
+    rows = "".join(f"<tr><td>{_e(c)}</td>"
+                   + "".join(f'<td class="num">{_e(counts[r].get(c, 0))}</td>' for r in roles)
+                   + "</tr>" for c in classes)
     open_ = " open" if len(classes) <= 12 else ""
     return (f"<details{open_}><summary>images per class and split</summary>"
             f'<table class="grid"><thead>{head}</thead><tbody>{rows}</tbody></table></details>')
@@ -719,11 +742,12 @@ def _summary_html(run: _Run) -> str:
 
 
 def _findings_html(run: _Run) -> str:
-    findings = [f for f in run.results.get("findings") or [] if isinstance(f, dict) and f.get("text")]
+    findings = [f for f in run.results.get("findings") or []
+                if isinstance(f, dict) and f.get("text")]
     if not findings:
         return "<p>No findings were recorded for this run.</p>"
-    items = "".join(f'<li{" class=significant" if f.get("significant") else ""}>{_e(f["text"])}</li>'
-                    for f in findings)
+    items = "".join(f'<li{" class=significant" if f.get("significant") else ""}>'
+                    f'{_e(f["text"])}</li>' for f in findings)
     return f"<ul>{items}</ul>"
 
 
@@ -736,15 +760,17 @@ def _plots_html(run: _Run) -> str:
                f'<img class="plot" alt="{p.id}: {_e(p.title)}" src="{p.src}">'
                f"<p>{_e(p.caption)}</p></figure>" for p in _plots(run)]
     missing = [v for k, v in _ANALYSIS_NAMES.items() if k not in run.analyses]
-    note = (f"<p>Analyses not in this run: {', '.join(missing)}; add them with "
-            "<code>headbench analyze RUN_DIR</code> (see <code>--help</code>).</p>" if missing else "")
+    note = ""
+    if missing:
+        note = (f"<p>Analyses not in this run: {', '.join(missing)}; add them with "
+                "<code>headbench analyze RUN_DIR</code> (see <code>--help</code>).</p>")
     return "\n".join(figures) + note
 
 
 def _head_html(run: _Run, head: dict) -> str:
     name = str(head.get("head", "?"))
     best = name == _best_head(run.results)
-    acc = _ci_text(_ci((head.get("summary") or {}).get("test_accuracy")), _pct)
+    acc = _pct(_ci((head.get("summary") or {}).get("test_accuracy")))
     badge = ' <span class="badge">best</span>' if best else ""
     parts = [f"<h4>Architecture</h4><pre>{_e(head.get('architecture', '(not recorded)'))}</pre>",
              f"<h4>Parameters and cost</h4>{_cost_html(run, head)}",
@@ -784,7 +810,7 @@ def _seeds_html(head: dict) -> str:
     rows = []
     for s in seeds:
         m = {role: s.get(role) or {} for role in ("train", "val", "test")}
-        acc = [(_pct(m[r]["accuracy"]) if _finite(m[r].get("accuracy")) else "—")
+        acc = [(f"{100 * m[r]['accuracy']:.1f}%" if _finite(m[r].get("accuracy")) else "—")
                for r in ("train", "val", "test")]
         cells = [s.get("seed", "?"), s.get("best_epoch", "—"), s.get("epochs_run", "—"), *acc,
                  f"{m['test']['nll']:.3f}" if _finite(m["test"].get("nll")) else "—",
@@ -794,7 +820,8 @@ def _seeds_html(head: dict) -> str:
         rows.append(f"<tr{mark}>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
     head_row = "".join(f"<th>{c}</th>" for c in cols)
     return (f'<table class="grid"><thead><tr>{head_row}</tr></thead><tbody>{"".join(rows)}'
-            "</tbody></table><p>Highlighted: the seed whose weights were saved (lowest val loss).</p>")
+            "</tbody></table><p>Highlighted: the seed whose weights were saved "
+            "(lowest val loss).</p>")
 
 
 def _top_loss_html(run: _Run, head: dict) -> str:
@@ -813,8 +840,9 @@ def _top_loss_html(run: _Run, head: dict) -> str:
         figures.append(
             f'<figure class="thumb"><img src="{src}" alt="{_e(r.get("path", ""))}" '
             f'title="{_e(r.get("path", ""))}"><figcaption>true <b>{_e(true)}</b><br>'
-            f"pred <b>{_e(pred)}</b> (p={r['p_pred']:.2f})<br>loss {r['loss']:.2f}</figcaption></figure>")
-    note = (f"<p>{missing} image(s) not found under <code>{_e(root)}</code>.</p>" if missing else "")
+            f"pred <b>{_e(pred)}</b> (p={r['p_pred']:.2f})<br>loss {r['loss']:.2f}"
+            "</figcaption></figure>")
+    note = f"<p>{missing} image(s) not found under <code>{_e(root)}</code>.</p>" if missing else ""
     return (f"<h4>Highest-loss test images (seed {_e(seed)})</h4>"
             f'<div class="thumbs">{"".join(figures)}</div>{note}')
 
@@ -842,10 +870,13 @@ def _cam_html(run: _Run, name: str) -> str:
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;
 max-width:1200px;padding:1em 1.5em;color:#222;background:#fff}
-h1{font-size:1.6em;margin:.2em 0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-h4{margin:1em 0 .4em}nav{margin-bottom:1em}code,pre{font:13px/1.35 ui-monospace,Menlo,Consolas,monospace}
+h1{font-size:1.6em;margin:.2em 0}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+h4{margin:1em 0 .4em}nav{margin-bottom:1em}
+code,pre{font:13px/1.35 ui-monospace,Menlo,Consolas,monospace}
 pre{background:#f6f8fa;padding:.8em;overflow:auto;max-height:30em}
-table{border-collapse:collapse;margin:.4em 0}th,td{padding:.25em .7em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.4em 0}
+th,td{padding:.25em .7em;text-align:left;vertical-align:top}
 table.grid th,table.grid td{border-bottom:1px solid #e4e4e4}td.num{text-align:right;
 font-variant-numeric:tabular-nums}table.kv th{font-weight:600;white-space:nowrap;color:#444}
 tr.best td{background:#e6f4ea;font-weight:600}
