@@ -111,11 +111,24 @@ def _compare_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def _print_findings(findings: list[dict]) -> None:
+    """Significant findings and the gap-vs-flatten ones; the rest are counted (all are in the report)."""
+    headline = {"gap", "flatten"}
+    shown = [f for f in findings if f.get("significant") or {f.get("a"), f.get("b")} == headline
+             or (f.get("kind") == "resolution" and f.get("a") is None)]
+    if findings:
+        print("findings:")
+    for f in shown:
+        print(f"- {f['text']}")
+    if len(findings) > len(shown):
+        print(f"- {len(findings) - len(shown)} more comparisons show no significant difference "
+              "(results.json, report.html)")
+
+
 def _print_result(result) -> None:
     from .report import summary_table
     progress.console.print(summary_table(result.results))
-    for f in result.findings:
-        print(f"- {f['text']}")
+    _print_findings(result.findings)
     print(f"run folder: {result.run_dir}")
     report = result.run_dir / "report.html"
     if report.exists():
@@ -141,8 +154,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise HeadbenchError("analyze needs at least one of --shifts, --sizes, --shots, --cam")
     results = analyze(args.run_dir, shifts=args.shifts, sizes=args.sizes, shots=args.shots,
                       cam=args.cam, cache_dir=args.cache_dir)
-    for f in results.get("findings", []):
-        print(f"- {f['text']}")
+    _print_findings(results.get("findings", []))
     print(f"report: {Path(args.run_dir) / 'report.html'}")
     return 0
 

@@ -30,7 +30,7 @@ from headbench.errors import HeadbenchError, unknown
 DEFAULT_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 MANIFEST = "manifest.json"
 _GENERATOR = "headbench.synthetic.make_shapes_dataset"
-_VERSION = 1  # bump when the drawing changes, so old folders are regenerated
+_VERSION = 2  # bump when the drawing changes, so old folders are regenerated
 _SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased edges
 
 Point = tuple[float, float]
@@ -131,7 +131,7 @@ def _shape_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarra
 
 def _shape_mask(rng: np.random.Generator, shape: str, n: int) -> np.ndarray:
     """An anti-aliased (n, n) coverage mask in [0, 1] of one shape at a random place."""
-    r = rng.uniform(0.10, 0.32) * n
+    r = rng.uniform(0.08, 0.30) * n
     cx, cy = rng.uniform(r, n - r, size=2)
     angle = rng.uniform(0, 2 * math.pi)
     big = Image.new("L", (n * _SUPERSAMPLE, n * _SUPERSAMPLE), 0)

@@ -199,7 +199,7 @@ class Features:
 
     def __init__(self, X: Any, device: torch.device, cache_bytes: int | None = None):
         shape = tuple(getattr(X, "shape", ()))
-        if len(shape) != 4:
+        if len(shape) < 2:
             raise HeadbenchError(f"features must have shape (N, C, H, W), got {shape}: "
                                  "re-extract the feature cache")
         self.X, self.shape, self.device = X, shape, device
@@ -263,6 +263,36 @@ def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- training
+
+def split_fixed_prefix(head: nn.Module) -> tuple[nn.Sequential, nn.Module]:
+    """Split a Sequential head into its leading fixed part and the rest.
+
+    The fixed part holds the first modules with no parameters, no buffers and no randomness
+    (global pools, Flatten, AvgPool2d): their output never changes during training, so it is
+    computed once per run instead of once per epoch. Both parts share the head's modules.
+    """
+    if not isinstance(head, nn.Sequential):
+        return nn.Sequential(), head
+    n = 0
+    for module in head:
+        if (any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+                or isinstance(module, nn.modules.dropout._DropoutNd)):
+            break
+        n += 1
+    if n == len(head):
+        return nn.Sequential(), head
+    modules = list(head)
+    return nn.Sequential(*modules[:n]), nn.Sequential(*modules[n:])
+
+
+def _apply(prefix: nn.Module, feats: Features, batch_size: int = 256) -> Features:
+    """`prefix` applied to every row of `feats`, kept in memory as float32."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(feats), batch_size):
+            out.append(prefix(feats.get(np.arange(start, min(len(feats), start + batch_size)))))
+    return Features(torch.cat(out), feats.device, cache_bytes=math.inf)
+
 
 def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
     """Learning rate for 0-based `step`: linear warm-up to `lr`, then cosine decay to 0."""
@@ -358,7 +388,10 @@ def train_head(head: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val: A
                              f"{len(train)} and {len(val)}: add images or change the split")
     head.to(device)
     _check_num_classes(head, val, int(max(y_tr.max().item(), y_va.max().item())))
-    optimizer = torch.optim.AdamW(_param_groups(head, weight_decay), lr=config.lr)
+    prefix, model = split_fixed_prefix(head)
+    if len(prefix):  # parameter-free pooling runs once, not once per epoch
+        train, val = _apply(prefix, train), _apply(prefix, val)
+    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=config.lr)
     steps = len(_batches(np.arange(len(train)), config.batch_size))
     total = config.epochs * steps
     warmup = min(config.warmup_epochs * steps, total)
@@ -374,9 +407,9 @@ def train_head(head: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val: A
         for epoch in range(1, config.epochs + 1):
             order = torch.randperm(len(train), generator=order_rng).numpy()
             batches = _batches(order, config.batch_size)
-            tr_loss, tr_acc, lr = _train_epoch(head, optimizer, train, y_tr, batches, lr_of,
+            tr_loss, tr_acc, lr = _train_epoch(model, optimizer, train, y_tr, batches, lr_of,
                                                (epoch - 1) * steps)
-            va_loss, va_acc = _eval_loss_acc(head, val, y_va, max(256, config.batch_size))
+            va_loss, va_acc = _eval_loss_acc(model, val, y_va, max(256, config.batch_size))
             history.append(EpochLog(epoch, tr_loss, tr_acc, va_loss, va_acc, lr))
             if va_loss < best_loss:  # NaN never improves
                 best_state = {k: v.detach().to("cpu", copy=True)

@@ -1,0 +1,84 @@
+"""The `headbench` command: exact numbers users quote, and one-line errors without tracebacks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from headbench.cli import main
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_params_gives_the_exact_resnet50_counts(capsys):
+    code, out, _ = _run(capsys, "params", "--backbone", "resnet50", "--num-classes", "10",
+                        "--hidden", "1024", "--json")
+    assert code == 0
+    rows = {r["head"]: r for r in json.loads(out)}
+    assert rows["flatten[1024]"]["feature_map"] == "2048×7×7"
+    # 100352·1024 + 1024 + 1024·10 + 10
+    assert rows["flatten[1024]"]["head_params"] == 100352 * 1024 + 1024 + 1024 * 10 + 10 == 102_771_722
+    assert rows["gap[1024]"]["head_params"] == 2048 * 1024 + 1024 + 1024 * 10 + 10 == 2_108_426
+
+
+def test_params_at_320_grows_flatten_and_leaves_gap_unchanged(capsys):
+    code, out, _ = _run(capsys, "params", "--backbone", "resnet50", "--hidden", "1024",
+                        "--input-size", "320", "--json")
+    rows = {r["head"]: r for r in json.loads(out)}
+    assert rows["flatten[1024]"]["feature_map"] == "2048×10×10"
+    assert rows["flatten[1024]"]["head_params"] == 204800 * 1024 + 1024 + 1024 * 10 + 10
+    assert rows["gap[1024]"]["head_params"] == 2_108_426
+
+
+def test_params_table_lists_every_default_head(capsys):
+    code, out, _ = _run(capsys, "params", "--backbone", "vgg16", "--num-classes", "5")
+    assert code == 0
+    for head in ("gap", "flatten", "avgpool", "dense_map", "gmp", "gem", "catavgmax",
+                 "attention", "fastai"):
+        assert head in out
+    assert "512×7×7" in out
+
+
+def test_explain_prints_the_worked_examples_computed_live(capsys):
+    code, out, _ = _run(capsys, "explain")
+    assert code == 0
+    assert "(1, 2, 2, 1)" in out and "[[[[3.]]]]" in out and "[[[[5.]]]]" in out
+    assert "[[5.]]" in out and "(1, 1, 1, 1)" in out and "[5., 14.]" in out
+    assert "102,771,722" in out and "2,108,426" in out
+    assert "2048×7×7" in out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["params", "--backbone", "resnet5O"], "unknown backbone 'resnet5O'"),
+    (["params", "--backbone", "resnet50", "--heads", "gapp"], "unknown head 'gapp'"),
+    (["params", "--backbone", "resnet50", "--num-classes", "1"], "classes"),
+    (["params", "--backbone", "resnet50", "--dropout", "-0.5"], "dropout"),
+    (["params", "--backbone", "resnet50", "--hidden", "a,b"], "--hidden"),
+    (["compare", "/no/such/folder"], "/no/such/folder"),
+    (["predict", "/no/such/model", "x.jpg"], "/no/such/model"),
+    (["report", "/no/such/run"], "/no/such/run"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(capsys, argv, words):
+    code, out, err = _run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert words in err
+    assert "Traceback" not in err
+
+
+def test_unknown_backbone_suggests_the_closest_names(capsys):
+    _, _, err = _run(capsys, "params", "--backbone", "resnet5O")
+    assert "did you mean" in err and "resnet50" in err
+
+
+def test_console_script_runs_without_traceback_on_bad_input():
+    proc = subprocess.run([sys.executable, "-m", "headbench.cli", "compare", "/no/such/folder"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")

@@ -1,0 +1,71 @@
+"""Acceptance on the real image folders in ../shared/datasets (skipped when they are absent)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+import headbench as hb
+from headbench.heads import DEFAULT_HEADS
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+HYMENOPTERA = SHARED / "hymenoptera"
+MNIST = SHARED / "mnist_small"
+
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
+
+
+def _need(folder: Path) -> None:
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: these tests need ../shared/datasets beside the checkout")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def hymenoptera_run(cache, tmp_path_factory) -> hb.CompareResult:
+    _need(HYMENOPTERA)
+    return hb.compare(HYMENOPTERA, seeds=3, cache_dir=cache, out=tmp_path_factory.mktemp("out"),
+                      report=False)
+
+
+def test_hymenoptera_gap_reaches_the_probe_reference(hymenoptera_run):
+    """Embedded EfficientNet-Lite0: gap's mean test accuracy over 3 seeds is at least 0.90."""
+    assert hymenoptera_run["gap"]["summary"]["test_accuracy"]["mean"] >= 0.90
+    assert {h["head"] for h in hymenoptera_run.heads} == set(DEFAULT_HEADS)
+    for head in hymenoptera_run.heads:
+        assert head["summary"]["test_accuracy"]["mean"] > 0.75, head["head"]
+
+
+def test_hymenoptera_uses_val_as_test_and_handles_odd_files(hymenoptera_run):
+    dataset = hymenoptera_run.results["dataset"]
+    assert dataset["layout"] == "train_val"
+    assert sum(dataset["counts"]["test"].values()) == 153
+    assert sum(dataset["counts"]["train"].values()) + sum(dataset["counts"]["val"].values()) \
+        + dataset["n_skipped"] == 245
+    # the placeholder GIF is either decoded or listed with a reason, never a crash
+    with open(hymenoptera_run.run_dir / "skipped.csv", newline="") as f:
+        assert all(row["reason"] for row in csv.DictReader(f))
+
+
+def test_hymenoptera_second_run_extracts_nothing_and_reproduces_every_number(
+        hymenoptera_run, cache, tmp_path):
+    again = hb.compare(HYMENOPTERA, seeds=3, cache_dir=cache, out=tmp_path, report=False)
+    assert again.results["timing"]["n_extracted"] == 0
+    for head in hymenoptera_run.heads:
+        first = [(s["train"], s["val"], s["test"]) for s in head["seeds"]]
+        second = [(s["train"], s["val"], s["test"]) for s in again[head["head"]]["seeds"]]
+        assert first == second, head["head"]
+
+
+def test_mnist_small_grayscale_pngs_run_end_to_end(cache, tmp_path):
+    _need(MNIST)
+    result = hb.compare(MNIST, heads=["gap", "flatten", "fastai"], seeds=1, epochs=15,
+                        cache_dir=cache, out=tmp_path, report=False)
+    assert result.results["dataset"]["classes"] == [str(d) for d in range(10)]
+    assert result["gap"]["summary"]["test_accuracy"]["mean"] > 0.5  # chance is 0.1
+    assert result["gap"]["summary"]["top5"]["mean"] >= result["gap"]["summary"]["test_accuracy"]["mean"]
