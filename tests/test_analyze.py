@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from headbench import analyze as an
 from headbench.errors import HeadbenchError
 from headbench.heads import HeadSpec, create_head
 from headbench.train import TrainConfig, seeded
+
+an = importlib.import_module("headbench.analyze")  # the module; `headbench.analyze` is the function
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,14 +53,14 @@ def test_model_json_names_everything_needed_to_rebuild(run):
 
 def test_global_pooling_head_predicts_at_another_input_size(run):
     model = hb.load_model(run.model_dir("gap"))
-    image = next(expand_paths([run.results["dataset"]["root"]]))
+    image = expand_paths([run.results["dataset"]["root"]])[0]
     rows = hb.predict(model, [image], topk=1, input_size=128)
     assert rows[0]["top"][0]["label"] in model.class_names
 
 
 def test_fixed_size_head_at_another_input_size_names_both_map_sizes(run):
     model = hb.load_model(run.model_dir("flatten"))
-    image = next(expand_paths([run.results["dataset"]["root"]]))
+    image = expand_paths([run.results["dataset"]["root"]])[0]
     with pytest.raises(HeadbenchError, match=r"2×2.*4×4.*gap"):
         hb.predict(model, [image], input_size=128)
 

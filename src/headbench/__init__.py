@@ -1,33 +1,22 @@
 """headbench: which classification head should sit on your pretrained CNN backbone?
 
->>> import headbench as hb
->>> model = hb.build_model("resnet50", "gap", num_classes=10, weights="none")  # doctest: +SKIP
+    >>> import headbench as hb
+    >>> result = hb.compare("path/to/images", heads=["gap", "flatten"])   # doctest: +SKIP
+    >>> model = hb.load_model(result.model_dir())                         # doctest: +SKIP
 """
 from __future__ import annotations
 
-import importlib
-
 __version__ = "0.1.0"
 
-# Public name -> module that defines it; imported on first use so `import headbench` stays fast.
-_API = {
-    "HeadbenchError": "errors",
-    "build_model": "model", "HeadbenchModel": "model",
-    "list_heads": "heads", "create_head": "heads", "HeadSpec": "heads",
-    "list_backbones": "backbones", "create_backbone": "backbones",
-    "compare": "compare", "CompareResult": "compare",
-    "analyze": "analyze",
-    "write_report": "report",
-    "save_model": "export", "load_model": "export", "predict": "export",
-}
+from .errors import HeadbenchError  # noqa: E402
+from .heads import HeadSpec, create_head, list_heads  # noqa: E402
+from .backbones import create_backbone, list_backbones  # noqa: E402
+from .model import HeadbenchModel, build_model  # noqa: E402
+from .export import load_model, predict, save_model  # noqa: E402
+from .compare import CompareResult, compare  # noqa: E402
+from .analyze import analyze  # noqa: E402
+from .report import write_report  # noqa: E402
 
-
-def __getattr__(name: str):
-    if name in _API:
-        module = importlib.import_module(f"headbench.{_API[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'headbench' has no attribute '{name}'")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_API))
+__all__ = ["HeadbenchError", "HeadSpec", "create_head", "list_heads", "create_backbone",
+           "list_backbones", "HeadbenchModel", "build_model", "load_model", "predict",
+           "save_model", "CompareResult", "compare", "analyze", "write_report"]

@@ -29,8 +29,10 @@ from . import heads as _heads
 from . import io as _io
 from . import progress as _progress
 from . import train as _train
+from .analyze import RunContext, findings, run_analyses
 from .errors import HeadbenchError, unknown
 from .model import count_flops, count_params, default_device
+from .report import write_report
 
 DEFAULT_SEEDS = 3
 
@@ -300,16 +302,14 @@ def _write_run(run: RunData, results: dict, run_dir: Path, options: dict) -> Non
 def _finish(run: RunData, run_dir: Path, results: dict, shifts, sizes, shots, cam, report: bool,
             started: float) -> dict:
     """Analyses, findings, report; results.json rewritten after each step."""
-    from . import analyze as _analyze
     if shifts or sizes or shots or cam:
-        ctx = _analyze.RunContext.from_compare(run, run_dir, results)
-        results["analyses"].update(_analyze.run_analyses(ctx, shifts=shifts, sizes=sizes,
-                                                         shots=shots, cam=cam))
-    results["findings"] = _analyze.findings(results, run_dir)
+        ctx = RunContext.from_compare(run, run_dir, results)
+        results["analyses"].update(run_analyses(ctx, shifts=shifts, sizes=sizes, shots=shots,
+                                                cam=cam))
+    results["findings"] = findings(results, run_dir)
     results["timing"]["total_s"] = time.perf_counter() - started
     write_results(run_dir, results)
     if report:
-        from .report import write_report
         write_report(run_dir)
     return results
 
