@@ -82,3 +82,13 @@ def test_console_script_runs_without_traceback_on_bad_input():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+
+
+def test_bad_analysis_option_fails_before_any_work(capsys, tmp_path):
+    from headbench.synthetic import make_shapes_dataset
+    data = make_shapes_dataset(tmp_path / "d", classes=("circle", "square"), per_class=4,
+                               image_size=32)
+    code, _, err = _run(capsys, "compare", str(data), "--shots", "0,x", "--cache-dir",
+                        str(tmp_path / "cache"), "--out", str(tmp_path))
+    assert code == 2 and "--shots" in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()

@@ -94,3 +94,28 @@ def test_model_size_and_architecture_are_reported(run):
     assert entry["model_size_bytes"] == (run.model_dir("gap") / "model.safetensors").stat().st_size
     assert "GlobalAvgPool2d" in entry["architecture"] and "Linear" in entry["architecture"]
     assert np.isfinite(entry["total_flops"]) and entry["total_flops"] > entry["head_flops"]
+
+
+def test_predict_command_prints_topk_and_json(run, capsys):
+    from headbench.cli import main
+    root = run.results["dataset"]["root"]
+    image = expand_paths([root])[0]
+    assert main(["predict", str(run.model_dir("gap")), str(image), "--topk", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(image)) and line.count(",") == 1  # two classes shown
+    assert main(["predict", str(run.model_dir("gap")), f"{root}/circle", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 12 and all(len(r["top"]) == 3 for r in rows)
+
+
+def test_cache_commands_list_and_remove_entries(run, capsys):
+    from headbench.cli import main
+    cache = str(run.run_dir.parent.parent / "cache")
+    assert main(["cache", "ls", "--cache-dir", cache]) == 0
+    listing = capsys.readouterr().out
+    assert "efficientnet_lite0" in listing and " 36 img" in listing
+    key = listing.split()[0]
+    assert main(["cache", "rm", key[:6], "--cache-dir", cache]) == 0
+    assert "removed 1 cache entry" in capsys.readouterr().out
+    assert main(["cache", "ls", "--cache-dir", cache]) == 0
+    assert "no cached features" in capsys.readouterr().out

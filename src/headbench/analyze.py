@@ -802,7 +802,8 @@ def _write_report(run_dir: Path) -> None:
 def findings(results: dict, run_dir: str | Path | None = None) -> list[dict]:
     """Plain-words statements of what the run's numbers support, each with its interval.
 
-    - ``accuracy``: every head against the head with the best mean test accuracy: a paired t
+    - ``accuracy``: every head against the selected head (`results["best_head"]`, chosen on
+      validation accuracy, so the test split never picks the reference): a paired t
       interval over seeds (seeds matched by id) and, when `run_dir` has predictions.csv, a
       paired bootstrap over test images of the per-image correctness averaged over seeds.
     - ``overfitting``, ``translation``, ``small_data``: gap (or the best global-pooling head)
@@ -818,7 +819,7 @@ def findings(results: dict, run_dir: str | Path | None = None) -> list[dict]:
     if len(heads) < 1:
         return []
     correct = _correct_per_image(Path(run_dir)) if run_dir else {}
-    best = max(heads, key=lambda h: _mean(_seed_metric(h, "test")))
+    best = _selected_head(results, heads)
     out = [_accuracy_finding(best, h, correct) for h in heads if h is not best]
     analyses = results.get("analyses") or {}
     ref = _reference_head(heads)
@@ -847,12 +848,23 @@ def _mean(values: dict[int, float]) -> float:
     return float(np.mean(list(values.values()))) if values else float("nan")
 
 
+def _val_score(entry: dict) -> tuple[float, float]:
+    """Selection score on the val split: mean accuracy, then lower mean NLL."""
+    return (_mean(_seed_metric(entry, "val")), -_mean(_seed_metric(entry, "val", "nll")))
+
+
+def _selected_head(results: dict, heads: list[dict]) -> dict:
+    """The run's selected head (chosen on val by compare), else the best on val here."""
+    named = [h for h in heads if h["head"] == results.get("best_head")]
+    return named[0] if named else max(heads, key=_val_score)
+
+
 def _reference_head(heads: list[dict]) -> dict | None:
-    """gap (best of its variants) if present, else the best global-pooling head."""
+    """gap (best of its variants on val) if present, else the best global-pooling head on val."""
     pool = [h for h in heads if not h.get("fixed_size")]
     gap = [h for h in pool if h.get("spec", {}).get("name") == "gap"]
     pool = gap or pool
-    return max(pool, key=lambda h: _mean(_seed_metric(h, "test"))) if pool else None
+    return max(pool, key=_val_score) if pool else None
 
 
 @dataclass

@@ -23,34 +23,15 @@ from .errors import HeadbenchError
 # ----------------------------------------------------------------------------------------------
 # option parsing helpers: each turns a comma list into values or raises a one-line error
 
-def _int_list(option: str) -> Callable[[str], list[int]]:
-    def parse(text: str) -> list[int]:
+def _numbers(option: str, kind: type = int) -> Callable[[str], list]:
+    """A parser for comma-separated numbers of `kind` that names `option` when it fails."""
+    def parse(text: str) -> list:
         try:
-            return [int(v) for v in text.split(",") if v.strip()]
+            return [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{option} takes comma-separated integers, got '{text}'")
+            word = "integers" if kind is int else "numbers"
+            raise argparse.ArgumentTypeError(f"{option} takes comma-separated {word}, got '{text}'")
     return parse
-
-
-def _float_list(option: str) -> Callable[[str], list[float]]:
-    def parse(text: str) -> list[float]:
-        try:
-            return [float(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{option} takes comma-separated numbers, got '{text}'")
-    return parse
-
-
-def _shots(text: str) -> list[int | str]:
-    out: list[int | str] = []
-    for v in (v.strip() for v in text.split(",") if v.strip()):
-        if v == "all":
-            out.append("all")
-        elif v.isdigit() and int(v) > 0:
-            out.append(int(v))
-        else:
-            raise argparse.ArgumentTypeError(f"--shots takes positive integers or 'all', got '{v}'")
-    return out
 
 
 def _names(text: str) -> list[str]:
@@ -129,6 +110,8 @@ def _print_result(result) -> None:
     from .report import summary_table
     progress.console.print(summary_table(result.results))
     _print_findings(result.findings)
+    print(f"selected:   {result.best_head} (highest mean val accuracy), model in "
+          f"{result.model_dir()}")
     print(f"run folder: {result.run_dir}")
     report = result.run_dir / "report.html"
     if report.exists():
@@ -216,17 +199,16 @@ def _add_backbone_options(p: argparse.ArgumentParser, weights_default: str) -> N
 
 def _add_head_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", type=_names, default=None, help="comma list, e.g. gap,flatten")
-    p.add_argument("--hidden", type=_int_list("--hidden"), default=[],
+    p.add_argument("--hidden", type=_numbers("--hidden"), default=[],
                    help="hidden Linear+ReLU sizes, e.g. 1024,512")
     p.add_argument("--dropout", type=float, default=None, help="dropout before each Linear")
 
 
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shifts", type=_int_list("--shifts"), default=None,
-                   help="translations in pixels, e.g. 0,8,16,32")
-    p.add_argument("--sizes", type=_int_list("--sizes"), default=None,
-                   help="test input sizes, e.g. 160,224,288,384")
-    p.add_argument("--shots", type=_shots, default=None,
+    # parsed and checked by headbench.analyze, which names the option in its errors
+    p.add_argument("--shifts", default=None, help="translations in pixels, e.g. 0,8,16,32")
+    p.add_argument("--sizes", default=None, help="test input sizes, e.g. 160,224,288,384")
+    p.add_argument("--shots", default=None,
                    help="training images per class, e.g. 1,2,5,10,25,all")
     p.add_argument("--cam", type=int, default=0, help="CAM overlays per head (correct and wrong)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: user cache dir)")
@@ -249,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="what GAP and Flatten keep, with live worked examples")
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--hidden", type=_int_list("--hidden"), default=[1024])
+    p.add_argument("--hidden", type=_numbers("--hidden"), default=[1024])
     p.add_argument("--input-size", type=int, default=224)
     p.set_defaults(func=cmd_explain)
 
@@ -263,12 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=8,
                    help="early-stopping patience in epochs on val loss")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decays", type=_float_list("--weight-decays"), default=None,
+    p.add_argument("--weight-decays", type=_numbers("--weight-decays", float), default=None,
                    help="sweep picked on val, default 1e-4,1e-3,1e-2,1e-1")
     p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (extraction)")
     p.add_argument("--out", default=".", help="runs/ is created here")
     p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--split", type=_float_list("--split"), default=[0.7, 0.15, 0.15])
+    p.add_argument("--split", type=_numbers("--split", float), default=[0.7, 0.15, 0.15])
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="image decoding processes")
     p.add_argument("--no-report", action="store_true")

@@ -29,7 +29,8 @@ from . import heads as _heads
 from . import io as _io
 from . import progress as _progress
 from . import train as _train
-from .analyze import RunContext, findings, run_analyses
+from .analyze import (RunContext, findings, parse_shifts, parse_shots, parse_sizes,
+                      run_analyses)
 from .errors import HeadbenchError, unknown
 from .model import count_flops, count_params, default_device
 from .report import write_report
@@ -51,6 +52,7 @@ class CompareResult:
 
     @property
     def best_head(self) -> str:
+        """The head selected on the val split (highest mean val accuracy, then lowest NLL)."""
         return self.results["best_head"]
 
     @property
@@ -122,6 +124,8 @@ def compare(data: str | Path, backbone: str = "efficientnet_lite0", weights: str
     """
     started = time.perf_counter()
     _check_options(seeds=seeds, epochs=epochs, batch_size=batch_size, lr=lr, cam=cam)
+    # analysis options are checked before any work, not after training
+    shifts, sizes, shots = parse_shifts(shifts), parse_sizes(sizes), parse_shots(shots)
     specs = [_head_spec(h, hidden, dropout) for h in heads]
     if not specs:
         raise HeadbenchError("--heads is empty; name at least one head, e.g. --heads gap,flatten")
@@ -227,7 +231,9 @@ def _results(run: RunData, head_results: dict[str, dict], run_dir: Path, timing:
     for label, hr in head_results.items():
         head = run.make_head(hr["spec"])
         heads.append(_head_entry(run, label, hr, head, bb_flops, bb_latency))
-    best = max(heads, key=lambda h: h["summary"]["test_accuracy"]["mean"])["head"]
+    # the recommended head is selected on val (mean accuracy, then NLL), never on test
+    best = max(heads, key=lambda h: (h["summary"]["val_accuracy"]["mean"],
+                                     -np.mean([s["val"]["nll"] for s in h["seeds"]])))["head"]
     return dict(
         headbench_version=__version__, created=_dt.datetime.now().isoformat(timespec="seconds"),
         run_dir=str(run_dir), dataset=_dataset_summary(run),

@@ -733,7 +733,8 @@ def _summary_html(run: _Run) -> str:
             f'<td{"" if i == 0 else " class=num"} data-value="{_e("" if v is None else v)}">'
             f"{_e(text)}</td>" for i, (text, v) in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
-    note = (f"<p>Best head: <strong>{_e(best)}</strong> (highest mean test accuracy; highlighted). "
+    note = (f"<p>Selected head: <strong>{_e(best)}</strong> (highest mean validation accuracy: "
+            "chosen on the val split, never on test; highlighted). "
             f"{_e(_ci_note(_n_seeds(run.results)))}. Gap: train minus test accuracy in "
             "percentage points. Latency and throughput include the backbone. "
             '<span class="js-only">Click a column header to sort.</span></p>')
