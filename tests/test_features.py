@@ -268,3 +268,15 @@ def test_default_cache_dir_follows_environment(monkeypatch, tmp_path):
     assert features.default_cache_dir() == tmp_path / "xdg" / "headbench"
     monkeypatch.setenv("HEADBENCH_CACHE", str(tmp_path / "mine"))
     assert features.default_cache_dir() == tmp_path / "mine"
+
+
+def test_subset_reads_rows_lazily_and_trains_like_the_array(backbone, images, tmp_path):
+    from headbench.train import predict_logits
+    fs = _extract(backbone, images, tmp_path, chunk_size=3)
+    rows = fs.subset([5, 1, 7, 2])
+    assert rows.shape == (4, *fs.shape) and rows.nbytes == 4 * np.prod(fs.shape) * 2
+    np.testing.assert_array_equal(rows[np.array([1, 3])], fs.take([1, 2]))
+    np.testing.assert_array_equal(rows[0], fs.take([5])[0])
+    np.testing.assert_array_equal(np.asarray(rows), fs.take([5, 1, 7, 2]))
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    np.testing.assert_array_equal(predict_logits(head, rows), predict_logits(head, np.asarray(rows)))

@@ -824,6 +824,8 @@ def findings(results: dict, run_dir: str | Path | None = None) -> list[dict]:
     analyses = results.get("analyses") or {}
     ref = _reference_head(heads)
     for other in [h for h in heads if h.get("fixed_size")] if ref else []:
+        if ref is not best:  # the forum question itself: gap vs flatten, whatever won
+            out.append(_accuracy_finding(ref, other, correct))
         out.append(_overfit_finding(ref, other))
         if "shifts" in analyses:
             out.append(_translation_finding(ref, other, analyses["shifts"]))

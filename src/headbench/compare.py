@@ -179,7 +179,7 @@ def _prepare(data, backbone, weights, input_size, precision, cache_dir, workers,
                   config, specs, seeds)
     for role in ("train", "val", "test"):
         idx = getattr(splits, role)
-        run.X[role] = fs.take(idx)
+        run.X[role] = fs.subset(idx)  # read from the memory maps (train.py keeps small sets in RAM)
         run.y[role] = np.array([scan.items[i].label for i in idx], dtype=np.int64)
     run.timing = dict(scan_s=scan_s, extract_s=extract_s, n_extracted=fs.n_extracted)
     return run
@@ -282,7 +282,7 @@ def _write_run(run: RunData, results: dict, run_dir: Path, options: dict) -> Non
                                  precision=run.precision, device=str(run.device),
                                  input_size=bb.data_config["input_size"][-1]))
     _io.atomic_write_json(run_dir / "config.json", options)
-    _io.atomic_write_json(run_dir / "dataset.json", _dataset_file(run))
+    _io.atomic_write_json(run_dir / "dataset.json", dict(results["dataset"], items=_items(run)))
     _io.atomic_write_csv(run_dir / "skipped.csv", _skipped_rows(run), ["path", "reason"])
     backbone_file = _export.save_backbone_if_needed(bb, run_dir)
     pred_rows = []
@@ -424,13 +424,12 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _dataset_file(run: RunData) -> dict:
+def _items(run: RunData) -> list[dict]:
+    """Every image of every split, so analyses and reports can find them again."""
     scan = run.scan
-    items = [dict(path=_rel(scan.items[i].path, scan.root), label=scan.items[i].label,
-                  digest=scan.items[i].digest, role=role)
-             for role in ("train", "val", "test") for i in getattr(run.splits, role)]
-    summary = _dataset_summary(run)
-    return dict(summary, items=items)
+    return [dict(path=_rel(scan.items[i].path, scan.root), label=scan.items[i].label,
+                 digest=scan.items[i].digest, role=role)
+            for role in ("train", "val", "test") for i in getattr(run.splits, role)]
 
 
 def _skipped_rows(run: RunData) -> list[dict]:

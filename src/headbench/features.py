@@ -507,6 +507,36 @@ class FeatureSet:
         return self.take(indices)
 
 
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "FeatureRows":
+        """A lazy (n, C, H, W) view of some files' features that reads from the memory maps."""
+        return FeatureRows(self, indices)
+
+
+class FeatureRows:
+    """Rows of a FeatureSet as an array-like: `rows[i]` and `rows[index_array]` read only those
+    rows from the memory-mapped chunks, so training on a large set never loads all of it."""
+
+    dtype = np.dtype(np.float16)
+
+    def __init__(self, features: FeatureSet, indices: Sequence[int] | np.ndarray):
+        self.features = features
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.shape = (len(self.indices), *features.shape)
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self.features.take([self.indices[index]])[0]
+        return self.features.take(self.indices[index])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = self.features.take(self.indices)
+        return rows if dtype is None else rows.astype(dtype)
+
+
 # --------------------------------------------------------------------------- management
 
 
