@@ -8,6 +8,7 @@ import pytest
 
 import headbench as hb
 from headbench.heads import DEFAULT_HEADS
+from test_report_browser import browser  # noqa: F401  (the Chromium fixture)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 HYMENOPTERA = SHARED / "hymenoptera"
@@ -69,3 +70,22 @@ def test_mnist_small_grayscale_pngs_run_end_to_end(cache, tmp_path):
     assert result.results["dataset"]["classes"] == [str(d) for d in range(10)]
     assert result["gap"]["summary"]["test_accuracy"]["mean"] > 0.5  # chance is 0.1
     assert result["gap"]["summary"]["top5"]["mean"] >= result["gap"]["summary"]["test_accuracy"]["mean"]
+
+
+def test_hymenoptera_analyses_and_report_pass_the_browser_check(hymenoptera_run, cache, browser):
+    """Every analysis on real photos, then the report as a single offline file in Chromium."""
+    from test_report import ALL_PLOTS
+    from test_report_browser import check_report_in_browser
+    results = hb.analyze(hymenoptera_run.run_dir, shifts=[0, 16], sizes=[160, 288],
+                         shots=[2, "all"], cam=2, cache_dir=cache)
+    shifts, sizes = results["analyses"]["shifts"], results["analyses"]["sizes"]
+    for head in DEFAULT_HEADS:
+        assert set(shifts["heads"][head]["consistency"]) == {"0", "16"}
+        assert set(results["analyses"]["shots"]["heads"][head]) == {"2", "all"}
+    for head in ("flatten", "avgpool"):
+        assert "not_applicable" in sizes["heads"][head]["160"]
+    assert "mean" in sizes["heads"]["gap"]["160"]
+    assert results["analyses"]["cam"]["heads"]["gap"]["files"]
+    alts = check_report_in_browser(browser, hymenoptera_run.run_dir, "report-hymenoptera")
+    assert sorted(a.split(":")[0] for a in alts) == sorted(ALL_PLOTS)
+    assert (hymenoptera_run.run_dir / "report.html").stat().st_size < 10e6

@@ -221,10 +221,15 @@ def test_train_head_rejects_label_count_mismatch(data):
 
 
 @pytest.mark.parametrize("option, value", [("epochs", 0), ("batch_size", 1), ("lr", 0.0),
-                                           ("weight_decays", ()), ("patience", 0)])
+                                           ("weight_decays", ()), ("patience", -1)])
 def test_train_config_rejects_out_of_range_option(option, value):
-    with pytest.raises(HeadbenchError, match=option):
+    flag = "--" + option.replace("_", "-")  # the message names the CLI option
+    with pytest.raises(HeadbenchError, match=flag):
         TrainConfig(**{option: value})
+
+
+def test_patience_zero_turns_early_stopping_off():
+    assert TrainConfig(patience=0).patience is None
 
 
 def test_train_config_round_trips_through_json():

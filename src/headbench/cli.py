@@ -136,7 +136,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not (args.shifts or args.sizes or args.shots or args.cam):
         raise HeadbenchError("analyze needs at least one of --shifts, --sizes, --shots, --cam")
     results = analyze(args.run_dir, shifts=args.shifts, sizes=args.sizes, shots=args.shots,
-                      cam=args.cam, cache_dir=args.cache_dir)
+                      cam=args.cam, cache_dir=args.cache_dir, precision=args.precision)
     _print_findings(results.get("findings", []))
     print(f"report: {Path(args.run_dir) / 'report.html'}")
     return 0
@@ -174,9 +174,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
         entries = list_entries(cache_dir)
         if not entries:
             print(f"no cached features in {cache_dir}")
-        for e in entries:
-            print(f"{e['key']}  {e['backbone']:<20} {e['weights']:<10} {e['view']:<14} "
-                  f"{e['precision']:<5} {e['images']:6d} img  {e['size_bytes'] / 1e6:8.1f} MB")
+        for e in entries:  # an entry without readable meta.json has None fields
+            text = {k: str(e[k]) if e[k] is not None else "?" for k in
+                    ("backbone", "weights", "view", "precision")}
+            print(f"{e['key']}  {text['backbone']:<20} {text['weights']:<10} {text['view']:<14} "
+                  f"{text['precision']:<5} {e['images'] or 0:6d} img  {e['size_bytes'] / 1e6:8.1f} MB")
         return 0
     if not args.keys and not args.all:
         raise HeadbenchError("cache rm needs KEY... (see 'headbench cache ls') or --all")
@@ -192,8 +194,9 @@ def _add_backbone_options(p: argparse.ArgumentParser, weights_default: str) -> N
     p.add_argument("--backbone", default="efficientnet_lite0",
                    help="alias (resnet50, mobilenet, vgg16, efficientnet_lite0) or any timm name")
     p.add_argument("--weights", default=weights_default,
-                   help="embedded | hub | none | PATH (.safetensors/.pth/.pt/.bin); "
-                        "default: embedded for efficientnet_lite0, else hub")
+                   help="embedded | hub | none | PATH (.safetensors/.pth/.pt/.bin); default: "
+                        + ("none (counts do not depend on weights)" if weights_default == "none"
+                           else "embedded for efficientnet_lite0, else hub"))
     p.add_argument("--input-size", type=int, default=None, help="input side in pixels")
 
 
@@ -243,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping on val)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--patience", type=int, default=8,
-                   help="early-stopping patience in epochs on val loss")
+                   help="early-stopping patience in epochs on val loss (0: off)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decays", type=_numbers("--weight-decays", float), default=None,
                    help="sweep picked on val, default 1e-4,1e-3,1e-2,1e-1")
@@ -267,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="add analyses to an existing run without retraining")
     p.add_argument("run_dir")
     _add_analysis_options(p)
+    p.add_argument("--precision", default=None,
+                   help="extraction precision for new views (default: the run's)")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("report", help="re-render report.html of a run")
@@ -304,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
+        print("interrupted; extracted features are kept in the cache and a re-run skips them",
+              file=sys.stderr)
         return 130
 
 

@@ -84,7 +84,8 @@ class RunData:
     config: _train.TrainConfig
     specs: list[_heads.HeadSpec]
     seeds: list[int]
-    X: dict[str, np.ndarray] = field(default_factory=dict)
+    X: dict[str, _features.FeatureRows] = field(default_factory=dict)
+    F: dict[str, _train.Features] = field(default_factory=dict)
     y: dict[str, np.ndarray] = field(default_factory=dict)
     fits: dict[str, _train.FitResult] = field(default_factory=dict)
     predictions: dict[str, list] = field(default_factory=dict)  # head -> [(seed, test logits)]
@@ -123,23 +124,24 @@ def compare(data: str | Path, backbone: str = "efficientnet_lite0", weights: str
     `<out>/runs/<date>-<dataset>-<backbone>/`.
     """
     started = time.perf_counter()
-    _check_options(seeds=seeds, epochs=epochs, batch_size=batch_size, lr=lr, cam=cam)
-    # analysis options are checked before any work, not after training
-    shifts, sizes, shots = parse_shifts(shifts), parse_sizes(sizes), parse_shots(shots)
-    specs = [_head_spec(h, hidden, dropout) for h in heads]
-    if not specs:
-        raise HeadbenchError("--heads is empty; name at least one head, e.g. --heads gap,flatten")
+    # every option is checked before any work, the analyses' too
+    _check_options(seeds=seeds, cam=cam)
     config = _train.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                                 weight_decays=tuple(weight_decays))
+    _data.check_fractions(split, val_fraction)
+    shifts, sizes, shots = parse_shifts(shifts), parse_sizes(sizes), parse_shots(shots)
+    specs = _head_specs(heads, hidden, dropout)
+    cache_dir = Path(cache_dir).resolve() if cache_dir else None
+    name = run_name or _run_name(Path(data), backbone)
     run = _prepare(data, backbone, weights, input_size, precision, cache_dir, workers, val_fraction,
                    split, split_seed, config, specs, list(range(seeds)))
     timing = dict(run.timing)
-    run_dir = _make_run_dir(Path(out), run_name or _run_name(Path(data), backbone))
 
     t0 = time.perf_counter()
     head_results = _train_all(run)
     timing["train_s"] = time.perf_counter() - t0
 
+    run_dir = _make_run_dir(Path(out), name)  # only now: an interrupted run leaves no empty folder
     results = _results(run, head_results, run_dir, timing)
     _write_run(run, results, run_dir, dict(
         data=str(Path(data).resolve()), backbone=backbone, weights=weights, input_size=input_size,
@@ -160,10 +162,12 @@ def _prepare(data, backbone, weights, input_size, precision, cache_dir, workers,
     scan = _data.scan_folder(data)
     _progress.log(f"{len(scan.items)} images in {len(scan.classes)} classes under {scan.root}"
                   + (f"; {len(scan.skipped)} files skipped" if scan.skipped else ""))
+    scan_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     bb = _backbones.create_backbone(backbone, weights, input_size)
     device = default_device()
     prec = _features.resolve_precision(precision, device)
-    scan_s = time.perf_counter() - t0
+    backbone_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     fs = _features.extract(bb, [it.path for it in scan.items], [it.digest for it in scan.items],
@@ -175,13 +179,14 @@ def _prepare(data, backbone, weights, input_size, precision, cache_dir, workers,
     splits = _data.make_splits(scan, fs.valid, val_fraction=val_fraction, split=split,
                                seed=split_seed)
     _log_splits(scan, splits)
-    run = RunData(scan, splits, bb, fs, prec, device, Path(cache_dir) if cache_dir else None,
-                  config, specs, seeds)
+    run = RunData(scan, splits, bb, fs, prec, device, cache_dir, config, specs, seeds)
     for role in ("train", "val", "test"):
         idx = getattr(splits, role)
-        run.X[role] = fs.subset(idx)  # read from the memory maps (train.py keeps small sets in RAM)
+        run.X[role] = fs.subset(idx)  # lazy rows of the memory maps
+        run.F[role] = _train.Features(run.X[role], device)  # read once, shared by every head
         run.y[role] = np.array([scan.items[i].label for i in idx], dtype=np.int64)
-    run.timing = dict(scan_s=scan_s, extract_s=extract_s, n_extracted=fs.n_extracted)
+    run.timing = dict(scan_s=scan_s, backbone_s=backbone_s, extract_s=extract_s,
+                      n_extracted=fs.n_extracted)
     return run
 
 
@@ -193,8 +198,8 @@ def _train_all(run: RunData) -> dict[str, dict]:
     with _progress.progress("training heads", total=runs_per_head * len(run.specs), unit="run") as bar:
         for spec in run.specs:
             bar.set_postfix(spec.label)
-            fit = _train.fit_head(lambda: run.make_head(spec), run.X["train"], run.y["train"],
-                                  run.X["val"], run.y["val"], cfg, seeds=seeds, head_name=spec.label,
+            fit = _train.fit_head(lambda: run.make_head(spec), run.F["train"], run.y["train"],
+                                  run.F["val"], run.y["val"], cfg, seeds=seeds, head_name=spec.label,
                                   on_run=lambda done, total: bar.advance())
             run.fits[spec.label] = fit
             out[spec.label] = _evaluate_fit(run, spec, fit)
@@ -212,7 +217,7 @@ def _evaluate_fit(run: RunData, spec: _heads.HeadSpec, fit: _train.FitResult) ->
         row = dict(seed=tr.seed, best_epoch=tr.best_epoch, epochs_run=tr.epochs_run,
                    train_time_s=tr.train_time_s, history=[dataclasses.asdict(e) for e in tr.history])
         for role in ("train", "val", "test"):
-            logits = _train.predict_logits(head, run.X[role], device=run.device)
+            logits = _train.predict_logits(head, run.F[role], device=run.device)
             row[role] = _evaluate.classification_metrics(logits, run.y[role], k)
             if role == "test":
                 predictions.append((tr.seed, logits))
@@ -329,17 +334,24 @@ def write_results(run_dir: Path, results: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 # small helpers
 
-def _check_options(seeds: int, epochs: int, batch_size: int, lr: float, cam: int) -> None:
+def _check_options(seeds: int, cam: int) -> None:
+    """The options TrainConfig does not check itself."""
     if seeds < 1:
         raise HeadbenchError(f"--seeds must be at least 1 (got {seeds})")
-    if epochs < 1:
-        raise HeadbenchError(f"--epochs must be at least 1 (got {epochs})")
-    if batch_size < 2:
-        raise HeadbenchError(f"--batch-size must be at least 2 (got {batch_size})")
-    if not lr > 0:
-        raise HeadbenchError(f"--lr must be positive (got {lr})")
     if cam < 0:
         raise HeadbenchError(f"--cam must be 0 or more images per head (got {cam})")
+
+
+def _head_specs(heads: Sequence[str | _heads.HeadSpec], hidden: Sequence[int],
+                dropout: float | None) -> list[_heads.HeadSpec]:
+    specs = [_head_spec(h, hidden, dropout) for h in heads]
+    if not specs:
+        raise HeadbenchError("--heads is empty; name at least one head, e.g. --heads gap,flatten")
+    labels = [s.label for s in specs]
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise HeadbenchError(f"--heads names {', '.join(twice)} more than once; list each head once")
+    return specs
 
 
 def _head_spec(head: str | _heads.HeadSpec, hidden: Sequence[int], dropout: float | None):

@@ -171,6 +171,7 @@ def scan_folder(root: str | Path) -> Scan:
         raise HeadbenchError(f"data folder '{root}' does not exist; check the path")
     if not root.is_dir():
         raise HeadbenchError(f"data path '{root}' is not a folder; pass a folder of class folders")
+    root = root.resolve()  # runs record absolute paths, so they work from any directory
     layout, role_dirs = _detect_layout(root)
     skipped: list[tuple[Path, str]] = []
     _loose_files(root, skipped)
@@ -282,7 +283,7 @@ def _stratify(indices_by_class: dict[int, list[int]], fractions: Sequence[float]
     return [sorted(p) for p in parts]
 
 
-def _check_fractions(split: Sequence[float], val_fraction: float) -> None:
+def check_fractions(split: Sequence[float], val_fraction: float) -> None:
     if len(split) != 3 or any(not f > 0 for f in split) or not math.isclose(sum(split), 1.0,
                                                                              abs_tol=1e-6):
         raise HeadbenchError(f"split {tuple(split)} must be three positive fractions "
@@ -305,7 +306,7 @@ def make_splits(scan: Scan, valid: Sequence[bool] | None = None, val_fraction: f
     valid items as parts gets at least one item in each. Items with `valid[i]` False are left
     out. A class left with no training item raises `HeadbenchError`.
     """
-    _check_fractions(split, val_fraction)
+    check_fractions(split, val_fraction)
     if valid is None:
         valid = [True] * len(scan.items)
     if len(valid) != len(scan.items):

@@ -33,18 +33,16 @@ def pooling_examples() -> list[tuple[str, str]]:
 def head_arithmetic(backbone: str, num_classes: int, hidden: tuple[int, ...],
                     input_size: int) -> list[str]:
     """The parameter count of flatten and gap heads on `backbone`, written out term by term."""
-    from .backbones import create_backbone
-    from .heads import create_head
-    bb = create_backbone(backbone, weights="none", input_size=input_size)
-    c, h, w = bb.feature_shape(input_size)
+    from .model import param_table
+    rows = param_table(backbone, num_classes, heads=("flatten", "gap"), hidden=hidden or None,
+                       input_size=input_size)  # built on the meta device: no weights allocated
+    c, h, w = (int(v) for v in rows[0]["feature_map"].split("×"))
     lines = [f"{backbone} at {input_size}×{input_size} px outputs a {c}×{h}×{w} feature map."]
-    for name, width in (("flatten", c * h * w), ("gap", c)):
+    for row, name, width in zip(rows, ("flatten", "gap"), (c * h * w, c)):
         sizes = [width, *hidden, num_classes]
         terms = [f"{a}·{b} + {b}" for a, b in zip(sizes, sizes[1:])]
-        head = create_head(name, c, num_classes, (h, w), hidden=hidden)
-        total = sum(p.numel() for p in head.parameters())
         what = f"{c}·{h}·{w} = {width:,} inputs" if name == "flatten" else f"{c} inputs (one per channel)"
-        lines.append(f"  {name:<8} {what}: {' + '.join(terms)} = {total:,} parameters")
+        lines.append(f"  {name:<8} {what}: {' + '.join(terms)} = {row['head_params']:,} parameters")
     return lines
 
 
@@ -63,9 +61,10 @@ What each head keeps
 
 def explain_text(backbone: str = "resnet50", num_classes: int = 10, hidden: tuple[int, ...] = (1024,),
                  input_size: int = 224) -> str:
-    width = max(len(e) for e, _ in pooling_examples())
+    examples = pooling_examples()
+    width = max(len(e) for e, _ in examples)
     parts = ["Worked pooling examples (computed now by headbench.layers)"]
-    parts += [f"  {e:<{width}}  {r}".rstrip() for e, r in pooling_examples()]
+    parts += [f"  {e:<{width}}  {r}".rstrip() for e, r in examples]
     parts += ["", f"Parameter arithmetic ({num_classes} classes"
               + (f", hidden {', '.join(map(str, hidden))}" if hidden else "") + ")"]
     parts += head_arithmetic(backbone, num_classes, hidden, input_size)

@@ -24,7 +24,9 @@ from .heads import Head, HeadSpec, create_head
 from .model import HeadbenchModel, default_device
 
 FORMAT = "headbench-model/1"
-RECREATABLE = ("embedded", "hub", "none")  # "none" is a seeded init
+RECREATABLE = ("embedded", "hub", "none")
+REQUIRED = ("backbone", "head", "in_channels", "map_size", "num_classes", "class_names",
+            "data_config")  # "none" is a seeded init
 
 
 def save_head_weights(state_dict: dict, path: Path) -> Path:
@@ -71,9 +73,15 @@ def read_model_json(model_dir: str | Path) -> dict:
     if not meta_path.is_file():
         raise HeadbenchError(f"'{model_dir}' is not a headbench model folder (no model.json); "
                              "pass a folder such as runs/<run>/heads/gap")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise HeadbenchError(f"'{meta_path}' has format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise HeadbenchError(f"cannot read '{meta_path}' ({e}); re-save the model with compare")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise HeadbenchError(f"'{meta_path}' is not a {FORMAT} file; re-save the model with compare")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise HeadbenchError(f"'{meta_path}' lacks {', '.join(missing)}; re-save the model with compare")
     return meta
 
 

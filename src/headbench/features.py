@@ -397,7 +397,9 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
         from .model import default_device
         device = default_device()
     device = torch.device(device)
-    precision = resolve_precision(precision, device)
+    # an explicit precision names the cache entry even on a device that cannot compute it, so a
+    # bf16 run's cached features can be read anywhere; support is checked only before computing
+    precision = precision if precision in ("fp32", "bf16") else resolve_precision(precision, device)
     fields = key_fields(backbone, view, precision)
     key = cache_key(fields)
     entry = Path(cache_dir or default_cache_dir()) / key
@@ -408,6 +410,7 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
             index = _Index.load(entry / "chunks")  # another process may have filled it meanwhile
             todo = list({d: Path(p) for p, d in zip(paths, digests) if not index.knows(d)}.items())
             if todo:
+                resolve_precision(precision, device)
                 meta = _ensure_meta(entry, fields, backbone, view)
                 n_extracted = _run(backbone, todo, view, precision, device, entry / "chunks",
                                    index, tuple(meta["feature_shape"]), batch_size,
@@ -593,7 +596,10 @@ def remove_entries(cache_dir: str | Path | None = None,
     for entry in chosen:
         # Rename first so readers never see a half-deleted entry, then delete.
         trash = entry.with_name(f".removing-{entry.name}-{uuid.uuid4().hex[:8]}")
-        os.replace(entry, trash)
+        try:
+            os.replace(entry, trash)
+        except OSError as e:
+            raise HeadbenchError(f"cannot remove cache entry '{entry}': {e.strerror}")
         shutil.rmtree(trash, ignore_errors=True)
     return len(chosen)
 

@@ -193,8 +193,8 @@ def _heads_by_accuracy(results: dict) -> list[dict]:
 def _best_head(results: dict) -> str | None:
     if results.get("best_head"):
         return results["best_head"]
-    heads = _heads_by_accuracy(results)
-    return heads[0].get("head") if heads else None
+    heads = [h for h in results.get("heads", []) if isinstance(h, dict)]  # old runs: best on val
+    return max(heads, key=lambda h: _mean(h, "val_accuracy") or -1.0).get("head") if heads else None
 
 
 def _mean(head: dict, key: str) -> float | None:

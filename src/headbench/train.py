@@ -64,25 +64,27 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.weight_decays = tuple(float(wd) for wd in self.weight_decays)
+        if self.patience == 0:  # the CLI's way of saying None
+            self.patience = None
         self.validate()
         self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
 
     def validate(self) -> None:
         """Raise HeadbenchError naming the first option out of range."""
         if int(self.epochs) != self.epochs or self.epochs < 1:
-            raise HeadbenchError(f"epochs must be a whole number of at least 1, got {self.epochs}")
+            raise HeadbenchError(f"--epochs must be a whole number of at least 1, got {self.epochs}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 2:
-            raise HeadbenchError(f"batch_size must be at least 2, got {self.batch_size}")
+            raise HeadbenchError(f"--batch-size must be at least 2, got {self.batch_size}")
         if not self.lr > 0:
-            raise HeadbenchError(f"lr must be positive, got {self.lr}")
+            raise HeadbenchError(f"--lr must be positive, got {self.lr}")
         if not self.weight_decays or any(not wd >= 0 for wd in self.weight_decays):
-            raise HeadbenchError("weight_decays must list one or more decays >= 0, "
+            raise HeadbenchError("--weight-decays must list one or more decays >= 0, "
                                  f"got {list(self.weight_decays)}")
         if self.warmup_epochs < 0:
             raise HeadbenchError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.patience is not None and self.patience < 1:
-            raise HeadbenchError(f"patience must be at least 1 (or None to disable early "
-                                 f"stopping), got {self.patience}")
+            raise HeadbenchError(f"--patience must be 0 (no early stopping) or more epochs, "
+                                 f"got {self.patience}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -203,6 +205,7 @@ class Features:
             raise HeadbenchError(f"features must have shape (N, C, H, W), got {shape}: "
                                  "re-extract the feature cache")
         self.X, self.shape, self.device = X, shape, device
+        self.applied: dict[str, Features] = {}  # pooled copies, see `_applied`
         limit = CACHE_BYTES if cache_bytes is None else cache_bytes
         self._memory = _in_memory(X).to(device) if _nbytes(X) <= limit else None
 
@@ -285,13 +288,23 @@ def split_fixed_prefix(head: nn.Module) -> tuple[nn.Sequential, nn.Module]:
     return nn.Sequential(*modules[:n]), nn.Sequential(*modules[n:])
 
 
-def _apply(prefix: nn.Module, feats: Features, batch_size: int = 256) -> Features:
-    """`prefix` applied to every row of `feats`, kept in memory as float32."""
-    out = []
+def _shrinks(prefix: nn.Module, feats: Features) -> bool:
+    """Whether `prefix` makes the features smaller (a pool does; Flatten only reshapes)."""
     with torch.inference_mode():
-        for start in range(0, len(feats), batch_size):
-            out.append(prefix(feats.get(np.arange(start, min(len(feats), start + batch_size)))))
-    return Features(torch.cat(out), feats.device, cache_bytes=math.inf)
+        return prefix(feats.get(np.arange(1))).numel() < int(np.prod(feats.shape[1:]))
+
+
+def _applied(prefix: nn.Module, feats: Features, batch_size: int = 256) -> Features:
+    """`prefix` applied to every row of `feats`, in memory as float32; computed once per
+    `feats` object and prefix (runs of one head at several decays and seeds share it)."""
+    key = str(prefix)
+    if key not in feats.applied:
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(feats), batch_size):
+                out.append(prefix(feats.get(np.arange(start, min(len(feats), start + batch_size)))))
+        feats.applied[key] = Features(torch.cat(out), feats.device, cache_bytes=math.inf)
+    return feats.applied[key]
 
 
 def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -389,8 +402,10 @@ def train_head(head: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val: A
     head.to(device)
     _check_num_classes(head, val, int(max(y_tr.max().item(), y_va.max().item())))
     prefix, model = split_fixed_prefix(head)
-    if len(prefix):  # parameter-free pooling runs once, not once per epoch
-        train, val = _apply(prefix, train), _apply(prefix, val)
+    if len(prefix) and _shrinks(prefix, val):  # a global pool runs once, not once per epoch
+        train, val = _applied(prefix, train), _applied(prefix, val)
+    else:
+        model = head
     optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=config.lr)
     steps = len(_batches(np.arange(len(train)), config.batch_size))
     total = config.epochs * steps
