@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from typing import Iterator
 
 from rich.console import Console
@@ -65,6 +66,13 @@ def progress(description: str, total: int | None, unit: str = "it") -> Iterator[
     """A rich progress bar with rate and ETA; a no-op in quiet mode or when nothing is to do."""
     if _quiet or not total:
         yield _Bar(None, None)
+        return
+    if not console.is_terminal:  # a log file gets one summary line, not redrawn bars
+        started, bar = time.perf_counter(), _Bar(None, None)
+        yield bar
+        seconds = time.perf_counter() - started
+        rate = total / max(seconds, 1e-9)
+        log(f"{description}: {total} {unit} in {seconds:.1f} s ({rate:.1f} {unit}/s)")
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                _RateColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
