@@ -48,7 +48,7 @@ from . import io as _io
 from . import progress as _progress
 from . import train as _train
 from .errors import HeadbenchError
-from .evaluate import bootstrap_diff_ci, mean_ci, paired_diff_ci
+from .evaluate import bootstrap_diff_ci, ci_summary, mean_ci, paired_diff_ci
 from .heads import Head, HeadSpec, create_head
 
 DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))
@@ -342,17 +342,6 @@ def parse_shots(value: str | Iterable[int | str] | None) -> list[int | str]:
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 
-def _ci(values: Sequence[float]) -> dict:
-    """{"mean", "lo", "hi", "values"} over seeds; lo/hi are None with one seed."""
-    mean, lo, hi = mean_ci(values)
-    return {"mean": float(mean), "lo": _finite(lo), "hi": _finite(hi),
-            "values": [float(v) for v in values]}
-
-
-def _finite(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
 def _predictions(ctx: RunContext, X: Any, models: dict) -> dict:
     """Top-1 class of every (head, seed) model on features X."""
     return {key: _train.predict_logits(head, X, device=ctx.device).argmax(1)
@@ -425,8 +414,8 @@ def translation_analysis(ctx: RunContext, shifts: Sequence[int],
                 views_s = [ref] if s == 0 else [preds[(s, d)][(label, seed)] for d in directions]
                 acc[s].append(float(np.mean([np.mean(p == y) for p in views_s])))
                 cons[s].append(shift_consistency(ref, views_s))
-        heads[label] = {"accuracy": {str(s): _ci(acc[s]) for s in shifts},
-                        "consistency": {str(s): _ci(cons[s]) for s in shifts}}
+        heads[label] = {"accuracy": {str(s): ci_summary(acc[s]) for s in shifts},
+                        "consistency": {str(s): ci_summary(cons[s]) for s in shifts}}
     return {"shifts": shifts, "margin": max(shifts), "directions": [list(d) for d in directions],
             "seed_ids": list(ctx.seeds), "consistency_definition": CONSISTENCY_DEFINITION,
             "heads": heads}
@@ -463,7 +452,7 @@ def resolution_analysis(ctx: RunContext, sizes: Sequence[int]) -> dict:
         view = View() if size == base else View(size=size)
         preds = _predictions(ctx, ctx.view_features("test", view), _models(ctx, runs))
         for label in runs:
-            heads[label][str(size)] = _ci([float(np.mean(preds[(label, s)] == y))
+            heads[label][str(size)] = ci_summary([float(np.mean(preds[(label, s)] == y))
                                            for s in ctx.seeds])
     heads = {label: {str(s): heads[label][str(s)] for s in sizes} for label in ctx.heads}
     return {"sizes": sizes, "base": base, "map_sizes": map_sizes, "seed_ids": list(ctx.seeds),
@@ -547,7 +536,7 @@ def shots_analysis(ctx: RunContext, shots: Sequence[int | str],
                     cell["train_accuracy"].append(train_acc)
                     cell["overfit_gap"].append(train_acc - test_acc)
                     bar.advance()
-    heads = {label: {k: {m: _ci(v) for m, v in cell.items()} for k, cell in per_k.items()}
+    heads = {label: {k: {m: ci_summary(v) for m, v in cell.items()} for k, cell in per_k.items()}
              for label, per_k in rows.items()}
     return {"shots": [str(k) for k in shots], "seeds": len(seeds), "seed_ids": seeds,
             "n_train": n_train, "short_classes": short_classes, "heads": heads}

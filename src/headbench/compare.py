@@ -260,13 +260,14 @@ def _head_entry(run: RunData, label: str, hr: dict, head: _heads.Head, bb_flops:
     head_flops = count_flops(head.eval(), torch.zeros(1, c, h, w))
     head_latency = _latency(head, (c, h, w), run)
     head_params = count_params(head)
-    summary = {name: _ci([_metric(s, role, key) for s in seeds])
+    summary = {name: _evaluate.ci_summary([_metric(s, role, key) for s in seeds])
                for name, role, key in (("test_accuracy", "test", "accuracy"),
                                        ("train_accuracy", "train", "accuracy"),
                                        ("val_accuracy", "val", "accuracy"),
                                        ("macro_f1", "test", "macro_f1"), ("nll", "test", "nll"),
                                        ("ece", "test", "ece"), ("top5", "test", "top5"))}
-    summary["overfit_gap"] = _ci([s["train"]["accuracy"] - s["test"]["accuracy"] for s in seeds])
+    summary["overfit_gap"] = _evaluate.ci_summary(
+        [s["train"]["accuracy"] - s["test"]["accuracy"] for s in seeds])
     summary["train_time_s"] = float(np.mean([s["train_time_s"] for s in seeds]))
     return dict(
         head=label, spec=hr["spec"].to_dict(), fixed_size=bool(head.fixed_size),
@@ -360,18 +361,6 @@ def _head_spec(head: str | _heads.HeadSpec, hidden: Sequence[int], dropout: floa
     if head not in _heads.list_heads():
         raise unknown("head", head, _heads.list_heads())
     return _heads.HeadSpec(head, hidden=tuple(hidden) or None, dropout=dropout)
-
-
-def _ci(values: list) -> dict | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    mean, lo, hi = _evaluate.mean_ci(values)
-    return dict(mean=float(mean), lo=_nan_to_none(lo), hi=_nan_to_none(hi))
-
-
-def _nan_to_none(v: float) -> float | None:
-    return None if v is None or not np.isfinite(v) else float(v)
 
 
 def _metric(seed_row: dict, role: str, key: str):
