@@ -381,3 +381,8 @@ def test_compare_and_analyze_write_the_analyses_sections(tmp_path):
 def test_analyze_without_options_says_what_to_pass(tmp_path):
     with pytest.raises(HeadbenchError, match="--shifts, --sizes, --shots or --cam"):
         an.analyze(tmp_path)
+
+
+def test_zero_width_seed_interval_alone_is_not_significant():
+    assert not an.PairedDiff(0.1, 2, t=(0.1, 0.1)).significant
+    assert an.PairedDiff(0.1, 2, t=(0.1, 0.1), boot=(0.02, 0.2), n_images=50).significant

@@ -92,3 +92,9 @@ def test_bad_analysis_option_fails_before_any_work(capsys, tmp_path):
                         str(tmp_path / "cache"), "--out", str(tmp_path))
     assert code == 2 and "--shots" in err
     assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
+def test_quiet_is_accepted_after_the_subcommand(capsys):
+    code, out, err = _run(capsys, "params", "--backbone", "resnet18", "--heads", "gap",
+                          "--quiet", "--json")
+    assert code == 0 and json.loads(out)[0]["head"] == "gap"

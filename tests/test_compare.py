@@ -123,8 +123,18 @@ def test_empty_class_folder_is_one_clear_error_before_any_work(shapes, tmp_path)
     ("heads", ["gapp"], "unknown head 'gapp'.*gap"),
     ("seeds", 0, "--seeds"),
     ("dropout", -0.1, "dropout"),
+    ("heads", ["gap", "gap"], "more than once"),
+    ("split", (0.5, 0.5), "three positive fractions"),
 ])
 def test_impossible_options_are_one_line_errors(shapes, tmp_path, option, value, words):
     with pytest.raises(HeadbenchError, match=words) as info:
         hb.compare(shapes, cache_dir=tmp_path, out=tmp_path, **dict(OPTIONS, **{option: value}))
     assert "\n" not in str(info.value)
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(shapes, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(HeadbenchError, match="--out.*is a file"):
+        hb.compare(shapes, cache_dir=tmp_path / "cache", out=afile, **OPTIONS)
+    assert not (tmp_path / "cache").exists()

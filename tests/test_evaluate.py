@@ -154,3 +154,10 @@ def test_measure_latency_returns_positive_times_and_restores_module():
 def test_measure_latency_rejects_unknown_autocast_dtype():
     with pytest.raises(HeadbenchError, match="bfloat16"):
         measure_latency(nn.Linear(2, 2), (2,), device="cpu", autocast_dtype="bfloat61")
+
+
+def test_ci_summary_clips_accuracy_intervals_to_their_range():
+    from headbench.evaluate import ci_summary
+    wide = ci_summary([0.2, 0.9], bounds=(0.0, 1.0))  # two seeds: t(1) = 12.7
+    assert wide["lo"] == 0.0 and wide["hi"] == 1.0 and wide["mean"] == pytest.approx(0.55)
+    assert ci_summary([0.5])["lo"] is None and ci_summary([None]) is None

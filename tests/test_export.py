@@ -119,3 +119,16 @@ def test_cache_commands_list_and_remove_entries(run, capsys):
     assert "removed 1 cache entry" in capsys.readouterr().out
     assert main(["cache", "ls", "--cache-dir", cache]) == 0
     assert "no cached features" in capsys.readouterr().out
+
+
+def test_predict_on_a_folder_without_images_is_an_error(run, tmp_path):
+    with pytest.raises(HeadbenchError, match="no image files"):
+        hb.predict(hb.load_model(run.model_dir("gap")), [tmp_path])
+
+
+def test_predict_command_fails_when_every_image_is_unreadable(run, tmp_path, capsys):
+    from headbench.cli import main
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert main(["predict", str(run.model_dir("gap")), str(bad), "--quiet"]) == 1
+    assert "skipped" in capsys.readouterr().out

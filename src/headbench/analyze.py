@@ -52,6 +52,7 @@ from .evaluate import bootstrap_diff_ci, ci_summary, mean_ci, paired_diff_ci
 from .heads import Head, HeadSpec, create_head
 
 DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))
+UNIT = (0.0, 1.0)  # accuracies and consistencies: intervals are clipped to it
 MIN_SIZE = 32
 CAM_ALPHA = 0.45
 CAM_COLORMAP = "jet"
@@ -209,6 +210,8 @@ class RunContext:
 
 
 def _read_json(path: Path) -> dict:
+    if not path.parent.is_dir():
+        raise HeadbenchError(f"run folder '{path.parent}' does not exist; pass a folder under runs/")
     if not path.is_file():
         raise HeadbenchError(f"'{path}' is missing: pass a run folder written by "
                              "'headbench compare' (runs/<date>-<data>-<backbone>)")
@@ -414,8 +417,9 @@ def translation_analysis(ctx: RunContext, shifts: Sequence[int],
                 views_s = [ref] if s == 0 else [preds[(s, d)][(label, seed)] for d in directions]
                 acc[s].append(float(np.mean([np.mean(p == y) for p in views_s])))
                 cons[s].append(shift_consistency(ref, views_s))
-        heads[label] = {"accuracy": {str(s): ci_summary(acc[s]) for s in shifts},
-                        "consistency": {str(s): ci_summary(cons[s]) for s in shifts}}
+        heads[label] = {"accuracy": {str(s): ci_summary(acc[s], bounds=UNIT) for s in shifts},
+                        "consistency": {str(s): ci_summary(cons[s], bounds=UNIT)
+                                        for s in shifts}}
     return {"shifts": shifts, "margin": max(shifts), "directions": [list(d) for d in directions],
             "seed_ids": list(ctx.seeds), "consistency_definition": CONSISTENCY_DEFINITION,
             "heads": heads}
@@ -453,7 +457,7 @@ def resolution_analysis(ctx: RunContext, sizes: Sequence[int]) -> dict:
         preds = _predictions(ctx, ctx.view_features("test", view), _models(ctx, runs))
         for label in runs:
             heads[label][str(size)] = ci_summary([float(np.mean(preds[(label, s)] == y))
-                                           for s in ctx.seeds])
+                                                  for s in ctx.seeds], bounds=UNIT)
     heads = {label: {str(s): heads[label][str(s)] for s in sizes} for label in ctx.heads}
     return {"sizes": sizes, "base": base, "map_sizes": map_sizes, "seed_ids": list(ctx.seeds),
             "heads": heads}
@@ -536,7 +540,8 @@ def shots_analysis(ctx: RunContext, shots: Sequence[int | str],
                     cell["train_accuracy"].append(train_acc)
                     cell["overfit_gap"].append(train_acc - test_acc)
                     bar.advance()
-    heads = {label: {k: {m: ci_summary(v) for m, v in cell.items()} for k, cell in per_k.items()}
+    heads = {label: {k: {m: ci_summary(v, bounds=(-1.0, 1.0) if m == "overfit_gap" else UNIT)
+                         for m, v in cell.items()} for k, cell in per_k.items()}
              for label, per_k in rows.items()}
     return {"shots": [str(k) for k in shots], "seeds": len(seeds), "seed_ids": seeds,
             "n_train": n_train, "short_classes": short_classes, "heads": heads}
@@ -813,7 +818,7 @@ def findings(results: dict, run_dir: str | Path | None = None) -> list[dict]:
     analyses = results.get("analyses") or {}
     ref = _reference_head(heads)
     for other in [h for h in heads if h.get("fixed_size")] if ref else []:
-        if ref is not best:  # the forum question itself: gap vs flatten, whatever won
+        if ref is not best and other is not best:  # the forum question, whatever won
             out.append(_accuracy_finding(ref, other, correct))
         out.append(_overfit_finding(ref, other))
         if "shifts" in analyses:
@@ -870,8 +875,14 @@ class PairedDiff:
 
     @property
     def significant(self) -> bool:
-        """Every computed interval excludes zero, all on the same side."""
+        """Every computed interval excludes zero, all on the same side.
+
+        A zero-width interval over seeds (every seed moved by exactly the same amount) says
+        nothing about test-set sampling, so alone it never makes a difference significant.
+        """
         intervals = [ci for ci in (self.t, self.boot) if ci is not None]
+        if self.boot is None and self.t is not None and self.t[0] == self.t[1]:
+            return False
         return bool(intervals) and (all(lo > 0 for lo, _ in intervals)
                                     or all(hi < 0 for _, hi in intervals))
 

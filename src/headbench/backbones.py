@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -146,7 +147,7 @@ class Backbone(nn.Module):
         try:
             with torch.no_grad():
                 y = self(x)
-        except RuntimeError as e:
+        except (RuntimeError, AssertionError, ValueError) as e:  # timm asserts fixed ViT sizes
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise HeadbenchError(f"backbone '{self.name}' fails on a {hw[0]}x{hw[1]} input "
                                  f"({reason}); is --input-size too small?") from e
@@ -255,7 +256,15 @@ def _hub_error(name: str) -> str:
 
 
 def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    """HF_HUB_OFFLINE is set, or the hub cannot be reached (checked once, 3 s at most), so an
+    offline machine gets the clear error at once instead of a minute of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return False
+    except OSError:
+        return True
 
 
 def _cached_hub_file(cfg) -> str | None:

@@ -51,6 +51,8 @@ class _Parser(argparse.ArgumentParser):
 def cmd_params(args: argparse.Namespace) -> int:
     from .model import param_table
     from .heads import DEFAULT_HEADS
+    if args.heads == []:
+        raise HeadbenchError("--heads is empty; name at least one head, e.g. --heads gap,flatten")
     rows = param_table(args.backbone, args.num_classes, heads=args.heads or DEFAULT_HEADS,
                        hidden=tuple(args.hidden) or None, input_size=args.input_size or 224,
                        weights=args.weights, dropout=args.dropout)
@@ -85,7 +87,7 @@ def _compare_kwargs(args: argparse.Namespace) -> dict:
                   val_fraction=args.val_fraction, split=args.split, split_seed=args.split_seed,
                   workers=args.workers, shifts=args.shifts, sizes=args.sizes, shots=args.shots,
                   cam=args.cam, report=not args.no_report)
-    if args.heads:
+    if args.heads is not None:  # an empty --heads is an error, not the defaults
         kwargs["heads"] = args.heads
     if args.weight_decays:
         kwargs["weight_decays"] = args.weight_decays
@@ -157,14 +159,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows = predict(model, args.paths, topk=args.topk, input_size=args.input_size)
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
+        return 0 if any("top" in r for r in rows) else 1
     for row in rows:
         if "error" in row:
             print(f"{row['path']}: skipped ({row['error']})")
             continue
         top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top"])
         print(f"{row['path']}: {top}")
-    return 0
+    return 0 if any("top" in r for r in rows) else 1  # every image was unreadable
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -223,22 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # --quiet works after the subcommand too (SUPPRESS keeps the global value when absent)
+    quiet = _Parser(add_help=False)
+    quiet.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars (for logs)")
 
-    p = sub.add_parser("params", help="parameters and FLOPs of every head on a backbone")
+    p = sub.add_parser("params", parents=[quiet],
+                       help="parameters and FLOPs of every head on a backbone")
     _add_backbone_options(p, weights_default="none")
     _add_head_options(p)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
 
-    p = sub.add_parser("explain", help="what GAP and Flatten keep, with live worked examples")
+    p = sub.add_parser("explain", parents=[quiet],
+                       help="what GAP and Flatten keep, with live worked examples")
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--hidden", type=_numbers("--hidden"), default=[1024])
     p.add_argument("--input-size", type=int, default=224)
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("compare", help="train and compare heads on an image folder")
+    p = sub.add_parser("compare", parents=[quiet],
+                       help="train and compare heads on an image folder")
     p.add_argument("data", help="folder of class folders, or with train/ val/ [test/]")
     _add_backbone_options(p, weights_default="default")
     _add_head_options(p)
@@ -260,25 +269,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analysis_options(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("demo", help="the whole job on generated data with the embedded backbone")
+    p = sub.add_parser("demo", parents=[quiet],
+                       help="the whole job on generated data with the embedded backbone")
     p.add_argument("--out", default=".")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--no-analyses", action="store_true", help="skip shift/size/shot/CAM analyses")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("analyze", help="add analyses to an existing run without retraining")
+    p = sub.add_parser("analyze", parents=[quiet],
+                       help="add analyses to an existing run without retraining")
     p.add_argument("run_dir")
     _add_analysis_options(p)
     p.add_argument("--precision", default=None,
                    help="extraction precision for new views (default: the run's)")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("report", help="re-render report.html of a run")
+    p = sub.add_parser("report", parents=[quiet], help="re-render report.html of a run")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("predict", help="top-k classes from a saved model")
+    p = sub.add_parser("predict", parents=[quiet], help="top-k classes from a saved model")
     p.add_argument("model_dir", help="e.g. runs/<run>/heads/gap")
     p.add_argument("paths", nargs="+", help="images or folders")
     p.add_argument("--topk", type=int, default=5)
@@ -287,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("cache", help="list or remove cached features")
+    p = sub.add_parser("cache", parents=[quiet], help="list or remove cached features")
     p.add_argument("action", choices=["ls", "rm"])
     p.add_argument("keys", nargs="*")
     p.add_argument("--all", action="store_true")

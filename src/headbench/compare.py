@@ -126,6 +126,8 @@ def compare(data: str | Path, backbone: str = "efficientnet_lite0", weights: str
     started = time.perf_counter()
     # every option is checked before any work, the analyses' too
     _check_options(seeds=seeds, cam=cam)
+    _check_folder(out, "--out")
+    _check_folder(cache_dir, "--cache-dir")
     config = _train.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                                 weight_decays=tuple(weight_decays))
     _data.check_fractions(split, val_fraction)
@@ -179,6 +181,7 @@ def _prepare(data, backbone, weights, input_size, precision, cache_dir, workers,
     splits = _data.make_splits(scan, fs.valid, val_fraction=val_fraction, split=split,
                                seed=split_seed)
     _log_splits(scan, splits)
+    _warn_thin(scan, splits, bb)
     run = RunData(scan, splits, bb, fs, prec, device, cache_dir, config, specs, seeds)
     for role in ("train", "val", "test"):
         idx = getattr(splits, role)
@@ -260,14 +263,15 @@ def _head_entry(run: RunData, label: str, hr: dict, head: _heads.Head, bb_flops:
     head_flops = count_flops(head.eval(), torch.zeros(1, c, h, w))
     head_latency = _latency(head, (c, h, w), run)
     head_params = count_params(head)
-    summary = {name: _evaluate.ci_summary([_metric(s, role, key) for s in seeds])
+    summary = {name: _evaluate.ci_summary([_metric(s, role, key) for s in seeds],
+                                          bounds=None if key == "nll" else (0.0, 1.0))
                for name, role, key in (("test_accuracy", "test", "accuracy"),
                                        ("train_accuracy", "train", "accuracy"),
                                        ("val_accuracy", "val", "accuracy"),
                                        ("macro_f1", "test", "macro_f1"), ("nll", "test", "nll"),
                                        ("ece", "test", "ece"), ("top5", "test", "top5"))}
     summary["overfit_gap"] = _evaluate.ci_summary(
-        [s["train"]["accuracy"] - s["test"]["accuracy"] for s in seeds])
+        [s["train"]["accuracy"] - s["test"]["accuracy"] for s in seeds], bounds=(-1.0, 1.0))
     summary["train_time_s"] = float(np.mean([s["train_time_s"] for s in seeds]))
     return dict(
         head=label, spec=hr["spec"].to_dict(), fixed_size=bool(head.fixed_size),
@@ -335,6 +339,12 @@ def write_results(run_dir: Path, results: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 # small helpers
 
+def _check_folder(path: str | Path | None, option: str) -> None:
+    """`path` is a folder or can become one."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise HeadbenchError(f"{option} '{path}' is a file, not a folder; pass a folder")
+
+
 def _check_options(seeds: int, cam: int) -> None:
     """The options TrainConfig does not check itself."""
     if seeds < 1:
@@ -401,6 +411,20 @@ def _log_splits(scan: _data.Scan, splits: _data.Splits) -> None:
                       f"{counts['val'].get(cls, 0):5d}  {counts['test'].get(cls, 0):5d}")
 
 
+def _warn_thin(scan: _data.Scan, splits: _data.Splits, bb: _backbones.Backbone) -> None:
+    """Warn where the numbers would quietly mean less than they seem to."""
+    counts = splits.counts()
+    for role in ("val", "test"):
+        missing = [c for c in scan.classes if not counts[role].get(c)]
+        if missing:
+            _progress.warn(f"no {role} images for class(es) {', '.join(missing)}: {role} metrics "
+                           "ignore them; add images to those class folders")
+    c, h, w = bb.feature_shape()
+    if h * w == 1:
+        _progress.warn(f"the feature map is 1×1 at {bb.data_config['input_size'][-1]} px: every "
+                       "pooling head sees the same vector; use a larger --input-size")
+
+
 def _dataset_summary(run: RunData) -> dict:
     scan, splits = run.scan, run.splits
     leakage = _data.find_leakage(scan, splits)
@@ -419,8 +443,8 @@ def _jsonable_leak(leak: dict, root: Path) -> dict:
 
 
 def _rel(path: Path, root: Path) -> str:
-    try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    try:  # no resolve(): a symlink is listed where it lies, not where it points
+        return Path(path).relative_to(root).as_posix()
     except ValueError:
         return str(path)
 

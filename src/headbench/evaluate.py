@@ -203,15 +203,20 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     return mean, mean - half, mean + half
 
 
-def ci_summary(values: Sequence[float | None], confidence: float = 0.95) -> dict | None:
+def ci_summary(values: Sequence[float | None], confidence: float = 0.95,
+               bounds: tuple[float, float] | None = None) -> dict | None:
     """`{"mean", "lo", "hi", "values"}` over seeds for results.json: lo/hi are None with one
-    value (no interval); None values are dropped; None when nothing is left."""
+    value (no interval) and clipped to `bounds` (an accuracy's t interval can pass 1 with few
+    seeds); None values are dropped; None when nothing is left."""
     values = [float(v) for v in values if v is not None]
     if not values:
         return None
     mean, lo, hi = mean_ci(values, confidence)
-    finite = lambda v: float(v) if v is not None and math.isfinite(v) else None  # noqa: E731
-    return {"mean": float(mean), "lo": finite(lo), "hi": finite(hi), "values": values}
+    low, high = bounds or (-math.inf, math.inf)
+
+    def clip(v: float | None) -> float | None:
+        return float(min(max(v, low), high)) if v is not None and math.isfinite(v) else None
+    return {"mean": float(mean), "lo": clip(lo), "hi": clip(hi), "values": values}
 
 
 def paired_diff_ci(a: Sequence[float], b: Sequence[float],

@@ -70,6 +70,9 @@ def model_size_bytes(model_dir: Path, backbone_file: Path | None = None) -> int:
 def read_model_json(model_dir: str | Path) -> dict:
     model_dir = Path(model_dir)
     meta_path = model_dir / "model.json"
+    if not model_dir.is_dir():
+        raise HeadbenchError(f"model folder '{model_dir}' does not exist; pass a folder such as "
+                             "runs/<run>/heads/gap")
     if not meta_path.is_file():
         raise HeadbenchError(f"'{model_dir}' is not a headbench model folder (no model.json); "
                              "pass a folder such as runs/<run>/heads/gap")
@@ -100,7 +103,12 @@ def load_model(model_dir: str | Path, device: torch.device | str | None = None) 
     backbone.data_config = meta["data_config"]
     head = create_head(HeadSpec.from_dict(meta["head"]), meta["in_channels"], meta["num_classes"],
                        tuple(meta["map_size"]))
-    head.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+    try:
+        head.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+    except (OSError, RuntimeError, KeyError) as e:  # missing, unreadable or other weights
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HeadbenchError(f"cannot load the head weights in '{model_dir}/model.safetensors' "
+                             f"({reason}); re-save the model with compare")
     model = HeadbenchModel(backbone, head, class_names=meta["class_names"])
     return model.to(device or default_device()).eval()
 
@@ -124,7 +132,10 @@ def predict(model: HeadbenchModel, paths: Iterable[str | Path], topk: int = 5,
     """Top-k classes with probabilities for each image; unreadable images get an `error`."""
     if topk < 1:
         raise HeadbenchError(f"--topk must be at least 1 (got {topk})")
+    paths = list(paths)
     files = expand_paths(paths)
+    if not files:
+        raise HeadbenchError(f"no image files found in {', '.join(map(str, paths))}")
     view = View(size=input_size)
     transform = make_transform(model.data_config, view)
     draft = draft_size(model.data_config, view)
