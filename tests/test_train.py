@@ -242,3 +242,27 @@ def test_train_config_round_trips_through_json():
 def test_unknown_device_is_a_user_error():
     with pytest.raises(HeadbenchError, match="device"):
         train.resolve_device("gpu")
+
+
+def test_pooling_once_per_fit_trains_exactly_like_pooling_every_step(data):
+    """The parameter-free prefix (the global pool) is computed once; the weights are the same."""
+    class Unsplit(nn.Module):  # not a Sequential, so train_head cannot split off the pool
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def forward(self, x):
+            return self.head(x)
+
+    X_tr, y_tr, X_va, y_va = data
+    prefix, _ = train.split_fixed_prefix(gap_head())
+    assert len(prefix) == 2  # pool + flatten; the Dropout and Linear train
+    with seeded(0):
+        split = gap_head()
+    with seeded(0):
+        whole = Unsplit(gap_head())
+    a = train_head(split, X_tr, y_tr, X_va, y_va, FAST, 1e-3, 0)
+    b = train_head(whole, X_tr, y_tr, X_va, y_va, FAST, 1e-3, 0)
+    assert a.best_epoch == b.best_epoch
+    for k, v in a.state_dict.items():
+        torch.testing.assert_close(v, b.state_dict[f"head.{k}"], atol=1e-5, rtol=1e-5)

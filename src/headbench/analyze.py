@@ -849,10 +849,15 @@ def _val_score(entry: dict) -> tuple[float, float]:
     return (_mean(_seed_metric(entry, "val")), -_mean(_seed_metric(entry, "val", "nll")))
 
 
+def select_head(heads: list[dict]) -> dict:
+    """The head to recommend, chosen on the val split only: mean accuracy, then lower NLL."""
+    return max(heads, key=_val_score)
+
+
 def _selected_head(results: dict, heads: list[dict]) -> dict:
     """The run's selected head (chosen on val by compare), else the best on val here."""
     named = [h for h in heads if h["head"] == results.get("best_head")]
-    return named[0] if named else max(heads, key=_val_score)
+    return named[0] if named else select_head(heads)
 
 
 def _reference_head(heads: list[dict]) -> dict | None:

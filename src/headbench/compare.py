@@ -30,7 +30,7 @@ from . import io as _io
 from . import progress as _progress
 from . import train as _train
 from .analyze import (RunContext, findings, parse_shifts, parse_shots, parse_sizes,
-                      run_analyses)
+                      run_analyses, select_head)
 from .errors import HeadbenchError, unknown
 from .model import count_flops, count_params, default_device
 from .report import write_report
@@ -239,9 +239,7 @@ def _results(run: RunData, head_results: dict[str, dict], run_dir: Path, timing:
     for label, hr in head_results.items():
         head = run.make_head(hr["spec"])
         heads.append(_head_entry(run, label, hr, head, bb_flops, bb_latency))
-    # the recommended head is selected on val (mean accuracy, then NLL), never on test
-    best = max(heads, key=lambda h: (h["summary"]["val_accuracy"]["mean"],
-                                     -np.mean([s["val"]["nll"] for s in h["seeds"]])))["head"]
+    best = select_head(heads)["head"]  # on val (mean accuracy, then NLL), never on test
     return dict(
         headbench_version=__version__, created=_dt.datetime.now().isoformat(timespec="seconds"),
         run_dir=str(run_dir), dataset=_dataset_summary(run),

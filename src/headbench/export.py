@@ -24,9 +24,9 @@ from .heads import Head, HeadSpec, create_head
 from .model import HeadbenchModel, default_device
 
 FORMAT = "headbench-model/1"
-RECREATABLE = ("embedded", "hub", "none")
+RECREATABLE = ("embedded", "hub", "none")  # "none" is a seeded init
 REQUIRED = ("backbone", "head", "in_channels", "map_size", "num_classes", "class_names",
-            "data_config")  # "none" is a seeded init
+            "data_config")
 
 
 def save_head_weights(state_dict: dict, path: Path) -> Path:
