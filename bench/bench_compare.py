@@ -13,7 +13,7 @@ head and scaled to `--epochs` (the measured and the extrapolated figures are bot
 from __future__ import annotations
 
 import argparse
-import json
+
 import tempfile
 import time
 from pathlib import Path
@@ -27,36 +27,36 @@ from headbench.backbones import create_backbone
 from headbench.data import make_transform
 from headbench.features import ImageFiles
 from headbench.heads import create_head
+from headbench.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 
 
-def run_headbench(args, out: Path) -> tuple[float, Path]:
+def run_headbench(args, out: Path) -> tuple[float, Run]:
     """The whole compare from a cold cache: extraction, training, evaluation, files, report."""
     t0 = time.perf_counter()
-    result = hb.compare(args.data, backbone=args.backbone, weights=args.weights, heads=args.heads,
-                        seeds=1, epochs=args.epochs, weight_decays=[1e-4], patience=None,
-                        cache_dir=out / "cache", out=out)
-    return time.perf_counter() - t0, result.run_dir
+    run = hb.compare(args.data, backbone=args.backbone, weights=args.weights, heads=args.heads,
+                     seeds=1, epochs=args.epochs, weight_decays=[1e-4], patience=None,
+                     cache_dir=out / "cache", out=out)
+    return time.perf_counter() - t0, run
 
 
-def naive_epoch_seconds(args, run_dir: Path, head_name: str) -> float:
+def naive_epoch_seconds(args, run: Run, head_name: str) -> float:
     """Seconds per epoch of the naive recipe for one head (mean over the measured epochs)."""
-    dataset = json.loads((run_dir / "dataset.json").read_text())
-    root = Path(dataset["root"])
-    items = {role: [i for i in dataset["items"] if i["role"] == role] for role in ("train", "val")}
+    splits = {role: run.dataset.splits[role] for role in ("train", "val")}
     backbone = create_backbone(args.backbone, args.weights)  # fp32, NCHW, eager: timm's default
     for p in backbone.parameters():
         p.requires_grad_(False)
     c, h, w = backbone.feature_shape()
-    head = create_head(head_name, c, len(dataset["classes"]), (h, w))
+    head = create_head(head_name, c, len(run.classes), (h, w))
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
     transform = make_transform(backbone.data_config)
-    loaders = {role: DataLoader(ImageFiles([root / i["path"] for i in its], transform),
+    root = Path(run.dataset.root)
+    loaders = {role: DataLoader(ImageFiles([root / p for p in split.paths], transform),
                                 batch_size=32, shuffle=role == "train", num_workers=args.workers)
-               for role, its in items.items()}
-    labels = {role: torch.tensor([i["label"] for i in its]) for role, its in items.items()}
+               for role, split in splits.items()}
+    labels = {role: torch.from_numpy(split.labels) for role, split in splits.items()}
     t0 = time.perf_counter()
     for _ in range(args.naive_epochs):
         head.train()
@@ -89,8 +89,8 @@ def main() -> None:
     progress.set_quiet(True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        ours, run_dir = run_headbench(args, Path(tmp))
-        per_epoch = {h: naive_epoch_seconds(args, run_dir, h) for h in args.heads}
+        ours, run = run_headbench(args, Path(tmp))
+        per_epoch = {h: naive_epoch_seconds(args, run, h) for h in args.heads}
     measured = sum(per_epoch.values()) * args.naive_epochs
     naive = sum(per_epoch.values()) * args.epochs
     print(f"## compare vs naive: {len(args.heads)} heads × {args.epochs} epochs, {args.backbone}, "

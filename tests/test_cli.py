@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,10 @@ def test_explain_prints_the_worked_examples_computed_live(capsys):
     (["params", "--backbone", "resnet50", "--hidden", "a,b"], "--hidden"),
     (["compare", "/no/such/folder"], "/no/such/folder"),
     (["predict", "/no/such/model", "x.jpg"], "/no/such/model"),
+    (["predict", "/no/such/model", "x.jpg", "--topk", "0"], "--topk"),
+    (["predict", "/no/such/model", "x.jpg", "--input-size", "0"], "--input-size"),
+    (["explain", "--input-size", "0"], "--input-size"),
+    (["analyze", "/no/such/run"], "--shifts, --sizes, --shots, --cam"),
     (["report", "/no/such/run"], "/no/such/run"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(capsys, argv, words):
@@ -78,7 +83,7 @@ def test_unknown_backbone_suggests_the_closest_names(capsys):
 
 
 def test_console_script_runs_without_traceback_on_bad_input():
-    proc = subprocess.run([sys.executable, "-m", "headbench.cli", "compare", "/no/such/folder"],
+    proc = subprocess.run([sys.executable, "-m", "headbench", "compare", "/no/such/folder"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
@@ -98,3 +103,44 @@ def test_quiet_is_accepted_after_the_subcommand(capsys):
     code, out, err = _run(capsys, "params", "--backbone", "resnet18", "--heads", "gap",
                           "--quiet", "--json")
     assert code == 0 and json.loads(out)[0]["head"] == "gap"
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A small compare run made through the CLI: (run folder, what it printed)."""
+    from headbench.synthetic import make_shapes_dataset
+    tmp = tmp_path_factory.mktemp("cli")
+    data = make_shapes_dataset(tmp / "shapes", classes=("circle", "square"), per_class=6,
+                               image_size=48)
+    with pytest.MonkeyPatch.context() as mp:
+        out = []
+        mp.setattr("builtins.print", lambda *a, **k: out.append(" ".join(map(str, a))))
+        code = main(["compare", str(data), "--heads", "gap,flatten", "--seeds", "2",
+                     "--epochs", "3", "--weight-decays", "0.01", "--no-report", "--quiet",
+                     "--out", str(tmp), "--cache-dir", str(tmp / "cache")])
+    assert code == 0
+    folder = [line for line in out if line.startswith("run folder: ")]
+    return Path(folder[0].removeprefix("run folder: ")), out
+
+
+@pytest.mark.slow
+def test_compare_prints_findings_selected_head_and_run_folder(cli_run):
+    from headbench.run import Run
+    run_dir, out = cli_run
+    run = Run.load(run_dir)
+    assert out[0] == "findings:"
+    assert any(line.startswith(("- gap vs flatten: ", "- flatten vs gap: ")) for line in out)
+    assert f"selected:   {run.best_head} (highest mean val accuracy), model in " \
+           f"{run.model_dir()}" in out
+    assert not any(line.startswith("report:") for line in out)  # --no-report
+    assert run.options.seeds == 2 and run.options.weight_decays == (0.01,)
+
+
+@pytest.mark.slow
+def test_analyze_and_report_commands_on_a_cli_run(cli_run, capsys):
+    run_dir, _ = cli_run
+    code, out, err = _run(capsys, "analyze", str(run_dir), "--shifts", "8", "--quiet")
+    assert code == 0, err
+    assert out.rstrip().endswith(f"report: {run_dir / 'report.html'}")
+    code, out, _ = _run(capsys, "report", str(run_dir))
+    assert code == 0 and out.strip() == str(run_dir / "report.html")

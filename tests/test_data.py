@@ -44,7 +44,7 @@ def test_scan_classes_layout_sorts_items_by_class_then_path(tmp_path):
     write_png(tmp_path / "cats" / "sub" / "a.PNG", value=99)
     scan = scan_folder(tmp_path)
     assert scan.layout == "classes" and scan.classes == ["cats", "dogs"]
-    rel = [p.relative_to(tmp_path).as_posix() for p in scan.paths]
+    rel = [p.relative_to(tmp_path).as_posix() for p in (it.path for it in scan.items)]
     assert rel == ["cats/000.png", "cats/001.png", "cats/sub/a.PNG",
                    "dogs/000.png", "dogs/001.png", "dogs/002.png"]
     assert scan.labels == [0, 0, 0, 1, 1, 1]
@@ -212,7 +212,7 @@ def test_bad_split_fractions_are_rejected(tmp_path, split):
 @pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5])
 def test_bad_val_fraction_is_rejected(tmp_path, fraction):
     scan = scan_folder(make_classes(tmp_path, {"a": 5, "b": 5}))
-    with pytest.raises(HeadbenchError, match="val fraction"):
+    with pytest.raises(HeadbenchError, match="^val_fraction"):
         make_splits(scan, val_fraction=fraction)
 
 

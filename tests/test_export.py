@@ -1,7 +1,6 @@
 """Saved models: load, predict with the numbers training saw, any input size for global heads."""
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -23,21 +22,16 @@ def run(tmp_path_factory):
                       cache_dir=out / "cache", out=out, report=False)
 
 
-def _test_predictions(run, head):
-    with open(run.run_dir / "predictions.csv", newline="") as f:
-        return [r for r in csv.DictReader(f) if r["head"] == head]
-
-
 def test_loaded_model_reproduces_the_test_predictions(run):
     model = hb.load_model(run.model_dir("gap"))
     assert model.class_names == ["circle", "square", "star"]
-    expected = _test_predictions(run, "gap")
-    root = run.results["dataset"]["root"]
-    rows = hb.predict(model, [f"{root}/{r['path']}" for r in expected], topk=3)
-    for got, want in zip(rows, expected):
-        assert got["top"][0]["label"] == want["pred"]
+    expected = run.predictions["gap"]
+    test = run.dataset.splits["test"]
+    rows = hb.predict(model, [run.dataset.path("test", i) for i in range(len(test))], topk=3)
+    for i, got in enumerate(rows):
+        assert got["top"][0]["label"] == run.classes[expected.pred[0, i]]
         # features were cached as float16: probabilities agree to that precision
-        assert got["top"][0]["probability"] == pytest.approx(float(want["p_pred"]), abs=5e-3)
+        assert got["top"][0]["probability"] == pytest.approx(expected.p_pred[0, i], abs=5e-3)
         assert sum(t["probability"] for t in got["top"]) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -53,14 +47,14 @@ def test_model_json_names_everything_needed_to_rebuild(run):
 
 def test_global_pooling_head_predicts_at_another_input_size(run):
     model = hb.load_model(run.model_dir("gap"))
-    image = expand_paths([run.results["dataset"]["root"]])[0]
+    image = expand_paths([run.dataset.root])[0]
     rows = hb.predict(model, [image], topk=1, input_size=128)
     assert rows[0]["top"][0]["label"] in model.class_names
 
 
 def test_fixed_size_head_at_another_input_size_names_both_map_sizes(run):
     model = hb.load_model(run.model_dir("flatten"))
-    image = expand_paths([run.results["dataset"]["root"]])[0]
+    image = expand_paths([run.dataset.root])[0]
     with pytest.raises(HeadbenchError, match=r"2×2.*4×4.*gap"):
         hb.predict(model, [image], input_size=128)
 
@@ -90,15 +84,15 @@ def test_changed_backbone_weights_are_detected(run, tmp_path):
 
 
 def test_model_size_and_architecture_are_reported(run):
-    entry = run["gap"]
-    assert entry["model_size_bytes"] == (run.model_dir("gap") / "model.safetensors").stat().st_size
-    assert "GlobalAvgPool2d" in entry["architecture"] and "Linear" in entry["architecture"]
-    assert np.isfinite(entry["total_flops"]) and entry["total_flops"] > entry["head_flops"]
+    entry = run.head("gap")
+    assert entry.model_size_bytes == (run.model_dir("gap") / "model.safetensors").stat().st_size
+    assert "GlobalAvgPool2d" in entry.architecture and "Linear" in entry.architecture
+    assert np.isfinite(entry.total_flops) and entry.total_flops > entry.head_flops
 
 
 def test_predict_command_prints_topk_and_json(run, capsys):
     from headbench.cli import main
-    root = run.results["dataset"]["root"]
+    root = run.dataset.root
     image = expand_paths([root])[0]
     assert main(["predict", str(run.model_dir("gap")), str(image), "--topk", "2"]) == 0
     line = capsys.readouterr().out.strip()

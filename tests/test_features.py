@@ -159,7 +159,7 @@ def test_take_returns_rows_in_requested_order_across_chunks(backbone, images, tm
     for row, i in zip(picked, order):
         np.testing.assert_array_equal(row, fs[i])
     np.testing.assert_array_equal(fs[np.array(order)], picked)
-    np.testing.assert_array_equal(fs.rows(fs.valid), fs.take(np.arange(N_IMAGES)))
+    np.testing.assert_array_equal(fs.take(fs.valid), fs.take(np.arange(N_IMAGES)))
     with pytest.raises(IndexError):
         fs.take([N_IMAGES])
 
@@ -252,12 +252,12 @@ def test_resolve_precision_rejects_unknown_name():
         features.resolve_precision("fp16", "cpu")
 
 
-def test_resolve_precision_follows_cpu_flags(monkeypatch):
-    monkeypatch.setattr(features, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+def test_resolve_precision_followscpu_flags(monkeypatch):
+    monkeypatch.setattr(features, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert features.resolve_precision("auto", "cpu") == "fp32"
     with pytest.raises(HeadbenchError, match="'bf16' is not supported.*use precision 'fp32'"):
         features.resolve_precision("bf16", "cpu")
-    monkeypatch.setattr(features, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    monkeypatch.setattr(features, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
     assert features.resolve_precision("auto", "cpu") == "bf16"
     assert features.resolve_precision("fp32", "cpu") == "fp32"
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from headbench.errors import HeadbenchError
-from headbench.heads import DEFAULT_HEADS, Head, HeadSpec, create_head, describe_head, list_heads
+from headbench.heads import (DEFAULT_HEADS, Head, HeadSpec, create_head, head_info, list_heads,
+                             register_head, unregister_head)
 
 GLOBAL_HEADS = ("gap", "gmp", "gem", "avgmax", "catavgmax", "attention", "dense_map", "fastai")
 C, K = 16, 3
@@ -90,21 +91,20 @@ def test_gap_classifier_weights_reproduce_logits():
     w, b = head.classifier_weights()
     assert w.shape == (K, C) and b.shape == (K,)
     assert torch.allclose(x.mean(dim=(2, 3)) @ w.T + b, head(x), atol=1e-5)
-    assert torch.allclose(head.pooled(x), x.mean(dim=(2, 3)))
 
 
 def test_dense_map_classifier_weights_reproduce_logits():
     head = create_head("dense_map", C, K, (7, 7)).eval()
     x = _map(7, 7)
     w, b = head.classifier_weights()
-    assert torch.allclose(head.pooled(x) @ w.T + b, head(x), atol=1e-5)
+    assert torch.allclose(x.mean(dim=(2, 3)) @ w.T + b, head(x), atol=1e-5)
 
 
-def test_only_gap_and_dense_map_without_hidden_are_linear_on_pooled():
-    linear = {n for n in list_heads() if create_head(n, C, K, (7, 7)).is_linear_on_pooled}
+def test_only_gap_and_dense_map_without_hidden_allow_exact_cam():
+    linear = {n for n in list_heads() if create_head(n, C, K, (7, 7)).exact_cam}
     assert linear == {"gap", "dense_map"}
     hidden = create_head("gap", C, K, (7, 7), hidden=[8])
-    assert not hidden.is_linear_on_pooled
+    assert not hidden.exact_cam
     with pytest.raises(HeadbenchError, match="not linear in the pooled features"):
         hidden.classifier_weights()
 
@@ -140,9 +140,10 @@ def test_fastai_user_hidden_and_dropout_replace_its_defaults():
 
 
 def test_headspec_json_round_trip():
-    spec = HeadSpec("avgpool", hidden=(1024, 512), dropout=0.25, pool_size=3, strides=2)
+    spec = HeadSpec("avgpool", hidden=(1024, 512), dropout=0.25,
+                    options={"pool_size": 3, "strides": 2})
     data = json.loads(json.dumps(spec.to_dict()))
-    assert data["hidden"] == [1024, 512]
+    assert data["hidden"] == [1024, 512] and data["options"] == {"pool_size": 3, "strides": 2}
     assert HeadSpec.from_dict(data) == spec
 
 
@@ -155,7 +156,8 @@ def test_headspec_labels():
     assert HeadSpec("gap").label == "gap"
     assert HeadSpec("gap", hidden=[1024, 512]).label == "gap[1024,512]"
     assert HeadSpec("avgpool").label == "avgpool"
-    assert HeadSpec("avgpool", pool_size=3, strides=1).label == "avgpool3s1"
+    assert (HeadSpec("avgpool", options={"pool_size": 3, "strides": 1}).label
+            == "avgpool-pool_size3-strides1")
     assert HeadSpec("gap", dropout=0.5).label == "gap-d0.5"
     assert HeadSpec("fastai").label == "fastai"
 
@@ -171,24 +173,50 @@ def test_fewer_than_two_classes_is_rejected():
 
 
 def test_dropout_outside_unit_interval_is_rejected():
-    with pytest.raises(HeadbenchError, match=r"--dropout must be in \[0, 1\), got -0.1"):
+    with pytest.raises(HeadbenchError, match=r"^dropout must be in \[0, 1\), got -0.1") as e:
         create_head("gap", C, K, (7, 7), dropout=-0.1)
-    with pytest.raises(HeadbenchError, match="--dropout"):
+    assert e.value.param == "dropout"
+    with pytest.raises(HeadbenchError, match="^dropout"):
         create_head("gap", C, K, (7, 7), dropout=1.0)
 
 
 def test_hidden_size_below_one_is_rejected():
-    with pytest.raises(HeadbenchError, match=r"--hidden sizes must be ≥ 1, got \[8, 0\]"):
+    with pytest.raises(HeadbenchError, match=r"^hidden sizes must be ≥ 1, got \[8, 0\]") as e:
         create_head("gap", C, K, (7, 7), hidden=[8, 0])
+    assert e.value.param == "hidden"
 
 
 def test_avgpool_window_larger_than_map_is_rejected():
-    with pytest.raises(HeadbenchError, match="head 'avgpool' pool_size 3 is larger than the 2×2 "
-                                             "feature map; use a smaller --pool-size"):
-        create_head(HeadSpec("avgpool", pool_size=3), C, K, (2, 2))
+    with pytest.raises(HeadbenchError, match="^pool_size 3 of AvgPool2d is larger than the 2×2 "
+                                             "feature map; use a smaller pool_size") as e:
+        create_head(HeadSpec("avgpool", options={"pool_size": 3}), C, K, (2, 2))
+    assert e.value.param == "pool_size"
+
+
+def test_a_head_option_it_does_not_have_is_rejected_by_name():
+    with pytest.raises(HeadbenchError, match="head 'gap' has no option pool_size") as e:
+        HeadSpec("gap", options={"pool_size": 3})
+    assert e.value.param == "pool_size"
 
 
 def test_default_and_listed_heads_are_registered_and_described():
     assert set(DEFAULT_HEADS) <= set(list_heads())
     assert list_heads() == sorted(DEFAULT_HEADS + ("avgmax",))
-    assert all(describe_head(name) for name in list_heads())
+    assert all(head_info(name).description for name in list_heads())
+    fixed = {n for n in list_heads() if not head_info(n).any_size}
+    assert fixed == {"flatten", "avgpool"}
+
+
+def test_a_registered_head_is_built_checked_and_labelled_from_its_entry():
+    @register_head("double_gap", "GAP -> Dense(2C) -> ReLU -> Dense", options={"width": 2})
+    def _double(spec, c, k, map_size):
+        return [("pool", torch.nn.AdaptiveAvgPool2d(1)), ("flat", torch.nn.Flatten()),
+                ("fc1", nn.Linear(c, spec.options["width"] * c)), ("relu", nn.ReLU()),
+                ("fc", nn.Linear(spec.options["width"] * c, k))]
+    try:
+        head = create_head(HeadSpec("double_gap", options={"width": 3}), C, K, (5, 5))
+        assert head(_map(3, 4)).shape == (2, K)  # any size: the registry default
+        assert head.spec.label == "double_gap-width3" and not head.exact_cam
+    finally:
+        unregister_head("double_gap")
+    assert "double_gap" not in list_heads()

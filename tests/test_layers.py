@@ -44,8 +44,9 @@ def test_avgpool_same_padding_output_is_ceil_of_input_over_stride():
 
 
 def test_avgpool_rejects_window_larger_than_map():
-    with pytest.raises(HeadbenchError, match=r"pool_size 3 is larger than the 2×2 feature map; "
-                                             r"use a smaller --pool-size or a global-pooling head"):
+    with pytest.raises(HeadbenchError, match=r"^pool_size 3 of AvgPool2d is larger than the 2×2 "
+                                             r"feature map; use a smaller pool_size or a "
+                                             r"global-pooling head"):
         AvgPool2d(3)(torch.zeros(1, 4, 2, 2))
 
 
@@ -128,7 +129,7 @@ def test_attention_pool_attends_to_the_position_its_query_matches():
 
 
 def test_attention_pool_rejects_heads_not_dividing_channels():
-    with pytest.raises(HeadbenchError, match="num_heads 3 must divide the 8 channels"):
+    with pytest.raises(HeadbenchError, match=r"^num_heads of AttentionPool2d \(3\) must divide the 8 channels"):
         AttentionPool2d(8, num_heads=3)
 
 

@@ -235,11 +235,11 @@ def test_report_renders_in_chromium_with_plots_loaded_and_sortable_table(browser
 
     # Ascending again, then by name, then by head params; each a real mouse click.
     browser.click("#summary-table th:nth-child(2)")
-    assert summary_order(browser) == ["flatten", "max", "attention", "gap"]
+    assert summary_order(browser) == ["flatten", "gmp", "attention", "gap"]
     browser.click("#summary-table th:nth-child(1)")
-    assert summary_order(browser) == ["attention", "flatten", "gap", "max"]
+    assert summary_order(browser) == ["attention", "flatten", "gap", "gmp"]
     browser.click("#summary-table th:nth-child(4)")  # head params; ties keep their order
-    assert summary_order(browser) == ["gap", "max", "flatten", "attention"]
+    assert summary_order(browser) == ["gap", "gmp", "flatten", "attention"]
     assert browser.evaluate("document.querySelector('#summary-table tr.best td').textContent") \
         == "gap"
     assert console_errors(browser.events) == []
@@ -273,10 +273,10 @@ def test_report_of_a_real_compare_run_works_in_chromium(browser, tmp_path):
     from headbench.compare import compare
     from headbench.synthetic import make_shapes_dataset
     data = make_shapes_dataset(tmp_path / "shapes", per_class=8, image_size=64)
-    result = compare(data, backbone="resnet18", weights="none", heads=["gap", "flatten"], seeds=2,
-                     epochs=2, input_size=64, out=tmp_path, cache_dir=tmp_path / "cache",
-                     shifts=[0, 8], sizes=[64, 96], shots=["1", "all"], cam=1, workers=0,
-                     report=False)
-    alts = check_report_in_browser(browser, result.run_dir, "report-browser-real-run")
+    run = compare(data, backbone="resnet18", weights="none", heads=["gap", "flatten"], seeds=2,
+                  epochs=2, input_size=64, out=tmp_path, cache_dir=tmp_path / "cache",
+                  shifts=[0, 8], sizes=[64, 96], shots=["1", "all"], cam=1, workers=0,
+                  report=False)
+    alts = check_report_in_browser(browser, run.run_dir, "report-browser-real-run")
     assert sorted(a.split(":")[0] for a in alts) == sorted(ALL_PLOTS)
     assert browser.evaluate("document.querySelectorAll('figure.cam img').length") >= 2

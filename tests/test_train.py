@@ -130,7 +130,7 @@ def test_fit_head_picks_decay_with_lowest_val_loss_and_trains_every_seed(data):
     config = TrainConfig(epochs=6, batch_size=16, lr=1e-2, weight_decays=(0.0, 30.0),
                          warmup_epochs=1, patience=None, device="cpu")
     calls = []
-    fit = fit_head(gap_head, *data, config, seeds=(0, 5), head_name="gap",
+    fit = fit_head(gap_head, *data, config, seeds=(0, 5),
                    on_run=lambda done, total: calls.append((done, total)))
 
     assert set(fit.sweep) == {0.0, 30.0}
@@ -140,7 +140,6 @@ def test_fit_head_picks_decay_with_lowest_val_loss_and_trains_every_seed(data):
     assert all(r.weight_decay == fit.weight_decay for r in fit.runs)
     assert fit.runs[0].best_val_loss == fit.sweep[fit.weight_decay]
     assert calls == [(1, 3), (2, 3), (3, 3)]
-    json.dumps(fit.to_dict())  # the run folder stores it
 
 
 def test_fit_head_initialises_each_seed_like_seeded(data):

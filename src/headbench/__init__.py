@@ -1,22 +1,25 @@
 """headbench: which classification head should sit on your pretrained CNN backbone?
 
     >>> import headbench as hb
-    >>> result = hb.compare("path/to/images", heads=["gap", "flatten"])   # doctest: +SKIP
-    >>> model = hb.load_model(result.model_dir())                         # doctest: +SKIP
+    >>> run = hb.compare("path/to/images", heads=["gap", "flatten"])   # doctest: +SKIP
+    >>> model = hb.load_model(run.model_dir())                         # doctest: +SKIP
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
 from .errors import HeadbenchError  # noqa: E402
-from .heads import HeadSpec, create_head, list_heads  # noqa: E402
+from .heads import HeadSpec, create_head, list_heads, register_head  # noqa: E402
 from .backbones import create_backbone, list_backbones  # noqa: E402
 from .model import HeadbenchModel, build_model  # noqa: E402
 from .export import load_model, predict, save_model  # noqa: E402
-from .compare import CompareResult, compare  # noqa: E402
-from .analyze import analyze  # noqa: E402
+from .config import AnalyzeConfig, CompareConfig  # noqa: E402
+from .run import Run  # noqa: E402
+from .compare import compare  # noqa: E402
+from .analyses import analyze  # noqa: E402
 from .report import write_report  # noqa: E402
 
-__all__ = ["HeadbenchError", "HeadSpec", "create_head", "list_heads", "create_backbone",
-           "list_backbones", "HeadbenchModel", "build_model", "load_model", "predict",
-           "save_model", "CompareResult", "compare", "analyze", "write_report"]
+__all__ = ["HeadbenchError", "HeadSpec", "create_head", "list_heads", "register_head",
+           "create_backbone", "list_backbones", "HeadbenchModel", "build_model", "load_model",
+           "predict", "save_model", "CompareConfig", "AnalyzeConfig", "Run", "compare", "analyze",
+           "write_report"]

@@ -64,9 +64,13 @@ def resolve_name(name: str) -> str:
         return ALIASES[key.lower()]
     arch, _, tag = key.partition(".")
     if not timm.is_model(arch):
-        raise errors.unknown("backbone", name, list(ALIASES) + timm.list_models())
+        near = errors.closest(name, list(ALIASES) + timm.list_models())
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        raise HeadbenchError(f"unknown backbone '{name}': {hint}use an alias ("
+                             f"{', '.join(ALIASES)}) or any name of timm.list_models()",
+                             param="backbone")
     if tag and key not in timm.list_pretrained(key):
-        raise errors.unknown("backbone", name, timm.list_pretrained(f"{arch}.*"))
+        raise errors.unknown("backbone", name, timm.list_pretrained(f"{arch}.*"), param="backbone")
     return key
 
 
@@ -79,7 +83,7 @@ def as_hw(input_size: InputSize) -> tuple[int, int]:
         size = size * 2
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
         raise HeadbenchError(f"input_size {input_size!r} is not S, (H, W) or (3, H, W) with "
-                             "positive integers; pass e.g. --input-size 224")
+                             "positive integers; pass e.g. 224", param="input_size")
     return size[0], size[1]
 
 
@@ -196,16 +200,17 @@ def resolve_weights(timm_name: str, weights: str | os.PathLike) -> str:
         if weights == "default":
             return "embedded" if timm_name == EMBEDDED_ARCH else "hub"
         if weights == "embedded" and timm_name.partition(".")[0] != EMBEDDED_ARCH:
-            raise HeadbenchError(f"embedded weights exist only for {EMBEDDED_ARCH}, not "
-                                 f"'{timm_name}'; use --weights hub, none or a local file PATH")
+            raise HeadbenchError(f"weights 'embedded' exist only for {EMBEDDED_ARCH}, not "
+                                 f"'{timm_name}'; use hub, none or a local file PATH",
+                                 param="weights")
         return weights
     path = Path(weights).expanduser()
     if not path.is_file():
         raise HeadbenchError(f"weights file '{weights}' does not exist; pass an existing file "
-                             f"or one of {', '.join(WEIGHT_SOURCES)}")
+                             f"or one of {', '.join(WEIGHT_SOURCES)}", param="weights")
     if path.suffix.lower() not in WEIGHT_EXTENSIONS:
         raise HeadbenchError(f"weights file '{weights}' has an unknown extension; use one of "
-                             f"{', '.join(WEIGHT_EXTENSIONS)}")
+                             f"{', '.join(WEIGHT_EXTENSIONS)}", param="weights")
     return str(path.resolve())
 
 

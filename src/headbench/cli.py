@@ -7,21 +7,98 @@
     headbench predict MODEL_DIR PATH...  top-k classes for images or folders
     headbench params / explain           parameter arithmetic and the worked pooling examples
     headbench cache ls | rm [KEY...]     the feature cache
+
+The options of `compare` and `analyze` are generated from `config.CompareConfig` and
+`config.AnalyzeConfig`: one flag per field, with the field's help and default. An error about
+an option (`HeadbenchError.param`) is shown with its flag: "error: --dropout must be in [0, 1)".
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import progress
+from .config import MIN_SIZE, AnalysisOptions, AnalyzeConfig, CompareConfig, fields_of, flag_of
 from .errors import HeadbenchError
+
+# parameter name -> flag, for the errors (head options such as pool_size have no flag)
+FLAGS = {f.name: flag_of(f) for cls in (CompareConfig, AnalyzeConfig) for f in fields_of(cls)
+         if not f.metadata.get("positional")}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line and exit code 2."""
+
+    def error(self, message: str) -> None:
+        raise HeadbenchError(f"{self.prog}: {message}")
+
+
+def with_flag(error: HeadbenchError) -> str:
+    """The error's message with the option's flag for its parameter name.
+
+    >>> with_flag(HeadbenchError("dropout must be in [0, 1), got 1.5", param="dropout"))
+    '--dropout must be in [0, 1), got 1.5'
+    >>> with_flag(HeadbenchError("unknown precision 'fp8'", param="precision"))
+    "--precision: unknown precision 'fp8'"
+    """
+    text, flag = str(error), FLAGS.get(error.param)
+    if flag is None:
+        return text
+    if re.match(rf"{re.escape(error.param)}\b", text):
+        return flag + text[len(error.param):]
+    return f"{flag}: {text}"
 
 
 # ----------------------------------------------------------------------------------------------
-# option parsing helpers: each turns a comma list into values or raises a one-line error
+# options generated from a config dataclass
+
+def _default_text(f: dataclasses.Field) -> str | None:
+    """The field's default as a user would type it; None when there is nothing to show."""
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if value is None or value == () or value == "":
+        return None
+    values = value if isinstance(value, (tuple, list)) else [value]
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argument per field of the options dataclass `cls`.
+
+    Values stay strings (comma lists too): the dataclass parses and checks them, naming the
+    field. Absent options are left out of the namespace (SUPPRESS), so the dataclass's own
+    defaults apply; `--help` shows them. The analysis options get a group of their own.
+    """
+    analyses = {f.name for f in fields_of(AnalysisOptions)}
+    group = parser.add_argument_group("analyses", AnalysisOptions.__doc__)
+    for f in fields_of(cls):
+        text = f.metadata.get("help", "").replace("%", "%%")
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, help=text)
+            continue
+        default = _default_text(f)
+        add = (group if f.name in analyses else parser).add_argument
+        if isinstance(f.default, bool):  # the help says what the option does when on
+            add(flag_of(f), dest=f.name, default=argparse.SUPPRESS,
+                action="store_false" if f.default else "store_true",
+                help=f"do not {text}" if f.default else text)
+            continue
+        if default is not None and "default" not in text:  # some helps explain their default
+            text += f" (default: {default})"
+        add(flag_of(f), dest=f.name, default=argparse.SUPPRESS, help=text)
+
+
+def config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of `cls` given on the command line, as typed."""
+    return {f.name: getattr(args, f.name) for f in fields_of(cls) if hasattr(args, f.name)}
+
+
+# ----------------------------------------------------------------------------------------------
+# value types of the hand-written commands
 
 def _numbers(option: str, kind: type = int) -> Callable[[str], list]:
     """A parser for comma-separated numbers of `kind` that names `option` when it fails."""
@@ -34,15 +111,26 @@ def _numbers(option: str, kind: type = int) -> Callable[[str], list]:
     return parse
 
 
+def _whole(low: int) -> Callable[[str], int]:
+    """A parser for a whole number ≥ `low`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number ≥ {low}, got '{text}'")
+        return value
+    return parse
+
+
 def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad option as one line and exit code 2."""
-
-    def error(self, message: str) -> None:
-        raise HeadbenchError(f"{self.prog}: {message}")
+def _field_help(name: str) -> str:
+    """The help of a CompareConfig field, for the hand-written commands sharing the option."""
+    return next(f.metadata["help"] for f in fields_of(CompareConfig) if f.name == name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,51 +166,36 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare_kwargs(args: argparse.Namespace) -> dict:
-    kwargs = dict(backbone=args.backbone, weights=args.weights, seeds=args.seeds,
-                  hidden=args.hidden, dropout=args.dropout, epochs=args.epochs,
-                  batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                  input_size=args.input_size,
-                  precision=args.precision, cache_dir=args.cache_dir, out=args.out,
-                  val_fraction=args.val_fraction, split=args.split, split_seed=args.split_seed,
-                  workers=args.workers, shifts=args.shifts, sizes=args.sizes, shots=args.shots,
-                  cam=args.cam, report=not args.no_report)
-    if args.heads is not None:  # an empty --heads is an error, not the defaults
-        kwargs["heads"] = args.heads
-    if args.weight_decays:
-        kwargs["weight_decays"] = args.weight_decays
-    return kwargs
-
-
-def _print_findings(findings: list[dict]) -> None:
-    """Significant findings and the gap-vs-flatten ones; the rest are counted (all are in the report)."""
+def _print_findings(findings: list) -> None:
+    """Significant findings, gap vs flatten (the question headbench answers) and the heads that
+    cannot change resolution; the rest are counted (all are in the report)."""
     headline = {"gap", "flatten"}
-    shown = [f for f in findings if f.get("significant") or {f.get("a"), f.get("b")} == headline
-             or (f.get("kind") == "resolution" and f.get("a") is None)]
+    shown = [f for f in findings if f.significant or {f.a, f.b} == headline
+             or (f.kind == "resolution" and f.a is None)]
     if findings:
         print("findings:")
     for f in shown:
-        print(f"- {f['text']}")
+        print(f"- {f.text}")
     if len(findings) > len(shown):
         print(f"- {len(findings) - len(shown)} more comparisons show no significant difference "
               "(results.json, report.html)")
 
 
-def _print_result(result) -> None:
+def _print_result(run) -> None:
+    """The summary table, findings, selected head and folders of a finished `Run`."""
     from .report import summary_table
-    progress.console.print(summary_table(result.results))
-    _print_findings(result.findings)
-    print(f"selected:   {result.best_head} (highest mean val accuracy), model in "
-          f"{result.model_dir()}")
-    print(f"run folder: {result.run_dir}")
-    report = result.run_dir / "report.html"
+    progress.console.print(summary_table(run))
+    _print_findings(run.findings)
+    print(f"selected:   {run.best_head} (highest mean val accuracy), model in {run.model_dir()}")
+    print(f"run folder: {run.run_dir}")
+    report = Path(run.run_dir) / "report.html"
     if report.exists():
         print(f"report:     {report}")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
-    _print_result(compare(args.data, **_compare_kwargs(args)))
+    _print_result(compare(CompareConfig(**config_values(args, CompareConfig))))
     return 0
 
 
@@ -134,22 +207,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analyze import analyze
-    if not (args.shifts or args.sizes or args.shots or args.cam):
-        raise HeadbenchError("analyze needs at least one of --shifts, --sizes, --shots, --cam")
-    results = analyze(args.run_dir, shifts=args.shifts, sizes=args.sizes, shots=args.shots,
-                      cam=args.cam, cache_dir=args.cache_dir, precision=args.precision)
-    _print_findings(results.get("findings", []))
-    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    from .analyses import analyze
+    options = config_values(args, AnalyzeConfig)
+    analyses = fields_of(AnalysisOptions)
+    if not {f.name for f in analyses} & set(options):  # said with flags, before the run is read
+        raise HeadbenchError("analyze needs at least one of "
+                             + ", ".join(flag_of(f) for f in analyses))
+    run = analyze(options.pop("run_dir"), **options)
+    _print_findings(run.findings)
+    print(f"report: {Path(run.run_dir) / 'report.html'}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "results.json").is_file():
-        raise HeadbenchError(f"'{run_dir}' is not a headbench run folder (no results.json)")
-    print(write_report(run_dir))
+    print(write_report(args.run_dir))  # a folder that is not a run gives Run.load's one line
     return 0
 
 
@@ -192,113 +264,73 @@ def cmd_cache(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 # the parser
 
-def _add_backbone_options(p: argparse.ArgumentParser, weights_default: str) -> None:
-    p.add_argument("--backbone", default="efficientnet_lite0",
-                   help="alias (resnet50, mobilenet, vgg16, efficientnet_lite0) or any timm name")
-    p.add_argument("--weights", default=weights_default,
-                   help="embedded | hub | none | PATH (.safetensors/.pth/.pt/.bin); default: "
-                        + ("none (counts do not depend on weights)" if weights_default == "none"
-                           else "embedded for efficientnet_lite0, else hub"))
-    p.add_argument("--input-size", type=int, default=None, help="input side in pixels")
-
-
-def _add_head_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--heads", type=_names, default=None, help="comma list, e.g. gap,flatten")
-    p.add_argument("--hidden", type=_numbers("--hidden"), default=[],
-                   help="hidden Linear+ReLU sizes, e.g. 1024,512")
-    p.add_argument("--dropout", type=float, default=None, help="dropout before each Linear")
-
-
-def _add_analysis_options(p: argparse.ArgumentParser) -> None:
-    # parsed and checked by headbench.analyze, which names the option in its errors
-    p.add_argument("--shifts", default=None, help="translations in pixels, e.g. 0,8,16,32")
-    p.add_argument("--sizes", default=None, help="test input sizes, e.g. 160,224,288,384")
-    p.add_argument("--shots", default=None,
-                   help="training images per class, e.g. 1,2,5,10,25,all")
-    p.add_argument("--cam", type=int, default=0, help="CAM overlays per head (correct and wrong)")
-    p.add_argument("--cache-dir", default=None, help="feature cache (default: user cache dir)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="headbench", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    # --quiet works after the subcommand too (SUPPRESS keeps the global value when absent)
-    quiet = _Parser(add_help=False)
-    quiet.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
-                       help="no progress bars (for logs)")
+    # --quiet and --debug work after the subcommand too (SUPPRESS keeps the global value)
+    common = _Parser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars (for logs)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks")
 
-    p = sub.add_parser("params", parents=[quiet],
-                       help="parameters and FLOPs of every head on a backbone")
-    _add_backbone_options(p, weights_default="none")
-    _add_head_options(p)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_params)
-
-    p = sub.add_parser("explain", parents=[quiet],
-                       help="what GAP and Flatten keep, with live worked examples")
-    p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--hidden", type=_numbers("--hidden"), default=[1024])
-    p.add_argument("--input-size", type=int, default=224)
-    p.set_defaults(func=cmd_explain)
-
-    p = sub.add_parser("compare", parents=[quiet],
+    p = sub.add_parser("compare", parents=[common],
                        help="train and compare heads on an image folder")
-    p.add_argument("data", help="folder of class folders, or with train/ val/ [test/]")
-    _add_backbone_options(p, weights_default="default")
-    _add_head_options(p)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping on val)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--patience", type=int, default=8,
-                   help="early-stopping patience in epochs on val loss (0: off)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decays", type=_numbers("--weight-decays", float), default=None,
-                   help="sweep picked on val, default 1e-4,1e-3,1e-2,1e-1")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (extraction)")
-    p.add_argument("--out", default=".", help="runs/ is created here")
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--split", type=_numbers("--split", float), default=[0.7, 0.15, 0.15])
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="image decoding processes")
-    p.add_argument("--no-report", action="store_true")
-    _add_analysis_options(p)
+    add_config_options(p, CompareConfig)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("demo", parents=[quiet],
+    p = sub.add_parser("analyze", parents=[common],
+                       help="add analyses to an existing run without retraining")
+    add_config_options(p, AnalyzeConfig)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("demo", parents=[common],
                        help="the whole job on generated data with the embedded backbone")
-    p.add_argument("--out", default=".")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default=".", help=_field_help("out"))
+    p.add_argument("--cache-dir", default=None, help=_field_help("cache_dir"))
+    p.add_argument("--seeds", type=_whole(1), default=3, help=_field_help("seeds"))
     p.add_argument("--no-analyses", action="store_true", help="skip shift/size/shot/CAM analyses")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("analyze", parents=[quiet],
-                       help="add analyses to an existing run without retraining")
-    p.add_argument("run_dir")
-    _add_analysis_options(p)
-    p.add_argument("--precision", default=None,
-                   help="extraction precision for new views (default: the run's)")
-    p.set_defaults(func=cmd_analyze)
+    p = sub.add_parser("params", parents=[common],
+                       help="parameters and FLOPs of every head on a backbone")
+    p.add_argument("--backbone", default="efficientnet_lite0", help=_field_help("backbone"))
+    p.add_argument("--weights", default="none",
+                   help="embedded | hub | none | PATH; counts do not depend on weights")
+    p.add_argument("--input-size", type=_whole(MIN_SIZE), default=None,
+                   help="input side in pixels (default: 224)")
+    p.add_argument("--heads", type=_names, default=None, help=_field_help("heads"))
+    p.add_argument("--hidden", type=_numbers("--hidden"), default=[], help=_field_help("hidden"))
+    p.add_argument("--dropout", type=float, default=None, help=_field_help("dropout"))
+    p.add_argument("--num-classes", type=_whole(2), default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_params)
 
-    p = sub.add_parser("report", parents=[quiet], help="re-render report.html of a run")
+    p = sub.add_parser("explain", parents=[common],
+                       help="what GAP and Flatten keep, with live worked examples")
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--num-classes", type=_whole(2), default=10)
+    p.add_argument("--hidden", type=_numbers("--hidden"), default=[1024])
+    p.add_argument("--input-size", type=_whole(MIN_SIZE), default=224)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("report", parents=[common], help="re-render report.html of a run")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("predict", parents=[quiet], help="top-k classes from a saved model")
+    p = sub.add_parser("predict", parents=[common], help="top-k classes from a saved model")
     p.add_argument("model_dir", help="e.g. runs/<run>/heads/gap")
     p.add_argument("paths", nargs="+", help="images or folders")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--input-size", type=int, default=None,
-                   help="predict at another size (global-pooling heads only)")
+    p.add_argument("--topk", type=_whole(1), default=5)
+    p.add_argument("--input-size", type=_whole(MIN_SIZE), default=None,
+                   help="predict at another size (heads that accept any size only)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("cache", parents=[quiet], help="list or remove cached features")
+    p = sub.add_parser("cache", parents=[common], help="list or remove cached features")
     p.add_argument("action", choices=["ls", "rm"])
     p.add_argument("keys", nargs="*")
     p.add_argument("--all", action="store_true")
@@ -317,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HeadbenchError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {with_flag(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; extracted features are kept in the cache and a re-run skips them",

@@ -73,18 +73,12 @@ class Scan:
     classes: list[str]
     items: list[Item]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-    @property
-    def paths(self) -> list[Path]:
-        return [item.path for item in self.items]
+    links_outside: int = 0   # symlinks leading out of `root` (used only with follow_links)
+    follow_links: bool = False
 
     @property
     def labels(self) -> list[int]:
         return [item.label for item in self.items]
-
-    @property
-    def digests(self) -> list[str]:
-        return [item.digest for item in self.items]
 
 
 def _hidden(name: str) -> bool:
@@ -103,15 +97,37 @@ def _loose_files(folder: Path, skipped: list[tuple[Path, str]]) -> None:
             skipped.append((p, "image not inside a class folder"))
 
 
-def _class_files(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+class _Links:
+    """The symlink policy of one scan: links that stay inside the data folder are always used;
+    links that lead out of it are used only with `follow`, and counted either way."""
+
+    def __init__(self, root: Path, follow: bool):
+        self.root, self.follow, self.outside = root.resolve(), follow, 0
+
+    def allowed(self, path: Path, skipped: list[tuple[Path, str]] | None = None) -> bool:
+        if not path.is_symlink() and not any(p.is_symlink() for p in path.parents
+                                             if p.is_relative_to(self.root)):
+            return True
+        if path.resolve().is_relative_to(self.root):
+            return True
+        self.outside += 1
+        if not self.follow and skipped is not None:
+            skipped.append((path, "symlink to outside the data folder (pass --follow-links "
+                                  "to use it)"))
+        return self.follow
+
+
+def _class_files(folder: Path, skipped: list[tuple[Path, str]], links: _Links) -> list[Path]:
     """Image files under one class folder (recursively), sorted; others go to `skipped`."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=links.follow):
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         for name in sorted(filenames):
             if _hidden(name):
                 continue
             path = Path(dirpath) / name
+            if not links.allowed(path, skipped):
+                continue
             suffix = path.suffix.lower()
             if not is_image_file(path):
                 skipped.append((path, f"not an image file ({suffix or 'no extension'})"))
@@ -159,12 +175,14 @@ def _detect_layout(root: Path) -> tuple[str, dict[str, Path]]:
                          "test/) folder next to it; add one")
 
 
-def scan_folder(root: str | Path) -> Scan:
+def scan_folder(root: str | Path, follow_links: bool = False) -> Scan:
     """Find the classes and image files under `root` and hash every file.
 
     Structural problems (missing root, fewer than two classes, an empty class folder, a val or
     test class missing from train) raise `HeadbenchError` before any file is read. Items are
-    sorted by class, then by path relative to `root`.
+    sorted by class, then by path relative to `root`. Symlinks that stay inside `root` are
+    used; those that lead out of it are skipped (listed) unless `follow_links`, and counted in
+    `Scan.links_outside` either way.
     """
     root = Path(root)
     if not root.exists():
@@ -174,6 +192,7 @@ def scan_folder(root: str | Path) -> Scan:
     root = root.resolve()  # runs record absolute paths, so they work from any directory
     layout, role_dirs = _detect_layout(root)
     skipped: list[tuple[Path, str]] = []
+    links = _Links(root, follow_links)
     _loose_files(root, skipped)
     found: dict[str, dict[str, list[Path]]] = {}  # role -> class -> files
     for role, folder in role_dirs.items():
@@ -181,7 +200,7 @@ def scan_folder(root: str | Path) -> Scan:
             _loose_files(folder, skipped)
         found[role] = {}
         for class_dir in _subdirs(folder):
-            files = _class_files(class_dir, skipped)
+            files = _class_files(class_dir, skipped, links)
             if not files:
                 raise HeadbenchError(f"class folder '{class_dir}' has no images; "
                                      "add images or remove it")
@@ -197,7 +216,8 @@ def scan_folder(root: str | Path) -> Scan:
                 raise HeadbenchError(f"class folder '{role_dirs[role] / name}' has no matching "
                                      f"'{role_dirs['train'] / name}'; add training images or "
                                      "remove it")
-    return Scan(root, layout, classes, _hash_items(root, found, classes, skipped), skipped)
+    return Scan(root, layout, classes, _hash_items(root, found, classes, skipped), skipped,
+                links.outside, follow_links)
 
 
 def _hash_items(root: Path, found: dict[str, dict[str, list[Path]]], classes: list[str],
@@ -287,10 +307,10 @@ def check_fractions(split: Sequence[float], val_fraction: float) -> None:
     if len(split) != 3 or any(not f > 0 for f in split) or not math.isclose(sum(split), 1.0,
                                                                              abs_tol=1e-6):
         raise HeadbenchError(f"split {tuple(split)} must be three positive fractions "
-                             "(train, val, test) summing to 1, e.g. 0.7,0.15,0.15")
+                             "(train, val, test) summing to 1, e.g. 0.7,0.15,0.15", param="split")
     if not 0 < val_fraction < 1:
-        raise HeadbenchError(f"val fraction {val_fraction} must be between 0 and 1 "
-                             "(exclusive), e.g. 0.15")
+        raise HeadbenchError(f"val_fraction {val_fraction} must be between 0 and 1 "
+                             "(exclusive), e.g. 0.15", param="val_fraction")
 
 
 def make_splits(scan: Scan, valid: Sequence[bool] | None = None, val_fraction: float = 0.15,

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .compare import CompareResult, compare
+from .compare import compare
 from .features import default_cache_dir
+from .run import Run
 from .synthetic import SHAPES, make_shapes_dataset
 
 # Sized so the demo tells heads apart (test accuracies spread over several points) and finishes
@@ -15,7 +16,7 @@ DEMO_ANALYSES = dict(shifts=[0, 16, 32], sizes=[160, 224, 288], shots=[2, 10, "a
 
 
 def demo(out: str | Path = ".", cache_dir: str | Path | None = None, seeds: int = 3,
-         analyses: bool = True, **overrides) -> CompareResult:
+         analyses: bool = True, **overrides) -> Run:
     """Generate the shapes dataset (once) and run `compare` on it with every default head."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     data = make_shapes_dataset(cache / "datasets" / "shapes", **DEMO_DATA)

@@ -10,7 +10,15 @@ from typing import Iterable
 
 
 class HeadbenchError(Exception):
-    """A user-fixable error whose message is one line."""
+    """A user-fixable error whose message is one line.
+
+    `param` names the parameter at fault as the Python API spells it (`dropout`, `pool_size`);
+    messages about a parameter start with its name, and the CLI swaps that name for its flag.
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
@@ -21,10 +29,11 @@ def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return [lowered[h] for h in hits]
 
 
-def unknown(kind: str, name: str, choices: Iterable[str], listed: int = 12) -> HeadbenchError:
+def unknown(kind: str, name: str, choices: Iterable[str], listed: int = 12,
+            param: str | None = None) -> HeadbenchError:
     """An error for an unknown `kind` name that suggests the closest valid ones."""
     choices = sorted(choices)
     near = closest(name, choices)
     hint = f"did you mean {', '.join(near)}? " if near else ""
     shown = ", ".join(choices[:listed]) + (", ..." if len(choices) > listed else "")
-    return HeadbenchError(f"unknown {kind} '{name}': {hint}valid: {shown}")
+    return HeadbenchError(f"unknown {kind} '{name}': {hint}valid: {shown}", param=param)

@@ -1,7 +1,7 @@
 """Metrics and statistics for comparing heads.
 
 - `classification_metrics`: accuracy, top-5, macro-F1, NLL and ECE from logits.
-- `calibration_bins`: per-bin confidence / accuracy / count behind ECE and reliability plots.
+- `select_head`: the recommended head, chosen on the val split only (the one selection rule).
 - `mean_ci`: Student-t interval of a mean over seeds (the t quantile is computed here, from the
   regularized incomplete beta function; no scipy).
 - `paired_diff_ci`: paired t interval of a - b over seeds (same seeds, same splits).
@@ -30,14 +30,6 @@ ECE_BINS = 15
 
 # ----------------------------------------------------------------------------- metrics
 
-def softmax(logits: Any) -> np.ndarray:
-    """Row-wise softmax in float64, stable for large logits."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def confusion_matrix(pred: Any, y: Any, num_classes: int) -> np.ndarray:
     """Counts (true class, predicted class), shape (K, K)."""
     pred, y = np.asarray(pred, dtype=np.int64), np.asarray(y, dtype=np.int64)
@@ -54,31 +46,17 @@ def macro_f1(pred: Any, y: Any, num_classes: int) -> float:
     return float(np.mean(2 * tp[present] / (2 * tp + fp + fn)[present]))
 
 
-def calibration_bins(probs: Any, y: Any, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
-    """Top-1 confidence vs accuracy in `bins` equal-width bins (lo, hi] over [0, 1].
-
-    Returns:
-        dict with `edges` (bins + 1,), and per bin `confidence` (mean top-1 probability),
-        `accuracy` and `count`; empty bins have NaN confidence and accuracy and count 0.
-    """
+def expected_calibration_error(probs: Any, y: Any, bins: int = ECE_BINS) -> float:
+    """Sum over `bins` equal-width top-1 confidence bins (lo, hi] of |accuracy − confidence|,
+    weighted by each bin's share of images."""
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
     conf = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y).astype(np.float64)
     which = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
     count = np.bincount(which, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        confidence = np.bincount(which, weights=conf, minlength=bins) / count
-        accuracy = np.bincount(which, weights=correct, minlength=bins) / count
-    return {"edges": np.linspace(0.0, 1.0, bins + 1), "confidence": confidence,
-            "accuracy": accuracy, "count": count}
-
-
-def expected_calibration_error(probs: Any, y: Any, bins: int = ECE_BINS) -> float:
-    """Sum over bins of |accuracy - confidence| weighted by the bin's share of images."""
-    b = calibration_bins(probs, y, bins)
-    filled = b["count"] > 0
-    gaps = np.abs(b["accuracy"][filled] - b["confidence"][filled])
-    return float(np.sum(gaps * b["count"][filled]) / b["count"].sum())
+    gaps = np.abs(np.bincount(which, weights=correct, minlength=bins)
+                  - np.bincount(which, weights=conf, minlength=bins))
+    return float(gaps.sum() / count.sum())
 
 
 def classification_metrics(logits: Any, y: Any, num_classes: int) -> dict[str, Any]:
@@ -105,6 +83,25 @@ def classification_metrics(logits: Any, y: Any, num_classes: int) -> dict[str, A
             "macro_f1": macro_f1(pred, y, num_classes),
             "nll": float(-np.mean(log_probs[np.arange(len(y)), y])),
             "ece": expected_calibration_error(np.exp(log_probs), y), "n": int(len(y))}
+
+
+# ----------------------------------------------------------------------------- selection
+
+def select_head(heads: Sequence[Any]) -> Any:
+    """The head to recommend, chosen on the val split only: highest mean val accuracy over
+    seeds, then lowest mean val NLL; the first listed wins a full tie. Never looks at test.
+
+    Args:
+        heads: `run.HeadResult`s (anything with `seed_metric(role, key)`).
+    """
+    if not heads:
+        raise HeadbenchError("no trained heads to select from")
+
+    def score(head: Any) -> tuple[float, float]:
+        acc, nll = head.seed_metric("val"), head.seed_metric("val", "nll")
+        return (float(np.mean(list(acc.values()))) if acc else -math.inf,
+                -float(np.mean(list(nll.values()))) if nll else -math.inf)
+    return max(heads, key=score)
 
 
 # ----------------------------------------------------------------------------- Student t

@@ -8,7 +8,7 @@ and the model folder points at it, so the run stays usable if the original file 
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,8 +25,6 @@ from .model import HeadbenchModel, default_device
 
 FORMAT = "headbench-model/1"
 RECREATABLE = ("embedded", "hub", "none")  # "none" is a seeded init
-REQUIRED = ("backbone", "head", "in_channels", "map_size", "num_classes", "class_names",
-            "data_config")
 
 
 def save_head_weights(state_dict: dict, path: Path) -> Path:
@@ -68,24 +66,100 @@ def model_size_bytes(model_dir: Path, backbone_file: Path | None = None) -> int:
 
 
 def read_model_json(model_dir: str | Path) -> dict:
+    """model.json of a model folder, checked field by field (it may come from anyone)."""
     model_dir = Path(model_dir)
     meta_path = model_dir / "model.json"
-    if not model_dir.is_dir():
-        raise HeadbenchError(f"model folder '{model_dir}' does not exist; pass a folder such as "
-                             "runs/<run>/heads/gap")
-    if not meta_path.is_file():
-        raise HeadbenchError(f"'{model_dir}' is not a headbench model folder (no model.json); "
-                             "pass a folder such as runs/<run>/heads/gap")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as e:
-        raise HeadbenchError(f"cannot read '{meta_path}' ({e}); re-save the model with compare")
+    meta = _io.read_json(model_dir, "model.json", "model",
+                         "pass a model folder such as runs/<run>/heads/gap")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise HeadbenchError(f"'{meta_path}' is not a {FORMAT} file; re-save the model with compare")
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        raise HeadbenchError(f"'{meta_path}' lacks {', '.join(missing)}; re-save the model with compare")
+    for field, check in _MODEL_FIELDS.items():
+        value = _field(meta, field)
+        if not check(value):
+            raise HeadbenchError(f"'{meta_path}' field '{field}' is invalid ({value!r:.60}); "
+                                 "re-save the model with compare")
+    if len(meta["class_names"]) != meta["num_classes"]:
+        raise HeadbenchError(f"'{meta_path}' field 'class_names' has {len(meta['class_names'])} "
+                             f"names for num_classes {meta['num_classes']}; re-save the model")
     return meta
+
+
+_MISSING = object()
+
+
+def _field(meta: dict, dotted: str):
+    value = meta
+    for part in dotted.split("."):
+        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+    return value
+
+
+def _is_int(v, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers(v, n: int, check) -> bool:
+    return isinstance(v, list) and len(v) == n and all(check(x) for x in v)
+
+
+def _str_or_none(v) -> bool:
+    return v is None or isinstance(v, str)
+
+
+_MODEL_FIELDS = {
+    "backbone": lambda v: isinstance(v, dict),
+    "backbone.name": lambda v: isinstance(v, str) and bool(v),
+    "backbone.weights": lambda v: isinstance(v, str) and bool(v),
+    "backbone.weights_checksum": _str_or_none,
+    "backbone.file": lambda v: v is _MISSING or _str_or_none(v),
+    "head": lambda v: isinstance(v, dict) and isinstance(v.get("name"), str),
+    "in_channels": lambda v: _is_int(v, 1),
+    "map_size": lambda v: _numbers(v, 2, lambda x: _is_int(x, 1)),
+    "num_classes": lambda v: _is_int(v, 2),
+    "class_names": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+    "data_config": lambda v: isinstance(v, dict),
+    "data_config.input_size": lambda v: _numbers(v, 3, lambda x: _is_int(x, 1)),
+    "data_config.mean": lambda v: _numbers(v, 3, _is_num),
+    "data_config.std": lambda v: _numbers(v, 3, lambda x: _is_num(x) and x > 0),
+    "data_config.interpolation": lambda v: isinstance(v, str),
+    "data_config.crop_pct": lambda v: _is_num(v) and 0 < v <= 1,
+}
+
+
+def _run_root(model_dir: Path) -> Path:
+    """The folder a model may take files from: its run folder (runs/<run>/heads/<head>), or
+    the model folder itself when it stands alone."""
+    model_dir = model_dir.resolve()
+    return model_dir.parent.parent if model_dir.parent.name == "heads" else model_dir
+
+
+def _backbone_file(model_dir: Path, name: str) -> str:
+    """The absolute path of the backbone weights model.json names, refused unless it lies
+    inside the run folder (no absolute paths, no `..` or links leading out)."""
+    root, path = _run_root(model_dir), model_dir / name
+    inside = not Path(name).is_absolute() and path.resolve().is_relative_to(root)
+    if not inside:
+        raise HeadbenchError(f"'{model_dir / 'model.json'}' field 'backbone.file' points outside "
+                             f"its run folder ({name}); a model folder may only use files inside "
+                             f"'{root}'")
+    if not path.is_file():
+        raise HeadbenchError(f"backbone weights '{path}' named by '{model_dir / 'model.json'}' "
+                             "are missing; copy the whole run folder")
+    return str(path.resolve())
+
+
+def load_head_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file of head weights; a missing, truncated or corrupt file is one line."""
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HeadbenchError(f"cannot read weights '{path}' ({reason}); re-save the model with "
+                             "compare") from None
 
 
 def load_model(model_dir: str | Path, device: torch.device | str | None = None) -> HeadbenchModel:
@@ -93,7 +167,10 @@ def load_model(model_dir: str | Path, device: torch.device | str | None = None) 
     model_dir = Path(model_dir)
     meta = read_model_json(model_dir)
     bmeta = meta["backbone"]
-    weights = str((model_dir / bmeta["file"]).resolve()) if bmeta.get("file") else bmeta["weights"]
+    weights = _backbone_file(model_dir, bmeta["file"]) if bmeta.get("file") else bmeta["weights"]
+    if bmeta["weights"] not in RECREATABLE and not bmeta.get("file"):
+        raise HeadbenchError(f"'{model_dir / 'model.json'}' field 'backbone.weights' names a file "
+                             "but 'backbone.file' is missing; re-save the model with compare")
     backbone = create_backbone(bmeta["name"], weights=weights,
                                input_size=meta["data_config"]["input_size"][-1])
     if backbone.weights_checksum != bmeta["weights_checksum"]:
@@ -103,12 +180,13 @@ def load_model(model_dir: str | Path, device: torch.device | str | None = None) 
     backbone.data_config = meta["data_config"]
     head = create_head(HeadSpec.from_dict(meta["head"]), meta["in_channels"], meta["num_classes"],
                        tuple(meta["map_size"]))
+    state = load_head_weights(model_dir / "model.safetensors")
     try:
-        head.load_state_dict(load_file(str(model_dir / "model.safetensors")))
-    except (OSError, RuntimeError, KeyError) as e:  # missing, unreadable or other weights
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HeadbenchError(f"cannot load the head weights in '{model_dir}/model.safetensors' "
-                             f"({reason}); re-save the model with compare")
+        head.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:  # other weights than the spec describes
+        reason = str(e).strip().splitlines()[0]
+        raise HeadbenchError(f"the head weights in '{model_dir}/model.safetensors' do not fit "
+                             f"its model.json ({reason}); re-save the model with compare")
     model = HeadbenchModel(backbone, head, class_names=meta["class_names"])
     return model.to(device or default_device()).eval()
 

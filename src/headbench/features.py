@@ -66,7 +66,7 @@ def default_cache_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:  # not Linux: no way to tell cheaply, assume no native bf16
@@ -85,7 +85,7 @@ def _bf16_supported(device: torch.device) -> bool:
         except TypeError:
             return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+        return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
     return False
 
 
@@ -196,27 +196,9 @@ def _commit_chunk(chunks: Path, number: int, features: np.ndarray, digests: list
                          {"digests": digests, "failures": failures})
 
 
-@contextlib.contextmanager
-def _entry_lock(entry: Path) -> Iterator[None]:
+def _entry_lock(entry: Path):
     """Serialise extraction into one entry across processes (chunk numbers would collide)."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): concurrent runs into one entry are unsupported
-        yield
-        return
-    entry.mkdir(parents=True, exist_ok=True)
-    with open(entry / "lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress.log(f"waiting for another headbench process extracting into {entry}")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # a filesystem without locks (some network mounts): go on unlocked
-            pass
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return io.locked(entry / "lock", f"waiting for another headbench process extracting into {entry}")
 
 
 # --------------------------------------------------------------------------- decoding
@@ -500,8 +482,6 @@ class FeatureSet:
             order = np.argsort(rows, kind="stable")  # read each chunk front to back
             out[where[order]] = self._map(int(chunk))[rows[order]]
         return out
-
-    rows = take
 
     def __getitem__(self, indices: int | Sequence[int] | np.ndarray) -> np.ndarray:
         """`fs[i]` is one (C, H, W) map; `fs[indices]` is `fs.take(indices)`."""

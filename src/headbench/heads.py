@@ -45,24 +45,63 @@ Factory = Callable[["HeadSpec", int, int, tuple[int, int]], Layers]
 
 
 @dataclass(frozen=True)
-class _Entry:
+class HeadInfo:
+    """What a registered head is and can do; everything outside this file asks here, never the name.
+
+    Attributes:
+        name: the key a user types.
+        description: one line for `headbench params` and the report.
+        any_size: True when the head accepts any feature-map size (global pooling); False when
+            it is built for one map size (flatten, avgpool) and refuses others.
+        exact_cam: True when, without hidden layers, its logits are ``W @ mean_hw(x) + b`` with
+            ``W, b`` its last Linear (gap, dense_map): class activation maps are then exact.
+        options: the head's own options and their defaults (avgpool: pool_size, strides).
+        hidden, dropout: the defaults used when a spec leaves them None.
+    """
+
+    name: str
     factory: Factory
     description: str
-    fixed_size: bool = False
-    hidden: tuple[int, ...] = ()   # the head's own defaults, used when the spec leaves them None
+    any_size: bool = True
+    exact_cam: bool = False
+    options: tuple[tuple[str, Any], ...] = ()
+    hidden: tuple[int, ...] = ()
     dropout: float = 0.0
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return dict(self.options)
 
-_REGISTRY: dict[str, _Entry] = {}
+
+_REGISTRY: dict[str, HeadInfo] = {}
 
 
-def register_head(name: str, description: str, fixed_size: bool = False,
-                  hidden: tuple[int, ...] = (), dropout: float = 0.0) -> Callable[[Factory], Factory]:
-    """Decorator adding `factory(spec, in_channels, num_classes, map_size) -> [(name, layer)]`."""
+def register_head(name: str, description: str, *, any_size: bool = True, exact_cam: bool = False,
+                  options: dict[str, Any] | None = None, hidden: Sequence[int] = (),
+                  dropout: float = 0.0) -> Callable[[Factory], Factory]:
+    """Decorator adding `factory(spec, in_channels, num_classes, map_size) -> [(name, layer)]`.
+
+    This is the only place a head is described: compare, the analyses, the report and export
+    read the capabilities given here (see `HeadInfo`).
+
+    Example:
+        >>> @register_head("gap_twice", "GAP -> Dense -> Dense")
+        ... def _gap_twice(spec, c, k, map_size):
+        ...     return [("pool", GlobalAvgPool2d())] + _mlp(c, (c,) + spec.hidden, k, spec.dropout)
+        >>> head_info("gap_twice").any_size
+        True
+        >>> unregister_head("gap_twice")
+    """
     def add(factory: Factory) -> Factory:
-        _REGISTRY[name] = _Entry(factory, description, fixed_size, tuple(hidden), dropout)
+        _REGISTRY[name] = HeadInfo(name, factory, description, any_size, exact_cam,
+                                   tuple((options or {}).items()), tuple(hidden), float(dropout))
         return factory
     return add
+
+
+def unregister_head(name: str) -> None:
+    """Remove a head added with `register_head` (tests and plugins clean up with it)."""
+    _REGISTRY.pop(name, None)
 
 
 def list_heads() -> list[str]:
@@ -70,12 +109,8 @@ def list_heads() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def describe_head(name: str) -> str:
-    """One-line description of a registered head."""
-    return _entry(name).description
-
-
-def _entry(name: str) -> _Entry:
+def head_info(name: str) -> HeadInfo:
+    """The registry entry of head `name`; an unknown name suggests the closest ones."""
     if name not in _REGISTRY:
         raise errors.unknown("head", name, _REGISTRY)
     return _REGISTRY[name]
@@ -86,52 +121,70 @@ class HeadSpec:
     """What a user chose for a head; serialises to the run folder's JSON.
 
     `hidden` and `dropout` left as None take the head's defaults (none and 0, except fastai's
-    [512] and 0.5), so after construction they are always a tuple and a float.
+    [512] and 0.5), so after construction they are always a tuple and a float. `options` are
+    the head's own options (`HeadInfo.options`); unset ones take their defaults. The spec is
+    checked when made: unknown head or option, a hidden size < 1 or dropout outside [0, 1)
+    raise `HeadbenchError` naming the parameter.
 
     Example:
         >>> HeadSpec("gap", hidden=[1024, 512]).label
         'gap[1024,512]'
-        >>> HeadSpec("avgpool").label, HeadSpec("avgpool", pool_size=3, strides=1).label
-        ('avgpool', 'avgpool3s1')
+        >>> HeadSpec("avgpool").label, HeadSpec("avgpool", options={"pool_size": 3}).label
+        ('avgpool', 'avgpool-pool_size3')
     """
     name: str
     hidden: tuple[int, ...] | None = None
     dropout: float | None = None
-    pool_size: int = 2
-    strides: int | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        entry = _REGISTRY.get(self.name)
+        info = head_info(self.name)
         if self.hidden is None:
-            self.hidden = entry.hidden if entry else ()
+            self.hidden = info.hidden
         if self.dropout is None:
-            self.dropout = entry.dropout if entry else 0.0
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.dropout = float(self.dropout)
+            self.dropout = info.dropout
+        try:
+            self.hidden = tuple(int(h) for h in self.hidden)
+            self.dropout = float(self.dropout)
+        except (TypeError, ValueError):
+            raise HeadbenchError(f"hidden must be whole sizes and dropout a number, got "
+                                 f"{self.hidden!r} and {self.dropout!r}", param="hidden") from None
+        if any(h < 1 for h in self.hidden):
+            raise HeadbenchError(f"hidden sizes must be ≥ 1, got {list(self.hidden)}", param="hidden")
+        if not 0.0 <= self.dropout < 1.0:
+            raise HeadbenchError(f"dropout must be in [0, 1), got {self.dropout:g}", param="dropout")
+        unknown_options = sorted(set(self.options) - set(info.defaults))
+        if unknown_options:
+            raise HeadbenchError(f"head '{self.name}' has no option {', '.join(unknown_options)}; "
+                                 f"its options: {', '.join(info.defaults) or 'none'}",
+                                 param=unknown_options[0])
+        self.options = {**info.defaults, **self.options}
+
+    @property
+    def info(self) -> HeadInfo:
+        return head_info(self.name)
 
     @property
     def label(self) -> str:
         """Short unique name for tables and file names: 'gap[1024,512]', 'avgpool', 'gap-d0.5'."""
-        entry = _REGISTRY.get(self.name)
-        text = self.name
-        if self.name == "avgpool" and (self.pool_size, self.strides or self.pool_size) != (2, 2):
-            text += f"{self.pool_size}s{self.strides or self.pool_size}"
-        if self.hidden != (entry.hidden if entry else ()):
+        info = self.info
+        text = self.name + "".join(f"-{k}{v}" for k, v in self.options.items()
+                                   if v != info.defaults[k])
+        if self.hidden != info.hidden:
             text += "[" + ",".join(map(str, self.hidden)) + "]"
-        if self.dropout != (entry.dropout if entry else 0.0):
+        if self.dropout != info.dropout:
             text += f"-d{self.dropout:g}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["hidden"] = list(self.hidden)
-        return data
+        return {"name": self.name, "hidden": list(self.hidden), "dropout": self.dropout,
+                "options": dict(self.options)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HeadSpec":
+    def from_dict(cls, data: Any) -> "HeadSpec":
         known = {f.name for f in dataclasses.fields(cls)}
-        extra = sorted(set(data) - known)
-        if extra or "name" not in data:
+        if not isinstance(data, dict) or "name" not in data or set(data) - known:
+            extra = sorted(set(data) - known) if isinstance(data, dict) else []
             problem = f"unknown keys {extra}" if extra else "no 'name'"
             raise HeadbenchError(f"head spec has {problem}; expected keys {sorted(known)}")
         return cls(**data)
@@ -141,12 +194,12 @@ class Head(nn.Sequential):
     """A classification head: an ``nn.Sequential`` from feature map (N, C, H, W) to logits (N, K).
 
     Attributes:
-        spec: the HeadSpec it was built from.
+        spec: the HeadSpec it was built from; `info` its registry entry.
         in_channels, num_classes: C and K.
         map_size: the (H, W) it was built for.
-        fixed_size: True when only that map size works (flatten, avgpool).
-        is_linear_on_pooled: True when the logits are W @ GAP(x) + b (gap and dense_map without
-            hidden layers; dropout is off in eval), so class activation maps are exact.
+        any_size / fixed_size: whether other map sizes work (global pooling) or not.
+        exact_cam: True when the logits are W @ GAP(x) + b (gap and dense_map without hidden
+            layers; dropout is off in eval), so class activation maps are exact.
 
     Example:
         >>> head = create_head("flatten", 512, 10, (7, 7))
@@ -155,13 +208,27 @@ class Head(nn.Sequential):
     """
 
     def __init__(self, spec: HeadSpec, layers: Layers, in_channels: int, num_classes: int,
-                 map_size: tuple[int, int], fixed_size: bool):
+                 map_size: tuple[int, int]):
         super().__init__(OrderedDict(layers))
         self.spec = spec
         self.in_channels, self.num_classes = in_channels, num_classes
         self.map_size = (int(map_size[0]), int(map_size[1]))
-        self.fixed_size = fixed_size
-        self.is_linear_on_pooled = spec.name in ("gap", "dense_map") and not spec.hidden
+
+    @property
+    def info(self) -> HeadInfo:
+        return self.spec.info
+
+    @property
+    def any_size(self) -> bool:
+        return self.info.any_size
+
+    @property
+    def fixed_size(self) -> bool:
+        return not self.info.any_size
+
+    @property
+    def exact_cam(self) -> bool:
+        return self.info.exact_cam and not self.spec.hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -180,27 +247,17 @@ class Head(nn.Sequential):
                 f"but got {got[0]}×{got[1]} (input size changed?); use a global-pooling head "
                 f"such as 'gap' for variable input sizes")
 
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled vector the classifier layers see, (N, C) (or (N, 2C) for catavgmax/fastai).
-
-        For dense_map it is GAP(x), the vector its logits are linear in when it has no hidden
-        layer. Fixed-size heads pool nothing globally and raise.
-        """
-        self._check_input(x)
-        if self.spec.name == "dense_map":
-            return x.mean(dim=(2, 3))
-        if self.fixed_size:
-            raise HeadbenchError(f"head '{self.spec.name}' has no global pool; pooled() needs "
-                                 f"a global-pooling head such as 'gap'")
-        return self.pool(x)
+    def accepts(self, map_size: Sequence[int]) -> bool:
+        """Whether the head runs on a feature map of `map_size` (H, W)."""
+        return self.any_size or tuple(map_size) == self.map_size
 
     def classifier_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W (K, C), b (K,)) with logits = W @ pooled(x) + b, for `is_linear_on_pooled` heads."""
-        if not self.is_linear_on_pooled:
+        """(W (K, C), b (K,)) with logits = W @ GAP(x) + b, for `exact_cam` heads."""
+        if not self.exact_cam:
             raise HeadbenchError(
                 f"head '{self.spec.label}' is not linear in the pooled features; exact class "
-                f"maps need 'gap' or 'dense_map' without --hidden")
-        fc = self.fc if self.spec.name == "gap" else self.per_position.module.fc
+                f"maps need a head registered with exact_cam (gap, dense_map) without hidden")
+        fc = [m for m in self.modules() if isinstance(m, nn.Linear)][-1]
         return fc.weight.detach(), fc.bias.detach()
 
 
@@ -218,7 +275,7 @@ def create_head(spec: HeadSpec | str, in_channels: int, num_classes: int,
 
     Raises:
         HeadbenchError: unknown name, K < 2, dropout outside [0, 1), a hidden size < 1, or an
-            avgpool window larger than the map.
+            avgpool window larger than the map; the error's `param` names the parameter.
 
     Example:
         >>> create_head("gap", 2048, 10, (7, 7), hidden=[1024])
@@ -231,28 +288,15 @@ def create_head(spec: HeadSpec | str, in_channels: int, num_classes: int,
     """
     if isinstance(spec, str):
         spec = HeadSpec(spec, hidden=None if hidden is None else tuple(hidden), dropout=dropout)
-    entry = _entry(spec.name)
     map_size = (int(map_size[0]), int(map_size[1]))
-    _validate(spec, in_channels, num_classes, map_size)
-    layers = entry.factory(spec, in_channels, num_classes, map_size)
-    return Head(spec, layers, in_channels, num_classes, map_size, entry.fixed_size)
-
-
-def _validate(spec: HeadSpec, in_channels: int, num_classes: int,
-              map_size: tuple[int, int]) -> None:
     if num_classes < 2:
         raise HeadbenchError(f"a classifier needs at least 2 classes, got {num_classes}; "
-                             f"check the class folders of your data")
+                             f"check the class folders of your data", param="num_classes")
     if in_channels < 1 or min(map_size) < 1:
         raise HeadbenchError(f"head '{spec.name}' needs a non-empty feature map, got "
                              f"{in_channels} channels of {map_size[0]}×{map_size[1]}")
-    if not 0.0 <= spec.dropout < 1.0:
-        raise HeadbenchError(f"--dropout must be in [0, 1), got {spec.dropout:g}")
-    if any(h < 1 for h in spec.hidden):
-        raise HeadbenchError(f"--hidden sizes must be ≥ 1, got {list(spec.hidden)}")
-    if spec.pool_size < 1 or (spec.strides is not None and spec.strides < 1):
-        raise HeadbenchError(f"--pool-size and --strides must be ≥ 1, got {spec.pool_size} "
-                             f"and {spec.strides}")
+    layers = spec.info.factory(spec, in_channels, num_classes, map_size)
+    return Head(spec, layers, in_channels, num_classes, map_size)
 
 
 # --- building blocks ----------------------------------------------------------------------------
@@ -288,32 +332,26 @@ _GLOBAL = {
                   "a learned query attends over positions (starts as GAP) -> Dense"),
 }
 for _name, (_pool, _widen, _text) in _GLOBAL.items():
-    register_head(_name, _text)(_global_head(_pool, _widen))
+    register_head(_name, _text, exact_cam=_name == "gap")(_global_head(_pool, _widen))
 
 
-@register_head("flatten", "Flatten (C·H·W) -> Dense; fixed input size", fixed_size=True)
+@register_head("flatten", "Flatten (C·H·W) -> Dense; fixed input size", any_size=False)
 def _flatten(spec: HeadSpec, c: int, k: int, map_size: tuple[int, int]) -> Layers:
     in_features = c * map_size[0] * map_size[1]
     return [("flatten", Flatten())] + _mlp(in_features, spec.hidden, k, spec.dropout)
 
 
 @register_head("avgpool", "AveragePooling2D (2, strides 2) -> Flatten -> Dense; fixed input size",
-               fixed_size=True)
+               any_size=False, options={"pool_size": 2, "strides": None})
 def _avgpool(spec: HeadSpec, c: int, k: int, map_size: tuple[int, int]) -> Layers:
-    pool = AvgPool2d(spec.pool_size, spec.strides)
-    try:
-        h, w = pool.output_size(map_size)
-    except HeadbenchError:
-        raise HeadbenchError(
-            f"head 'avgpool' pool_size {spec.pool_size} is larger than the "
-            f"{map_size[0]}×{map_size[1]} feature map; use a smaller --pool-size or a "
-            f"global-pooling head") from None
+    pool = AvgPool2d(spec.options["pool_size"], spec.options["strides"])
+    h, w = pool.output_size(map_size)
     layers = [("pool", pool), ("flatten", Flatten())]
     return layers + _mlp(c * h * w, spec.hidden, k, spec.dropout)
 
 
 @register_head("dense_map", "Dense at every position of the map, class scores averaged over "
-                            "positions; equals gap without hidden layers")
+                            "positions; equals gap without hidden layers", exact_cam=True)
 def _dense_map(spec: HeadSpec, c: int, k: int, map_size: tuple[int, int]) -> Layers:
     per_position = nn.Sequential(OrderedDict(_mlp(c, spec.hidden, k, spec.dropout)))
     return [("per_position", PerPosition(per_position)), ("mean", GlobalAvgPool2d())]
@@ -335,5 +373,5 @@ def _fastai(spec: HeadSpec, c: int, k: int, map_size: tuple[int, int]) -> Layers
     return layers
 
 
-__all__ = ["DEFAULT_HEADS", "Head", "HeadSpec", "create_head", "describe_head", "list_heads",
-           "register_head"]
+__all__ = ["DEFAULT_HEADS", "Head", "HeadInfo", "HeadSpec", "create_head", "head_info",
+           "list_heads", "register_head", "unregister_head"]

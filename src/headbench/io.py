@@ -1,12 +1,27 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of either."""
+"""Durable atomic writes, cross-process locks, and CSV cells no spreadsheet executes.
+
+- `atomic_write*`: write a temporary file beside the target, fsync it, rename it onto the target
+  and fsync the folder: a crash or a power loss leaves the old file or the new one, never half.
+  Temporary files are named `.<name>.<random>.tmp`; `sweep_temp_files` removes stale ones.
+- `locked(path)`: an exclusive `flock` on `path` (a lock file), waited for with a log line.
+- CSV: a text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return is written
+  with a leading `'` (OWASP's advice against formula injection); `unescape_cell` undoes it.
+  Numbers are written as numbers, so a negative overfitting gap stays a number.
+"""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+TEMP_SUFFIX = ".tmp"
+STALE_SECONDS = 24 * 3600  # a temp file older than this belongs to no live writer
 
 
 def _umask() -> int:
@@ -18,19 +33,37 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename or a new file in folder `path` durable (a no-op where folders cannot be
+    opened, as on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)`, then move the temporary file onto `path` in one step."""
+    """Call `write(tmp_path)`, fsync, then move the temporary file onto `path` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for sharing
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
 
 
@@ -48,6 +81,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def atomic_write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]],
                      fieldnames: list[str] | None = None) -> Path:
+    """Rows as CSV; text cells that could start a formula are neutralised (`escape_cell`)."""
     rows = list(rows)
     if fieldnames is None:
         fieldnames = list(dict.fromkeys(k for row in rows for k in row))
@@ -56,8 +90,106 @@ def atomic_write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]],
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: escape_cell(v) for k, v in row.items()} for row in rows)
     return atomic_write(path, write)
+
+
+def escape_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula gets a leading `'`; numbers stay.
+
+    >>> escape_cell("=1+2"), escape_cell("-0.25"), escape_cell(-0.25), escape_cell("ants")
+    ("'=1+2", "'-0.25", -0.25, 'ants')
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_START + ("'",)):
+        return "'" + value  # a leading quote is escaped too, so unescaping is exact
+    return value
+
+
+def unescape_cell(value: str) -> str:
+    """The text `escape_cell` was given.
+
+    >>> unescape_cell("'=1+2"), unescape_cell("''quoted"), unescape_cell("ants")
+    ('=1+2', "'quoted", 'ants')
+    """
+    return value[1:] if value.startswith("'") else value
+
+
+def read_json(folder: str | Path, name: str, kind: str, fix: str) -> Any:
+    """`folder/name` parsed; one-line errors when the folder is missing, is not a `kind` folder
+    (no such file) or the file cannot be read, each ending with `fix`."""
+    from .errors import HeadbenchError
+    folder = Path(folder)
+    path = folder / name
+    if not folder.is_dir():
+        raise HeadbenchError(f"{kind} folder '{folder}' does not exist; {fix}")
+    if not path.is_file():
+        raise HeadbenchError(f"'{folder}' is not a headbench {kind} folder (no {name}); {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise HeadbenchError(f"'{path}' cannot be read ({e}); {fix}") from None
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV written by `atomic_write_csv`, cells unescaped; [] when it is absent."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: unescape_cell(v or "") for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+@contextlib.contextmanager
+def locked(lock_file: str | Path, waiting: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created if needed) for the block.
+
+    Other processes block until it is free (`waiting` is logged once if they have to wait).
+    On a filesystem without locks (some network mounts) or without flock (Windows) the block
+    runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                from . import progress
+                progress.log(waiting)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_temp_file(path: Path) -> bool:
+    """A temporary file of `atomic_write` (never a result)."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+
+
+def sweep_temp_files(folder: str | Path, older_than: float = STALE_SECONDS) -> int:
+    """Delete `atomic_write` temp files under `folder` older than `older_than` seconds.
+
+    Call it with `older_than=0` only while holding the folder's lock: a live writer's temp file
+    is younger than any crash worth sweeping, and nobody else writes under a held lock.
+    """
+    now, removed = time.time(), 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = Path(root) / name
+            with contextlib.suppress(OSError):
+                if is_temp_file(path) and now - path.stat().st_mtime >= older_than:
+                    path.unlink()
+                    removed += 1
+    return removed
 
 
 def _jsonable(obj: Any) -> Any:

@@ -58,7 +58,8 @@ def from_channels_first(x: torch.Tensor, data_format: str) -> torch.Tensor:
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or any(int(v) < 1 for v in pair):
-        raise HeadbenchError(f"{name} must be a positive int or a pair of them, got {value!r}")
+        raise HeadbenchError(f"{name} must be a positive int or a pair of them, got {value!r}",
+                             param=name)
     return int(pair[0]), int(pair[1])
 
 
@@ -164,10 +165,10 @@ class GeM(_GlobalPool):
             self.register_buffer("p", p_tensor)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        # x^p as exp(p·log x): autograd then reuses exp's output for dL/dp instead of
-        # recomputing pow and log, which halves the cost of training p on a frozen map
-        powered = (x.clamp(min=self.eps).log() * self.p).exp()
-        return powered.mean(dim=(2, 3)).pow(1.0 / self.p)
+        # In the log domain: mean(x^p)^(1/p) = exp((logsumexp(p·log x) − log HW) / p). x^p itself
+        # underflows fp32 for large p (0.12^50 < 1e-45), and pow+log backward costs twice as much.
+        logs = (x.clamp(min=self.eps).log() * self.p).flatten(2)
+        return ((torch.logsumexp(logs, dim=2) - math.log(logs.shape[2])) / self.p).exp()
 
     def extra_repr(self) -> str:
         learn = isinstance(self.p, nn.Parameter)
@@ -249,8 +250,8 @@ class AttentionPool2d(_GlobalPool):
                  keepdims: bool = False, data_format: str = "channels_first"):
         super().__init__(keepdims, data_format)
         if num_heads < 1 or channels % num_heads:
-            raise HeadbenchError(f"AttentionPool2d num_heads {num_heads} must divide the "
-                                 f"{channels} channels")
+            raise HeadbenchError(f"num_heads of AttentionPool2d ({num_heads}) must divide the "
+                                 f"{channels} channels", param="num_heads")
         self.channels, self.num_heads = channels, num_heads
         self.head_dim = channels // num_heads
         self.key = nn.Linear(channels, channels) if key_proj else nn.Identity()
@@ -327,8 +328,8 @@ class AvgPool2d(nn.Module):
             return math.ceil(h / self.strides[0]), math.ceil(w / self.strides[1])
         if self.pool_size[0] > h or self.pool_size[1] > w:
             raise HeadbenchError(
-                f"AvgPool2d pool_size {_size_text(self.pool_size)} is larger than the {h}×{w} "
-                f"feature map; use a smaller --pool-size or a global-pooling head")
+                f"pool_size {_size_text(self.pool_size)} of AvgPool2d is larger than the {h}×{w} "
+                f"feature map; use a smaller pool_size or a global-pooling head", param="pool_size")
         return ((h - self.pool_size[0]) // self.strides[0] + 1,
                 (w - self.pool_size[1]) // self.strides[1] + 1)
 

@@ -10,7 +10,6 @@ activations are not), so report ``flops / 2`` when comparing with MAC counts.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -41,11 +40,6 @@ class ModelSummary:
     head_params: int
     flops: int
     head_flops: int
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["feature_shape"] = list(self.feature_shape)
-        return data
 
 
 class HeadbenchModel(nn.Module):
@@ -83,15 +77,6 @@ class HeadbenchModel(nn.Module):
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.frozen = False
         self.freeze(freeze)
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        """What rebuilds this model: backbone, weights source and checksum, head, K, input size."""
-        return {"backbone": self.backbone.name, "timm_name": self.backbone.timm_name,
-                "weights": self.backbone.weights,
-                "weights_checksum": self.backbone.weights_checksum,
-                "head": self.head.spec.to_dict(), "num_classes": self.head.num_classes,
-                "input_size": list(self.data_config["input_size"])}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))

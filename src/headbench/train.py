@@ -122,29 +122,14 @@ class TrainResult:
     train_time_s: float
     history: list[EpochLog] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Everything but the weights, JSON-able."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("state_dict", "history")}
-        d["history"] = [dataclasses.asdict(e) for e in self.history]
-        return d
-
 
 @dataclass
 class FitResult:
     """A head fitted at the weight decay its sweep chose, one run per seed (first seed first)."""
 
-    head_name: str
     weight_decay: float
     sweep: dict[float, float]
     runs: list[TrainResult]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything but the weights, JSON-able (the sweep as a list of pairs)."""
-        return {"head_name": self.head_name, "weight_decay": self.weight_decay,
-                "sweep": [{"weight_decay": wd, "best_val_loss": loss}
-                          for wd, loss in self.sweep.items()],
-                "runs": [r.to_dict() for r in self.runs]}
 
 
 # ----------------------------------------------------------------------------- devices and RNG
@@ -152,11 +137,8 @@ class FitResult:
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """`device` as a torch.device; None means cuda when available, else cpu."""
     if device is None:
-        try:
-            from headbench.model import default_device
-        except ImportError:  # model.py not there yet: same rule, checked here
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(default_device())
+        from headbench.model import default_device
+        return default_device()
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
@@ -442,7 +424,6 @@ def train_head(head: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val: A
 
 def fit_head(make_head: Callable[[], nn.Module], X_train: Any, y_train: Any, X_val: Any,
              y_val: Any, config: TrainConfig, seeds: Sequence[int] = (0, 1, 2),
-             head_name: str = "",
              on_run: Callable[[int, int], None] | None = None) -> FitResult:
     """Choose the weight decay on validation loss at the first seed, then train the other seeds.
 
@@ -455,7 +436,6 @@ def fit_head(make_head: Callable[[], nn.Module], X_train: Any, y_train: Any, X_v
         X_train, y_train, X_val, y_val: as for `train_head`. The test split never enters here.
         config: the protocol; `config.weight_decays` is the sweep.
         seeds: one run per seed at the chosen decay.
-        head_name: recorded in the result.
         on_run: called as `on_run(done, total)` after each training run (for a progress bar).
 
     Returns:
@@ -484,7 +464,7 @@ def fit_head(make_head: Callable[[], nn.Module], X_train: Any, y_train: Any, X_v
     sweep = {wd: r.best_val_loss for wd, r in sweep_runs.items()}
     chosen = min(sweep, key=sweep.get)  # ties: the first decay listed
     runs = [sweep_runs[chosen]] + [run(chosen, s) for s in seeds[1:]]
-    return FitResult(head_name, chosen, sweep, runs)
+    return FitResult(chosen, sweep, runs)
 
 
 def predict_logits(head: nn.Module, X: Any, batch_size: int = 256,

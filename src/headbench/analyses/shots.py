@@ -1,0 +1,113 @@
+"""Small data (``shots``): every head retrained on k training images per class.
+
+Protocol per (k, seed): a stratified subset drawn with that seed, the head initialised under
+that seed and trained with `train.train_head` at the weight decay its sweep chose in the run
+(no new sweep), early stopping on the unchanged val split, evaluated on the full test split.
+'all' (or a k that takes every image) reuses the run's own head of that seed: same data, same
+protocol.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .. import progress as _progress
+from .. import train as _train
+from ..config import parse_shots
+from ..evaluate import ci_summary
+from ..heads import Head
+from .context import UNIT, RunContext
+
+
+def stratified_subset(labels: np.ndarray, per_class: int | str, seed: int
+                      ) -> tuple[np.ndarray, list[int]]:
+    """Sorted indices of `per_class` items of every class drawn with `seed`; 'all' takes all.
+
+    Each class is permuted once per seed and its first k taken, so for one seed the subsets are
+    nested (the 1-shot images are among the 5-shot ones) and differ between seeds.
+
+    Returns:
+        (indices, classes that have fewer than `per_class` items and are taken whole).
+
+    Example:
+        >>> idx, short = stratified_subset(np.array([0, 0, 0, 1]), 2, seed=0)
+        >>> len(idx), short
+        (3, [1])
+    """
+    labels = np.asarray(labels)
+    if per_class == "all":
+        return np.arange(len(labels)), []
+    rng = np.random.default_rng(seed)
+    chosen, short = [], []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        chosen.append(rng.permutation(members)[:per_class])
+        if len(members) < per_class:
+            short.append(int(cls))
+    return np.sort(np.concatenate(chosen)), short
+
+
+def shots_analysis(ctx: RunContext, shots: Sequence[int | str],
+                   seeds: Sequence[int] | None = None) -> dict:
+    """Every head retrained on k training images per class; accuracy and train − test gap.
+
+    Returns the `analyses["shots"]` section: `shots` (as strings), `seeds`, `seed_ids`,
+    `n_train` {k: images}, `short_classes` {k: classes taken whole} and per head
+    {k: {test_accuracy, train_accuracy, overfit_gap: ci over seeds}}.
+    """
+    shots = parse_shots(shots)
+    seeds = list(ctx.seeds if seeds is None else seeds)
+    X_train, y_train = ctx.view_features("train"), ctx.labels("train")
+    device = _train.resolve_device(ctx.run.train_config.device)
+    X_val = _train.Features(ctx.view_features("val"), device)
+    X_test = _train.Features(ctx.view_features("test"), device)
+    y_val, y_test = ctx.labels("val"), ctx.labels("test")
+    labels = [h.head for h in ctx.heads]
+    rows: dict[str, dict[str, dict[str, list]]] = {}
+    n_train, short_classes = {}, {}
+    total = len(shots) * len(seeds) * len(labels)
+    with _progress.progress("small data: training heads", total=total, unit="run") as bar:
+        for k in shots:
+            for seed in seeds:
+                idx, short = stratified_subset(y_train, k, seed)
+                n_train[str(k)] = int(len(idx))
+                if short:
+                    short_classes[str(k)] = [ctx.classes[c] for c in short]
+                whole = len(idx) == len(y_train)
+                Xs = X_train if whole else X_train[idx]
+                for label in labels:
+                    bar.set_postfix(f"{label} k={k} seed {seed}")
+                    head = _shot_head(ctx, label, seed, Xs, y_train[idx], X_val, y_val, whole)
+                    train_acc = _accuracy(head, Xs, y_train[idx], device)
+                    test_acc = _accuracy(head, X_test, y_test, device)
+                    cell = rows.setdefault(label, {}).setdefault(str(k), {
+                        "test_accuracy": [], "train_accuracy": [], "overfit_gap": []})
+                    cell["test_accuracy"].append(test_acc)
+                    cell["train_accuracy"].append(train_acc)
+                    cell["overfit_gap"].append(train_acc - test_acc)
+                    bar.advance()
+    heads = {label: {k: {m: ci_summary(v, bounds=(-1.0, 1.0) if m == "overfit_gap" else UNIT)
+                         for m, v in cell.items()} for k, cell in per_k.items()}
+             for label, per_k in rows.items()}
+    return {"shots": [str(k) for k in shots], "seeds": len(seeds), "seed_ids": seeds,
+            "n_train": n_train, "short_classes": short_classes, "heads": heads}
+
+
+def _shot_head(ctx: RunContext, label: str, seed: int, X: Any, y: np.ndarray, X_val: Any,
+               y_val: np.ndarray, whole: bool) -> Head:
+    if whole and seed in ctx.states[label]:
+        return ctx.make_head(label, seed)
+    with _train.seeded(seed):
+        head = ctx.make_head(label)
+    _train.train_head(head, X, y, X_val, y_val, ctx.run.train_config,
+                      ctx.run.head(label).weight_decay, seed)
+    return head.eval()
+
+
+def _accuracy(head: Head, X: Any, y: np.ndarray, device: torch.device) -> float:
+    return float(np.mean(_train.predict_logits(head, X, device=device).argmax(1) == y))
+
+
+__all__ = ["stratified_subset", "shots_analysis"]

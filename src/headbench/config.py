@@ -1,0 +1,349 @@
+"""The options of headbench's jobs: one dataclass per job, checked completely before any work.
+
+`CompareConfig` holds every option of `compare` (`hb.compare(data, **options)` builds one, the
+CLI generates its flags, defaults and help from it) and `AnalyzeConfig` those of `analyze`.
+Each field carries its help text and, for the CLI, its flag; `__post_init__` parses and checks
+every value (names resolved, ranges checked) without touching the disk; `check_paths()` then
+checks the data folder, the weights file and that `out` and `cache_dir` are writable. Errors
+are `HeadbenchError`s whose `param` is the field name; the CLI shows the flag instead.
+
+    >>> CompareConfig("images", heads="gap,flatten", shifts="16,8").shifts
+    (0, 8, 16)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import HeadbenchError, unknown
+from .heads import DEFAULT_HEADS
+
+PRECISIONS = ("auto", "fp32", "bf16")
+MIN_SIZE = 32  # smallest input size in pixels: smaller maps vanish in a 32-stride backbone
+
+
+def option(default: Any, help: str, flag: str | None = None, **metadata: Any) -> Any:
+    """A dataclass field with the CLI's help text (and flag, default --field-name)."""
+    meta = dict(help=help, flag=flag, **metadata)
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# value parsers: each turns a comma list (or a sequence) into checked values, naming the option
+
+def _items(value: str | int | float | Iterable | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (str, int, float)):
+        value = str(value).split(",")
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def numbers(value: Any, param: str, kind: type = int, low: float | None = None,
+            example: str = "") -> tuple:
+    """A comma list of numbers of `kind`, each ≥ `low`, as a tuple."""
+    parts = _items(value)
+    try:
+        values = tuple(kind(p) for p in parts)
+    except ValueError:
+        values = None
+    if values is None or (low is not None and any(v < low for v in values)):
+        word = "whole numbers" if kind is int else "numbers"
+        bound = f" ≥ {low:g}" if low is not None else ""
+        raise HeadbenchError(f"{param} takes comma-separated {word}{bound}"
+                             + (f", e.g. {example}" if example else "")
+                             + f" (got {','.join(parts) or value!r})", param=param)
+    return values
+
+
+def parse_shifts(value: Any) -> tuple[int, ...]:
+    """Sorted distinct pixel offsets, 0 always included (the reference view); () for none.
+
+    >>> parse_shifts("16,8")
+    (0, 8, 16)
+    """
+    shifts = numbers(value, "shifts", int, 0, "0,8,16,32")
+    return tuple(sorted(set(shifts) | {0})) if shifts else ()
+
+
+def parse_sizes(value: Any) -> tuple[int, ...]:
+    """Sorted distinct input sizes in pixels, each at least 32.
+
+    >>> parse_sizes("288,160")
+    (160, 288)
+    """
+    return tuple(sorted(set(numbers(value, "sizes", int, MIN_SIZE, "160,224,288"))))
+
+
+def parse_shots(value: Any) -> tuple[int | str, ...]:
+    """Sorted distinct images-per-class counts, 'all' (the whole split) last.
+
+    >>> parse_shots("all,5,1")
+    (1, 5, 'all')
+    """
+    parts = _items(value)
+    counts = [p for p in parts if p.lower() != "all"]
+    if any(not p.isdigit() or int(p) < 1 for p in counts):
+        raise HeadbenchError(f"shots must be images per class ≥ 1 or 'all', separated by commas, "
+                             f"e.g. 1,5,25,all (got {','.join(parts)})", param="shots")
+    return tuple(sorted({int(p) for p in counts})) + (("all",) if len(counts) < len(parts) else ())
+
+
+def _whole(value: Any, param: str, low: int | None = None, none_ok: bool = False) -> int | None:
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        value = repr(value)
+    try:
+        number = int(value)
+        ok = number == float(value) and (low is None or number >= low)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        bound = f" ≥ {low}" if low is not None else ""
+        raise HeadbenchError(f"{param} must be a whole number{bound}, got {value}", param=param)
+    return number
+
+
+def _real(value: Any, param: str, low: float, high: float, closed_high: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    inside = low <= number <= high if closed_high else low <= number < high
+    if not inside:
+        bracket = "]" if closed_high else ")"
+        raise HeadbenchError(f"{param} must be in [{low:g}, {high:g}{bracket}, got {value}",
+                             param=param)
+    return number
+
+
+def _positive(value: Any, param: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 < number < float("inf"):
+        raise HeadbenchError(f"{param} must be a number > 0, got {value}", param=param)
+    return number
+
+
+def _absolute(path: str | Path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _writable(path: str | Path, param: str) -> None:
+    """`path` is, or can become, a folder we can write to: its nearest existing folder is probed
+    with a temp file. Nothing is created, so an option that fails later leaves no folder."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise HeadbenchError(f"{param} '{path}' is a file, not a folder; pass a folder", param=param)
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise HeadbenchError(f"{param} '{path}' is inside the file '{existing}'; pass a folder",
+                             param=param)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".headbench-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise HeadbenchError(f"{param} '{path}' is not writable ({e.strerror or e}); pass a "
+                             "folder you can write to", param=param) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# the jobs' options
+
+@dataclass(kw_only=True)  # after the job's positional field (data, run_dir) in __init__
+class AnalysisOptions:
+    """The analyses a run can add (`compare` runs them at the end, `analyze` on a finished run)."""
+
+    shifts: tuple[int, ...] = option((), "translations in pixels, e.g. 0,8,16,32", list=True)
+    sizes: tuple[int, ...] = option((), "test input sizes, e.g. 160,224,288,384", list=True)
+    shots: tuple[int | str, ...] = option((), "training images per class, e.g. 1,2,5,10,25,all",
+                                          list=True)
+    cam: int = option(0, "class activation map overlays per head (correct and wrong)")
+
+    def __post_init__(self) -> None:
+        self.shifts, self.sizes = parse_shifts(self.shifts), parse_sizes(self.sizes)
+        self.shots = parse_shots(self.shots)
+        self.cam = _whole(self.cam, "cam", 0)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.shifts or self.sizes or self.shots or self.cam)
+
+    def requested(self) -> dict[str, Any]:
+        """{analysis name: its option} for the analyses asked for."""
+        return {name: getattr(self, name) for name in ("shifts", "sizes", "shots", "cam")
+                if getattr(self, name)}
+
+
+@dataclass
+class CompareConfig(AnalysisOptions):
+    """Every option of `compare`, with its default and help; the CLI is generated from it.
+
+    Selection (early stopping, weight decay, best seed, the recommended head) uses the val split
+    only; the test split is evaluated once per trained head.
+    """
+
+    data: str = option("", "folder of class folders, or with train/ val/ [test/]", positional=True)
+    backbone: str = option("efficientnet_lite0",
+                           "alias (resnet50, mobilenet, vgg16, efficientnet_lite0) or any timm name")
+    weights: str = option("default", "embedded | hub | none | PATH (.safetensors/.pth/.pt/.bin); "
+                                     "default: embedded for efficientnet_lite0, else hub")
+    heads: tuple = option(DEFAULT_HEADS, "comma list of heads, e.g. gap,flatten", list=True)
+    hidden: tuple[int, ...] = option((), "hidden Linear+ReLU sizes, e.g. 1024,512", list=True)
+    dropout: float | None = option(None, "dropout before each Linear (default: the head's own)")
+    seeds: int = option(3, "seeds per head (intervals are over seeds)")
+    epochs: int = option(40, "maximum epochs (early stopping on val)")
+    batch_size: int = option(64, "mini-batch size")
+    lr: float = option(1e-3, "peak learning rate (AdamW, warm-up then cosine)")
+    patience: int = option(8, "early-stopping patience in epochs on val loss (0: off)")
+    weight_decays: tuple[float, ...] = option((1e-4, 1e-3, 1e-2, 1e-1),
+                                              "weight decays swept per head, chosen on val",
+                                              list=True)
+    input_size: int | None = option(None, "input side in pixels (default: the backbone's)")
+    precision: str = option("auto", "extraction precision: auto | fp32 | bf16")
+    cache_dir: str | None = option(None, "feature cache folder (default: the user cache dir)")
+    out: str = option(".", "runs/ is created here")
+    val_fraction: float = option(0.15, "fraction of train held out for selection when the "
+                                       "folder has no val split")
+    split: tuple[float, ...] = option((0.7, 0.15, 0.15), "train,val,test fractions for a folder "
+                                                         "of class folders", list=True)
+    split_seed: int = option(0, "seed of the stratified split")
+    workers: int | None = option(None, "image decoding processes (default: from the CPU count)")
+    report: bool = option(True, "write report.html", flag="--no-report")
+    run_name: str | None = option(None, "run folder name (default: <date>-<data>-<backbone>)",
+                                  flag="--name")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from .backbones import resolve_name
+        if not str(self.data).strip():
+            raise HeadbenchError("data must name an image folder", param="data")
+        # absolute paths: config.json must reproduce the run from any working directory
+        self.data, self.out = _absolute(self.data), _absolute(self.out)
+        self.cache_dir = _absolute(self.cache_dir) if self.cache_dir is not None else None
+        resolve_name(self.backbone)  # unknown names fail here, with suggestions
+        self.weights = str(self.weights)
+        self.hidden = numbers(self.hidden, "hidden", int, 1, "1024,512")
+        if self.dropout is not None:
+            self.dropout = _real(self.dropout, "dropout", 0.0, 1.0)
+        self.heads = tuple(self.head_specs())
+        self.seeds = _whole(self.seeds, "seeds", 1)
+        self.epochs = _whole(self.epochs, "epochs", 1)
+        self.batch_size = _whole(self.batch_size, "batch_size", 2)
+        self.patience = _whole(self.patience if self.patience is not None else 0, "patience", 0)
+        self.lr = _positive(self.lr, "lr")
+        self.weight_decays = numbers(self.weight_decays, "weight_decays", float, 0, "1e-4,1e-2")
+        if not self.weight_decays:
+            raise HeadbenchError("weight_decays must list one or more decays ≥ 0",
+                                 param="weight_decays")
+        self.input_size = _whole(self.input_size, "input_size", MIN_SIZE, none_ok=True)
+        if self.precision not in PRECISIONS:
+            raise unknown("precision", str(self.precision), PRECISIONS, param="precision")
+        self.split = numbers(self.split, "split", float, 0, "0.7,0.15,0.15")
+        self.val_fraction = _real(self.val_fraction, "val_fraction", 0.0, 1.0)
+        from .data import check_fractions
+        check_fractions(self.split, self.val_fraction)
+        self.split_seed = _whole(self.split_seed, "split_seed", 0)
+        self.workers = _whole(self.workers, "workers", 0, none_ok=True)
+        self.report = bool(self.report)
+
+    def head_specs(self) -> list:
+        """The heads as HeadSpecs (names get this config's hidden and dropout); checked for
+        emptiness and duplicates."""
+        from .heads import HeadSpec, list_heads
+        heads = _items(self.heads) if isinstance(self.heads, str) else list(self.heads)
+        specs = []
+        for h in heads:
+            if isinstance(h, dict):
+                h = HeadSpec.from_dict(h)
+            if not isinstance(h, HeadSpec):
+                if str(h) not in list_heads():  # the registry's error, naming this option
+                    raise unknown("head", str(h), list_heads(), param="heads")
+                h = HeadSpec(str(h), hidden=self.hidden or None, dropout=self.dropout)
+            specs.append(h)
+        if not specs:
+            raise HeadbenchError("heads is empty; name at least one head, e.g. gap,flatten",
+                                 param="heads")
+        labels = [s.label for s in specs]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise HeadbenchError(f"heads names {', '.join(twice)} more than once; list each "
+                                 "head once", param="heads")
+        return specs
+
+    def train_config(self):
+        """The training protocol these options give (`train.TrainConfig`)."""
+        from .train import TrainConfig
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           patience=self.patience or None, weight_decays=self.weight_decays)
+
+    def check_paths(self) -> None:
+        """The disk side of the options: data folder, weights file, writable out and cache."""
+        from .backbones import resolve_name, resolve_weights
+        data = Path(self.data).expanduser()
+        if not data.is_dir():
+            what = "is a file, not a folder" if data.exists() else "does not exist"
+            raise HeadbenchError(f"data folder '{self.data}' {what}; pass a folder of class "
+                                 "folders", param="data")
+        resolve_weights(resolve_name(self.backbone), self.weights)
+        if self.weights not in ("default", "embedded", "hub", "none"):
+            try:
+                with open(Path(self.weights).expanduser(), "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                raise HeadbenchError(f"weights file '{self.weights}' cannot be read "
+                                     f"({e.strerror or e})", param="weights") from None
+        _writable(self.out, "out")
+        if self.cache_dir is not None:
+            _writable(self.cache_dir, "cache_dir")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able options (heads as HeadSpec dicts)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["heads"] = [h.to_dict() for h in self.heads]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CompareConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class AnalyzeConfig(AnalysisOptions):
+    """Every option of `analyze` (add analyses to a finished run without retraining)."""
+
+    run_dir: str = option("", "a run folder written by compare (runs/<run>)", positional=True)
+    cache_dir: str | None = option(None, "feature cache folder (default: the run's)")
+    precision: str | None = option(None, "extraction precision for new views (default: the run's)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise unknown("precision", str(self.precision), PRECISIONS, param="precision")
+        if self.cache_dir is not None:
+            _writable(self.cache_dir, "cache_dir")
+
+
+def fields_of(cls: type) -> list[dataclasses.Field]:
+    """The options of a config class in CLI order (positional ones first)."""
+    fs = dataclasses.fields(cls)
+    return sorted(fs, key=lambda f: not f.metadata.get("positional", False))
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+__all__ = ["AnalysisOptions", "AnalyzeConfig", "CompareConfig", "parse_shifts", "parse_sizes",
+           "parse_shots", "option", "fields_of", "flag_of"]

@@ -1,0 +1,64 @@
+"""The self-contained HTML report of a run, and the summary table the terminal shows.
+
+`write_report(run)` writes `report.html` into the run folder: one file with inline CSS, plots as
+base64 SVG, JPEG thumbnails and CAM overlays, readable without JavaScript. It reads the run
+through `Run.load` only. `plots.py` draws the figures (one function per plot), `page.py`
+assembles the HTML, `format.py` writes numbers as text; `summary_table(run)` is the report's
+summary as a rich Table.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from .. import io as _io
+from ..run import Run
+from .format import SUMMARY_COLUMNS, ci_note, summary_rows
+
+# The summary's headers on two lines, so the terminal table fits in 80 columns.
+_TERMINAL_HEADERS = ["head", "test acc\n± 95% CI", "train − test\ngap", "head\nparams",
+                     "train time\n/ seed", "latency\nb1", "throughput\nb32"]
+
+
+def write_report(run: str | Path | Run) -> Path:
+    """Write `report.html` into the run folder and return its path.
+
+    Args:
+        run: a run folder written by `compare`, or a `Run` whose `run_dir` is set.
+
+    Analyses that did not run are left out; images that cannot be read are skipped.
+
+    Example:
+        >>> write_report("runs/20250101-120000-hymenoptera-resnet50")  # doctest: +SKIP
+        PosixPath('runs/20250101-120000-hymenoptera-resnet50/report.html')
+    """
+    from .page import render  # matplotlib loads here, not for the terminal table
+    from .plots import all_plots
+    if not isinstance(run, Run):
+        run = Run.load(run)
+    if run.run_dir is None:
+        raise ValueError("write_report needs a run with run_dir set (save it first)")
+    return _io.atomic_write_text(Path(run.run_dir) / "report.html", render(run, all_plots(run)))
+
+
+def summary_table(run: Run) -> Table:
+    """The report's summary (same columns and order) as a rich Table; the selected head in bold
+    green."""
+    seeds = len(run.seeds)
+    # Text(), not str: folder and head names are data, never rich markup.
+    title = (f"{run.dataset.name} · {run.backbone.name} · {seeds} seed"
+             + ("s" if seeds != 1 else ""))
+    table = Table(title=Text(title), caption=Text(ci_note(seeds)), box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    for i, name in enumerate(_TERMINAL_HEADERS):
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in summary_rows(run):
+        table.add_row(*(Text(text) for text, _ in row),
+                      style="bold green" if row[0][0] == run.best_head else None)
+    return table
+
+
+__all__ = ["write_report", "summary_table", "summary_rows", "SUMMARY_COLUMNS"]

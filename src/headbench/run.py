@@ -1,0 +1,643 @@
+"""The run: everything one `compare` produced, as one typed object with one writer and one reader.
+
+`compare` builds a `Run`, the analyses add sections to it, `report` and `export` read it.
+`Run.save(run_dir)` is the only writer of the run folder's tables (config.json, dataset.json,
+results.json, results.csv, predictions.csv, skipped.csv) and `Run.load(run_dir)` the only
+reader. Test predictions are held as arrays per head (seeds × test images), so a run of
+100,000 images stays small in memory. results.json carries `schema` and `schema_version`; its
+JSON Schema ships with the package (`results_schema()`, generated from these dataclasses, see
+docs/DESIGN.md).
+
+Model weights are not tables: `heads/<head>/` is written and read by `export`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import platform
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import numpy as np
+
+from . import io as _io
+from .config import CompareConfig
+from .errors import HeadbenchError
+from .heads import HeadSpec
+from .train import EpochLog, TrainConfig
+
+SCHEMA = "headbench-run"
+SCHEMA_VERSION = 1
+ROLES = ("train", "val", "test")
+PREDICTION_COLUMNS = ["head", "seed", "index", "path", "label", "pred", "p_pred", "p_label", "loss"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the parts of a run
+
+@dataclass
+class CI:
+    """A mean over seeds with its 95% Student-t interval (`lo`/`hi` None with one seed) and the
+    per-seed `values`, in seed order."""
+
+    mean: float
+    lo: float | None
+    hi: float | None
+    values: list[float]
+
+    @classmethod
+    def of(cls, values: list[float | None], bounds: tuple[float, float] | None = None) -> CI | None:
+        """The interval of `values` (None values dropped; None when none is left), clipped to
+        `bounds`."""
+        from .evaluate import ci_summary
+        summary = ci_summary(values, bounds=bounds)
+        return cls(**summary) if summary else None
+
+
+@dataclass
+class Metrics:
+    """Classification metrics on one split (see `evaluate.classification_metrics`)."""
+
+    accuracy: float
+    top5: float | None
+    macro_f1: float
+    nll: float
+    ece: float
+    n: int
+
+
+@dataclass
+class SeedResult:
+    """One trained seed of a head: how it trained and its metrics on every split."""
+
+    seed: int
+    best_epoch: int
+    epochs_run: int
+    train_time_s: float
+    train: Metrics
+    val: Metrics
+    test: Metrics
+    history: list[EpochLog]
+
+
+_UNIT = (0.0, 1.0)
+
+
+@dataclass
+class HeadSummary:
+    """A head's metrics over its seeds."""
+
+    test_accuracy: CI
+    train_accuracy: CI
+    val_accuracy: CI
+    overfit_gap: CI
+    macro_f1: CI
+    nll: CI
+    ece: CI
+    top5: CI | None
+    train_time_s: float
+
+    @classmethod
+    def of(cls, seeds: list[SeedResult]) -> "HeadSummary":
+        def over(role: str, key: str, bounds=_UNIT) -> CI | None:
+            return CI.of([getattr(getattr(s, role), key) for s in seeds], bounds)
+        return cls(test_accuracy=over("test", "accuracy"), train_accuracy=over("train", "accuracy"),
+                   val_accuracy=over("val", "accuracy"),
+                   overfit_gap=CI.of([s.train.accuracy - s.test.accuracy for s in seeds], (-1.0, 1.0)),
+                   macro_f1=over("test", "macro_f1"), nll=over("test", "nll", None),
+                   ece=over("test", "ece"), top5=over("test", "top5"),
+                   train_time_s=float(np.mean([s.train_time_s for s in seeds])))
+
+
+@dataclass
+class HeadResult:
+    """One head of the run: what it is, what it costs, and how every seed did."""
+
+    head: str                      # the spec's label: the key in tables, file names, findings
+    spec: HeadSpec
+    any_size: bool
+    exact_cam: bool
+    head_params: int
+    total_params: int
+    head_flops: int
+    total_flops: int
+    weight_decay: float
+    wd_sweep: dict[str, float]     # decay -> best val loss at the first seed
+    best_seed: int                 # lowest val loss, never test
+    model_dir: str                 # relative to the run folder
+    model_size_bytes: int | None
+    latency_ms_b1: float
+    throughput_b32: float
+    architecture: str
+    seeds: list[SeedResult]
+    summary: HeadSummary
+
+    @property
+    def fixed_size(self) -> bool:
+        return not self.any_size
+
+    def seed_metric(self, role: str, key: str = "accuracy") -> dict[int, float]:
+        """{seed: metric} on split `role` (metrics that are None are left out)."""
+        out = {s.seed: getattr(getattr(s, role), key) for s in self.seeds}
+        return {k: float(v) for k, v in out.items() if v is not None}
+
+    def overfit(self) -> dict[int, float]:
+        """{seed: train accuracy − test accuracy}."""
+        return {s.seed: s.train.accuracy - s.test.accuracy for s in self.seeds}
+
+
+@dataclass
+class Predictions:
+    """Test-split predictions of one head: one row per seed, one column per test image."""
+
+    seeds: list[int]
+    pred: np.ndarray     # (S, N) predicted class
+    p_pred: np.ndarray   # (S, N) its probability
+    p_label: np.ndarray  # (S, N) probability of the true class
+    loss: np.ndarray     # (S, N) cross-entropy
+
+    @classmethod
+    def of_logits(cls, seeds: list[int], logits: list[np.ndarray], labels: np.ndarray) -> "Predictions":
+        logp = np.stack([_log_softmax(np.asarray(x, dtype=np.float64)) for x in logits])
+        pred = logp.argmax(2)
+        cols = np.arange(len(labels))
+        p_pred = np.exp(np.take_along_axis(logp, pred[..., None], 2)[..., 0])
+        lp_label = logp[:, cols, labels]
+        return cls(list(seeds), pred, p_pred, np.exp(lp_label), -lp_label)
+
+    def correct(self, labels: np.ndarray) -> np.ndarray:
+        """(S, N) booleans: seed s got test image n right."""
+        return self.pred == np.asarray(labels)[None]
+
+    def of_seed(self, seed: int) -> int:
+        """The row of `seed`."""
+        return self.seeds.index(seed)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+@dataclass
+class SplitItems:
+    """The images of one split in split order: paths relative to the dataset root, labels,
+    content digests."""
+
+    paths: list[str]
+    labels: np.ndarray
+    digests: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class DatasetInfo:
+    """The image folder as the run saw it: classes, splits, what was skipped, what leaked."""
+
+    root: str
+    name: str
+    layout: str
+    classes: list[str]
+    split_description: str
+    counts: dict[str, dict[str, int]]
+    leakage: list[dict]
+    skipped: list[tuple[str, str]]  # (path relative to root, reason)
+    splits: dict[str, SplitItems]
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+    def path(self, role: str, i: int) -> Path:
+        """Absolute path of image `i` of split `role`."""
+        return Path(self.root) / self.splits[role].paths[i]
+
+    def summary(self) -> dict:
+        """The dataset section of results.json (no per-image lists)."""
+        return dict(root=self.root, name=self.name, layout=self.layout, classes=self.classes,
+                    split_description=self.split_description, counts=self.counts,
+                    n_skipped=self.n_skipped, leakage=self.leakage)
+
+
+@dataclass
+class BackboneInfo:
+    """The backbone of the run: how to re-create it and what it costs."""
+
+    name: str
+    timm_name: str
+    weights: str
+    weights_checksum: str | None
+    data_config: dict
+    feature_shape: list[int]
+    params: int
+    flops: int
+    latency_ms_b1: float
+    throughput_b32: float
+
+
+@dataclass
+class Timing:
+    """Seconds spent per step (`n_extracted`: images that went through the backbone)."""
+
+    scan_s: float = 0.0
+    backbone_s: float = 0.0
+    extract_s: float = 0.0
+    n_extracted: int = 0
+    train_s: float = 0.0
+    total_s: float | None = None
+
+
+@dataclass
+class Finding:
+    """A plain-words statement the numbers support, with the interval(s) behind it."""
+
+    text: str
+    kind: str
+    a: str | None
+    b: str | None
+    diff: float | None
+    lo: float | None
+    hi: float | None
+    significant: bool
+    n_seeds: int | None = None
+    seed_ci: list[float] | None = None
+    bootstrap_ci: list[float] | None = None
+
+
+def machine() -> dict:
+    """What the numbers were measured on: platform, CPU model and flags, GPU, versions."""
+    import timm
+    import torch
+    from .features import cpu_flags
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return dict(platform=platform.platform(), cpu=cpu, cpu_flags=flags,
+                cores=torch.get_num_threads(), gpu=gpu, python=platform.python_version(),
+                torch=torch.__version__, timm=timm.__version__)
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+@dataclass
+class Run:
+    """One run folder in memory. Build it with compare; `Run.load(run_dir)` reads one back."""
+
+    options: CompareConfig
+    dataset: DatasetInfo
+    backbone: BackboneInfo
+    precision: str
+    device: str
+    train_config: TrainConfig
+    machine: dict = field(default_factory=machine)
+    timing: Timing = field(default_factory=Timing)
+    heads: list[HeadResult] = field(default_factory=list)
+    predictions: dict[str, Predictions] = field(default_factory=dict)
+    best_head: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+    analyses: dict[str, dict] = field(default_factory=dict)
+    headbench_version: str = ""
+    created: str = ""
+    run_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        from . import __version__
+        self.headbench_version = self.headbench_version or __version__
+        self.created = self.created or _dt.datetime.now().isoformat(timespec="seconds")
+
+    # --- reading --------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return self.dataset.classes
+
+    @property
+    def seeds(self) -> list[int]:
+        return [s.seed for s in self.heads[0].seeds] if self.heads else []
+
+    def head(self, label: str) -> HeadResult:
+        for h in self.heads:
+            if h.head == label:
+                return h
+        raise HeadbenchError(f"run has no head '{label}'; its heads: "
+                             f"{', '.join(h.head for h in self.heads)}")
+
+    def model_dir(self, label: str | None = None) -> Path:
+        """Folder of the saved model of head `label` (default: the selected head)."""
+        return Path(self.run_dir) / self.head(label or self.best_head).model_dir
+
+    def selected(self) -> HeadResult | None:
+        """The head chosen on val (`best_head`)."""
+        return self.head(self.best_head) if self.best_head else None
+
+    def labels(self, role: str) -> np.ndarray:
+        return self.dataset.splits[role].labels
+
+    def correct(self, label: str) -> np.ndarray:
+        """(S, N) per-seed, per-test-image correctness of head `label`."""
+        return self.predictions[label].correct(self.labels("test"))
+
+    # --- writing --------------------------------------------------------------------------
+    def save(self, run_dir: str | Path | None = None) -> Path:
+        """Write every table of the run folder (atomically, file by file)."""
+        run_dir = self._dir(run_dir)
+        _io.atomic_write_json(run_dir / "config.json", self._config_json())
+        _io.atomic_write_json(run_dir / "dataset.json", self._dataset_json())
+        _io.atomic_write_csv(run_dir / "skipped.csv",
+                             [dict(path=p, reason=r) for p, r in self.dataset.skipped],
+                             ["path", "reason"])
+        _io.atomic_write_csv(run_dir / "predictions.csv", self._prediction_rows(),
+                             PREDICTION_COLUMNS)
+        self.save_results(run_dir)
+        return run_dir
+
+    def save_results(self, run_dir: str | Path | None = None) -> Path:
+        """Write results.json and results.csv (after analyses or findings changed)."""
+        run_dir = self._dir(run_dir)
+        _io.atomic_write_json(run_dir / "results.json", self.results_json())
+        _io.atomic_write_csv(run_dir / "results.csv", self._csv_rows())
+        return run_dir
+
+    def _dir(self, run_dir: str | Path | None) -> Path:
+        if run_dir is not None:
+            self.run_dir = Path(run_dir)
+        if self.run_dir is None:
+            raise ValueError("Run.save needs a run folder")
+        return self.run_dir
+
+    def results_json(self) -> dict:
+        return dict(schema=SCHEMA, schema_version=SCHEMA_VERSION,
+                    headbench_version=self.headbench_version, created=self.created,
+                    run_dir=str(self.run_dir), dataset=self.dataset.summary(),
+                    backbone=_to_json(self.backbone), precision=self.precision, device=self.device,
+                    machine=self.machine, timing=_to_json(self.timing),
+                    train_config=self.train_config.to_dict(), heads=_to_json(self.heads),
+                    best_head=self.best_head, findings=_to_json(self.findings),
+                    analyses=_to_json(self.analyses))
+
+    def _config_json(self) -> dict:
+        bb = self.backbone
+        return dict(schema=SCHEMA, schema_version=SCHEMA_VERSION, options=self.options.to_dict(),
+                    resolved=dict(backbone=bb.name, timm_name=bb.timm_name, weights=bb.weights,
+                                  weights_checksum=bb.weights_checksum, data_config=bb.data_config,
+                                  precision=self.precision, device=self.device,
+                                  input_size=bb.data_config["input_size"][-1]))
+
+    def _dataset_json(self) -> dict:
+        items = [dict(path=split.paths[i], label=int(split.labels[i]), digest=split.digests[i],
+                      role=role)
+                 for role, split in self.dataset.splits.items() for i in range(len(split))]
+        return dict(schema=SCHEMA, schema_version=SCHEMA_VERSION, **self.dataset.summary(),
+                    items=items)
+
+    def _prediction_rows(self) -> list[dict]:
+        test, classes = self.dataset.splits["test"], self.classes
+        rows = []
+        for label, p in self.predictions.items():
+            for s, seed in enumerate(p.seeds):
+                for i in range(len(test)):
+                    rows.append(dict(head=label, seed=seed, index=i, path=test.paths[i],
+                                     label=classes[test.labels[i]], pred=classes[p.pred[s, i]],
+                                     p_pred=_num(p.p_pred[s, i]), p_label=_num(p.p_label[s, i]),
+                                     loss=_num(p.loss[s, i])))
+        return rows
+
+    def _csv_rows(self) -> list[dict]:
+        rows = []
+        for h in self.heads:
+            base = dict(head=h.head, head_params=h.head_params, total_params=h.total_params,
+                        head_flops=h.head_flops, weight_decay=h.weight_decay)
+            for s in h.seeds:
+                rows.append(dict(base, seed=s.seed, test_accuracy=s.test.accuracy,
+                                 test_top5=s.test.top5, test_macro_f1=s.test.macro_f1,
+                                 test_nll=s.test.nll, test_ece=s.test.ece,
+                                 train_accuracy=s.train.accuracy, val_accuracy=s.val.accuracy,
+                                 overfit_gap=s.train.accuracy - s.test.accuracy,
+                                 best_epoch=s.best_epoch, train_time_s=s.train_time_s))
+            m = h.summary
+            rows.append(dict(base, seed="mean", test_accuracy=m.test_accuracy.mean,
+                             test_accuracy_lo=m.test_accuracy.lo, test_accuracy_hi=m.test_accuracy.hi,
+                             test_top5=m.top5.mean if m.top5 else None,
+                             test_macro_f1=m.macro_f1.mean, test_nll=m.nll.mean, test_ece=m.ece.mean,
+                             train_accuracy=m.train_accuracy.mean, val_accuracy=m.val_accuracy.mean,
+                             overfit_gap=m.overfit_gap.mean, train_time_s=m.train_time_s,
+                             latency_ms_b1=h.latency_ms_b1, throughput_b32=h.throughput_b32,
+                             model_size_bytes=h.model_size_bytes))
+        return rows
+
+    # --- reading back ---------------------------------------------------------------------
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Run":
+        """Read a run folder written by `save`; one-line errors for anything else."""
+        run_dir = Path(run_dir)
+        results = _read_json(run_dir, "results.json")
+        config = _read_json(run_dir, "config.json")
+        dataset = _read_json(run_dir, "dataset.json")
+        try:
+            run = cls(options=CompareConfig.from_dict(config["options"]),
+                      dataset=_dataset_from_json(dataset, _read_skipped(run_dir)),
+                      backbone=_from_json(BackboneInfo, results["backbone"]),
+                      precision=results["precision"], device=results["device"],
+                      train_config=TrainConfig.from_dict(results["train_config"]),
+                      machine=results["machine"], timing=_from_json(Timing, results["timing"]),
+                      heads=_from_json(list[HeadResult], results["heads"]),
+                      best_head=results["best_head"],
+                      findings=_from_json(list[Finding], results["findings"]),
+                      analyses=results["analyses"], headbench_version=results["headbench_version"],
+                      created=results["created"], run_dir=run_dir)
+        except HeadbenchError as e:
+            raise HeadbenchError(f"run folder '{run_dir}' cannot be read: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise HeadbenchError(f"results of '{run_dir}' are damaged ({type(e).__name__}: {e}); "
+                                 "re-run compare") from None
+        run.predictions = _read_predictions(run_dir, run)
+        return run
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON: dataclasses to plain values and back, driven by the type hints
+
+def _to_json(obj: Any) -> Any:
+    if isinstance(obj, HeadSpec):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _from_json(tp: Any, value: Any) -> Any:
+    """`value` (parsed JSON) as type `tp`: dataclasses field by field, containers recursively."""
+    origin = get_origin(tp)
+    if value is None:
+        return None
+    if origin in (Union, types.UnionType):
+        (inner,) = [a for a in get_args(tp) if a is not type(None)][:1] or (Any,)
+        return _from_json(inner, value)
+    if origin is list:
+        (inner,) = get_args(tp)
+        return [_from_json(inner, v) for v in _expect(value, list)]
+    if origin is dict:
+        _, inner = get_args(tp)
+        return {k: _from_json(inner, v) for k, v in _expect(value, dict).items()}
+    if tp is HeadSpec:
+        return HeadSpec.from_dict(value)
+    if dataclasses.is_dataclass(tp):
+        hints = get_type_hints(tp)
+        value = _expect(value, dict)
+        return tp(**{f.name: _from_json(hints[f.name], value[f.name])
+                     for f in dataclasses.fields(tp) if f.init and f.name in value})
+    if tp in (int, float, str, bool):
+        if tp is float and isinstance(value, int):
+            return float(value)
+        return _expect(value, tp)
+    return value
+
+
+def _expect(value: Any, tp: type) -> Any:
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise TypeError(f"expected {tp.__name__}, got {type(value).__name__} {value!r:.40}")
+    return value
+
+
+def _read_json(run_dir: Path, name: str) -> dict:
+    path = run_dir / name
+    data = _io.read_json(run_dir, name, "run", "pass a folder written by 'headbench compare' "
+                                               "(runs/<date>-<data>-<backbone>)")
+    if not isinstance(data, dict) or data.get("schema_version") is None:
+        raise HeadbenchError(f"'{path}' was written by headbench 0.1 (no schema_version), whose "
+                             "run folders this version does not read; re-run compare")
+    if data.get("schema") != SCHEMA or data["schema_version"] != SCHEMA_VERSION:
+        raise HeadbenchError(f"'{path}' has schema {data.get('schema')} version "
+                             f"{data['schema_version']}; this headbench reads {SCHEMA} version "
+                             f"{SCHEMA_VERSION}: use the headbench that wrote it or re-run compare")
+    return data
+
+
+def _dataset_from_json(data: dict, skipped: list[tuple[str, str]]) -> DatasetInfo:
+    splits = {}
+    for role in ROLES:
+        rows = [it for it in data["items"] if it["role"] == role]
+        splits[role] = SplitItems([str(it["path"]) for it in rows],
+                                  np.array([int(it["label"]) for it in rows], dtype=np.int64),
+                                  [str(it["digest"]) for it in rows])
+    return DatasetInfo(root=data["root"], name=data["name"], layout=data["layout"],
+                       classes=list(data["classes"]), split_description=data["split_description"],
+                       counts=data["counts"], leakage=data["leakage"], skipped=skipped,
+                       splits=splits)
+
+
+def _num(x: float) -> float:
+    """A probability or loss for the CSV: 6 decimals, a number (never text), no negative zero."""
+    return round(float(x), 6) + 0.0
+
+
+def _read_skipped(run_dir: Path) -> list[tuple[str, str]]:
+    return [(row["path"], row["reason"]) for row in _io.read_csv(run_dir / "skipped.csv")]
+
+
+def _read_predictions(run_dir: Path, run: Run) -> dict[str, Predictions]:
+    rows = _io.read_csv(run_dir / "predictions.csv")
+    n, index = len(run.dataset.splits["test"]), {c: i for i, c in enumerate(run.classes)}
+    by_head: dict[str, dict[int, list[dict]]] = {}
+    for row in rows:
+        by_head.setdefault(row["head"], {}).setdefault(int(row["seed"]), []).append(row)
+    out = {}
+    try:
+        for head, per_seed in by_head.items():
+            seeds = sorted(per_seed)
+            arrays = {k: np.zeros((len(seeds), n), dtype=np.int64 if k == "pred" else np.float64)
+                      for k in ("pred", "p_pred", "p_label", "loss")}
+            for s, seed in enumerate(seeds):
+                for row in per_seed[seed]:
+                    i = int(row["index"])
+                    arrays["pred"][s, i] = index[row["pred"]]
+                    for k in ("p_pred", "p_label", "loss"):
+                        arrays[k][s, i] = float(row[k])
+            out[head] = Predictions(seeds, **arrays)
+    except (KeyError, ValueError, IndexError) as e:
+        raise HeadbenchError(f"'{run_dir / 'predictions.csv'}' is damaged ({type(e).__name__}: "
+                             f"{e}); re-run compare") from None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the JSON Schema of results.json, generated from the dataclasses above
+
+def _schema(tp: Any) -> dict:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return {"anyOf": [_schema(a) for a in get_args(tp)]}
+    if tp is type(None):
+        return {"type": "null"}
+    if origin is list:
+        return {"type": "array", "items": _schema(get_args(tp)[0])}
+    if origin is tuple:
+        return {"type": "array"}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _schema(get_args(tp)[1])}
+    if tp is HeadSpec:
+        return {"type": "object", "required": ["name", "hidden", "dropout", "options"],
+                "properties": {"name": {"type": "string"},
+                               "hidden": {"type": "array", "items": {"type": "integer"}},
+                               "dropout": {"type": "number"}, "options": {"type": "object"}}}
+    if dataclasses.is_dataclass(tp):
+        hints = get_type_hints(tp)
+        fields = [f for f in dataclasses.fields(tp) if f.init]
+        return {"type": "object", "required": [f.name for f in fields],
+                "properties": {f.name: _schema(hints[f.name]) for f in fields}}
+    simple = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object",
+              list: "array"}
+    return {"type": simple[tp]} if tp in simple else {}
+
+
+def results_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of results.json for this schema version."""
+    run_fields = {
+        "schema": {"const": SCHEMA}, "schema_version": {"const": SCHEMA_VERSION},
+        "headbench_version": {"type": "string"}, "created": {"type": "string"},
+        "run_dir": {"type": "string"},
+        "dataset": {"type": "object", "required": ["root", "name", "layout", "classes",
+                                                   "split_description", "counts", "n_skipped",
+                                                   "leakage"]},
+        "backbone": _schema(BackboneInfo), "precision": {"enum": ["fp32", "bf16"]},
+        "device": {"type": "string"}, "machine": {"type": "object"}, "timing": _schema(Timing),
+        "train_config": {"type": "object"}, "heads": _schema(list[HeadResult]),
+        "best_head": {"type": ["string", "null"]}, "findings": _schema(list[Finding]),
+        "analyses": {"type": "object",
+                     "description": "one section per analysis that ran: shifts, sizes, shots, cam"},
+    }
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"{SCHEMA}/{SCHEMA_VERSION}/results.schema.json",
+            "title": "headbench results.json", "type": "object",
+            "required": list(run_fields), "properties": run_fields}
+
+
+__all__ = ["Run", "HeadResult", "SeedResult", "HeadSummary", "Metrics", "CI", "Predictions",
+           "SplitItems", "DatasetInfo", "BackboneInfo", "Timing", "Finding", "results_schema",
+           "SCHEMA", "SCHEMA_VERSION"]
+
+
+if __name__ == "__main__":  # python -m headbench.run > src/headbench/results.schema.json
+    print(json.dumps(results_schema(), indent=2))
