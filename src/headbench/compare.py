@@ -114,9 +114,13 @@ def _check_heads(config: CompareConfig, bb: _backbones.Backbone) -> None:
 def _prepare(config: CompareConfig, bb, device, precision: str, timing: Timing) -> _Work:
     """Scan, extract (or reuse) features, split."""
     t0 = time.perf_counter()
-    scan = _data.scan_folder(config.data)
+    scan = _data.scan_folder(config.data, follow_links=config.follow_links)
     _progress.log(f"{len(scan.items)} images in {len(scan.classes)} classes under {scan.root}"
                   + (f"; {len(scan.skipped)} files skipped" if scan.skipped else ""))
+    if scan.links_outside:
+        _progress.log(f"{scan.links_outside} symlinks lead out of the data folder: "
+                      + ("followed (--follow-links)" if scan.follow_links else
+                         "skipped and listed in skipped.csv (--follow-links uses them)"))
     timing.scan_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     fs = _features.extract(bb, [it.path for it in scan.items], [it.digest for it in scan.items],
@@ -321,7 +325,8 @@ def _dataset_info(work: _Work) -> DatasetInfo:
         leakage=[dict(digest=leak["digest"],
                       roles={r: [_rel(p, scan.root) for p in paths]
                              for r, paths in leak["roles"].items()}) for leak in leakage],
-        skipped=skipped, splits=split_items)
+        skipped=skipped, splits=split_items, links_outside=scan.links_outside,
+        follow_links=scan.follow_links)
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -219,6 +219,8 @@ class CompareConfig(AnalysisOptions):
                                                          "of class folders", list=True)
     split_seed: int = option(0, "seed of the stratified split")
     workers: int | None = option(None, "image decoding processes (default: from the CPU count)")
+    follow_links: bool = option(False, "use symlinks that lead out of the data folder (by default "
+                                       "they are skipped and listed)")
     report: bool = option(True, "write report.html", flag="--no-report")
     run_name: str | None = option(None, "run folder name (default: <date>-<data>-<backbone>)",
                                   flag="--name")
@@ -255,7 +257,7 @@ class CompareConfig(AnalysisOptions):
         check_fractions(self.split, self.val_fraction)
         self.split_seed = _whole(self.split_seed, "split_seed", 0)
         self.workers = _whole(self.workers, "workers", 0, none_ok=True)
-        self.report = bool(self.report)
+        self.report, self.follow_links = bool(self.report), bool(self.follow_links)
 
     def head_specs(self) -> list:
         """The heads as HeadSpecs (names get this config's hidden and dropout); checked for

@@ -208,6 +208,8 @@ class DatasetInfo:
     leakage: list[dict]
     skipped: list[tuple[str, str]]  # (path relative to root, reason)
     splits: dict[str, SplitItems]
+    links_outside: int = 0          # symlinks leading out of root: used only with follow_links
+    follow_links: bool = False
 
     @property
     def n_skipped(self) -> int:
@@ -221,7 +223,8 @@ class DatasetInfo:
         """The dataset section of results.json (no per-image lists)."""
         return dict(root=self.root, name=self.name, layout=self.layout, classes=self.classes,
                     split_description=self.split_description, counts=self.counts,
-                    n_skipped=self.n_skipped, leakage=self.leakage)
+                    n_skipped=self.n_skipped, leakage=self.leakage,
+                    links_outside=self.links_outside, follow_links=self.follow_links)
 
 
 @dataclass
@@ -267,6 +270,9 @@ class Finding:
     n_seeds: int | None = None
     seed_ci: list[float] | None = None
     bootstrap_ci: list[float] | None = None
+    test: str | None = None          # the per-image test behind `p_value`, e.g. "paired bootstrap"
+    p_value: float | None = None     # raw two-sided p-value of that test
+    p_adjusted: float | None = None  # Holm–Bonferroni over every tested finding of the run
 
 
 def machine() -> dict:
@@ -545,7 +551,8 @@ def _dataset_from_json(data: dict, skipped: list[tuple[str, str]]) -> DatasetInf
     return DatasetInfo(root=data["root"], name=data["name"], layout=data["layout"],
                        classes=list(data["classes"]), split_description=data["split_description"],
                        counts=data["counts"], leakage=data["leakage"], skipped=skipped,
-                       splits=splits)
+                       splits=splits, links_outside=int(data["links_outside"]),
+                       follow_links=bool(data["follow_links"]))
 
 
 def _num(x: float) -> float:
