@@ -124,8 +124,43 @@ def test_interrupted_extraction_resumes_after_last_committed_chunk(backbone, ima
     monkeypatch.setattr(features, "_commit_chunk", commit)
 
     fs = _extract(backbone, images, tmp_path, chunk_size=3, batch_size=2)
-    assert fs.n_extracted == N_IMAGES - 3 and fs.valid.all()
+    # the first chunk (3 images) and, committed on the way out, the 4th image of the 2nd batch
+    assert fs.n_extracted == N_IMAGES - 4 and fs.valid.all()
     _assert_same_as_fresh(backbone, images, tmp_path, fs)
+
+
+def test_ctrl_c_mid_extraction_keeps_every_finished_batch(backbone, images, tmp_path,
+                                                           monkeypatch):
+    forward, calls = features._forward, []
+
+    def interrupt_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return forward(*args, **kwargs)
+    monkeypatch.setattr(features, "_forward", interrupt_third_batch)
+    with pytest.raises(KeyboardInterrupt):  # chunks of 256: nothing would be whole yet
+        _extract(backbone, images, tmp_path, batch_size=2)
+    monkeypatch.setattr(features, "_forward", forward)
+    fs = _extract(backbone, images, tmp_path, batch_size=2)
+    assert fs.n_extracted == N_IMAGES - 4 and fs.valid.all()
+    _assert_same_as_fresh(backbone, images, tmp_path, fs)
+
+
+def test_rows_are_committed_at_least_every_few_seconds(backbone, images, tmp_path, monkeypatch):
+    monkeypatch.setattr(features, "COMMIT_EVERY_S", 0.0)  # every batch is "late"
+    fs = _extract(backbone, images, tmp_path, batch_size=3)
+    assert len(_chunk_files(fs, "json")) == -(-N_IMAGES // 3)
+
+
+def test_temp_files_are_swept_under_the_lock_and_never_counted(backbone, images, tmp_path):
+    fs = _extract(backbone, images[:4], tmp_path)
+    size = features.list_entries(tmp_path)[0]["size_bytes"]
+    stale = fs.path / "chunks" / ".000009.npy.abc123.tmp"
+    stale.write_bytes(b"x" * 10_000)  # a crashed writer's leftover
+    assert features.list_entries(tmp_path)[0]["size_bytes"] == size
+    _extract(backbone, images, tmp_path)  # takes the entry's lock to extract the rest
+    assert not stale.exists()
 
 
 def test_half_written_chunk_without_json_is_ignored(backbone, images, tmp_path):
@@ -280,3 +315,14 @@ def test_subset_reads_rows_lazily_and_trains_like_the_array(backbone, images, tm
     np.testing.assert_array_equal(np.asarray(rows), fs.take([5, 1, 7, 2]))
     head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
     np.testing.assert_array_equal(predict_logits(head, rows), predict_logits(head, np.asarray(rows)))
+
+
+def test_half_removed_entries_are_swept_only_once_stale(tmp_path, monkeypatch):
+    from headbench import io as hb_io
+    trash = tmp_path / ".removing-0123456789abcdef-1a2b3c4d"
+    (trash / "chunks").mkdir(parents=True)
+    features.list_entries(tmp_path)
+    assert trash.exists()  # young: a live `cache rm` may still be deleting it
+    monkeypatch.setattr(hb_io, "STALE_SECONDS", 0)
+    features.list_entries(tmp_path)
+    assert not trash.exists()

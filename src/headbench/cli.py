@@ -10,25 +10,37 @@
 
 The options of `compare` and `analyze` are generated from `config.CompareConfig` and
 `config.AnalyzeConfig`: one flag per field, with the field's help and default. An error about
-an option (`HeadbenchError.param`) is shown with its flag: "error: --dropout must be in [0, 1)".
+an option (`HeadbenchError.param`) is shown with its flag: "error: --dropout must be in [0, 1)"
+(exit code 2); a disk error is "error: cannot write '<path>': no space left on device" (exit
+code 1). Names from folders and model files are printed through `progress.printable`, so a
+file name cannot send terminal control sequences.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import json
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import progress
+from .progress import printable
 from .config import MIN_SIZE, AnalysisOptions, AnalyzeConfig, CompareConfig, fields_of, flag_of
 from .errors import HeadbenchError
 
 # parameter name -> flag, for the errors (head options such as pool_size have no flag)
 FLAGS = {f.name: flag_of(f) for cls in (CompareConfig, AnalyzeConfig) for f in fields_of(cls)
          if not f.metadata.get("positional")}
+
+
+def say(text: str, file=None) -> None:
+    """Print one line of results that may hold user names, control characters escaped."""
+    print(printable(text), file=file)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,15 +160,17 @@ def cmd_params(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     from rich.table import Table
-    table = Table(title=f"{args.backbone} at {args.input_size or 224} px, "
-                        f"{args.num_classes} classes"
-                        + (f", hidden {','.join(map(str, args.hidden))}" if args.hidden else ""))
+    from rich.text import Text
+    table = Table(title=Text(f"{args.backbone} at {args.input_size or 224} px, "
+                             f"{args.num_classes} classes"
+                             + (f", hidden {','.join(map(str, args.hidden))}" if args.hidden
+                                else "")))
     for col in ("head", "feature map", "head params", "total params", "head FLOPs"):
         table.add_column(col, justify="left" if col in ("head", "feature map") else "right")
-    for r in rows:
-        table.add_row(r["head"], r["feature_map"], f"{r['head_params']:,}", f"{r['total_params']:,}",
-                      f"{r['head_flops']:,}")
-    progress.console.print(table)
+    for r in rows:  # Text, not str: a registered head's name is never rich markup
+        table.add_row(Text(r["head"]), r["feature_map"], f"{r['head_params']:,}",
+                      f"{r['total_params']:,}", f"{r['head_flops']:,}")
+    progress.show(table)
     return 0
 
 
@@ -175,7 +189,7 @@ def _print_findings(findings: list) -> None:
     if findings:
         print("findings:")
     for f in shown:
-        print(f"- {f.text}")
+        say(f"- {f.text}")
     if len(findings) > len(shown):
         print(f"- {len(findings) - len(shown)} more comparisons show no significant difference "
               "(results.json, report.html)")
@@ -184,13 +198,13 @@ def _print_findings(findings: list) -> None:
 def _print_result(run) -> None:
     """The summary table, findings, selected head and folders of a finished `Run`."""
     from .report import summary_table
-    progress.console.print(summary_table(run))
+    progress.show(summary_table(run))
     _print_findings(run.findings)
-    print(f"selected:   {run.best_head} (highest mean val accuracy), model in {run.model_dir()}")
-    print(f"run folder: {run.run_dir}")
+    say(f"selected:   {run.best_head} (highest mean val accuracy), model in {run.model_dir()}")
+    say(f"run folder: {run.run_dir}")
     report = Path(run.run_dir) / "report.html"
     if report.exists():
-        print(f"report:     {report}")
+        say(f"report:     {report}")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -215,13 +229,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                              + ", ".join(flag_of(f) for f in analyses))
     run = analyze(options.pop("run_dir"), **options)
     _print_findings(run.findings)
-    print(f"report: {Path(run.run_dir) / 'report.html'}")
+    say(f"report: {Path(run.run_dir) / 'report.html'}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
-    print(write_report(args.run_dir))  # a folder that is not a run gives Run.load's one line
+    say(str(write_report(args.run_dir)))  # a folder that is not a run gives Run.load's one line
     return 0
 
 
@@ -234,10 +248,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0 if any("top" in r for r in rows) else 1
     for row in rows:
         if "error" in row:
-            print(f"{row['path']}: skipped ({row['error']})")
+            say(f"{row['path']}: skipped ({row['error']})")
             continue
         top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top"])
-        print(f"{row['path']}: {top}")
+        say(f"{row['path']}: {top}")
     return 0 if any("top" in r for r in rows) else 1  # every image was unreadable
 
 
@@ -247,17 +261,18 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "ls":
         entries = list_entries(cache_dir)
         if not entries:
-            print(f"no cached features in {cache_dir}")
+            say(f"no cached features in {cache_dir}")
         for e in entries:  # an entry without readable meta.json has None fields
             text = {k: str(e[k]) if e[k] is not None else "?" for k in
                     ("backbone", "weights", "view", "precision")}
-            print(f"{e['key']}  {text['backbone']:<20} {text['weights']:<10} {text['view']:<14} "
-                  f"{text['precision']:<5} {e['images'] or 0:6d} img  {e['size_bytes'] / 1e6:8.1f} MB")
+            say(f"{e['key']}  {text['backbone']:<20} {text['weights']:<10} {text['view']:<14} "
+                f"{text['precision']:<5} {e['images'] or 0:6d} img  "
+                f"{e['size_bytes'] / 1e6:8.1f} MB")
         return 0
     if not args.keys and not args.all:
         raise HeadbenchError("cache rm needs KEY... (see 'headbench cache ls') or --all")
     n = remove_entries(cache_dir, None if args.all else args.keys)
-    print(f"removed {n} cache entr{'y' if n == 1 else 'ies'} from {cache_dir}")
+    say(f"removed {n} cache entr{'y' if n == 1 else 'ies'} from {cache_dir}")
     return 0
 
 
@@ -339,6 +354,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WRITE_ERRORS = {getattr(errno, name): text for name, text in (
+    ("ENOSPC", "no space left on device"), ("EROFS", "read-only file system"),
+    ("EDQUOT", "disk quota exceeded"), ("EFBIG", "file too large")) if hasattr(errno, name)}
+
+
+def disk_error(e: OSError) -> str:
+    """One line for an `OSError`: the path and the cause.
+
+    >>> disk_error(OSError(errno.ENOSPC, "No space left on device", "/runs/x/results.json"))
+    "cannot write '/runs/x/results.json': no space left on device"
+    >>> disk_error(PermissionError(errno.EACCES, "Permission denied", "/runs"))
+    "cannot access '/runs': permission denied"
+    """
+    cause = _WRITE_ERRORS.get(e.errno) or (e.strerror or str(e) or type(e).__name__)
+    cause = cause[:1].lower() + cause[1:]
+    if e.filename is None:
+        return cause
+    # only these errors are certainly about writing; a denied folder may be read or written
+    verb = "write" if e.errno in _WRITE_ERRORS else "access"
+    return f"cannot {verb} '{os.fsdecode(e.filename)}': {cause}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -349,8 +386,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HeadbenchError as e:
         if debug:
             raise
-        print(f"error: {with_flag(e)}", file=sys.stderr)
+        say(f"error: {with_flag(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `headbench ... | head`: the reader left, nothing to report
+        with contextlib.suppress(OSError, ValueError):  # no flush error at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as if killed by SIGPIPE, like other command-line tools
+    except OSError as e:  # a full or read-only disk; commands say themselves what was kept
+        if debug:
+            raise
+        say(f"error: {disk_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; extracted features are kept in the cache and a re-run skips them",
               file=sys.stderr)

@@ -13,11 +13,16 @@ One `compare(data, **options)` call:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import hashlib
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -27,14 +32,16 @@ from . import data as _data
 from . import evaluate as _evaluate
 from . import export as _export
 from . import features as _features
+from . import io as _io
 from . import progress as _progress
 from . import train as _train
 from .config import CompareConfig
 from .errors import HeadbenchError
 from .heads import Head, HeadSpec, create_head
 from .model import count_flops, count_params, default_device
-from .run import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics, Predictions, Run,
-                  SeedResult, SplitItems, Timing)
+from .run import (LOCK, BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics, Predictions,
+                  Run, SeedResult, SplitItems, Timing, incomplete_runs, mark_complete,
+                  start_run_dir)
 
 ROLES = ("train", "val", "test")
 
@@ -67,6 +74,11 @@ def compare(data: str | Path | CompareConfig, **options) -> Run:
     the test split is evaluated once per trained head. Returns the `Run`, also written to
     `<out>/runs/<date>-<dataset>-<backbone>/`.
 
+    Every head is committed to the run folder as soon as its seeds are trained. Run the same
+    command again after a kill, Ctrl-C or a disk error and it resumes the newest incomplete run
+    of the same options: finished heads are reused (when the features are the same), the rest
+    are trained. A complete run is never modified; a rerun of it makes a new one.
+
     Example:
         >>> run = compare("images", heads=["gap", "flatten"], seeds=3)   # doctest: +SKIP
         >>> run.best_head, run.head("gap").summary.test_accuracy.mean    # doctest: +SKIP
@@ -80,18 +92,115 @@ def compare(data: str | Path | CompareConfig, **options) -> Run:
     precision = _features.resolve_precision(config.precision, device)
     _check_heads(config, bb)  # every head fits this backbone's map, before any file is read
     timing = Timing(backbone_s=time.perf_counter() - t0)
+    digest = config.digest(weights_checksum=bb.weights_checksum, precision=precision)
+    committed: list[str] = []
+    try:
+        with _run_folder(config, digest) as run_dir:
+            run = _compare(config, bb, device, precision, timing, run_dir, digest, committed)
+            _finish(run, bb, device, started)
+            mark_complete(run_dir)
+            return run
+    except OSError as e:
+        raise HeadbenchError(_disk_error(e, committed)) from None
 
+
+@contextlib.contextmanager
+def _run_folder(config: CompareConfig, digest: str) -> Iterator[Path]:
+    """The folder this compare writes, its lock held throughout: the newest incomplete run of
+    the same options that no other process holds, else a new one."""
+    for candidate in incomplete_runs(config.out, digest):
+        try:
+            with _io.locked(candidate / LOCK, wait=False):
+                _progress.log(f"resuming the interrupted run {candidate}")
+                yield candidate
+                return
+        except _io.Busy:
+            continue
+    run_dir = start_run_dir(config.out, config.run_name or _run_name(config), digest)
+    try:
+        with _io.locked(run_dir / LOCK):
+            yield run_dir
+    except BaseException:
+        if not (run_dir / "results.json").exists():  # nothing committed: leave no empty folder
+            shutil.rmtree(run_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                run_dir.parent.rmdir()  # runs/ too, when this run was its only one
+        raise
+
+
+def _compare(config: CompareConfig, bb, device, precision: str, timing: Timing, run_dir: Path,
+             digest: str, committed: list[str]) -> Run:
+    """Prepare the features, then train and commit every head (reusing finished ones)."""
     work = _prepare(config, bb, device, precision, timing)
+    run = Run(options=config, dataset=_dataset_info(work), backbone=_backbone_info(work),
+              precision=precision, device=str(device), train_config=config.train_config(),
+              timing=timing, options_digest=digest, feature_digest=_feature_digest(work),
+              run_dir=run_dir)
+    prior = _finished_heads(run)
+    backbone_file = _export.save_backbone_if_needed(bb, run_dir)
+    cfg = config.train_config()
+    todo = [s for s in config.heads if s.label not in prior]
     t0 = time.perf_counter()
-    trained = _train_all(work)
+    with _progress.progress("training heads", total=len(todo) * _runs_per_head(config),
+                            unit="run") as bar:
+        for spec in config.heads:
+            if spec.label in prior:
+                head, predictions, states = prior[spec.label]
+            else:
+                bar.set_postfix(spec.label)
+                fit = _train.fit_head(lambda: work.make_head(spec), work.F["train"],
+                                      work.y["train"], work.F["val"], work.y["val"], cfg,
+                                      seeds=list(range(config.seeds)),
+                                      on_run=lambda done, total: bar.advance())
+                head, predictions = _evaluate_fit(work, spec, fit, run.backbone)
+                states = {tr.seed: tr.state_dict for tr in fit.runs}
+                _save_head(work, run, head, states, backbone_file)
+            run.heads.append(head)
+            run.predictions[head.head] = predictions
+            run.states[head.head] = states
+            run.save()  # commit: a finished head is on disk before the next one starts
+            committed.append(head.head)
     timing.train_s = time.perf_counter() - t0
-
-    run = _build_run(work, trained, timing)
-    run.run_dir = _make_run_dir(Path(config.out), config.run_name or _run_name(config))
-    _save_heads(work, run, trained)
-    run.save()
-    _finish(work, run, trained, started)
+    run.best_head = _evaluate.select_head(run.heads).head  # on val, never on test
     return run
+
+
+def _runs_per_head(config: CompareConfig) -> int:
+    return len(config.weight_decays) + config.seeds - 1
+
+
+def _finished_heads(run: Run) -> dict[str, tuple]:
+    """{label: (HeadResult, Predictions, states)} committed by an interrupted run of the same
+    options into `run.run_dir`, reused only when its features were the same."""
+    if not (run.run_dir / "results.json").exists():
+        return {}
+    try:
+        prior = Run.load(run.run_dir)
+        if prior.feature_digest != run.feature_digest:
+            _progress.warn(f"the images or features changed since the interrupted run in "
+                           f"{run.run_dir}: retraining every head there")
+            return {}
+        out = {}
+        for head in prior.heads:
+            states = {s.seed: _export.load_head_weights(
+                run.run_dir / head.model_dir / f"seed{s.seed}.safetensors") for s in head.seeds}
+            out[head.head] = (head, prior.predictions[head.head], states)
+    except HeadbenchError as e:
+        _progress.warn(f"cannot reuse the interrupted run in {run.run_dir} ({e}); retraining")
+        return {}
+    if out:
+        _progress.log(f"reusing {len(out)} finished head(s): {', '.join(out)}")
+    return out
+
+
+def _disk_error(e: OSError, committed: list[str]) -> str:
+    """One line: which file, why, what was kept, what to do."""
+    cause = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+             errno.EACCES: "permission denied"}.get(e.errno, e.strerror or type(e).__name__)
+    kept = (f"finished heads {', '.join(committed)} are kept in the run folder"
+            if committed else "extracted features are kept in the cache")
+    return (f"cannot write '{e.filename or '?'}' ({cause}); {kept}: free space or fix the folder, "
+            "then rerun the same command to resume")
 
 
 def _config(data, options: dict) -> CompareConfig:
@@ -143,24 +252,9 @@ def _prepare(config: CompareConfig, bb, device, precision: str, timing: Timing) 
     return _Work(config, bb, device, precision, scan, splits, fs, X, F, y)
 
 
-def _train_all(work: _Work) -> dict[str, dict]:
-    """Fit every head (weight-decay sweep + seeds); metrics of every seed on every split and
-    its test logits. Returns {label: {"fit": FitResult, "seeds": [SeedResult], "logits": [...]}}."""
-    cfg, seeds = work.config.train_config(), list(range(work.config.seeds))
-    runs_per_head = len(cfg.weight_decays) + len(seeds) - 1
-    out: dict[str, dict] = {}
-    with _progress.progress("training heads", total=runs_per_head * len(work.config.heads),
-                            unit="run") as bar:
-        for spec in work.config.heads:
-            bar.set_postfix(spec.label)
-            fit = _train.fit_head(lambda: work.make_head(spec), work.F["train"], work.y["train"],
-                                  work.F["val"], work.y["val"], cfg, seeds=seeds,
-                                  on_run=lambda done, total: bar.advance())
-            out[spec.label] = _evaluate_fit(work, spec, fit)
-    return out
-
-
-def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult) -> dict:
+def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult,
+                  bb: BackboneInfo) -> tuple[HeadResult, Predictions]:
+    """Every seed of one fitted head evaluated once on each split."""
     k = len(work.scan.classes)
     seeds, logits = [], []
     for tr in fit.runs:
@@ -174,78 +268,72 @@ def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult) -> dict:
                 logits.append(out)
         seeds.append(SeedResult(tr.seed, tr.best_epoch, tr.epochs_run, tr.train_time_s,
                                 history=tr.history, **metrics))
-    return dict(spec=spec, fit=fit, seeds=seeds, logits=logits)
+    predictions = Predictions.of_logits([s.seed for s in seeds], logits, work.y["test"])
+    return _head_result(work, spec, fit, seeds, bb), predictions
 
 
-def _build_run(work: _Work, trained: dict[str, dict], timing: Timing) -> Run:
+def _backbone_info(work: _Work) -> BackboneInfo:
     bb, size = work.backbone, work.backbone.data_config["input_size"][-1]
-    bb_flops = count_flops(bb, torch.zeros(1, 3, size, size))
-    bb_cost = _latency(bb, (3, size, size), work)
-    backbone = BackboneInfo(bb.name, bb.timm_name, bb.weights, bb.weights_checksum, bb.data_config,
-                            list(work.features.shape), count_params(bb), bb_flops,
-                            bb_cost["latency_ms_b1"], bb_cost["throughput_b32"])
-    heads = [_head_result(work, label, t, backbone) for label, t in trained.items()]
-    predictions = {label: Predictions.of_logits([s.seed for s in t["seeds"]], t["logits"],
-                                                work.y["test"])
-                   for label, t in trained.items()}
-    run = Run(options=work.config, dataset=_dataset_info(work), backbone=backbone,
-              precision=work.precision, device=str(work.device),
-              train_config=work.config.train_config(), timing=timing, heads=heads,
-              predictions=predictions)
-    run.best_head = _evaluate.select_head(heads).head  # on val, never on test
-    return run
+    cost = _latency(bb, (3, size, size), work)
+    return BackboneInfo(bb.name, bb.timm_name, bb.weights, bb.weights_checksum, bb.data_config,
+                        list(work.features.shape), count_params(bb),
+                        count_flops(bb, torch.zeros(1, 3, size, size)),
+                        cost["latency_ms_b1"], cost["throughput_b32"])
 
 
-def _head_result(work: _Work, label: str, trained: dict, bb: BackboneInfo) -> HeadResult:
-    fit: _train.FitResult = trained["fit"]
-    head = work.make_head(trained["spec"])
+def _feature_digest(work: _Work) -> str:
+    """The cache entry and the images of every split, in order: equal digests, equal features."""
+    text = work.features.key + "".join(
+        f"|{role}:" + ",".join(work.scan.items[i].digest for i in getattr(work.splits, role))
+        for role in ROLES)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _head_result(work: _Work, spec: HeadSpec, fit: _train.FitResult, seeds: list[SeedResult],
+                 bb: BackboneInfo) -> HeadResult:
+    head = work.make_head(spec)
     c, h, w = work.features.shape
     head_flops = count_flops(head.eval(), torch.zeros(1, c, h, w))
     cost = _latency(head, (c, h, w), work)
     params = count_params(head)
     best = min(fit.runs, key=lambda r: r.best_val_loss)  # val, never test
     return HeadResult(
-        head=label, spec=trained["spec"], any_size=head.any_size, exact_cam=head.exact_cam,
+        head=spec.label, spec=spec, any_size=head.any_size, exact_cam=head.exact_cam,
         head_params=params, total_params=params + bb.params, head_flops=head_flops,
         total_flops=bb.flops + head_flops, weight_decay=fit.weight_decay,
         wd_sweep={f"{k:g}": v for k, v in fit.sweep.items()}, best_seed=best.seed,
-        model_dir=f"heads/{label}", model_size_bytes=None,
+        model_dir=f"heads/{spec.label}", model_size_bytes=None,
         latency_ms_b1=bb.latency_ms_b1 + cost["latency_ms_b1"],
         throughput_b32=1.0 / (1.0 / bb.throughput_b32 + 1.0 / cost["throughput_b32"]),
-        architecture=str(head), seeds=trained["seeds"], summary=HeadSummary.of(trained["seeds"]))
+        architecture=str(head), seeds=seeds, summary=HeadSummary.of(seeds))
 
 
-def _save_heads(work: _Work, run: Run, trained: dict[str, dict]) -> None:
+def _save_head(work: _Work, run: Run, entry: HeadResult, states: dict[int, dict],
+               backbone_file: Path | None) -> None:
     """heads/<head>/: every seed's weights and the model of the best seed."""
-    backbone_file = _export.save_backbone_if_needed(work.backbone, run.run_dir)
-    for entry in run.heads:
-        fit: _train.FitResult = trained[entry.head]["fit"]
-        head_dir = run.run_dir / entry.model_dir
-        for tr in fit.runs:
-            _export.save_head_weights(tr.state_dict, head_dir / f"seed{tr.seed}.safetensors")
-        best = next(r for r in fit.runs if r.seed == entry.best_seed)
-        head = work.make_head(entry.spec)
-        head.load_state_dict(best.state_dict)
-        _export.save_model(head_dir, work.backbone, head, run.classes, backbone_file=backbone_file,
-                           extra=dict(seed=best.seed, run_dir="../.."))
-        entry.model_size_bytes = _export.model_size_bytes(head_dir, backbone_file)
+    head_dir = run.run_dir / entry.model_dir
+    for seed, state in states.items():
+        _export.save_head_weights(state, head_dir / f"seed{seed}.safetensors")
+    head = work.make_head(entry.spec)
+    head.load_state_dict(states[entry.best_seed])
+    _export.save_model(head_dir, work.backbone, head, run.classes, backbone_file=backbone_file,
+                       extra=dict(seed=entry.best_seed, run_dir="../.."))
+    entry.model_size_bytes = _export.model_size_bytes(head_dir, backbone_file)
 
 
-def _finish(work: _Work, run: Run, trained: dict[str, dict], started: float) -> None:
+def _finish(run: Run, bb: _backbones.Backbone, device: torch.device, started: float) -> None:
     """Analyses (imported only when asked for), findings, report; results rewritten after."""
-    requested = work.config.requested()
+    requested = run.options.requested()
     if requested:
         from .analyses import RunContext, run_analyses
-        states = {label: {tr.seed: tr.state_dict for tr in t["fit"].runs}
-                  for label, t in trained.items()}
-        ctx = RunContext(run=run, backbone=work.backbone, states=states, features=dict(work.X),
-                         cache_dir=_cache_dir(work.config), device=work.device)
+        ctx = RunContext(run=run, backbone=bb, states=run.states, cache_dir=_cache_dir(run.options),
+                         device=device)
         run.analyses.update(run_analyses(ctx, requested))
     from .analyses.findings import findings
     run.findings = findings(run)
     run.timing.total_s = time.perf_counter() - started
     run.save_results()
-    if work.config.report:
+    if run.options.report:
         from .report import write_report
         write_report(run)
 
@@ -269,16 +357,6 @@ def _run_name(config: CompareConfig) -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = Path(config.data).resolve().name or "data"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{stamp}-{name}-{config.backbone}")
-
-
-def _make_run_dir(out: Path, name: str) -> Path:
-    base = out.expanduser().resolve() / "runs" / name
-    run_dir, n = base, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = base.with_name(f"{base.name}-{n}")
-    run_dir.mkdir(parents=True)
-    return run_dir
 
 
 def _log_splits(scan: _data.Scan, splits: _data.Splits) -> None:

@@ -289,6 +289,16 @@ class CompareConfig(AnalysisOptions):
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            patience=self.patience or None, weight_decays=self.weight_decays)
 
+    def digest(self, **resolved: Any) -> str:
+        """A digest of what determines the trained heads: every option but where results go,
+        how fast they come and which analyses follow, plus `resolved` facts (the weights'
+        checksum, the precision used). A rerun with the same digest may resume a run."""
+        import hashlib
+        import json
+        kept = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_DIGEST}
+        text = json.dumps(dict(kept, **resolved), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def check_paths(self) -> None:
         """The disk side of the options: data folder, weights file, writable out and cache."""
         from .backbones import resolve_name, resolve_weights
@@ -319,6 +329,11 @@ class CompareConfig(AnalysisOptions):
     def from_dict(cls, d: dict[str, Any]) -> "CompareConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# options that change neither the heads nor their numbers (the analyses are added to a run)
+_NOT_IN_DIGEST = {"out", "run_name", "report", "workers", "cache_dir", "shifts", "sizes", "shots",
+                  "cam"}
 
 
 @dataclass

@@ -6,10 +6,15 @@
   regularized incomplete beta function; no scipy).
 - `paired_diff_ci`: paired t interval of a - b over seeds (same seeds, same splits).
 - `bootstrap_diff_ci`: paired bootstrap over test images of an accuracy difference.
+- `paired_test`: two-sided p-value of a paired per-image difference: `mcnemar_exact` when the
+  values are 0/1 (correctness of one seed), else `sign_flip_p_value` (a randomisation test).
+- `holm`: Holm–Bonferroni adjusted p-values of a family of tests.
 - `measure_latency`: median wall-clock time per batch and per image.
 
 Seeds answer "how much does training noise move this number?"; the bootstrap answers "how much
 does the choice of test images move it?". They are different questions; report the one you mean.
+Tests of a difference are per test image (the seeds of a run are too few for a test that
+survives a multiple-test correction), and every p-value of a run's findings is Holm-adjusted.
 """
 from __future__ import annotations
 
@@ -250,6 +255,117 @@ def bootstrap_diff_ci(correct_a: Any, correct_b: Any, n_boot: int = 2000, seed: 
     alpha = 1.0 - confidence
     lo, hi = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(d.mean()), float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- tests
+
+def _paired(values_a: Any, values_b: Any) -> np.ndarray:
+    """a − b per image as float64; equal-length, non-empty 1-d inputs only."""
+    d = np.asarray(values_a, dtype=np.float64) - np.asarray(values_b, dtype=np.float64)
+    if d.ndim != 1 or d.size == 0 or np.shape(values_a) != np.shape(values_b):
+        raise ValueError("values_a and values_b must be equal-length, non-empty 1-d arrays")
+    return d
+
+
+def mcnemar_exact(correct_a: Any, correct_b: Any) -> float:
+    """Two-sided exact McNemar p-value of paired 0/1 outcomes (e.g. per-image correctness).
+
+    Only the discordant images count: under the null each is as likely to favour a as b, so
+    the number favouring a is Binomial(discordant, 1/2); p = 2 · P(X ≤ min), capped at 1.
+
+    Example:
+        >>> mcnemar_exact([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0])  # 5 of 5 discordant favour a
+        0.0625
+    """
+    d = _paired(correct_a, correct_b)
+    if not np.isin(d, (-1.0, 0.0, 1.0)).all():
+        raise ValueError("McNemar's test needs 0/1 outcomes")
+    n_a, n_b = int((d > 0).sum()), int((d < 0).sum())
+    n, k = n_a + n_b, min(n_a, n_b)
+    if n == 0:
+        return 1.0
+    # log P(X = j) from log-factorials: exact enough and O(n) for any test-set size.
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
+    j = np.arange(k + 1)
+    log_pmf = log_fact[n] - log_fact[j] - log_fact[n - j] - n * math.log(2.0)
+    return float(min(1.0, 2.0 * np.exp(log_pmf).sum()))
+
+
+def sign_flip_p_value(values_a: Any, values_b: Any, n_resamples: int = 20000,
+                      seed: int = 0) -> float:
+    """Two-sided paired sign-flip randomisation p-value of mean(a − b) over images.
+
+    Args:
+        values_a, values_b: per-image values of two heads on the same images, in the same
+            order (e.g. correctness or consistency averaged over seeds).
+        n_resamples: random sign patterns drawn.
+        seed: seeds the draws.
+
+    Under the null that the two heads are exchangeable on every image, each per-image
+    difference is as likely to have either sign, so the statistic is compared with its
+    distribution under random sign flips: p = (1 + #{|T*| ≥ |T|}) / (1 + n_resamples), a valid
+    p-value at any number of images. Chosen over the bootstrap's shift method, whose p-value is
+    only asymptotically right and too small on small test sets; with 0/1 values it is the
+    randomisation form of McNemar's test. Like `bootstrap_diff_ci`, each resample is drawn by
+    counts: the images sharing one value |d| flip Binomial(count, 1/2) of their signs, so a
+    resample costs O(distinct values), not O(images).
+
+    Example:
+        >>> sign_flip_p_value([0.5, 0.5, 1.0], [0.5, 0.5, 1.0])
+        1.0
+    """
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    d = _paired(values_a, values_b)
+    values, counts = np.unique(np.abs(d[d != 0]), return_counts=True)
+    observed = abs(float(d.sum()))
+    if observed == 0.0:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    positive = rng.binomial(counts, 0.5, size=(n_resamples, len(counts)))
+    resampled = np.abs((2 * positive - counts) @ values)
+    # Sums of equal terms in another order: compare with a tolerance, not bit for bit.
+    extreme = int((resampled >= observed - 1e-9 * np.abs(d).sum()).sum())
+    return (1 + extreme) / (1 + n_resamples)
+
+
+def paired_test(values_a: Any, values_b: Any, n_resamples: int = 20000,
+                seed: int = 0) -> tuple[float, str]:
+    """(two-sided p-value, test name) of a paired per-image difference a − b.
+
+    0/1 values (correctness of one seed) get `mcnemar_exact`; others (e.g. correctness averaged
+    over seeds) `sign_flip_p_value`.
+
+    Example:
+        >>> paired_test([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0])
+        (0.0625, 'McNemar exact test')
+    """
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
+        return mcnemar_exact(a, b), "McNemar exact test"
+    return sign_flip_p_value(a, b, n_resamples, seed), "paired sign-flip test"
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the order given.
+
+    The i-th smallest of m p-values is multiplied by (m − i + 1), made non-decreasing along
+    that order and capped at 1. Calling every test with adjusted p < α significant keeps the
+    chance of any false claim among all m tests at most α, whatever their dependence.
+
+    Example:
+        >>> [round(p, 3) for p in holm([0.01, 0.04, 0.03, 0.005])]
+        [0.03, 0.06, 0.06, 0.02]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1 or ((p < 0) | (p > 1) | np.isnan(p)).any():
+        raise ValueError("p-values must be a 1-d sequence of numbers in [0, 1]")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    adjusted = np.empty(m)
+    adjusted[order] = scaled
+    return [float(x) for x in adjusted]
 
 
 # ----------------------------------------------------------------------------- latency

@@ -8,10 +8,11 @@ and the model folder points at it, so the run stays usable if the original file 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -72,7 +73,8 @@ def read_model_json(model_dir: str | Path) -> dict:
     meta = _io.read_json(model_dir, "model.json", "model",
                          "pass a model folder such as runs/<run>/heads/gap")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise HeadbenchError(f"'{meta_path}' is not a {FORMAT} file; re-save the model with compare")
+        raise HeadbenchError(f"'{meta_path}' is not a {FORMAT} file; re-save the model with "
+                             "compare")
     for field, check in _MODEL_FIELDS.items():
         value = _field(meta, field)
         if not check(value):
@@ -137,19 +139,22 @@ def _run_root(model_dir: Path) -> Path:
     return model_dir.parent.parent if model_dir.parent.name == "heads" else model_dir
 
 
-def _backbone_file(model_dir: Path, name: str) -> str:
-    """The absolute path of the backbone weights model.json names, refused unless it lies
-    inside the run folder (no absolute paths, no `..` or links leading out)."""
+def _file_inside_run(model_dir: Path, name: str, what: str) -> Path:
+    """The absolute path of file `name` (relative to the model folder), refused unless it
+    lies inside the run folder (no absolute paths, no `..` or links leading out) and is a
+    regular file (not a folder or a pipe that would block reading)."""
     root, path = _run_root(model_dir), model_dir / name
-    inside = not Path(name).is_absolute() and path.resolve().is_relative_to(root)
+    try:
+        real = path.resolve()
+        inside = not Path(name).is_absolute() and real.is_relative_to(root)
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+        real, inside = None, False
     if not inside:
-        raise HeadbenchError(f"'{model_dir / 'model.json'}' field 'backbone.file' points outside "
-                             f"its run folder ({name}); a model folder may only use files inside "
-                             f"'{root}'")
-    if not path.is_file():
-        raise HeadbenchError(f"backbone weights '{path}' named by '{model_dir / 'model.json'}' "
-                             "are missing; copy the whole run folder")
-    return str(path.resolve())
+        raise HeadbenchError(f"{what} points outside its run folder ({name!r}); a model folder "
+                             f"may only use files inside '{root}'")
+    if not real.is_file():
+        raise HeadbenchError(f"'{path}' is missing or not a file; copy the whole run folder")
+    return real
 
 
 def load_head_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -162,25 +167,55 @@ def load_head_weights(path: Path) -> dict[str, torch.Tensor]:
                              "compare") from None
 
 
+@contextlib.contextmanager
+def _about(model_dir: Path, field: str | None = None) -> Iterator[None]:
+    """Errors while rebuilding from model.json: one line about that file, naming `field`, and
+    without a `param` (the CLI would show an option's flag that `predict` does not have)."""
+    where = f"'{model_dir / 'model.json'}'" + (f" field '{field}'" if field else "")
+    try:
+        yield
+    except (HeadbenchError, TypeError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HeadbenchError(f"{where}: {reason}") from None
+
+
 def load_model(model_dir: str | Path, device: torch.device | str | None = None) -> HeadbenchModel:
-    """Rebuild the full model (backbone + head) saved by `save_model`, ready for inference."""
+    """Rebuild the full model (backbone + head) saved by `save_model`, ready for inference.
+
+    model.json may come from anyone: every field is checked, the weights files must lie inside
+    the run folder, and the head must fit the backbone's feature map before it is built.
+    """
     model_dir = Path(model_dir)
-    meta = read_model_json(model_dir)
+    meta_path, meta = model_dir / "model.json", read_model_json(model_dir)
     bmeta = meta["backbone"]
-    weights = _backbone_file(model_dir, bmeta["file"]) if bmeta.get("file") else bmeta["weights"]
     if bmeta["weights"] not in RECREATABLE and not bmeta.get("file"):
-        raise HeadbenchError(f"'{model_dir / 'model.json'}' field 'backbone.weights' names a file "
-                             "but 'backbone.file' is missing; re-save the model with compare")
-    backbone = create_backbone(bmeta["name"], weights=weights,
-                               input_size=meta["data_config"]["input_size"][-1])
+        raise HeadbenchError(f"'{meta_path}' field 'backbone.weights' names a file but "
+                             "'backbone.file' is missing; re-save the model with compare")
+    weights = bmeta["weights"]
+    if bmeta.get("file"):
+        weights = str(_file_inside_run(model_dir, bmeta["file"],
+                                       f"'{meta_path}' field 'backbone.file'"))
+    head_file = _file_inside_run(model_dir, "model.safetensors",
+                                 f"'{model_dir / 'model.safetensors'}'")
+    with _about(model_dir):  # an unknown name, or weights that cannot be had
+        backbone = create_backbone(bmeta["name"], weights=weights,
+                                   input_size=meta["data_config"]["input_size"][-1])
     if backbone.weights_checksum != bmeta["weights_checksum"]:
         raise HeadbenchError(f"backbone weights for '{model_dir}' have checksum "
                              f"{backbone.weights_checksum}, expected {bmeta['weights_checksum']}; "
                              "the weights source changed since the model was trained")
     backbone.data_config = meta["data_config"]
-    head = create_head(HeadSpec.from_dict(meta["head"]), meta["in_channels"], meta["num_classes"],
-                       tuple(meta["map_size"]))
-    state = load_head_weights(model_dir / "model.safetensors")
+    with _about(model_dir, "data_config"):
+        make_transform(backbone.data_config)  # an unknown interpolation fails here, not later
+        c, h, w = backbone.feature_shape()
+    if (meta["in_channels"], tuple(meta["map_size"])) != (c, (h, w)):
+        raise HeadbenchError(f"'{meta_path}' fields 'in_channels', 'map_size' say "
+                             f"{meta['in_channels']}×{meta['map_size'][0]}×{meta['map_size'][1]} "
+                             f"but backbone '{bmeta['name']}' gives {c}×{h}×{w}; re-save the "
+                             "model with compare")
+    with _about(model_dir, "head"):
+        head = create_head(HeadSpec.from_dict(meta["head"]), c, meta["num_classes"], (h, w))
+    state = load_head_weights(head_file)
     try:
         head.load_state_dict(state)
     except (RuntimeError, KeyError) as e:  # other weights than the spec describes

@@ -47,6 +47,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 FP16_MAX = 65504.0  # largest finite float16; larger activations would be stored as inf
 _CHUNK_RE = re.compile(r"^(\d+)\.(npy|json)$")
 _KEY_RE = re.compile(r"^[0-9a-f]{16}$")
+COMMIT_EVERY_S = 30.0  # extracted rows are committed at least this often
 _OPEN_CHUNKS = 128  # memory maps kept open per FeatureSet (each holds a file descriptor)
 
 
@@ -272,14 +273,18 @@ def _forward(backbone: torch.nn.Module, images: torch.Tensor, device: torch.devi
 
 
 class _ChunkWriter:
-    """Buffers extracted rows and commits them `chunk_size` at a time."""
+    """Buffers extracted rows and commits them `chunk_size` at a time, or whatever is buffered
+    once `every_s` seconds have passed since the last commit (a kill loses at most that)."""
 
-    def __init__(self, chunks: Path, first_number: int, chunk_size: int, shape: tuple):
+    def __init__(self, chunks: Path, first_number: int, chunk_size: int, shape: tuple,
+                 every_s: float | None = None):
         self.chunks, self.number = chunks, first_number
         self.chunk_size, self.shape = chunk_size, shape
+        self.every_s = COMMIT_EVERY_S if every_s is None else every_s
         self.arrays: list[np.ndarray] = []
         self.digests: list[str] = []
         self.failures: dict[str, str] = {}
+        self.last_commit = time.monotonic()
 
     def add(self, features: np.ndarray, digests: list[str], failures: dict[str, str]) -> None:
         self.arrays.append(features)
@@ -287,6 +292,8 @@ class _ChunkWriter:
         self.failures.update(failures)
         while len(self.digests) + len(self.failures) >= self.chunk_size:
             self.flush(self.chunk_size)
+        if time.monotonic() - self.last_commit >= self.every_s:
+            self.flush()
 
     def flush(self, limit: int | None = None) -> None:
         """Commit up to `limit` buffered items (default all), rows before failures."""
@@ -300,6 +307,7 @@ class _ChunkWriter:
         self.number += 1
         self.arrays, self.digests = [rows[n_rows:]], self.digests[n_rows:]
         self.failures = {d: r for d, r in self.failures.items() if d not in failed}
+        self.last_commit = time.monotonic()
 
 
 def _ensure_meta(entry: Path, fields: dict[str, Any], backbone: Any, view: View) -> dict:
@@ -329,7 +337,7 @@ def _run(backbone: Any, todo: list[tuple[str, Path]], view: View, precision: str
     writer = _ChunkWriter(chunks, index.next_chunk, chunk_size, shape)
     n_rows = 0
     with _placed(backbone, device), progress.progress(description, total=len(todo),
-                                                      unit="img") as bar:
+                                                      unit="img") as bar, _flushed(writer):
         for images, good, bad, reasons in loader:
             features = (_forward(backbone, images, device, precision) if images is not None
                         else np.empty((0, *shape), np.float16))
@@ -341,8 +349,17 @@ def _run(backbone: Any, todo: list[tuple[str, Path]], view: View, precision: str
             bar.advance(len(good) + len(bad))
             if bad:
                 bar.set_postfix(f"{len(writer.failures) + len(index.failures)} unreadable")
-        writer.flush()
     return n_rows
+
+
+@contextlib.contextmanager
+def _flushed(writer: _ChunkWriter) -> Iterator[None]:
+    """Commit what is buffered when the block ends, also on Ctrl-C or an error: every image
+    extracted so far is kept (a disk error while committing leaves the chunk out, never half)."""
+    try:
+        yield
+    finally:
+        writer.flush()
 
 
 def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
@@ -389,6 +406,8 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
     n_extracted = 0
     if not all(index.knows(d) for d in digests):
         with _entry_lock(entry):
+            # under the lock no other process writes here: any temp file is a crash's leftover
+            io.sweep_temp_files(entry, older_than=0)
             index = _Index.load(entry / "chunks")  # another process may have filled it meanwhile
             todo = list({d: Path(p) for p, d in zip(paths, digests) if not index.knows(d)}.items())
             if todo:
@@ -529,12 +548,24 @@ def _entry_dirs(cache_dir: Path) -> list[Path]:
 
 
 def _size_bytes(path: Path) -> int:
+    """Bytes of the entry's files; temporary files of unfinished writes do not count."""
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(root, name))
+            if not io.is_temp_file(Path(name)):
+                with contextlib.suppress(OSError):
+                    total += os.path.getsize(os.path.join(root, name))
     return total
+
+
+def _sweep_removed(cache_dir: Path) -> None:
+    """Delete `.removing-*` folders an interrupted `cache rm` left, once older than
+    `io.STALE_SECONDS` (a younger one may still be being deleted by a live process)."""
+    now = time.time()
+    for trash in cache_dir.glob(".removing-*"):
+        with contextlib.suppress(OSError):
+            if now - trash.lstat().st_ctime >= io.STALE_SECONDS:
+                shutil.rmtree(trash, ignore_errors=True)
 
 
 def list_entries(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
@@ -545,6 +576,7 @@ def list_entries(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
     listed with None for the fields it would have held, so they can still be removed.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    _sweep_removed(cache_dir)
     entries = []
     for entry in _entry_dirs(cache_dir):
         try:
@@ -568,6 +600,7 @@ def remove_entries(cache_dir: str | Path | None = None,
     is deleted.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    _sweep_removed(cache_dir)
     entries = _entry_dirs(cache_dir)
     if keys is None:
         chosen = entries

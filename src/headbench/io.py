@@ -52,7 +52,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)`, fsync, then move the temporary file onto `path` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
     os.close(fd)
     try:
         write(tmp)
@@ -60,8 +63,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:  # name the file meant, not the temp
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     fsync_dir(path.parent)
     return path
@@ -139,13 +144,17 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
         return [{k: unescape_cell(v or "") for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+class Busy(Exception):
+    """The lock is held by another process (only raised with `wait=False`)."""
+
+
 @contextlib.contextmanager
-def locked(lock_file: str | Path, waiting: str = "") -> Iterator[None]:
+def locked(lock_file: str | Path, waiting: str = "", wait: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on `lock_file` (created if needed) for the block.
 
-    Other processes block until it is free (`waiting` is logged once if they have to wait).
-    On a filesystem without locks (some network mounts) or without flock (Windows) the block
-    runs unlocked.
+    Other processes block until it is free (`waiting` is logged once if they have to wait);
+    with `wait=False` a held lock raises `Busy` instead. On a filesystem without locks (some
+    network mounts) or without flock (Windows) the block runs unlocked.
     """
     try:
         import fcntl
@@ -157,6 +166,8 @@ def locked(lock_file: str | Path, waiting: str = "") -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                raise Busy(str(lock_file)) from None
             if waiting:
                 from . import progress
                 progress.log(waiting)

@@ -316,8 +316,13 @@ class Run:
     findings: list[Finding] = field(default_factory=list)
     analyses: dict[str, dict] = field(default_factory=dict)
     headbench_version: str = ""
+    options_digest: str = ""       # what the heads were trained with (see CompareConfig.digest)
+    feature_digest: str = ""       # which features: cache entry and the images of every split
     created: str = ""
     run_dir: Path | None = None
+    # every seed's head weights while compare runs ({head: {seed: state_dict}}), for the
+    # analyses; never serialised here (heads/<head>/seed<k>.safetensors is export's)
+    states: dict[str, dict] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         from . import __version__
@@ -391,6 +396,7 @@ class Run:
                     machine=self.machine, timing=_to_json(self.timing),
                     train_config=self.train_config.to_dict(), heads=_to_json(self.heads),
                     best_head=self.best_head, findings=_to_json(self.findings),
+                    options_digest=self.options_digest, feature_digest=self.feature_digest,
                     analyses=_to_json(self.analyses))
 
     def _config_json(self) -> dict:
@@ -459,7 +465,8 @@ class Run:
                       train_config=TrainConfig.from_dict(results["train_config"]),
                       machine=results["machine"], timing=_from_json(Timing, results["timing"]),
                       heads=_from_json(list[HeadResult], results["heads"]),
-                      best_head=results["best_head"],
+                      best_head=results["best_head"], options_digest=results["options_digest"],
+                      feature_digest=results["feature_digest"],
                       findings=_from_json(list[Finding], results["findings"]),
                       analyses=results["analyses"], headbench_version=results["headbench_version"],
                       created=results["created"], run_dir=run_dir)
@@ -470,6 +477,49 @@ class Run:
                                  "re-run compare") from None
         run.predictions = _read_predictions(run_dir, run)
         return run
+
+
+# ----------------------------------------------------------------------------------------------
+# the run folder's life: created incomplete, committed head by head, marked complete
+
+INCOMPLETE = ".incomplete"  # present until the run is complete; holds the options digest
+LOCK = ".lock"              # the run folder's writer lock (compare holds it while it runs)
+
+
+def start_run_dir(out: str | Path, name: str, options_digest: str) -> Path:
+    """A new, empty run folder `out/runs/name[-N]`, marked incomplete."""
+    base = Path(out) / "runs" / name
+    run_dir, n = base, 1
+    while True:
+        try:
+            run_dir.mkdir(parents=True)
+            break
+        except FileExistsError:
+            n += 1
+            run_dir = base.with_name(f"{base.name}-{n}")
+    _io.atomic_write_text(run_dir / INCOMPLETE, options_digest + "\n")
+    return run_dir
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    return not (Path(run_dir) / INCOMPLETE).exists()
+
+
+def mark_complete(run_dir: str | Path) -> None:
+    (Path(run_dir) / INCOMPLETE).unlink(missing_ok=True)
+    _io.fsync_dir(run_dir)
+
+
+def incomplete_runs(out: str | Path, options_digest: str) -> list[Path]:
+    """Incomplete run folders under `out/runs` started with these options, newest first."""
+    found = []
+    for marker in Path(out).glob(f"runs/*/{INCOMPLETE}"):
+        try:
+            if marker.read_text().strip() == options_digest:
+                found.append(marker.parent)
+        except OSError:
+            continue
+    return sorted(found, key=lambda d: (d / INCOMPLETE).stat().st_mtime, reverse=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -632,6 +682,7 @@ def results_schema() -> dict:
         "device": {"type": "string"}, "machine": {"type": "object"}, "timing": _schema(Timing),
         "train_config": {"type": "object"}, "heads": _schema(list[HeadResult]),
         "best_head": {"type": ["string", "null"]}, "findings": _schema(list[Finding]),
+        "options_digest": {"type": "string"}, "feature_digest": {"type": "string"},
         "analyses": {"type": "object",
                      "description": "one section per analysis that ran: shifts, sizes, shots, cam"},
     }
@@ -641,7 +692,7 @@ def results_schema() -> dict:
             "required": list(run_fields), "properties": run_fields}
 
 
-__all__ = ["Run", "HeadResult", "SeedResult", "HeadSummary", "Metrics", "CI", "Predictions",
+__all__ = ["start_run_dir", "is_complete", "mark_complete", "incomplete_runs", "Run", "HeadResult", "SeedResult", "HeadSummary", "Metrics", "CI", "Predictions",
            "SplitItems", "DatasetInfo", "BackboneInfo", "Timing", "Finding", "results_schema",
            "SCHEMA", "SCHEMA_VERSION"]
 

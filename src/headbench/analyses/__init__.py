@@ -36,10 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import io as _io
 from .. import progress as _progress
 from ..config import AnalyzeConfig
 from ..errors import HeadbenchError, unknown
-from ..run import Run
+from ..run import LOCK, Run, is_complete
 from . import findings as _findings
 from .cam import cam_analysis
 from .context import RunContext
@@ -161,17 +162,28 @@ def analyze(run_dir: str | Path, shifts: Any = None, sizes: Any = None, shots: A
     was_quiet = _progress.is_quiet()
     _progress.set_quiet(quiet or was_quiet)
     try:
+        if not is_complete(config.run_dir):
+            raise HeadbenchError(f"run '{config.run_dir}' is incomplete (still running, or "
+                                 "interrupted: rerun its compare command to finish it)")
         ctx = RunContext.from_run_dir(config.run_dir, cache_dir=config.cache_dir,
                                       precision=config.precision)
-        run = ctx.run
-        run.analyses.update(run_analyses(ctx, requested))
-        run.findings = _findings.findings(run)
-        run.save_results()
-        from ..report import write_report
-        write_report(run.run_dir)
-        return run
+        sections = run_analyses(ctx, requested)  # the long part, outside the lock
+        return _merge(Path(config.run_dir), sections)
     finally:
         _progress.set_quiet(was_quiet)
+
+
+def _merge(run_dir: Path, sections: dict[str, dict]) -> Run:
+    """Add `sections` to the run as it is on disk now, under the run folder's lock, so that two
+    analyze processes on one run keep both their sections."""
+    from ..report import write_report
+    with _io.locked(run_dir / LOCK, f"waiting for another headbench process writing {run_dir}"):
+        run = Run.load(run_dir)
+        run.analyses.update(sections)
+        run.findings = _findings.findings(run)
+        run.save_results()
+        write_report(run)
+    return run
 
 
 __all__ = ["Analysis", "RunContext", "analysis_info", "analyze", "list_analyses",

@@ -1,37 +1,49 @@
-"""Findings: plain-words statements of what a run's numbers support, each with its interval.
+"""Findings: plain-words statements of what a run's numbers support, each with its evidence.
 
 - ``accuracy``: every head against the selected head (`run.best_head`, chosen on val, so the
-  test split never picks the reference): a paired t interval over seeds (seeds matched by id)
-  and, when the run has test predictions, a paired bootstrap over test images of the per-image
-  correctness averaged over seeds.
-- ``overfitting``, ``translation``, ``small_data``: gap (or the best any-size head on val)
-  against each fixed-size head: train − test gap, consistency at the largest shift, test
-  accuracy at the smallest shot count; paired t over seeds.
-- ``resolution``: which heads run at other input sizes and how accuracy changes there.
+  test split never picks the reference), and the reference head against each fixed-size head;
+  per test image: correctness averaged over seeds (`run.correct(label).mean(axis=0)`).
+- ``translation``: the reference head (gap, else the best any-size head on val) against each
+  fixed-size head on Zhang's consistency (in older sections: consistency at the largest shift);
+  per test image: that consistency averaged over seeds.
+- ``small_data``: test accuracy at the smallest shot count; per test image: correctness
+  averaged over seeds.
+- ``overfitting``: train − test gap. It has no per-image values (a gap is a difference of two
+  splits), so it is reported with its interval over seeds only and never tested.
+- ``resolution``: which heads run at other input sizes and how accuracy changes there; tested
+  per image when the sizes section keeps per-image values (`per_image` in a size's entry).
 
-A difference is `significant` only when every interval computed for it excludes zero;
-otherwise the text says "no significant difference". With one seed there is no interval over
-seeds, which the text says; the bootstrap is then the only evidence.
+When a difference is called significant: every finding with per-image values of both sides
+gets a two-sided paired test over the test images (`evaluate.paired_test`: McNemar's exact test
+on 0/1 correctness, i.e. one seed; otherwise a sign-flip randomisation test on values averaged
+over seeds). The p-values of ALL tested findings of the run are adjusted together by
+Holm–Bonferroni (`evaluate.holm`): a difference is significant when its adjusted p < 0.05, in
+the direction of its sign. That keeps the chance of claiming any difference between heads that
+are in truth equal at most 5%, however many heads and metrics are compared. The paired t
+interval over seeds is reported alongside but not tested (with 3 seeds a corrected t-test could
+never pass); a finding without per-image values says "not tested" and claims nothing.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..evaluate import bootstrap_diff_ci, paired_diff_ci, select_head
+from ..evaluate import bootstrap_diff_ci, holm, paired_diff_ci, paired_test, select_head
 from ..run import Finding, HeadResult, Run
+
+ALPHA = 0.05  # family-wise error rate of one run's findings
 
 
 def findings(run: Run) -> list[Finding]:
     """The run's findings, in order: accuracy against the selected head, the reference head
-    against each fixed-size head, resolution."""
+    against each fixed-size head, resolution; every test Holm-adjusted over all of them."""
     heads = [h for h in run.heads if h.seeds]
     if not heads:
         return []
-    # Averaging over seeds pools every seed's predictions while keeping the bootstrap's unit
-    # the test image (the same image under several seeds is not independent evidence).
+    # Averaging over seeds pools every seed's predictions while keeping the test's unit the
+    # test image (the same image under several seeds is not independent evidence).
     correct = {h.head: run.correct(h.head).mean(axis=0) for h in heads if h.head in run.predictions}
     best = _selected_head(run, heads)
     out = [_accuracy_finding(best, h, correct) for h in heads if h is not best]
@@ -47,7 +59,9 @@ def findings(run: Run) -> list[Finding]:
             out.append(_shots_finding(ref, other, analyses["shots"]))
     if "sizes" in analyses:
         out += _resolution_findings(analyses["sizes"], [h for h in (ref, best) if h])
-    return [f for f in out if f]
+    out = [f for f in out if f]
+    holm_correct([f.d for f in out if isinstance(f, Draft)])
+    return [f.finding() if isinstance(f, Draft) else f for f in out]
 
 
 def _selected_head(run: Run, heads: list[HeadResult]) -> HeadResult:
@@ -67,35 +81,48 @@ def _mean(values: dict[int, float]) -> float:
     return float(np.mean(list(values.values()))) if values else float("nan")
 
 
+def p_text(p: float) -> str:
+    """'p = 0.031', 'p < 0.001'."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
 @dataclass
 class PairedDiff:
-    """A paired difference a − b with its intervals (t over seeds, bootstrap over images)."""
+    """A paired difference a − b: its t interval over seeds (reported, never tested) and, with
+    per-image values, a paired bootstrap interval and a two-sided test over test images whose
+    p-value `holm_correct` adjusts together with the run's other tests.
+
+    Attributes:
+        diff: mean over the seeds both have (over images when there is no seed).
+        image_diff: mean over images of the per-image difference: the tested statistic; its
+            sign gives the direction of a significant difference.
+    """
 
     diff: float
     n_seeds: int
     t: tuple[float, float] | None = None
     boot: tuple[float, float] | None = None
     n_images: int = 0
+    test: str | None = None
+    p_value: float | None = None
+    image_diff: float = 0.0
+    p_adjusted: float | None = None
+    n_tests: int = 0
 
     @property
     def significant(self) -> bool:
-        """Every computed interval excludes zero, all on the same side.
-
-        A zero-width interval over seeds (every seed moved by exactly the same amount) says
-        nothing about test-set sampling, so alone it never makes a difference significant.
-        """
-        intervals = [ci for ci in (self.t, self.boot) if ci is not None]
-        if self.boot is None and self.t is not None and self.t[0] == self.t[1]:
-            return False
-        return bool(intervals) and (all(lo > 0 for lo, _ in intervals)
-                                    or all(hi < 0 for _, hi in intervals))
+        """The Holm-adjusted p-value is below ALPHA (never before the correction, never for a
+        difference tested over seeds only)."""
+        return self.p_adjusted is not None and self.p_adjusted < ALPHA and self.image_diff != 0
 
     @property
     def lo_hi(self) -> tuple[float | None, float | None]:
         return self.t or self.boot or (None, None)
 
     def phrase(self, what: str = "difference") -> str:
-        """'(difference +0.030, 95% CI [+0.010, +0.050] over 5 seeds; ...)'."""
+        """'(difference +0.030, 95% CI [+0.010, +0.050] over 3 seeds; paired over 100 test
+        images: bootstrap 95% CI [...], McNemar exact test p = 0.002, Holm-adjusted p = 0.03
+        over 14 tests)'."""
         parts = [f"{what} {self.diff:+.3f}"]
         if self.t:
             parts.append(f"95% CI [{self.t[0]:+.3f}, {self.t[1]:+.3f}] over {self.n_seeds} seeds")
@@ -103,10 +130,14 @@ class PairedDiff:
             parts.append(f"no interval over seeds with {self.n_seeds} seed"
                          f"{'s' if self.n_seeds != 1 else ''}")
         text = "(" + ", ".join(parts)
-        if self.boot:
-            only = " only" if not self.t else ""
-            text += (f"; paired bootstrap{only} over {self.n_images} test images "
-                     f"[{self.boot[0]:+.3f}, {self.boot[1]:+.3f}]")
+        if self.p_value is None:
+            return text + ("; interval over seeds only, not tested)" if self.t
+                           else "; no per-image values, not tested)")
+        text += (f"; paired over {self.n_images} test images: bootstrap 95% CI "
+                 f"[{self.boot[0]:+.3f}, {self.boot[1]:+.3f}], {self.test} {p_text(self.p_value)}")
+        if self.p_adjusted is not None:
+            text += (f", Holm-adjusted {p_text(self.p_adjusted)} over {self.n_tests} "
+                     f"test{'s' if self.n_tests != 1 else ''}")
         return text + ")"
 
     def finding(self, kind: str, a: str, b: str, text: str) -> Finding:
@@ -114,19 +145,22 @@ class PairedDiff:
         return Finding(text=text, kind=kind, a=a, b=b, diff=self.diff, lo=lo, hi=hi,
                        significant=self.significant, n_seeds=self.n_seeds,
                        seed_ci=list(self.t) if self.t else None,
-                       bootstrap_ci=list(self.boot) if self.boot else None)
+                       bootstrap_ci=list(self.boot) if self.boot else None, test=self.test,
+                       p_value=self.p_value, p_adjusted=self.p_adjusted)
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float],
-                      correct_a: np.ndarray | None = None,
-                      correct_b: np.ndarray | None = None) -> PairedDiff:
-    """a − b over the seeds both have (t interval from 2 seeds on), plus a bootstrap over
-    test images when per-image correctness (N,) of both is given.
+                      per_image_a: Any = None, per_image_b: Any = None) -> PairedDiff:
+    """a − b over the seeds both have (t interval from 2 seeds on), plus a paired bootstrap
+    interval and test over test images when per-image values (N,) of both are given.
 
     Example:
-        >>> d = paired_difference({0: 0.9, 1: 0.92, 2: 0.91}, {0: 0.7, 1: 0.71, 2: 0.72})
-        >>> round(d.diff, 3), d.n_seeds, d.significant
-        (0.2, 3, True)
+        >>> d = paired_difference({0: 0.9, 1: 0.92, 2: 0.91}, {0: 0.7, 1: 0.71, 2: 0.72},
+        ...                       [1] * 90 + [0] * 10, [1] * 70 + [0] * 30)
+        >>> round(d.diff, 3), d.n_seeds, d.test, d.significant  # not before the correction
+        (0.2, 3, 'McNemar exact test', False)
+        >>> holm_correct([d]); d.significant
+        True
     """
     seeds = sorted(set(a) & set(b))
     diff = float(np.mean([a[s] - b[s] for s in seeds])) if seeds else float("nan")
@@ -134,31 +168,60 @@ def paired_difference(a: dict[int, float], b: dict[int, float],
     if len(seeds) >= 2:
         _, lo, hi = paired_diff_ci([a[s] for s in seeds], [b[s] for s in seeds])
         t = (float(lo), float(hi))
-    boot, n_images = None, 0
-    if correct_a is not None and correct_b is not None and len(correct_a) == len(correct_b) > 0:
-        boot_diff, lo, hi = bootstrap_diff_ci(correct_a, correct_b)
-        boot, n_images = (float(lo), float(hi)), len(correct_a)
+    d = PairedDiff(diff, len(seeds), t)
+    both = per_image_a is not None and per_image_b is not None
+    if both and len(per_image_a) == len(per_image_b) > 0:
+        d.image_diff, lo, hi = bootstrap_diff_ci(per_image_a, per_image_b)
+        d.boot, d.n_images = (float(lo), float(hi)), len(per_image_a)
+        d.p_value, d.test = paired_test(per_image_a, per_image_b)
         if not seeds:
-            diff = boot_diff
-    return PairedDiff(diff, len(seeds), t, boot, n_images)
+            d.diff = d.image_diff
+    return d
+
+
+def holm_correct(diffs: Iterable[PairedDiff]) -> None:
+    """Holm–Bonferroni over the tested ones of `diffs` (one run's family of tests): sets each
+    one's `p_adjusted` and `n_tests`."""
+    tested = [d for d in diffs if d.p_value is not None]
+    for d, p in zip(tested, holm([d.p_value for d in tested])):
+        d.p_adjusted, d.n_tests = p, len(tested)
+
+
+@dataclass
+class Draft:
+    """A finding waiting for the correction: its text is written once `d.p_adjusted` is known."""
+
+    d: PairedDiff
+    kind: str
+    a: str
+    b: str
+    text: Callable[[PairedDiff], str]
+
+    def finding(self) -> Finding:
+        return self.d.finding(self.kind, self.a, self.b, self.text(self.d))
 
 
 def _verdict(d: PairedDiff, better: str, worse: str, claim: str = "more accurate") -> str:
     if d.significant:
-        return f"{better if d.diff > 0 else worse} is {claim}"
-    if d.t is None and d.boot is None:
-        return "no interval can be computed, so no difference is claimed"
-    return "no significant difference (the interval covers zero)"
+        return f"{better if d.image_diff > 0 else worse} is {claim}"
+    if d.p_value is None:
+        return "not tested per image, so no difference is claimed"
+    return "no significant difference after the Holm correction"
 
 
-def _accuracy_finding(best: HeadResult, other: HeadResult, correct: dict) -> Finding:
+def _values(x: Any) -> np.ndarray | None:
+    """Per-image values of an analysis section as an array; None when absent."""
+    return np.asarray(x, dtype=np.float64) if isinstance(x, list) and x else None
+
+
+def _accuracy_finding(best: HeadResult, other: HeadResult, correct: dict) -> Draft:
     a, b = best.head, other.head
     va, vb = best.seed_metric("test"), other.seed_metric("test")
     d = paired_difference(va, vb, correct.get(a), correct.get(b))
-    text = (f"{a} vs {b}: test accuracy {_mean(va):.3f} vs {_mean(vb):.3f} {d.phrase()}"
-            f"{_params_phrase(best, other)}; {b}'s train − test gap {_mean(other.overfit()):.3f}"
-            f" vs {_mean(best.overfit()):.3f} — {_verdict(d, a, b)}")
-    return d.finding("accuracy", a, b, text)
+    return Draft(d, "accuracy", a, b, lambda d: (
+        f"{a} vs {b}: test accuracy {_mean(va):.3f} vs {_mean(vb):.3f} {d.phrase()}"
+        f"{_params_phrase(best, other)}; {b}'s train − test gap {_mean(other.overfit()):.3f}"
+        f" vs {_mean(best.overfit()):.3f} — {_verdict(d, a, b)}"))
 
 
 def _params_phrase(a: HeadResult, b: HeadResult) -> str:
@@ -171,13 +234,13 @@ def _params_phrase(a: HeadResult, b: HeadResult) -> str:
     return f" with {ratio:.{0 if ratio >= 10 else 1}f}× {word} head parameters"
 
 
-def _overfit_finding(ref: HeadResult, other: HeadResult) -> Finding:
+def _overfit_finding(ref: HeadResult, other: HeadResult) -> Draft:
     a, b = other.head, ref.head
     va, vb = other.overfit(), ref.overfit()
     d = paired_difference(va, vb)
-    text = (f"overfitting: {a}'s train − test gap {_mean(va):.3f} vs {b}'s {_mean(vb):.3f} "
-            f"{d.phrase()} — {_verdict(d, a, b, 'more overfit')}")
-    return d.finding("overfitting", a, b, text)
+    return Draft(d, "overfitting", a, b, lambda d: (
+        f"overfitting: {a}'s train − test gap {_mean(va):.3f} vs {b}'s {_mean(vb):.3f} "
+        f"{d.phrase()} — {_verdict(d, a, b, 'more overfit')}"))
 
 
 def _per_seed(ci: dict | None, seeds: Sequence[int]) -> dict[int, float]:
@@ -187,42 +250,54 @@ def _per_seed(ci: dict | None, seeds: Sequence[int]) -> dict[int, float]:
     return {int(s): float(v) for s, v in zip(seeds, ci["values"])}
 
 
-def _translation_finding(ref: HeadResult, other: HeadResult, shifts: dict) -> Finding | None:
+def _translation_finding(ref: HeadResult, other: HeadResult, shifts: dict) -> Draft | None:
     a, b = ref.head, other.head
     heads, seeds = shifts.get("heads", {}), shifts.get("seed_ids", [])
     s = str(max(shifts["shifts"]))
     if a not in heads or b not in heads or s == "0":
         return None
-    ca, cb = (_per_seed(heads[h]["consistency"].get(s), seeds) for h in (a, b))
-    acc_a, acc_b = (heads[h]["accuracy"][s]["mean"] for h in (a, b))
-    d = paired_difference(ca, cb)
-    text = (f"translation by {s} px: consistency {a} {_mean(ca):.3f} vs {b} {_mean(cb):.3f} "
-            f"{d.phrase()}, accuracy {acc_a:.3f} vs {acc_b:.3f} — "
-            f"{_verdict(d, a, b, 'more consistent under shifts')}")
-    return d.finding("translation", a, b, text)
+    ha, hb = heads[a], heads[b]
+    acc_a, acc_b = (h["accuracy"][s]["mean"] for h in (ha, hb))
+    at_s = [_mean(_per_seed(h["consistency"].get(s), seeds)) for h in (ha, hb)]
+    if "zhang_consistency" in ha and "zhang_consistency" in hb:  # the reported figure
+        what = f"Zhang consistency within ±{shifts.get('margin', s)} px"
+        va, vb = (_per_seed(h["zhang_consistency"], seeds) for h in (ha, hb))
+        ia, ib = (_values(h.get("per_image", {}).get("zhang_consistency")) for h in (ha, hb))
+        curve = f"; at {s} px from unshifted {at_s[0]:.3f} vs {at_s[1]:.3f}"
+    else:
+        what, curve = f"consistency at {s} px from unshifted", ""
+        va, vb = (_per_seed(h["consistency"].get(s), seeds) for h in (ha, hb))
+        ia, ib = (_values(h.get("per_image", {}).get("consistency", {}).get(s))
+                  for h in (ha, hb))
+    d = paired_difference(va, vb, ia, ib)
+    return Draft(d, "translation", a, b, lambda d: (
+        f"translation: {what} {a} {_mean(va):.3f} vs {b} {_mean(vb):.3f} {d.phrase()}{curve}, "
+        f"accuracy at {s} px {acc_a:.3f} vs {acc_b:.3f} — "
+        f"{_verdict(d, a, b, 'more consistent under shifts')}"))
 
 
-def _shots_finding(ref: HeadResult, other: HeadResult, shots: dict) -> Finding | None:
+def _shots_finding(ref: HeadResult, other: HeadResult, shots: dict) -> Draft | None:
     a, b = ref.head, other.head
     heads, seeds = shots.get("heads", {}), shots.get("seed_ids", [])
     if a not in heads or b not in heads or not shots.get("shots"):
         return None
     k = shots["shots"][0]
     va, vb = (_per_seed(heads[h][k]["test_accuracy"], seeds) for h in (a, b))
+    ia, ib = (_values(heads[h][k].get("per_image", {}).get("test_accuracy")) for h in (a, b))
     ga, gb = (heads[h][k]["overfit_gap"]["mean"] for h in (a, b))
     per = ("the whole training split" if k == "all"
            else f"{k} image{'s' if k != '1' else ''} per class")
-    d = paired_difference(va, vb)
-    text = (f"small data ({per}): test accuracy {a} {_mean(va):.3f} vs {b} {_mean(vb):.3f} "
-            f"{d.phrase()}; train − test gap {ga:.3f} vs {gb:.3f} — "
-            f"{_verdict(d, a, b, 'more accurate with this little data')}")
-    return d.finding("small_data", a, b, text)
+    d = paired_difference(va, vb, ia, ib)
+    return Draft(d, "small_data", a, b, lambda d: (
+        f"small data ({per}): test accuracy {a} {_mean(va):.3f} vs {b} {_mean(vb):.3f} "
+        f"{d.phrase()}; train − test gap {ga:.3f} vs {gb:.3f} — "
+        f"{_verdict(d, a, b, 'more accurate with this little data')}"))
 
 
-def _resolution_findings(sizes: dict, refs: list[HeadResult]) -> list[Finding]:
+def _resolution_findings(sizes: dict, refs: list[HeadResult]) -> list[Finding | Draft]:
     heads, base, seeds = sizes.get("heads", {}), str(sizes.get("base")), sizes.get("seed_ids", [])
     others = [str(s) for s in sizes.get("sizes", []) if str(s) != base]
-    out = []
+    out: list[Finding | Draft] = []
     fixed = sorted(h for h, per in heads.items()
                    if any("not_applicable" in per.get(s, {}) for s in others))
     if fixed and others:
@@ -240,14 +315,22 @@ def _resolution_findings(sizes: dict, refs: list[HeadResult]) -> list[Finding]:
             at_s = _per_seed(heads[label].get(s), seeds)
             if not at_s:
                 continue
-            d = paired_difference(at_s, at_base)
-            text = (f"resolution: {label} at {s} px {_mean(at_s):.3f} vs {_mean(at_base):.3f} at "
-                    f"{base} px {d.phrase('change')} — "
-                    + ("accuracy changes significantly" if d.significant else
-                       "no significant change" if d.t or d.boot else
-                       "no interval can be computed, so no change is claimed"))
-            out.append(d.finding("resolution", f"{label}@{s}", f"{label}@{base}", text))
+            d = paired_difference(at_s, at_base, _values(heads[label][s].get("per_image")),
+                                  _values(heads[label][base].get("per_image")))
+            out.append(_resolution_change(d, label, s, base, at_s, at_base))
     return out
 
 
-__all__ = ["findings", "PairedDiff", "paired_difference"]
+def _resolution_change(d: PairedDiff, label: str, s: str, base: str, at_s: dict[int, float],
+                       at_base: dict[int, float]) -> Draft:
+    def text(d: PairedDiff) -> str:
+        verdict = ("accuracy changes significantly" if d.significant else
+                   "not tested per image, so no change is claimed" if d.p_value is None else
+                   "no significant change after the Holm correction")
+        return (f"resolution: {label} at {s} px {_mean(at_s):.3f} vs {_mean(at_base):.3f} at "
+                f"{base} px {d.phrase('change')} — {verdict}")
+    return Draft(d, "resolution", f"{label}@{s}", f"{label}@{base}", text)
+
+
+__all__ = ["ALPHA", "Draft", "PairedDiff", "findings", "holm_correct", "p_text",
+           "paired_difference"]

@@ -4,7 +4,8 @@ Protocol per (k, seed): a stratified subset drawn with that seed, the head initi
 that seed and trained with `train.train_head` at the weight decay its sweep chose in the run
 (no new sweep), early stopping on the unchanged val split, evaluated on the full test split.
 'all' (or a k that takes every image) reuses the run's own head of that seed: same data, same
-protocol.
+protocol. Per test image, the section keeps each head's correctness averaged over seeds, so
+findings can test a difference between heads image by image.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def shots_analysis(ctx: RunContext, shots: Sequence[int | str],
 
     Returns the `analyses["shots"]` section: `shots` (as strings), `seeds`, `seed_ids`,
     `n_train` {k: images}, `short_classes` {k: classes taken whole} and per head
-    {k: {test_accuracy, train_accuracy, overfit_gap: ci over seeds}}.
+    {k: {test_accuracy, train_accuracy, overfit_gap: ci over seeds, per_image: {"test_accuracy":
+    [N]}}}: per test image (test split order), correctness averaged over seeds (4 decimals).
     """
     shots = parse_shots(shots)
     seeds = list(ctx.seeds if seeds is None else seeds)
@@ -66,6 +68,7 @@ def shots_analysis(ctx: RunContext, shots: Sequence[int | str],
     y_val, y_test = ctx.labels("val"), ctx.labels("test")
     labels = [h.head for h in ctx.heads]
     rows: dict[str, dict[str, dict[str, list]]] = {}
+    correct: dict[tuple[str, str], list[np.ndarray]] = {}  # (head, k) -> per seed, per image
     n_train, short_classes = {}, {}
     total = len(shots) * len(seeds) * len(labels)
     with _progress.progress("small data: training heads", total=total, unit="run") as bar:
@@ -80,19 +83,29 @@ def shots_analysis(ctx: RunContext, shots: Sequence[int | str],
                 for label in labels:
                     bar.set_postfix(f"{label} k={k} seed {seed}")
                     head = _shot_head(ctx, label, seed, Xs, y_train[idx], X_val, y_val, whole)
-                    train_acc = _accuracy(head, Xs, y_train[idx], device)
-                    test_acc = _accuracy(head, X_test, y_test, device)
+                    train_acc = float(np.mean(_correct(head, Xs, y_train[idx], device)))
+                    test_correct = _correct(head, X_test, y_test, device)
+                    test_acc = float(np.mean(test_correct))
+                    correct.setdefault((label, str(k)), []).append(test_correct)
                     cell = rows.setdefault(label, {}).setdefault(str(k), {
                         "test_accuracy": [], "train_accuracy": [], "overfit_gap": []})
                     cell["test_accuracy"].append(test_acc)
                     cell["train_accuracy"].append(train_acc)
                     cell["overfit_gap"].append(train_acc - test_acc)
                     bar.advance()
-    heads = {label: {k: {m: ci_summary(v, bounds=(-1.0, 1.0) if m == "overfit_gap" else UNIT)
-                         for m, v in cell.items()} for k, cell in per_k.items()}
+    heads = {label: {k: _cell(cell, correct[(label, k)]) for k, cell in per_k.items()}
              for label, per_k in rows.items()}
     return {"shots": [str(k) for k in shots], "seeds": len(seeds), "seed_ids": seeds,
             "n_train": n_train, "short_classes": short_classes, "heads": heads}
+
+
+def _cell(cell: dict[str, list], correct: list[np.ndarray]) -> dict:
+    """One (head, k) cell: each metric's ci over seeds, and per test image the correctness
+    averaged over seeds (4 decimals keep the section small)."""
+    out = {m: ci_summary(v, bounds=(-1.0, 1.0) if m == "overfit_gap" else UNIT)
+           for m, v in cell.items()}
+    out["per_image"] = {"test_accuracy": np.round(np.mean(correct, axis=0), 4).tolist()}
+    return out
 
 
 def _shot_head(ctx: RunContext, label: str, seed: int, X: Any, y: np.ndarray, X_val: Any,
@@ -106,8 +119,9 @@ def _shot_head(ctx: RunContext, label: str, seed: int, X: Any, y: np.ndarray, X_
     return head.eval()
 
 
-def _accuracy(head: Head, X: Any, y: np.ndarray, device: torch.device) -> float:
-    return float(np.mean(_train.predict_logits(head, X, device=device).argmax(1) == y))
+def _correct(head: Head, X: Any, y: np.ndarray, device: torch.device) -> np.ndarray:
+    """(N,) booleans: the head's top-1 class is the label."""
+    return _train.predict_logits(head, X, device=device).argmax(1) == y
 
 
 __all__ = ["stratified_subset", "shots_analysis"]

@@ -1,13 +1,27 @@
 """Translation (``shifts``): accuracy and consistency of every head on translated test crops.
 
 Every view is a crop of the same resize to max(S/crop_pct, S + 2·margin) with
-margin = max(shifts), its window offset by s·(dx, dy) for each direction; so no padding enters
-any view. *Consistency at s* is the fraction of (image, direction) pairs whose top-1 class
-agrees between the unshifted view and the view shifted by s in that direction: pairs exactly s
-pixels apart. (Zhang 2019 compares two random shifts per image, so its pairs are at varying
-distances; an ImageNet ResNet50 scores about 89% there.) Consistency at 0 is 1 by definition.
-*Accuracy at s* is averaged over the directions. Because every view comes from the larger
-resize, accuracy at shift 0 can differ slightly from the run's test accuracy (standard resize).
+margin = max(shifts), its window offset by (dx, dy); so no padding enters any view. Two
+consistency figures:
+
+- *Consistency at s* (the curve): the fraction of (image, direction) pairs whose top-1 class
+  agrees between the unshifted view and the view shifted by s in that direction: pairs exactly
+  s pixels apart. Consistency at 0 is 1 by definition. *Accuracy at s* is averaged over the
+  directions.
+- *Zhang consistency* (Zhang 2019, "Making convolutional networks shift-invariant again"):
+  the fraction of pairs of two independently shifted crops of the same image whose top-1
+  classes agree, many pairs per image. Both shifts of a pair are drawn uniformly within
+  ±margin; here from `ZHANG_OFFSETS` integer offsets (dx, dy) drawn once (seeded) uniformly
+  from the square [-margin, margin]², the two of a pair distinct, `ZHANG_PAIRS` pairs per image,
+  the same pairs for every head and seed. Capping the distinct offsets caps the extra feature
+  extractions (one per offset); random offsets rather than a regular grid, because a grid's
+  differences are all multiples of its step, and a CNN's consistency depends on the shift
+  modulo its stride. An ImageNet ResNet50 scores about 89% (Zhang: ±16 px on 224 px crops).
+
+Because every view comes from the larger resize, accuracy at shift 0 can differ slightly from
+the run's test accuracy (standard resize). Per test image, the section also keeps each head's
+consistency averaged over seeds (and directions or pairs), so findings can test a difference
+between heads image by image.
 """
 from __future__ import annotations
 
@@ -21,13 +35,25 @@ from ..evaluate import ci_summary
 from .context import UNIT, RunContext
 
 DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))
+ZHANG_OFFSETS = 16  # distinct shift positions (one feature extraction each)
+ZHANG_PAIRS = 10    # pairs of shifted crops per test image
+ZHANG_SEED = 0
 CONSISTENCY_DEFINITION = (
     "fraction of (test image, direction) pairs whose top-1 class agrees between the unshifted "
     "view and the view shifted by s pixels in that direction")
 
 
+def zhang_definition(margin: int, offsets: int, pairs: int) -> str:
+    """The Zhang consistency's definition as stored in the section."""
+    return (f"Zhang 2019 consistency: fraction of pairs of two differently shifted crops of the "
+            f"same test image whose top-1 classes agree; {pairs} pairs per image, each pair two "
+            f"distinct offsets (dx, dy) out of {offsets} drawn once (seed {ZHANG_SEED}) uniformly "
+            f"from the integer square [-{margin}, {margin}]², the same pairs for every head and "
+            f"seed")
+
+
 def shift_views(shifts: Sequence[int], directions: Sequence[tuple[int, int]] = DIRECTIONS) -> dict:
-    """The crops of the translation analysis: (s, direction) -> View; shift 0 is (0, None).
+    """The crops of the translation curve: (s, direction) -> View; shift 0 is (0, None).
 
     All views share margin = max(shifts), so they are crops of one and the same resize.
 
@@ -42,6 +68,57 @@ def shift_views(shifts: Sequence[int], directions: Sequence[tuple[int, int]] = D
         for d in (directions if s > 0 else ()):
             views[(s, tuple(d))] = View(shift=(s * d[0], s * d[1]), margin=margin)
     return views
+
+
+def zhang_offsets(margin: int, count: int = ZHANG_OFFSETS,
+                  seed: int = ZHANG_SEED) -> list[tuple[int, int]]:
+    """`count` distinct integer offsets (dx, dy) drawn uniformly from [-margin, margin]² (all of
+    them when there are fewer), sorted.
+
+    Example:
+        >>> zhang_offsets(1, count=100) == [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
+        True
+    """
+    if margin < 1:
+        raise ValueError(f"Zhang consistency needs a margin of at least 1 px, got {margin}")
+    side = 2 * margin + 1
+    cells = np.random.default_rng(seed).choice(side * side, min(count, side * side),
+                                               replace=False)
+    return sorted((int(c // side) - margin, int(c % side) - margin) for c in cells)
+
+
+def zhang_pairs(n_images: int, n_offsets: int, pairs: int = ZHANG_PAIRS,
+                seed: int = ZHANG_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Offset indices (first, second), each (n_images, pairs): for every image `pairs` draws
+    of two distinct offsets, uniformly over the ordered pairs.
+
+    Example:
+        >>> first, second = zhang_pairs(3, 4, pairs=5)
+        >>> first.shape, bool((first != second).all())
+        ((3, 5), True)
+    """
+    if n_offsets < 2 or pairs < 1:
+        raise ValueError("Zhang pairs need at least 2 offsets and 1 pair per image")
+    rng = np.random.default_rng(seed)
+    first = rng.integers(n_offsets, size=(n_images, pairs))
+    second = (first + rng.integers(1, n_offsets, size=(n_images, pairs))) % n_offsets
+    return first, second
+
+
+def pair_agreement(top1: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per image, the fraction of its pairs whose two top-1 classes agree.
+
+    Args:
+        top1: (offsets, N) top-1 class of every image at every offset.
+        first, second: (N, pairs) offset indices of each pair (`zhang_pairs`).
+
+    Example:
+        >>> top1 = np.array([[0, 1], [0, 2]])  # image 0 agrees at both offsets, image 1 not
+        >>> pair_agreement(top1, np.array([[0], [0]]), np.array([[1], [1]])).tolist()
+        [1.0, 0.0]
+    """
+    images = np.arange(top1.shape[1])[:, None]
+    return (top1[first, images] == top1[second, images]).mean(axis=1)
 
 
 def shift_consistency(reference: np.ndarray, shifted: Sequence[np.ndarray]) -> float:
@@ -59,38 +136,78 @@ def shift_consistency(reference: np.ndarray, shifted: Sequence[np.ndarray]) -> f
     return float((shifted == np.asarray(reference)[None]).mean())
 
 
+def _rounded(values: np.ndarray) -> list[float]:
+    """Per-image values for results.json: 4 decimals keep the section small."""
+    return np.round(np.asarray(values, dtype=np.float64), 4).tolist()
+
+
 def translation_analysis(ctx: RunContext, shifts: Sequence[int],
-                         directions: Sequence[tuple[int, int]] = DIRECTIONS) -> dict:
-    """Accuracy and consistency of every head on test crops translated by each shift.
+                         directions: Sequence[tuple[int, int]] = DIRECTIONS,
+                         zhang_offset_count: int = ZHANG_OFFSETS,
+                         pairs: int = ZHANG_PAIRS) -> dict:
+    """Accuracy and consistency of every head on test crops translated by each shift, and
+    Zhang 2019's consistency within ±max(shifts).
 
     Returns the `analyses["shifts"]` section of results.json: `shifts`, `margin`, `directions`,
-    `seed_ids`, `consistency_definition` and per head `accuracy` and `consistency`, each
-    {str(shift): ci over seeds}.
+    `seed_ids`, `consistency_definition`, and per head `accuracy` and `consistency`, each
+    {str(shift): ci over seeds}, and `per_image` {"consistency": {str(shift > 0): [N]}}: per
+    test image (test split order) consistency averaged over seeds and directions. With a
+    margin of at least 1 px also `zhang_consistency_definition`, `zhang_pairs_per_image`,
+    `zhang_offsets` [[dx, dy], ...], and per head `zhang_consistency` (ci over seeds) and
+    `per_image["zhang_consistency"]` [N] (averaged over seeds and pairs).
     """
+    from ..data import View
     shifts = list(parse_shifts(shifts))
     directions = [tuple(int(v) for v in d) for d in directions]
     if not shifts or not directions or any(d == (0, 0) for d in directions):
         raise ValueError("translation needs shifts and non-zero directions")
+    margin = max(shifts)
     views = shift_views(shifts, directions)
+    offsets = zhang_offsets(margin, zhang_offset_count) if margin > 0 else []
+    zviews = [View(shift=o, margin=margin) for o in offsets]
+    distinct = list(dict.fromkeys([*views.values(), *zviews]))  # shared crops computed once
     y = ctx.labels("test")
-    _progress.log(f"translation: {len(views)} crops of {len(y)} test images, shifts {shifts} px")
+    _progress.log(f"translation: {len(distinct)} crops of {len(y)} test images, shifts {shifts}"
+                  f" px" + (f", Zhang pairs within ±{margin} px" if offsets else ""))
     models = ctx.models()
-    preds = {key: ctx.top1(ctx.view_features("test", view), models) for key, view in views.items()}
+    top1 = {view: ctx.top1(ctx.view_features("test", view), models) for view in distinct}
+    preds = {key: top1[view] for key, view in views.items()}
+    first, second = zhang_pairs(len(y), len(offsets), pairs) if offsets else (None, None)
     heads = {}
     for label in (h.head for h in ctx.heads):
         acc: dict[int, list] = {s: [] for s in shifts}
         cons: dict[int, list] = {s: [] for s in shifts}
+        cons_image = {s: np.zeros(len(y)) for s in shifts if s > 0}
+        zhang, zhang_image = [], np.zeros(len(y))
         for seed in ctx.seeds:
             ref = preds[(0, None)][(label, seed)]
             for s in shifts:
                 views_s = [ref] if s == 0 else [preds[(s, d)][(label, seed)] for d in directions]
                 acc[s].append(float(np.mean([np.mean(p == y) for p in views_s])))
                 cons[s].append(shift_consistency(ref, views_s))
+                if s > 0:
+                    cons_image[s] += np.mean([p == ref for p in views_s], axis=0) / len(ctx.seeds)
+            if offsets:
+                at = np.stack([top1[v][(label, seed)] for v in zviews])
+                agree = pair_agreement(at, first, second)
+                zhang.append(float(agree.mean()))
+                zhang_image += agree / len(ctx.seeds)
         heads[label] = {"accuracy": {str(s): ci_summary(acc[s], bounds=UNIT) for s in shifts},
-                        "consistency": {str(s): ci_summary(cons[s], bounds=UNIT) for s in shifts}}
-    return {"shifts": shifts, "margin": max(shifts), "directions": [list(d) for d in directions],
-            "seed_ids": list(ctx.seeds), "consistency_definition": CONSISTENCY_DEFINITION,
-            "heads": heads}
+                        "consistency": {str(s): ci_summary(cons[s], bounds=UNIT) for s in shifts},
+                        "per_image": {"consistency": {str(s): _rounded(v)
+                                                      for s, v in cons_image.items()}}}
+        if offsets:
+            heads[label]["zhang_consistency"] = ci_summary(zhang, bounds=UNIT)
+            heads[label]["per_image"]["zhang_consistency"] = _rounded(zhang_image)
+    section = {"shifts": shifts, "margin": margin, "directions": [list(d) for d in directions],
+               "seed_ids": list(ctx.seeds), "consistency_definition": CONSISTENCY_DEFINITION}
+    if offsets:
+        section.update(zhang_consistency_definition=zhang_definition(margin, len(offsets), pairs),
+                       zhang_pairs_per_image=pairs, zhang_offsets=[list(o) for o in offsets])
+    section["heads"] = heads
+    return section
 
 
-__all__ = ["DIRECTIONS", "shift_views", "shift_consistency", "translation_analysis"]
+__all__ = ["DIRECTIONS", "ZHANG_OFFSETS", "ZHANG_PAIRS", "pair_agreement", "shift_consistency",
+           "shift_views", "translation_analysis", "zhang_definition", "zhang_offsets",
+           "zhang_pairs"]

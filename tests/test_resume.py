@@ -1,0 +1,203 @@
+"""Nothing finished is lost: kills, Ctrl-C and disk errors keep committed heads, a rerun resumes."""
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import headbench as hb
+from headbench import io as hb_io
+from headbench import train
+from headbench.cli import main
+from headbench.errors import HeadbenchError
+from headbench.run import INCOMPLETE, Run, is_complete
+from headbench.synthetic import make_shapes_dataset
+
+OPTIONS = dict(backbone="efficientnet_lite0", weights="embedded", heads=["gap", "flatten", "gmp"],
+               seeds=2, epochs=3, input_size=64, precision="fp32", report=False)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes",
+                               classes=("circle", "square", "star"), per_class=12, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shapes, cache, tmp_path_factory) -> Run:
+    return hb.compare(shapes, cache_dir=cache, out=tmp_path_factory.mktemp("out"), **OPTIONS)
+
+
+def _numbers(run: Run) -> dict:
+    return {h.head: [(s.train, s.val, s.test, s.best_epoch) for s in h.seeds] for h in run.heads}
+
+
+def _counting_fit_head(monkeypatch) -> list:
+    """Record which heads `compare` trains (their first seed's head label is not passed, so
+    count calls: one per head)."""
+    calls = []
+    original = train.fit_head
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(train, "fit_head", spy)
+    return calls
+
+
+def test_sigkill_during_training_then_rerun_trains_only_the_rest(shapes, cache, uninterrupted,
+                                                                 tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import headbench as hb
+        from headbench import train
+        original, calls = train.fit_head, []
+        def fit_then_die(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:  # the second head: the first is committed by now
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(*args, **kwargs)
+        train.fit_head = fit_then_die
+        hb.compare({str(shapes)!r}, cache_dir={str(cache)!r}, out={str(out)!r}, **{OPTIONS!r})
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    (run_dir,) = (out / "runs").iterdir()
+    assert not is_complete(run_dir)
+    assert [h.head for h in Run.load(run_dir).heads] == ["gap"]  # committed before the kill
+
+    calls = _counting_fit_head(monkeypatch)
+    resumed = hb.compare(shapes, cache_dir=cache, out=out, **OPTIONS)
+    assert resumed.run_dir == run_dir and is_complete(run_dir)
+    assert len(calls) == 2  # flatten and gmp; gap was reused
+    assert [h.head for h in resumed.heads] == ["gap", "flatten", "gmp"]
+    assert _numbers(resumed) == _numbers(uninterrupted)
+    assert resumed.best_head == uninterrupted.best_head
+    assert _numbers(Run.load(run_dir)) == _numbers(uninterrupted)
+
+
+def test_a_finished_run_is_never_modified_by_a_rerun(shapes, cache, uninterrupted, monkeypatch):
+    before = (uninterrupted.run_dir / "results.json").read_bytes()
+    calls = _counting_fit_head(monkeypatch)
+    again = hb.compare(shapes, cache_dir=cache, out=uninterrupted.run_dir.parent.parent, **OPTIONS)
+    assert again.run_dir != uninterrupted.run_dir and len(calls) == 3
+    assert (uninterrupted.run_dir / "results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("code, cause", [(errno.ENOSPC, "no space left on device"),
+                                         (errno.EROFS, "read-only file system")])
+def test_a_disk_error_is_one_line_that_says_what_was_kept_and_a_rerun_resumes(
+        shapes, cache, uninterrupted, tmp_path, monkeypatch, code, cause):
+    original, commits = hb_io.atomic_write, []
+
+    def failing(path, write):
+        if Path(path).name == "results.json":
+            commits.append(path)
+            if len(commits) == 2:  # the second head's commit
+                raise OSError(code, "injected", str(path))
+        return original(path, write)
+    monkeypatch.setattr(hb_io, "atomic_write", failing)
+    with pytest.raises(HeadbenchError) as e:
+        hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS)
+    message = str(e.value)
+    assert "\n" not in message and cause in message and "results.json" in message
+    assert "finished heads gap are kept" in message and "rerun the same command" in message
+
+    monkeypatch.setattr(hb_io, "atomic_write", original)
+    calls = _counting_fit_head(monkeypatch)
+    resumed = hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS)
+    assert len(calls) == 2 and _numbers(resumed) == _numbers(uninterrupted)
+
+
+def test_the_cli_turns_a_disk_error_into_one_line_and_exit_code(shapes, cache, tmp_path,
+                                                                monkeypatch, capsys):
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(hb_io, "atomic_write", full)
+    code = main(["compare", str(shapes), "--cache-dir", str(cache), "--out", str(tmp_path),
+                 "--heads", "gap", "--seeds", "1", "--epochs", "1", "--input-size", "64",
+                 "--precision", "fp32", "--no-report"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and "no space left on device" in err
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_keeps_finished_heads_and_the_rerun_resumes(shapes, cache, uninterrupted,
+                                                           tmp_path, monkeypatch):
+    original, calls = train.fit_head, []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+    monkeypatch.setattr(train, "fit_head", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / INCOMPLETE).exists() and [h.head for h in Run.load(run_dir).heads] == ["gap"]
+    monkeypatch.setattr(train, "fit_head", original)
+    assert _numbers(hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS)) == \
+        _numbers(uninterrupted)
+
+
+def test_analyze_refuses_an_incomplete_run(shapes, cache, uninterrupted, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(uninterrupted.run_dir, partial)
+    (partial / INCOMPLETE).write_text("x\n")
+    with pytest.raises(HeadbenchError, match="is incomplete"):
+        hb.analyze(partial, shifts="0,8")
+
+
+def test_two_concurrent_analyze_runs_keep_both_sections(uninterrupted, cache):
+    run_dir = str(uninterrupted.run_dir)
+    base = [sys.executable, "-m", "headbench", "--quiet", "analyze", run_dir, "--cache-dir",
+            str(cache)]
+    procs = [subprocess.Popen(base + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for extra in (["--shifts", "0,8"], ["--sizes", "64,96"])]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    analyses = Run.load(run_dir).analyses
+    assert {"shifts", "sizes"} <= set(analyses)
+    assert json.loads((Path(run_dir) / "results.json").read_text())["analyses"].keys() >= {
+        "shifts", "sizes"}
+
+
+def _can_bind_mount_read_only(folder: Path) -> bool:
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            f"mount --bind {folder} {folder} && "
+                            f"mount -o remount,bind,ro {folder} {folder} && "
+                            f"! touch {folder}/probe 2>/dev/null"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def test_a_read_only_out_folder_fails_before_any_work(shapes, cache, tmp_path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    if shutil.which("unshare") is None or not _can_bind_mount_read_only(out):
+        pytest.skip("no private mount namespace here (needs unshare and mount rights) to make "
+                    "a real read-only folder; the injected EROFS test covers the writing layer")
+    command = (f"mount --bind {out} {out} && mount -o remount,bind,ro {out} {out} && "
+               f"{sys.executable} -m headbench compare {shapes} --out {out} --cache-dir {cache} "
+               "--heads gap --seeds 1 --epochs 1 --input-size 64 --precision fp32 --no-report")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --out") and "Read-only file system" in done.stderr
+    assert done.stderr.count("\n") == 1
