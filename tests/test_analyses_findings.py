@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from headbench.analyses.findings import PairedDiff, findings
+from headbench.analyses.findings import PairedDiff, findings, holm_correct, paired_difference
 from headbench.analyses.resolution import not_applicable
 from headbench.config import CompareConfig
 from headbench.heads import HeadSpec
@@ -34,11 +35,11 @@ def _head(name: str, test: list[float], train: list[float], params: int,
                       seeds=seeds, summary=HeadSummary.of(seeds))
 
 
-def _run(heads: list[HeadResult], correct: dict[str, list[bool]] | None = None,
+def _run(heads: list[HeadResult], correct: dict | None = None,
          best_head: str | None = "gap") -> Run:
-    """A run of `heads` whose test predictions are right where `correct[head]` says, for
-    every seed (all test labels are class 0)."""
-    n = len(next(iter(correct.values()))) if correct else 1
+    """A run of `heads` whose test predictions are right where `correct[head]` says: (N,) for
+    every seed, or (seeds, N) (all test labels are class 0)."""
+    n = np.shape(next(iter(correct.values())))[-1] if correct else 1
     test = SplitItems([f"a/{i}.png" for i in range(n)], np.zeros(n, dtype=np.int64), ["0"] * n)
     empty = SplitItems([], np.zeros(0, dtype=np.int64), [])
     dataset = DatasetInfo(root="/nonexistent", name="x", layout="class folders",
@@ -50,7 +51,7 @@ def _run(heads: list[HeadResult], correct: dict[str, list[bool]] | None = None,
               best_head=best_head)
     for label, ok in (correct or {}).items():
         seeds = [s.seed for s in run.head(label).seeds]
-        pred = np.tile(np.where(ok, 0, 1), (len(seeds), 1))
+        pred = np.broadcast_to(np.where(ok, 0, 1), (len(seeds), n))
         ones = np.ones(pred.shape)
         run.predictions[label] = Predictions(seeds, pred, ones, ones, ones)
     return run
@@ -69,12 +70,23 @@ def _accuracy_finding(items):
 # accuracy
 
 def test_findings_never_call_overlapping_seeds_a_win():
-    f = _accuracy_finding(findings(_run(_gap_flatten([0.80, 0.86, 0.83], [0.82, 0.81, 0.84]))))
+    run = _run(_gap_flatten([0.80, 0.86, 0.83], [0.82, 0.81, 0.84]),
+               {"gap": [True, False] * 20, "flatten": [False, True] * 20})
+    f = _accuracy_finding(findings(run))
     assert (f.a, f.b) == ("gap", "flatten")
     assert f.lo < 0 < f.hi
-    assert not f.significant
-    assert "no significant difference" in f.text
+    assert not f.significant and f.p_adjusted > 0.05
+    assert "no significant difference after the Holm correction" in f.text
     assert "over 3 seeds" in f.text
+
+
+def test_findings_without_per_image_values_are_not_tested():
+    # Seeds alone differ clearly, but the run has no test predictions: nothing is claimed.
+    f = _accuracy_finding(findings(_run(_gap_flatten([0.90, 0.91, 0.92], [0.70, 0.72, 0.71]))))
+    assert f.seed_ci[0] > 0
+    assert not f.significant and f.p_value is None and f.p_adjusted is None and f.test is None
+    assert "interval over seeds only, not tested" in f.text
+    assert "no difference is claimed" in f.text
 
 
 def test_findings_mark_a_clear_difference_significant():
@@ -83,33 +95,49 @@ def test_findings_mark_a_clear_difference_significant():
     f = _accuracy_finding(findings(run))
     assert f.significant and f.lo > 0
     assert f.bootstrap_ci[0] > 0
+    # 20 discordant images, all for gap: McNemar's p = 2 / 2^20; the only test of the run
+    assert f.test == "McNemar exact test"
+    assert f.p_value == pytest.approx(2 / 2**20) and f.p_adjusted == f.p_value
     assert "gap is more accurate" in f.text
     assert "49× fewer head parameters" in f.text
     assert "flatten's train − test gap" in f.text
-    assert "paired bootstrap over 100 test images" in f.text
+    assert "paired over 100 test images" in f.text
+    assert "McNemar exact test p < 0.001, Holm-adjusted p < 0.001 over 1 test" in f.text
 
 
-def test_findings_need_every_interval_to_exclude_zero():
+def test_findings_test_per_image_not_over_seeds():
     # Seeds differ clearly, but the test images show no difference: not significant.
     run = _run(_gap_flatten([0.90, 0.91, 0.92], [0.70, 0.72, 0.71]),
                {"gap": [True, False] * 20, "flatten": [True, False] * 20})
     f = _accuracy_finding(findings(run))
     assert f.seed_ci[0] > 0 and f.bootstrap_ci[0] <= 0 <= f.bootstrap_ci[1]
+    assert f.p_value == 1.0
     assert not f.significant
 
 
-def test_findings_with_one_seed_say_so_and_use_the_bootstrap_only():
+def test_findings_with_one_seed_say_so_and_use_mcnemar():
     run = _run(_gap_flatten([0.90], [0.60]),
                {"gap": [True] * 90 + [False] * 10, "flatten": [True] * 60 + [False] * 40})
     f = _accuracy_finding(findings(run))
     assert "no interval over seeds with 1 seed" in f.text
-    assert "bootstrap only" in f.text
+    assert "McNemar exact test" in f.text and f.test == "McNemar exact test"
     assert f.significant and f.seed_ci is None
+
+
+def test_findings_with_several_seeds_use_the_sign_flip_test_on_averaged_correctness():
+    gap = np.array([[True] * 90 + [False] * 10, [True] * 80 + [False] * 20])
+    flatten = np.array([[True] * 60 + [False] * 40, [False] * 40 + [True] * 60])
+    run = _run(_gap_flatten([0.90, 0.80], [0.60, 0.60]), {"gap": gap, "flatten": flatten})
+    f = _accuracy_finding(findings(run))
+    assert f.test == "paired sign-flip test"
+    assert f.bootstrap_ci[0] > 0 and f.significant
+    assert f.diff == pytest.approx(0.25)
 
 
 def test_findings_with_one_seed_and_no_predictions_claim_nothing():
     f = _accuracy_finding(findings(_run(_gap_flatten([0.90], [0.60]))))
     assert not f.significant
+    assert "no per-image values, not tested" in f.text
     assert "no difference is claimed" in f.text
 
 
@@ -141,31 +169,76 @@ def _ci(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "lo": None, "hi": None, "values": values}
 
 
+def _shifts_section(zhang: bool = True, per_image: bool = True) -> dict:
+    """gap consistent under shifts on every image, flatten on 75% of pairs (100 images)."""
+    def head(per_seed: list[float], images: list[float]) -> dict:
+        out = {"accuracy": {"16": _ci([0.9, 0.9, 0.9])}, "consistency": {"16": _ci(per_seed)}}
+        if zhang:
+            out["zhang_consistency"] = _ci(per_seed)
+        if per_image:
+            out["per_image"] = {"consistency": {"16": images}}
+            if zhang:
+                out["per_image"]["zhang_consistency"] = images
+        return out
+    section = {"shifts": [0, 16], "margin": 16, "seed_ids": [0, 1, 2], "heads": {
+        "gap": head([1.0, 1.0, 1.0], [1.0] * 100),
+        "flatten": head([0.70, 0.75, 0.80], [1.0, 0.9, 0.6, 0.5] * 25)}}
+    return section
+
+
 def test_findings_compare_gap_and_flatten_on_the_analyses():
     run = _run(_gap_flatten([0.90, 0.91, 0.92], [0.80, 0.82, 0.81]))
+    small = {"test_accuracy": _ci([0.5, 0.52, 0.5]), "overfit_gap": _ci([0.5, 0.5, 0.5]),
+             "per_image": {"test_accuracy": [1.0, 0.0] * 50}}
     run.analyses = {
-        "shifts": {"shifts": [0, 16], "seed_ids": [0, 1, 2], "heads": {
-            "gap": {"accuracy": {"16": _ci([0.9, 0.9, 0.9])},
-                    "consistency": {"16": _ci([0.95, 0.96, 0.97])}},
-            "flatten": {"accuracy": {"16": _ci([0.7, 0.7, 0.7])},
-                        "consistency": {"16": _ci([0.70, 0.75, 0.72])}}}},
-        "shots": {"shots": ["1", "all"], "seed_ids": [0, 1, 2], "heads": {
-            h: {"1": {"test_accuracy": _ci([0.5, 0.52, 0.5]), "overfit_gap": _ci([0.5, 0.5, 0.5])}}
-            for h in ("gap", "flatten")}},
+        "shifts": _shifts_section(),
+        "shots": {"shots": ["1", "all"], "seed_ids": [0, 1, 2],
+                  "heads": {h: {"1": small} for h in ("gap", "flatten")}},
         "sizes": {"sizes": [32, 64], "base": 64, "seed_ids": [0, 1, 2], "heads": {
             "gap": {"32": _ci([0.6, 0.62, 0.61]), "64": _ci([0.9, 0.91, 0.92])},
             "flatten": {"32": not_applicable((2, 2)), "64": _ci([0.8, 0.82, 0.81])}}}}
     out = findings(run)
     kinds = {f.kind: f for f in out}
-    assert kinds["translation"].significant
-    assert "more consistent" in kinds["translation"].text
-    assert not kinds["small_data"].significant
+    translation = kinds["translation"]
+    assert translation.significant and translation.test == "paired sign-flip test"
+    assert "Zhang consistency within ±16 px gap 1.000 vs flatten 0.750" in translation.text
+    assert "at 16 px from unshifted 1.000 vs 0.750" in translation.text
+    assert "gap is more consistent under shifts" in translation.text
+    # two tests (translation, small data), corrected together; the rest untested
+    assert "Holm-adjusted p < 0.001 over 2 tests" in translation.text
+    assert sorted(f.kind for f in out if f.p_value is not None) == ["small_data", "translation"]
+    assert not kinds["small_data"].significant and kinds["small_data"].p_value == 1.0
     assert "no significant difference" in kinds["small_data"].text
     assert "1 image per class" in kinds["small_data"].text
     assert kinds["overfitting"].a == "flatten"
+    assert "interval over seeds only, not tested" in kinds["overfitting"].text
     texts = [f.text for f in out if f.kind == "resolution"]
     assert any("flatten cannot run at 32 px (built for a 2×2 map)" in t for t in texts)
-    assert any(t.startswith("resolution: gap at 32 px") for t in texts)
+    change = next(t for t in texts if t.startswith("resolution: gap at 32 px"))
+    assert "not tested" in change and "no change is claimed" in change
+
+
+def test_translation_findings_of_older_sections_use_the_curve():
+    run = _run(_gap_flatten([0.90, 0.91, 0.92], [0.80, 0.82, 0.81]))
+    run.analyses = {"shifts": _shifts_section(zhang=False)}
+    f = next(f for f in findings(run) if f.kind == "translation")
+    assert f.significant and "consistency at 16 px from unshifted gap 1.000" in f.text
+    run.analyses = {"shifts": _shifts_section(zhang=False, per_image=False)}
+    f = next(f for f in findings(run) if f.kind == "translation")
+    assert not f.significant and f.seed_ci[0] > 0
+    assert "interval over seeds only, not tested" in f.text
+
+
+def test_resolution_findings_are_tested_when_sizes_keep_per_image_values():
+    run = _run(_gap_flatten([0.90, 0.91, 0.92], [0.80, 0.82, 0.81]))
+    at_32, at_64 = _ci([0.5, 0.5, 0.5]), _ci([0.9, 0.91, 0.92])
+    at_32["per_image"], at_64["per_image"] = [1.0, 0.0] * 50, [1.0] * 90 + [0.0] * 10
+    run.analyses = {"sizes": {"sizes": [32, 64], "base": 64, "seed_ids": [0, 1, 2],
+                              "heads": {"gap": {"32": at_32, "64": at_64}}}}
+    f = next(f for f in findings(run) if f.kind == "resolution")
+    assert (f.a, f.b) == ("gap@32", "gap@64")
+    assert f.significant and f.test == "McNemar exact test"
+    assert "accuracy changes significantly" in f.text
 
 
 def test_findings_take_the_best_any_size_head_as_reference_without_gap():
@@ -176,6 +249,72 @@ def test_findings_take_the_best_any_size_head_as_reference_without_gap():
     assert [(f.a, f.b) for f in overfit] == [("flatten", "gmp")]
 
 
-def test_zero_width_seed_interval_alone_is_not_significant():
+def test_intervals_over_seeds_are_never_tested():
     assert not PairedDiff(0.1, 2, t=(0.1, 0.1)).significant
-    assert PairedDiff(0.1, 2, t=(0.1, 0.1), boot=(0.02, 0.2), n_images=50).significant
+    assert not PairedDiff(0.3, 5, t=(0.25, 0.35)).significant
+
+
+def test_a_paired_difference_is_significant_only_after_the_correction():
+    d = paired_difference({0: 0.9}, {0: 0.5}, [1] * 90 + [0] * 10, [1] * 50 + [0] * 50)
+    assert d.p_value < 0.001 and not d.significant
+    holm_correct([d])
+    assert d.significant and d.p_adjusted == d.p_value and d.n_tests == 1
+
+
+# --------------------------------------------------------------------------------------------
+# the family-wise correction
+
+EQUAL_HEADS = ["gap", "gmp", "gem", "catavgmax", "attention", "fastai", "dense_map", "avgpool",
+               "flatten"]
+
+
+def _equal_heads_run(rng_seed: int, worse: str | None = None, n: int = 200) -> Run:
+    """Nine heads whose per-image correctness is drawn from one and the same distribution
+    (Bernoulli(0.8), 3 seeds, each its own draw); head `worse` at 0.4 instead."""
+    rng = np.random.default_rng(rng_seed)
+    correct = {h: rng.random((3, n)) < (0.4 if h == worse else 0.8) for h in EQUAL_HEADS}
+    heads = [_head(h, list(correct[h].mean(axis=1)), [0.95] * 3, 20490,
+                   val=[0.9 if h == "gap" else 0.8] * 3) for h in EQUAL_HEADS]
+    return _run(heads, correct)
+
+
+def _first_seed_with_a_false_uncorrected_claim() -> int:
+    for rng_seed in range(100):
+        out = [f for f in findings(_equal_heads_run(rng_seed)) if f.p_value is not None]
+        if min(f.p_value for f in out) < 0.05:
+            return rng_seed
+    raise AssertionError("no chance difference found in 100 draws")
+
+
+def test_holm_claims_no_difference_between_equal_heads_where_uncorrected_tests_do():
+    rng_seed = _first_seed_with_a_false_uncorrected_claim()
+    out = findings(_equal_heads_run(rng_seed))
+    tested = [f for f in out if f.p_value is not None]
+    assert len(tested) == 8  # gap (selected) against each other head, on accuracy
+    assert min(f.p_value for f in tested) < 0.05  # uncorrected: a difference "found"
+    assert not any(f.significant for f in out)  # corrected: none
+    assert all(f.p_adjusted >= f.p_value for f in tested)
+    chance = min(tested, key=lambda f: f.p_value)
+    assert "no significant difference after the Holm correction" in chance.text
+    assert "over 8 tests" in chance.text
+
+
+def test_holm_keeps_a_large_real_difference_significant():
+    out = findings(_equal_heads_run(_first_seed_with_a_false_uncorrected_claim(), worse="gem"))
+    significant = [f for f in out if f.significant]
+    assert [(f.a, f.b) for f in significant] == [("gap", "gem")]
+    assert significant[0].p_adjusted < 0.001
+    assert "gap is more accurate" in significant[0].text
+
+
+def test_report_states_the_correction_next_to_the_findings():
+    from headbench.report.page import render
+    run = _run(_gap_flatten([0.90, 0.91, 0.92], [0.70, 0.72, 0.71]),
+               {"gap": [True] * 90 + [False] * 10, "flatten": [True] * 70 + [False] * 30})
+    run.findings = findings(run)
+    section = render(run, []).split('<section id="findings">')[1].split("</section>")[0]
+    assert "Holm–Bonferroni" in section and "all 1 tested finding of the run" in section
+    assert "McNemar" in section and "sign-flip" in section
+    assert "Holm-adjusted p &lt; 0.001 over 1 test" in section
+    run.findings = findings(_run(_gap_flatten([0.90, 0.91], [0.70, 0.72])))
+    assert "none is tested and none claims a difference" in render(run, [])

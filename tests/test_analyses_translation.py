@@ -1,4 +1,5 @@
-"""Translation analysis: known answers for shift consistency, and the crops it takes."""
+"""Translation analysis: known answers for shift consistency (the curve and Zhang's), and the
+crops it takes."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +8,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from headbench.analyses.translation import DIRECTIONS, shift_consistency, shift_views
-from headbench.heads import create_head
-from headbench.train import seeded
+from headbench.analyses.context import RunContext
+from headbench.analyses.translation import (DIRECTIONS, ZHANG_OFFSETS, ZHANG_PAIRS,
+                                            pair_agreement, shift_consistency, shift_views,
+                                            translation_analysis, zhang_offsets, zhang_pairs)
+from headbench.config import CompareConfig
+from headbench.heads import HeadSpec, create_head
+from headbench.run import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics, Run,
+                           SeedResult, SplitItems)
+from headbench.train import TrainConfig, seeded
 
 
 def _circular_backbone(stride: int) -> nn.Module:
@@ -76,3 +83,137 @@ def test_shift_views_move_real_image_content_by_the_shift():
         cols_ref = slice(cols.start + dx, cols.stop + dx)
         assert torch.equal(x[:, rows, cols], ref[:, rows_ref, cols_ref])
         assert not torch.equal(x, ref)
+
+
+# --------------------------------------------------------------------------------------------
+# Zhang 2019: two random shifts of one image, agreement of the top-1 classes
+
+def test_zhang_offsets_are_distinct_and_within_the_margin():
+    offsets = zhang_offsets(8)
+    assert len(offsets) == ZHANG_OFFSETS == len(set(offsets))
+    assert all(abs(dx) <= 8 and abs(dy) <= 8 for dx, dy in offsets)
+    assert zhang_offsets(8) == offsets  # seeded
+    assert len(zhang_offsets(1)) == 9  # every position when there are fewer
+    with pytest.raises(ValueError, match="margin"):
+        zhang_offsets(0)
+
+
+def test_zhang_pairs_take_two_distinct_offsets_per_pair():
+    first, second = zhang_pairs(500, 16)
+    assert first.shape == second.shape == (500, ZHANG_PAIRS)
+    assert (first != second).all()
+    assert {int(i) for i in np.concatenate([first.ravel(), second.ravel()])} == set(range(16))
+
+
+def test_pair_agreement_counts_each_images_agreeing_pairs():
+    top1 = np.array([[0, 1, 2], [0, 1, 0], [0, 2, 0]])  # offsets × images
+    first = np.array([[0, 1], [0, 1], [0, 0]])  # images × pairs
+    second = np.array([[1, 2], [1, 2], [1, 2]])
+    # image 0 agrees everywhere; image 1: 1 vs 1 agrees, 1 vs 2 not; image 2: 2 vs 0 twice
+    assert pair_agreement(top1, first, second).tolist() == [1.0, 0.5, 0.0]
+
+
+C, MAP, CLASSES, N_TEST, SEEDS = 8, 6, 3, 40, [0, 1]
+
+
+class _RolledContext(RunContext):
+    """Every view is the base feature map rolled circularly by the view's shift: a GAP head's
+    predictions are shift-invariant by construction, a flatten head's are not."""
+
+    def view_features(self, role, view=None):
+        self.views_seen.append(view)
+        dx, dy = view.shift if view is not None else (0, 0)
+        return np.roll(self.features[role], (dy, dx), axis=(2, 3))
+
+
+def _head_result(label: str) -> HeadResult:
+    m = Metrics(accuracy=0.5, top5=None, macro_f1=0.5, nll=1.0, ece=0.0, n=N_TEST)
+    seeds = [SeedResult(seed=s, best_epoch=1, epochs_run=1, train_time_s=0.0, train=m, val=m,
+                        test=m, history=[]) for s in SEEDS]
+    spec = HeadSpec(label)
+    return HeadResult(head=label, spec=spec, any_size=spec.info.any_size,
+                      exact_cam=spec.info.exact_cam, head_params=0, total_params=0,
+                      head_flops=0, total_flops=0, weight_decay=1e-3, wd_sweep={}, best_seed=0,
+                      model_dir=f"heads/{label}", model_size_bytes=None, latency_ms_b1=0.0,
+                      throughput_b32=0.0, architecture="", seeds=seeds,
+                      summary=HeadSummary.of(seeds))
+
+
+@pytest.fixture(scope="module")
+def rolled() -> _RolledContext:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, CLASSES, N_TEST)
+    test = SplitItems([f"{i}.png" for i in range(N_TEST)], labels, ["0"] * N_TEST)
+    empty = SplitItems([], np.zeros(0, dtype=np.int64), [])
+    dataset = DatasetInfo(root="/nonexistent", name="x", layout="class folders",
+                          classes=[f"c{i}" for i in range(CLASSES)], split_description="",
+                          counts={}, leakage=[], skipped=[],
+                          splits={"train": empty, "val": empty, "test": test})
+    backbone = BackboneInfo("resnet18", "resnet18", "none", None, {}, [C, MAP, MAP], 0, 0, 0.0,
+                            0.0)
+    run = Run(options=CompareConfig("x"), dataset=dataset, backbone=backbone, precision="fp32",
+              device="cpu", train_config=TrainConfig(), machine={},
+              heads=[_head_result("gap"), _head_result("flatten")], best_head="gap")
+    states = {}
+    for label in ("gap", "flatten"):
+        states[label] = {}
+        for seed in SEEDS:
+            with seeded(seed):
+                states[label][seed] = create_head(label, C, CLASSES, (MAP, MAP)).state_dict()
+    X = rng.standard_normal((N_TEST, C, MAP, MAP)).astype(np.float32)
+    ctx = _RolledContext(run=run, backbone=None, states=states, features={"test": X},
+                         device=torch.device("cpu"))
+    ctx.views_seen = []
+    return ctx
+
+
+def test_zhang_consistency_of_a_shift_invariant_head_is_one(rolled):
+    out = translation_analysis(rolled, [0, 2, 3])
+    gap, flatten = out["heads"]["gap"], out["heads"]["flatten"]
+    assert gap["zhang_consistency"]["mean"] == 1.0 and gap["zhang_consistency"]["values"] == [1, 1]
+    assert gap["per_image"]["zhang_consistency"] == [1.0] * N_TEST
+    assert all(gap["consistency"][s]["mean"] == 1.0 for s in ("0", "2", "3"))
+    assert flatten["zhang_consistency"]["mean"] < 0.9
+    # per image: averaged over seeds and pairs, so their mean is the seeds' mean
+    assert np.mean(flatten["per_image"]["zhang_consistency"]) == pytest.approx(
+        flatten["zhang_consistency"]["mean"], abs=1e-4)
+    assert set(flatten["per_image"]["consistency"]) == {"2", "3"}
+    assert len(flatten["per_image"]["consistency"]["3"]) == N_TEST
+    assert np.mean(flatten["per_image"]["consistency"]["3"]) == pytest.approx(
+        flatten["consistency"]["3"]["mean"], abs=1e-4)
+
+
+def test_zhang_fields_of_the_shifts_section(rolled):
+    rolled.views_seen.clear()
+    out = translation_analysis(rolled, [0, 3])
+    assert out["margin"] == 3 and out["zhang_pairs_per_image"] == ZHANG_PAIRS
+    offsets = [tuple(o) for o in out["zhang_offsets"]]
+    assert offsets == zhang_offsets(3)
+    definition = out["zhang_consistency_definition"]
+    assert "Zhang 2019" in definition and f"{ZHANG_PAIRS} pairs per image" in definition
+    assert f"out of {ZHANG_OFFSETS}" in definition and "[-3, 3]" in definition
+    # every crop comes from the same resize (margin 3), each computed once
+    assert {v.margin for v in rolled.views_seen} == {3}
+    assert len(rolled.views_seen) == len(set(rolled.views_seen)) <= 1 + 4 + ZHANG_OFFSETS
+    assert set(out["heads"]["gap"]) == {"accuracy", "consistency", "zhang_consistency",
+                                        "per_image"}
+
+
+def test_without_a_margin_there_is_no_zhang_consistency(rolled):
+    out = translation_analysis(rolled, [0])
+    assert "zhang_consistency_definition" not in out
+    assert "zhang_consistency" not in out["heads"]["gap"]
+    assert out["heads"]["gap"]["per_image"] == {"consistency": {}}
+
+
+def test_report_shows_the_zhang_consistency_with_its_definition(rolled):
+    from headbench.report.page import render
+    out = translation_analysis(rolled, [0, 2])
+    rolled.run.analyses = {"shifts": out}
+    try:
+        page = render(rolled.run, [])
+    finally:
+        rolled.run.analyses = {}
+    line = page.split('<p id="zhang-consistency">')[1].split("</p>")[0]
+    assert line.startswith("Zhang 2019 consistency: fraction of pairs")
+    assert "By head: gap 100.0" in line and "flatten " in line

@@ -1,14 +1,18 @@
 """The `headbench` command: exact numbers users quote, and one-line errors without tracebacks."""
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from headbench import cli, progress
 from headbench.cli import main
+from headbench.progress import printable
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
@@ -65,6 +69,10 @@ def test_explain_prints_the_worked_examples_computed_live(capsys):
     (["predict", "/no/such/model", "x.jpg"], "/no/such/model"),
     (["predict", "/no/such/model", "x.jpg", "--topk", "0"], "--topk"),
     (["predict", "/no/such/model", "x.jpg", "--input-size", "0"], "--input-size"),
+    (["predict", "/no/such/model", "x.jpg", "--input-size", "31"], "--input-size"),
+    (["predict", "/no/such/model", "x.jpg", "--input-size", "-5"], "--input-size"),
+    (["predict", "/no/such/model", "x.jpg", "--topk", "two"], "--topk"),
+    (["predict", "/no/such/model"], "paths"),
     (["explain", "--input-size", "0"], "--input-size"),
     (["analyze", "/no/such/run"], "--shifts, --sizes, --shots, --cam"),
     (["report", "/no/such/run"], "/no/such/run"),
@@ -144,3 +152,138 @@ def test_analyze_and_report_commands_on_a_cli_run(cli_run, capsys):
     assert out.rstrip().endswith(f"report: {run_dir / 'report.html'}")
     code, out, _ = _run(capsys, "report", str(run_dir))
     assert code == 0 and out.strip() == str(run_dir / "report.html")
+
+
+# ----------------------------------------------------------------------------------------------
+# terminal output: names are shown, never obeyed
+
+@pytest.mark.parametrize("text, shown", [
+    ("a\x1b[2Jb", "a\\x1b[2Jb"), ("bell\x07", "bell\\x07"), ("cr\rlf\n", "cr\\x0dlf\\x0a"),
+    ("nul\x00del\x7f", "nul\\x00del\\x7f"), ("csi\x9b31m", "csi\\x9b31m"),
+    ("bidi\u202eexe.png", "bidi\\u202eexe.png"), ("bad\udcff", "bad\\xff"),
+    ("café [bold]日本 \\x1b", "café [bold]日本 \\x1b"),
+])
+def test_printable_escapes_control_characters_only(text, shown):
+    assert printable(text) == shown
+
+
+def test_log_and_warn_escape_names_and_ignore_markup(capsys, monkeypatch):
+    monkeypatch.setattr(progress, "_quiet", False)
+    progress.log("class \x1b[31mred[/] [bold]x")
+    progress.warn("file a\x07.png")
+    out, err = capsys.readouterr()
+    assert out == "class \\x1b[31mred[/] [bold]x\n"
+    assert err == "warning: file a\\x07.png\n"
+
+
+def test_tables_are_printed_with_names_escaped(capsys):
+    from rich.table import Table
+    from rich.text import Text
+    table = Table(title=Text("data\x1b]0;title\x07"))
+    table.add_column("head")
+    table.add_row(Text("gap\x1b[5m"))
+    progress.show(table)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    # escaped after layout (a safety net): widths may be off, bytes never pass
+    assert "data\\x1b]0;" in out and "gap\\x1b[5m" in out
+
+
+def test_error_messages_escape_control_characters(capsys):
+    code, _, err = _run(capsys, "compare", "/no/such/\x1b[31mfolder")
+    assert code == 2 and "\x1b" not in err and "/no/such/\\x1b[31mfolder" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# disk errors: one line, exit code 1
+
+def _failing_report(monkeypatch, error: BaseException) -> None:
+    def cmd_report(args):
+        raise error
+    monkeypatch.setattr(cli, "cmd_report", cmd_report)
+
+
+@pytest.mark.parametrize("code, strerror, line", [
+    (errno.ENOSPC, "No space left on device",
+     "error: cannot write '/runs/r/results.json': no space left on device"),
+    (errno.EROFS, "Read-only file system",
+     "error: cannot write '/runs/r/results.json': read-only file system"),
+    (errno.EACCES, "Permission denied",
+     "error: cannot access '/runs/r/results.json': permission denied"),
+])
+def test_disk_error_is_one_line_with_exit_code_1(capsys, monkeypatch, code, strerror, line):
+    _failing_report(monkeypatch, OSError(code, strerror, "/runs/r/results.json"))
+    code, out, err = _run(capsys, "report", "/runs/r")
+    assert code == 1 and out == "" and err == line + "\n"
+
+
+def test_disk_error_names_escaped_path_and_works_without_one(capsys, monkeypatch):
+    _failing_report(monkeypatch, OSError(errno.ENOSPC, "No space left", "/r/\x1b[2J"))
+    line = "error: cannot write '/r/\\x1b[2J': no space left on device\n"
+    assert _run(capsys, "report", "r")[2] == line
+    _failing_report(monkeypatch, OSError(errno.EIO, "Input/output error"))
+    assert _run(capsys, "report", "r")[2] == "error: input/output error\n"
+
+
+def test_disk_error_with_debug_shows_the_traceback(monkeypatch):
+    _failing_report(monkeypatch, OSError(errno.EROFS, "Read-only file system", "/runs/r"))
+    with pytest.raises(OSError, match="Read-only"):
+        main(["report", "/runs/r", "--debug"])
+
+
+def test_closed_pipe_ends_quietly(capsys, monkeypatch):
+    _failing_report(monkeypatch, BrokenPipeError(errno.EPIPE, "Broken pipe"))
+    assert _run(capsys, "report", "r") == (141, "", "")
+
+
+def test_ctrl_c_says_what_is_kept_by_command(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "cmd_compare", interrupted)
+    monkeypatch.setattr(cli, "cmd_report", interrupted)
+    code, _, err = _run(capsys, "compare", "data")
+    assert code == 130 and "rerun the same command to resume" in err and err.count("\n") == 1
+    assert _run(capsys, "report", "r") == (130, "", "interrupted\n")
+
+
+def test_follow_links_flag_sets_the_option():
+    from headbench.config import CompareConfig
+    parser = cli.build_parser()
+    given = cli.config_values(parser.parse_args(["compare", "d", "--follow-links"]), CompareConfig)
+    assert given == {"data": "d", "follow_links": True}
+    assert "follow_links" not in cli.config_values(parser.parse_args(["compare", "d"]),
+                                                   CompareConfig)
+
+
+@pytest.mark.slow
+def test_report_on_a_full_disk_is_one_line(cli_run, capsys, monkeypatch):
+    import headbench.io
+    run_dir, _ = cli_run
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(headbench.io, "atomic_write", full)
+    code, out, err = _run(capsys, "report", str(run_dir))
+    assert code == 1 and err.startswith(f"error: cannot write '{run_dir}/")
+    assert err.endswith("': no space left on device\n") and err.count("\n") == 1
+
+
+def _can_bind_mount_read_only() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    here = str(Path(__file__).parent)
+    probe = subprocess.run(["unshare", "-rm", "mount", "--bind", here, here], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_bind_mount_read_only(),
+                    reason="needs unshare and mount in a private user and mount namespace "
+                           "(root ignores a mode-0555 folder)")
+def test_report_on_a_read_only_run_folder_is_one_line(cli_run):
+    run_dir, _ = cli_run
+    mount = f"mount --bind '{run_dir}' '{run_dir}' && mount -o remount,bind,ro '{run_dir}'"
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", f"{mount} && exec \"$0\" -m headbench "
+                           f"report '{run_dir}'", sys.executable], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == f"error: cannot write '{run_dir}/report.html': read-only file system\n"

@@ -138,6 +138,64 @@ def test_scan_rejects_train_without_held_out_folder(tmp_path):
         scan_folder(tmp_path)
 
 
+# --------------------------------------------------------------------------- symlinks
+
+def linked_folder(tmp_path: Path) -> Path:
+    """Classes a and b; a/out.png links to an image outside the folder, b/in.png to a/000.png."""
+    data = make_classes(tmp_path / "data", {"a": 2, "b": 2})
+    outside = write_png(tmp_path / "elsewhere" / "o.png", value=77)
+    (data / "a" / "out.png").symlink_to(outside)
+    (data / "b" / "in.png").symlink_to(data / "a" / "000.png")
+    return data
+
+
+def test_link_out_of_the_data_folder_is_skipped_listed_and_counted(tmp_path):
+    data = linked_folder(tmp_path)
+    scan = scan_folder(data)
+    assert [why for p, why in scan.skipped if p.name == "out.png"] == [
+        "symlink to outside the data folder (pass --follow-links to use it)"]
+    assert data / "a" / "out.png" not in [it.path for it in scan.items]
+    assert scan.links_outside == 1 and not scan.follow_links
+
+
+def test_link_out_of_the_data_folder_is_used_with_follow_links(tmp_path):
+    data = linked_folder(tmp_path)
+    scan = scan_folder(data, follow_links=True)
+    assert data / "a" / "out.png" in [it.path for it in scan.items]
+    assert scan.links_outside == 1 and scan.follow_links and not scan.skipped
+
+
+def test_link_inside_the_data_folder_is_used_and_not_counted(tmp_path):
+    data = make_classes(tmp_path / "data", {"a": 2, "b": 2})
+    (data / "b" / "in.png").symlink_to("../a/000.png")
+    scan = scan_folder(data)
+    item = next(it for it in scan.items if it.path.name == "in.png")
+    assert item.digest == file_digest(data / "a" / "000.png") and scan.links_outside == 0
+
+
+def test_linked_subfolder_out_of_the_data_folder_is_listed_and_counted(tmp_path):
+    data = make_classes(tmp_path / "data", {"a": 2, "b": 2})
+    write_png(tmp_path / "elsewhere" / "o.png", value=77)
+    (data / "a" / "more").symlink_to(tmp_path / "elsewhere")
+    scan = scan_folder(data)
+    assert scan.links_outside == 1 and any(p.name in ("more", "o.png") for p, _ in scan.skipped)
+
+
+def test_symlink_loop_is_skipped_not_a_crash(tmp_path):
+    data = make_classes(tmp_path / "data", {"a": 2, "b": 2})
+    (data / "a" / "loop.png").symlink_to("loop.png")
+    scan = scan_folder(data)
+    assert [p.name for p, _ in scan.skipped] == ["loop.png"] and len(scan.items) == 4
+
+
+def test_class_folder_linking_out_names_follow_links(tmp_path):
+    data = make_classes(tmp_path / "data", {"a": 2, "b": 2})
+    write_png(tmp_path / "elsewhere" / "o.png", value=77)
+    (data / "c").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(HeadbenchError, match="--follow-links"):
+        scan_folder(data)
+
+
 # --------------------------------------------------------------------------- splits
 
 def test_classes_layout_split_is_stratified_disjoint_and_complete(tmp_path):

@@ -12,8 +12,9 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from headbench.errors import HeadbenchError
-from headbench.evaluate import (bootstrap_diff_ci, classification_metrics,
-                                mean_ci, measure_latency, paired_diff_ci, t_quantile)
+from headbench.evaluate import (bootstrap_diff_ci, classification_metrics, holm, mcnemar_exact,
+                                mean_ci, measure_latency, paired_diff_ci, paired_test,
+                                sign_flip_p_value, t_quantile)
 
 
 def hand_logits() -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +132,68 @@ def test_bootstrap_diff_ci_agrees_with_resampling_images():
     assert lo == pytest.approx(np.quantile(naive, 0.025), abs=0.01)
     assert hi == pytest.approx(np.quantile(naive, 0.975), abs=0.01)
     assert bootstrap_diff_ci(a, b, n_boot=500, seed=4) == bootstrap_diff_ci(a, b, 500, seed=4)
+
+
+def test_holm_on_hand_example():
+    # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> max(0.06, 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_holm_caps_at_one_and_accepts_an_empty_family():
+    assert holm([0.5, 0.6, 0.01]) == pytest.approx([1.0, 1.0, 0.03])
+    assert holm([0.04]) == [0.04]
+    assert holm([]) == []
+    with pytest.raises(ValueError, match="p-values"):
+        holm([0.2, 1.5])
+
+
+def test_mcnemar_exact_on_hand_cases():
+    five_for_a = ([1, 1, 1, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0, 1])  # 5 discordant, all for a
+    assert mcnemar_exact(*five_for_a) == pytest.approx(2 / 32)
+    nine_one = ([1] * 9 + [0], [0] * 9 + [1])  # P(X <= 1 | 10, 1/2) = 11/1024, two-sided
+    assert mcnemar_exact(*nine_one) == pytest.approx(22 / 1024)
+    assert mcnemar_exact([1, 0, 1, 0], [0, 1, 0, 1]) == 1.0  # balanced: capped at 1
+    assert mcnemar_exact([1, 0], [1, 0]) == 1.0  # no discordant image
+    with pytest.raises(ValueError, match="0/1"):
+        mcnemar_exact([0.5, 1.0], [1.0, 1.0])
+
+
+def test_mcnemar_exact_matches_scipy_binomial_test():
+    rng = np.random.default_rng(5)
+    a, b = rng.random(500) < 0.8, rng.random(500) < 0.75
+    n_a, n_b = int((a & ~b).sum()), int((b & ~a).sum())
+    assert mcnemar_exact(a, b) == pytest.approx(stats.binomtest(n_a, n_a + n_b).pvalue)
+
+
+def test_sign_flip_p_value_on_hand_cases():
+    # 3 images, each +0.5: of the 8 sign patterns, 2 reach |sum| = 1.5
+    assert sign_flip_p_value([1.0, 1.0, 0.5], [0.5, 0.5, 0.0]) == pytest.approx(2 / 8, abs=0.01)
+    # +0.5 three times and -0.5 once: |sum| >= 1 in 10 of 16 patterns
+    assert sign_flip_p_value([1, 1, 1, 0], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(10 / 16,
+                                                                               abs=0.01)
+    assert sign_flip_p_value([0.5, 0.25], [0.5, 0.25]) == 1.0
+    assert sign_flip_p_value([1.0, 0.5], [0.0, 0.0], seed=3) == sign_flip_p_value(
+        [1.0, 0.5], [0.0, 0.0], seed=3)
+
+
+def test_sign_flip_p_value_on_0_1_values_agrees_with_mcnemar():
+    a, b = [1] * 12 + [0] * 2 + [1] * 30, [0] * 12 + [1] * 2 + [1] * 30
+    assert mcnemar_exact(a, b) == pytest.approx(212 / 16384)  # 2·(1 + 14 + 91) / 2^14
+    assert sign_flip_p_value(a, b) == pytest.approx(212 / 16384, abs=0.003)
+
+
+def test_sign_flip_p_value_holds_its_level_under_the_null():
+    rng = np.random.default_rng(7)
+    p = [sign_flip_p_value(rng.integers(0, 4, 60) / 3, rng.integers(0, 4, 60) / 3,
+                           n_resamples=999, seed=i) for i in range(300)]
+    assert np.mean(np.array(p) < 0.05) <= 0.08
+
+
+def test_paired_test_uses_mcnemar_for_0_1_values_and_sign_flips_otherwise():
+    p, name = paired_test([True, True, False], [False, True, False])
+    assert name == "McNemar exact test" and p == 1.0
+    p, name = paired_test([1.0, 0.5, 1.0], [0.5, 0.5, 0.0])
+    assert name == "paired sign-flip test" and 0 < p <= 1
 
 
 def test_measure_latency_returns_positive_times_and_restores_module():

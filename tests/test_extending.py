@@ -1,7 +1,6 @@
 """Adding a head or an analysis touches one place: a registration, no library edit."""
 from __future__ import annotations
 
-from collections import OrderedDict
 
 import numpy as np
 import pytest

@@ -254,6 +254,25 @@ def test_predict_refuses_a_backbone_outside_the_run(run, tmp_path, capsys):
     assert "backbone.file" in predict_fails_in_one_line(capsys, model_dir, an_image(run))
 
 
+@pytest.mark.parametrize("option, value", [("topk", 0), ("topk", 1.5), ("input_size", 16),
+                                           ("input_size", True)])
+def test_predict_bad_values_are_one_line_naming_the_option(run, option, value):
+    with pytest.raises(HeadbenchError, match=f"^{option} must be a whole number") as err:
+        hb.predict(hb.load_model(run.model_dir("gap")), [an_image(run)], **{option: value})
+    assert err.value.param == option
+
+
+def test_predict_lists_unreadable_images_and_predicts_the_rest(run, tmp_path, capsys):
+    shutil.copy(an_image(run), tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "good.png").read_bytes()[:60])
+    assert main(["predict", str(run.model_dir("gap")), str(tmp_path), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(tmp_path / n) for n in
+                                                       ("bad.png", "cut.png", "good.png")]
+    assert "skipped (" in lines[0] and "skipped (" in lines[1] and "skipped" not in lines[2]
+
+
 # ----------------------------------------------------------------------------------------------
 # names printed on the terminal
 

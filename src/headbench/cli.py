@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
 import json
 import os
 import re
@@ -28,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import io as _io
 from . import progress
 from .progress import printable
 from .config import MIN_SIZE, AnalysisOptions, AnalyzeConfig, CompareConfig, fields_of, flag_of
@@ -354,33 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_WRITE_ERRORS = {getattr(errno, name): text for name, text in (
-    ("ENOSPC", "no space left on device"), ("EROFS", "read-only file system"),
-    ("EDQUOT", "disk quota exceeded"), ("EFBIG", "file too large")) if hasattr(errno, name)}
-
-
-def disk_error(e: OSError) -> str:
-    """One line for an `OSError`: the path and the cause.
-
-    >>> disk_error(OSError(errno.ENOSPC, "No space left on device", "/runs/x/results.json"))
-    "cannot write '/runs/x/results.json': no space left on device"
-    >>> disk_error(PermissionError(errno.EACCES, "Permission denied", "/runs"))
-    "cannot access '/runs': permission denied"
-    """
-    cause = _WRITE_ERRORS.get(e.errno) or (e.strerror or str(e) or type(e).__name__)
-    cause = cause[:1].lower() + cause[1:]
-    if e.filename is None:
-        return cause
-    # only these errors are certainly about writing; a denied folder may be read or written
-    verb = "write" if e.errno in _WRITE_ERRORS else "access"
-    return f"cannot {verb} '{os.fsdecode(e.filename)}': {cause}"
+# what a Ctrl-C keeps, by command
+_RESUMES = ("interrupted; finished heads are kept in the run folder and extracted features in "
+            "the cache: rerun the same command to resume")
+_INTERRUPTED = {"compare": _RESUMES, "demo": _RESUMES,
+                "analyze": "interrupted; extracted features are kept in the cache and a rerun "
+                           "skips them"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    debug, command = "--debug" in argv, None
     try:
         args = build_parser().parse_args(argv)
+        command = args.command
         progress.set_quiet(args.quiet)
         return args.func(args)
     except HeadbenchError as e:
@@ -395,11 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # a full or read-only disk; commands say themselves what was kept
         if debug:
             raise
-        say(f"error: {disk_error(e)}", file=sys.stderr)
+        say(f"error: {_io.os_error_text(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; extracted features are kept in the cache and a re-run skips them",
-              file=sys.stderr)
+        print(_INTERRUPTED.get(command, "interrupted"), file=sys.stderr)
         return 130
 
 

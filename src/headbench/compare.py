@@ -4,18 +4,20 @@ One `compare(data, **options)` call:
 1. `CompareConfig(data, **options)` checks every option, `check_paths()` the disk side; the
    backbone is built and every head built once on its feature map (a head option that cannot
    fit the map fails here): nothing has been hashed or extracted yet.
-2. scan the folder (hash every file), run the backbone once per image into the feature cache,
+2. the run folder: the newest incomplete run of the same options (resumed), else a new one
+   marked incomplete; its lock is held until the end.
+3. scan the folder (hash every file), run the backbone once per image into the feature cache,
    make the train / val / test splits.
-3. train every head on the cached features (several seeds, weight decay chosen on val), evaluate
-   each seed once on every split; select the recommended head on val (`evaluate.select_head`).
-4. build the typed `Run`, save the heads' weights and the run folder (`Run.save`), run the
-   requested analyses (imported only then), the findings, the report.
+4. train every head on the cached features (several seeds, weight decay chosen on val),
+   evaluate each seed once on every split and commit the head (weights, model, run tables)
+   before the next one starts; heads an interrupted run already finished are reused.
+5. select the recommended head on val (`evaluate.select_head`), run the requested analyses
+   (imported only then), the findings, the report; mark the run complete.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import hashlib
 import re
 import shutil
@@ -195,12 +197,10 @@ def _finished_heads(run: Run) -> dict[str, tuple]:
 
 def _disk_error(e: OSError, committed: list[str]) -> str:
     """One line: which file, why, what was kept, what to do."""
-    cause = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
-             errno.EACCES: "permission denied"}.get(e.errno, e.strerror or type(e).__name__)
     kept = (f"finished heads {', '.join(committed)} are kept in the run folder"
             if committed else "extracted features are kept in the cache")
-    return (f"cannot write '{e.filename or '?'}' ({cause}); {kept}: free space or fix the folder, "
-            "then rerun the same command to resume")
+    return (f"{_io.os_error_text(e)}; {kept}: free space or fix the folder, then rerun the same "
+            "command to resume")
 
 
 def _config(data, options: dict) -> CompareConfig:

@@ -99,19 +99,25 @@ def _loose_files(folder: Path, skipped: list[tuple[Path, str]]) -> None:
 
 class _Links:
     """The symlink policy of one scan: links that stay inside the data folder are always used;
-    links that lead out of it are used only with `follow`, and counted either way."""
+    links that lead out of it are used only with `follow`, and counted either way. A linked
+    folder is decided (and counted) once, where the link is; loops are skipped."""
 
     def __init__(self, root: Path, follow: bool):
         self.root, self.follow, self.outside = root.resolve(), follow, 0
 
-    def allowed(self, path: Path, skipped: list[tuple[Path, str]] | None = None) -> bool:
-        if not path.is_symlink() and not any(p.is_symlink() for p in path.parents
-                                             if p.is_relative_to(self.root)):
+    def allowed(self, path: Path, skipped: list[tuple[Path, str]]) -> bool:
+        """Whether to use `path` (a file or folder); refused links are listed in `skipped`."""
+        if not path.is_symlink():
             return True
-        if path.resolve().is_relative_to(self.root):
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # a loop, or a link to nothing
+            skipped.append((path, "broken symlink or symlink loop"))
+            return False
+        if target.is_relative_to(self.root):
             return True
         self.outside += 1
-        if not self.follow and skipped is not None:
+        if not self.follow:
             skipped.append((path, "symlink to outside the data folder (pass --follow-links "
                                   "to use it)"))
         return self.follow
@@ -119,9 +125,15 @@ class _Links:
 
 def _class_files(folder: Path, skipped: list[tuple[Path, str]], links: _Links) -> list[Path]:
     """Image files under one class folder (recursively), sorted; others go to `skipped`."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=links.follow):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+    found, seen = [], {folder.resolve()}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirnames if not _hidden(d)):
+            sub = Path(dirpath) / d
+            if links.allowed(sub, skipped) and sub.resolve() not in seen:  # no folder twice
+                seen.add(sub.resolve())
+                kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if _hidden(name):
                 continue
@@ -200,6 +212,10 @@ def scan_folder(root: str | Path, follow_links: bool = False) -> Scan:
             _loose_files(folder, skipped)
         found[role] = {}
         for class_dir in _subdirs(folder):
+            if not links.allowed(class_dir, skipped):
+                raise HeadbenchError(f"class folder '{class_dir}' is a symlink that leads out of "
+                                     "the data folder (or nowhere); pass --follow-links to use "
+                                     "it, or remove it")
             files = _class_files(class_dir, skipped, links)
             if not files:
                 raise HeadbenchError(f"class folder '{class_dir}' has no images; "

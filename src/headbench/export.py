@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from . import io as _io
 from .backbones import Backbone, create_backbone
+from .config import MIN_SIZE
 from .data import IMAGE_EXTENSIONS, BadImage, View, draft_size, load_image, make_transform
 from .errors import HeadbenchError
 from .heads import Head, HeadSpec, create_head
@@ -243,8 +244,11 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 def predict(model: HeadbenchModel, paths: Iterable[str | Path], topk: int = 5,
             input_size: int | None = None, batch_size: int = 16) -> list[dict]:
     """Top-k classes with probabilities for each image; unreadable images get an `error`."""
-    if topk < 1:
-        raise HeadbenchError(f"--topk must be at least 1 (got {topk})")
+    if not _is_int(topk, 1):
+        raise HeadbenchError(f"topk must be a whole number ≥ 1, got {topk!r}", param="topk")
+    if input_size is not None and not _is_int(input_size, MIN_SIZE):
+        raise HeadbenchError(f"input_size must be a whole number ≥ {MIN_SIZE}, got "
+                             f"{input_size!r}", param="input_size")
     paths = list(paths)
     files = expand_paths(paths)
     if not files:

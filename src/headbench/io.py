@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import tempfile
@@ -92,7 +93,8 @@ def atomic_write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]],
         fieldnames = list(dict.fromkeys(k for row in rows for k in row))
 
     def write(tmp: str) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        # surrogateescape: a file name that is not UTF-8 is written back byte for byte
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
             writer.writeheader()
             writer.writerows({k: escape_cell(v) for k, v in row.items()} for row in rows)
@@ -131,7 +133,7 @@ def read_json(folder: str | Path, name: str, kind: str, fix: str) -> Any:
         raise HeadbenchError(f"'{folder}' is not a headbench {kind} folder (no {name}); {fix}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise HeadbenchError(f"'{path}' cannot be read ({e}); {fix}") from None
 
 
@@ -140,7 +142,7 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         return [{k: unescape_cell(v or "") for k, v in row.items()} for row in csv.DictReader(f)]
 
 
@@ -201,6 +203,28 @@ def sweep_temp_files(folder: str | Path, older_than: float = STALE_SECONDS) -> i
                     path.unlink()
                     removed += 1
     return removed
+
+
+_WRITE_ERRORS = {getattr(errno, name): text for name, text in (
+    ("ENOSPC", "no space left on device"), ("EROFS", "read-only file system"),
+    ("EDQUOT", "disk quota exceeded"), ("EFBIG", "file too large")) if hasattr(errno, name)}
+
+
+def os_error_text(e: OSError) -> str:
+    """One line for an `OSError`: the path and the cause.
+
+    >>> os_error_text(OSError(errno.ENOSPC, "No space left on device", "/runs/x/results.json"))
+    "cannot write '/runs/x/results.json': no space left on device"
+    >>> os_error_text(PermissionError(errno.EACCES, "Permission denied", "/runs"))
+    "cannot access '/runs': permission denied"
+    """
+    cause = _WRITE_ERRORS.get(e.errno) or (e.strerror or str(e) or type(e).__name__)
+    cause = cause[:1].lower() + cause[1:]
+    if e.filename is None:
+        return cause
+    # only these errors are certainly about writing; a denied folder may be read or written
+    verb = "write" if e.errno in _WRITE_ERRORS else "access"
+    return f"cannot {verb} '{os.fsdecode(e.filename)}': {cause}"
 
 
 def _jsonable(obj: Any) -> Any:

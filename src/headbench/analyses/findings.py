@@ -15,8 +15,8 @@
 
 When a difference is called significant: every finding with per-image values of both sides
 gets a two-sided paired test over the test images (`evaluate.paired_test`: McNemar's exact test
-on 0/1 correctness, i.e. one seed; otherwise a sign-flip randomisation test on values averaged
-over seeds). The p-values of ALL tested findings of the run are adjusted together by
+when every value is 0 or 1, e.g. correctness with one seed; otherwise a sign-flip randomisation
+test on values averaged over seeds). The p-values of ALL tested findings of the run are adjusted together by
 Holm–Bonferroni (`evaluate.holm`): a difference is significant when its adjusted p < 0.05, in
 the direction of its sign. That keeps the chance of claiming any difference between heads that
 are in truth equal at most 5%, however many heads and metrics are compared. The paired t

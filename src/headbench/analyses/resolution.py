@@ -2,7 +2,8 @@
 
 A head built for one feature-map size (`Head.fixed_size`, e.g. flatten, avgpool) is reported
 as not applicable where the feature map differs from the one it was built for, never silently
-resized; heads that accept any map size run at every size.
+resized; heads that accept any map size run at every size. Each accuracy `ci` also carries
+`per_image` [N]: correctness per test image averaged over seeds (findings test it per image).
 """
 from __future__ import annotations
 
@@ -53,8 +54,10 @@ def resolution_analysis(ctx: RunContext, sizes: Sequence[int]) -> dict:
         view = View() if size == base else View(size=size)
         preds = ctx.top1(ctx.view_features("test", view), ctx.models(runs))
         for label in runs:
-            heads[label][str(size)] = ci_summary([float(np.mean(preds[(label, s)] == y))
-                                                  for s in ctx.seeds], bounds=UNIT)
+            right = np.stack([preds[(label, s)] == y for s in ctx.seeds])  # (seeds, N)
+            cell = ci_summary(right.mean(axis=1).tolist(), bounds=UNIT)
+            cell["per_image"] = np.round(right.mean(axis=0), 4).tolist()  # for per-image tests
+            heads[label][str(size)] = cell
     heads = {label: {str(s): heads[label][str(s)] for s in sizes} for label in labels}
     return {"sizes": sizes, "base": base, "map_sizes": map_sizes, "seed_ids": list(ctx.seeds),
             "heads": heads}

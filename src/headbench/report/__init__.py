@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import io as _io
+from ..progress import printable
 from ..run import Run
 from .format import SUMMARY_COLUMNS, ci_note, summary_rows
 
@@ -51,12 +52,12 @@ def summary_table(run: Run) -> Table:
     # Text(), not str: folder and head names are data, never rich markup.
     title = (f"{run.dataset.name} · {run.backbone.name} · {seeds} seed"
              + ("s" if seeds != 1 else ""))
-    table = Table(title=Text(title), caption=Text(ci_note(seeds)), box=box.SIMPLE_HEAD,
+    table = Table(title=Text(printable(title)), caption=Text(ci_note(seeds)), box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)
     for i, name in enumerate(_TERMINAL_HEADERS):
         table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
     for row in summary_rows(run):
-        table.add_row(*(Text(text) for text, _ in row),
+        table.add_row(*(Text(printable(text)) for text, _ in row),
                       style="bold green" if row[0][0] == run.best_head else None)
     return table
 

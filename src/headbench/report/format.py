@@ -82,6 +82,37 @@ def ci_note(seeds: int) -> str:
     return "one seed: no interval (run more seeds for one)"
 
 
+def findings_note(run: Run) -> str:
+    """How the findings decide significance: per-image tests, Holm–Bonferroni over all."""
+    n = sum(f.p_adjusted is not None for f in run.findings)
+    if not n:
+        return ("No finding of this run has per-image values, so none is tested and none claims "
+                "a difference; intervals over seeds are shown for information only.")
+    return (f"Significance: a tested finding compares two heads image by image on the test "
+            f"split (McNemar's exact test when every per-image value is 0 or 1, e.g. correctness "
+            f"with one seed; otherwise a paired sign-flip randomisation test on per-image values "
+            f"averaged over seeds), and "
+            f"the p-values of all {n} tested finding{'s' if n != 1 else ''} of the run are "
+            f"adjusted together by Holm–Bonferroni: a difference is called significant (bold) "
+            f"only when its adjusted p < 0.05, which keeps the chance of any false claim among "
+            f"them at most 5%. Intervals over seeds are shown alongside but not tested; "
+            f"findings marked \"not tested\" have no per-image values and claim nothing.")
+
+
+def zhang_text(shifts: Any) -> str | None:
+    """The shifts section's Zhang 2019 consistency per head, after its definition; None when
+    the section has none."""
+    if not isinstance(shifts, dict) or not isinstance(shifts.get("heads"), dict):
+        return None
+    values = [f"{name} {pct(as_ci(d.get('zhang_consistency')))}"
+              for name, d in shifts["heads"].items()
+              if isinstance(d, dict) and as_ci(d.get("zhang_consistency"))]
+    definition = shifts.get("zhang_consistency_definition")
+    if not values or not isinstance(definition, str):
+        return None
+    return f"{definition}. By head: {', '.join(values)}."
+
+
 def mpl(x: Any) -> str:
     """Text for matplotlib: '$' would start mathtext."""
     return str(x).replace("$", r"\$")

@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
 from ..run import HeadResult, Run, Timing
-from .format import (SUMMARY_COLUMNS, ci_note, count, finite, heads_by_accuracy, ms, pct, rate,
-                     seconds, summary_rows)
+from .format import (SUMMARY_COLUMNS, ci_note, count, findings_note, finite, heads_by_accuracy,
+                     ms, pct, rate, seconds, summary_rows, zhang_text)
 from .plots import Plot
 
 TOP_LOSS_IMAGES = 6
@@ -214,13 +214,21 @@ def _findings_html(run: Run) -> str:
         return "<p>No findings were recorded for this run.</p>"
     items = "".join(f'<li{" class=significant" if f.significant else ""}>{_e(f.text)}</li>'
                     for f in run.findings)
-    return f"<ul>{items}</ul>"
+    return f'<ul>{items}</ul><p class="note">{_e(findings_note(run))}</p>'
 
 
 def _plots_html(run: Run, plots: list[Plot]) -> str:
-    figures = [f'<figure id="{p.id}"><figcaption><strong>{_e(p.title)}</strong></figcaption>'
-               f'<img class="plot" alt="{p.id}: {_e(p.title)}" src="{svg_data(p.figure)}">'
-               f"<p>{_e(p.caption)}</p></figure>" for p in plots]
+    zhang = zhang_text(run.analyses.get("shifts"))
+    figures = []
+    for p in plots:
+        figures.append(f'<figure id="{p.id}"><figcaption><strong>{_e(p.title)}</strong>'
+                       f'</figcaption><img class="plot" alt="{p.id}: {_e(p.title)}" '
+                       f'src="{svg_data(p.figure)}"><p>{_e(p.caption)}</p></figure>')
+        if p.id == "shift-consistency" and zhang:  # the reported figure, next to the curve
+            figures.append(f'<p id="zhang-consistency">{_e(zhang)}</p>')
+            zhang = None
+    if zhang:
+        figures.append(f'<p id="zhang-consistency">{_e(zhang)}</p>')
     missing = [text for name, text in KNOWN_ANALYSES.items() if name not in run.analyses]
     note = ""
     if missing:
