@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 
 from headbench import backbones
-from headbench.backbones import (create_backbone, embedded_imagenet_model, list_backbones,
-                                 resolve_name, resolve_weights)
+from headbench.backbones import create_backbone, list_backbones, resolve_name, resolve_weights
 from headbench.errors import HeadbenchError
 
 
@@ -29,7 +28,12 @@ def resnet18_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def imagenet_lite0() -> torch.nn.Module:
-    return embedded_imagenet_model()
+    """The full timm efficientnet_lite0, 1000-class classifier included, with the embedded
+    ImageNet weights: the tensors map in order, as `create_backbone` maps them (mean = std = 0.5)."""
+    import timm
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
+    model.load_state_dict(backbones._embedded_state_dict(model))
+    return model.eval()
 
 
 def test_documented_aliases_are_cnn_backbones():

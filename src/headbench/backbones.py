@@ -214,14 +214,6 @@ def resolve_weights(timm_name: str, weights: str | os.PathLike) -> str:
     return str(path.resolve())
 
 
-def embedded_imagenet_model() -> nn.Module:
-    """The full timm efficientnet_lite0 with the embedded ImageNet weights, 1000-class classifier
-    included (eval mode); preprocess with mean = std = 0.5."""
-    model = _timm_model(EMBEDDED_ARCH, num_classes=1000)
-    model.load_state_dict(_embedded_state_dict(model))
-    return model.eval()
-
-
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """Seed the CPU generator for weight init without disturbing the caller's random state."""
