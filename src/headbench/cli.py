@@ -191,8 +191,8 @@ def _print_findings(findings: list) -> None:
     for f in shown:
         say(f"- {f.text}")
     if len(findings) > len(shown):
-        print(f"- {len(findings) - len(shown)} more comparisons show no significant difference "
-              "(results.json, report.html)")
+        print(f"- {len(findings) - len(shown)} more comparisons: no significant difference after "
+              "the Holm correction, or not tested (results.json, report.html)")
 
 
 def _print_result(run) -> None:
