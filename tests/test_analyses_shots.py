@@ -12,26 +12,18 @@ import torch
 from headbench.analyses.context import RunContext
 from headbench.analyses.shots import shots_analysis
 from headbench.config import CompareConfig
-from headbench.heads import HeadSpec, create_head
-from headbench.run import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics, Run,
-                           SeedResult, SplitItems)
+from headbench.heads import create_head
+from headbench.run import BackboneInfo, DatasetInfo, HeadResult, Run, SplitItems
 from headbench.train import TrainConfig, seeded
+
+from builders import placeholder_head
 
 C, CLASSES, SEEDS = 4, 3, [0, 1]
 SIZES = {"train": 12, "val": 6, "test": 9}
 
 
 def _head_result(label: str) -> HeadResult:
-    m = Metrics(accuracy=0.5, top5=None, macro_f1=0.5, nll=1.0, ece=0.0, n=1)
-    seeds = [SeedResult(seed=s, best_epoch=1, epochs_run=1, train_time_s=0.0, train=m, val=m,
-                        test=m, history=[]) for s in SEEDS]
-    spec = HeadSpec(label)
-    return HeadResult(head=label, spec=spec, any_size=spec.info.any_size,
-                      exact_cam=spec.info.exact_cam, head_params=0, total_params=0,
-                      head_flops=0, total_flops=0, weight_decay=1e-3, wd_sweep={}, best_seed=0,
-                      model_dir=f"heads/{label}", model_size_bytes=None, latency_ms_b1=0.0,
-                      throughput_b32=0.0, architecture="", seeds=seeds,
-                      summary=HeadSummary.of(seeds))
+    return placeholder_head(label, SEEDS, 1)
 
 
 @pytest.fixture(scope="module")

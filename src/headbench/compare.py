@@ -59,7 +59,6 @@ class _Work:
     scan: _data.Scan
     splits: _data.Splits
     features: _features.FeatureSet
-    X: dict            # role -> lazy feature rows of the split
     F: dict            # role -> train.Features, read once and shared by every head
     y: dict            # role -> labels
 
@@ -243,13 +242,12 @@ def _prepare(config: CompareConfig, bb, device, precision: str, timing: Timing) 
                                split=config.split, seed=config.split_seed)
     _log_splits(scan, splits)
     _warn_thin(scan, splits, bb)
-    X, F, y = {}, {}, {}
+    F, y = {}, {}
     for role in ROLES:
         idx = getattr(splits, role)
-        X[role] = fs.subset(idx)  # lazy rows of the memory maps
-        F[role] = _train.Features(X[role], device)
+        F[role] = _train.Features(fs.subset(idx), device)  # lazy rows of the memory maps
         y[role] = np.array([scan.items[i].label for i in idx], dtype=np.int64)
-    return _Work(config, bb, device, precision, scan, splits, fs, X, F, y)
+    return _Work(config, bb, device, precision, scan, splits, fs, F, y)
 
 
 def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult,
