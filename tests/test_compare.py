@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import headbench as hb
+from headbench import features
 from headbench.errors import HeadbenchError
 from headbench.run import Run, results_schema
 from headbench.synthetic import make_shapes_dataset
@@ -212,3 +213,22 @@ def test_damaged_results_are_one_clear_line(run, tmp_path):
     (bad / "results.json").write_text(json.dumps(results))
     with pytest.raises(HeadbenchError, match="are damaged .*re-run compare"):
         Run.load(bad)
+
+
+def test_global_pool_heads_train_from_a_cache_of_statistics(shapes, cache, run, tmp_path):
+    """gap alone needs only the average: the cache keeps C numbers per image, not C·H·W, and
+    gap's numbers match the run trained on the maps (float16 averages vs averaged float16)."""
+    own_cache = tmp_path / "cache"
+    pooled = hb.compare(shapes, cache_dir=own_cache, out=tmp_path, **{**OPTIONS, "heads": ["gap"]})
+    (entry,) = features.list_entries(own_cache)
+    (maps,) = features.list_entries(cache)
+    c, h, w = pooled.backbone.feature_shape
+    assert entry["form"] == "avg" and maps["form"] == "maps" and h * w >= 4
+    assert entry["images"] == maps["images"] == sum(len(s.paths) for s in
+                                                    pooled.dataset.splits.values())
+    assert entry["size_bytes"] < maps["size_bytes"] / 2
+    np.testing.assert_allclose(pooled.predictions["gap"].p_label,
+                               run.predictions["gap"].p_label, atol=2e-2)
+    # a maps entry that already holds every image serves gap too: nothing is extracted
+    again = hb.compare(shapes, cache_dir=cache, out=tmp_path, **{**OPTIONS, "heads": ["gap"]})
+    assert again.timing.n_extracted == 0 and len(features.list_entries(cache)) == 1

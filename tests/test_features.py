@@ -326,3 +326,24 @@ def test_half_removed_entries_are_swept_only_once_stale(tmp_path, monkeypatch):
     monkeypatch.setattr(hb_io, "STALE_SECONDS", 0)
     features.list_entries(tmp_path)
     assert not trash.exists()
+
+
+def test_statistics_form_stores_the_pooled_rows_under_its_own_key(backbone, images, tmp_path):
+    maps = _extract(backbone, images, tmp_path)
+    form = ("avg", "max")
+    pooled = _extract(backbone, images, tmp_path, form=form)
+    assert pooled.key != maps.key and pooled.form == form and maps.form is None
+    c, h, w = maps.shape
+    assert pooled.shape == (2 * c,) and pooled.meta["map_shape"] == [c, h, w]
+    assert pooled.subset(np.arange(3)).form == form
+    x = torch.from_numpy(maps.take(np.arange(N_IMAGES)).astype(np.float32))
+    expected = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1).numpy()
+    np.testing.assert_allclose(pooled.take(np.arange(N_IMAGES)).astype(np.float32), expected,
+                               rtol=1e-2, atol=1e-2)
+    assert {e["form"] for e in features.list_entries(tmp_path)} == {"maps", "avg+max"}
+    data_bytes = [sum(p.stat().st_size - 128 for p in _chunk_files(fs, "npy"))
+                  for fs in (maps, pooled)]  # .npy files less their 128-byte headers
+    assert data_bytes[1] * h * w == data_bytes[0] * 2  # 2 numbers per channel instead of h·w
+    assert features.is_cached(backbone, [file_digest(p) for p in images], cache_dir=tmp_path,
+                              form=form)
+    assert _extract(backbone, images, tmp_path, form=form).n_extracted == 0

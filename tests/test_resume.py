@@ -16,7 +16,7 @@ from headbench import io as hb_io
 from headbench import train
 from headbench.cli import main
 from headbench.errors import HeadbenchError
-from headbench.run import INCOMPLETE, Run, is_complete
+from headbench.run import INCOMPLETE, MEMBERS, Run, is_complete
 from headbench.synthetic import make_shapes_dataset
 
 OPTIONS = dict(backbone="efficientnet_lite0", weights="embedded", heads=["gap", "flatten", "gmp"],
@@ -43,17 +43,20 @@ def _numbers(run: Run) -> dict:
     return {h.head: [(s.train, s.val, s.test, s.best_epoch) for s in h.seeds] for h in run.heads}
 
 
-def _counting_fit_head(monkeypatch) -> list:
-    """Record which heads `compare` trains (their first seed's head label is not passed, so
-    count calls: one per head)."""
-    calls = []
-    original = train.fit_head
+def _counting_members(monkeypatch) -> list:
+    """Record the training runs (head × decay × seed) `compare` trains."""
+    trained = []
+    original = train.train_members
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-    monkeypatch.setattr(train, "fit_head", spy)
-    return calls
+    def spy(make_heads, members, *args, **kwargs):
+        trained.extend(members)
+        return original(make_heads, members, *args, **kwargs)
+    monkeypatch.setattr(train, "train_members", spy)
+    return trained
+
+
+# 3 heads × (4 decays at seed 0 + 1 more seed): 12 runs in the sweep pass, 3 in the second
+RUNS = 15
 
 
 def test_sigkill_during_training_then_rerun_trains_only_the_rest(shapes, cache, uninterrupted,
@@ -62,14 +65,14 @@ def test_sigkill_during_training_then_rerun_trains_only_the_rest(shapes, cache, 
     script = textwrap.dedent(f"""
         import os, signal
         import headbench as hb
-        from headbench import train
-        original, calls = train.fit_head, []
-        def fit_then_die(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 2:  # the second head: the first is committed by now
+        from headbench import run
+        original, saved = run.save_member, []
+        def save_then_die(*args, **kwargs):
+            original(*args, **kwargs)
+            saved.append(1)
+            if len(saved) == 5:  # five training runs committed, the sweep not finished
                 os.kill(os.getpid(), signal.SIGKILL)
-            return original(*args, **kwargs)
-        train.fit_head = fit_then_die
+        run.save_member = save_then_die
         hb.compare({str(shapes)!r}, cache_dir={str(cache)!r}, out={str(out)!r}, **{OPTIONS!r})
     """)
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -77,23 +80,24 @@ def test_sigkill_during_training_then_rerun_trains_only_the_rest(shapes, cache, 
     assert killed.returncode == -9, killed.stderr
     (run_dir,) = (out / "runs").iterdir()
     assert not is_complete(run_dir)
-    assert [h.head for h in Run.load(run_dir).heads] == ["gap"]  # committed before the kill
+    assert len(list((run_dir / MEMBERS).glob("*/*.safetensors"))) == 5
 
-    calls = _counting_fit_head(monkeypatch)
+    trained = _counting_members(monkeypatch)
     resumed = hb.compare(shapes, cache_dir=cache, out=out, **OPTIONS)
     assert resumed.run_dir == run_dir and is_complete(run_dir)
-    assert len(calls) == 2  # flatten and gmp; gap was reused
+    assert len(trained) == RUNS - 5 and len(set(trained)) == len(trained)
     assert [h.head for h in resumed.heads] == ["gap", "flatten", "gmp"]
     assert _numbers(resumed) == _numbers(uninterrupted)
     assert resumed.best_head == uninterrupted.best_head
     assert _numbers(Run.load(run_dir)) == _numbers(uninterrupted)
+    assert not (run_dir / MEMBERS).exists()  # every head committed: the runs are not kept
 
 
 def test_a_finished_run_is_never_modified_by_a_rerun(shapes, cache, uninterrupted, monkeypatch):
     before = (uninterrupted.run_dir / "results.json").read_bytes()
-    calls = _counting_fit_head(monkeypatch)
+    trained = _counting_members(monkeypatch)
     again = hb.compare(shapes, cache_dir=cache, out=uninterrupted.run_dir.parent.parent, **OPTIONS)
-    assert again.run_dir != uninterrupted.run_dir and len(calls) == 3
+    assert again.run_dir != uninterrupted.run_dir and len(trained) == RUNS
     assert (uninterrupted.run_dir / "results.json").read_bytes() == before
 
 
@@ -117,9 +121,13 @@ def test_a_disk_error_is_one_line_that_says_what_was_kept_and_a_rerun_resumes(
     assert "finished heads gap are kept" in message and "rerun the same command" in message
 
     monkeypatch.setattr(hb_io, "atomic_write", original)
-    calls = _counting_fit_head(monkeypatch)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    saved = len(list((run_dir / MEMBERS).glob("*/*.safetensors")))
+    trained = _counting_members(monkeypatch)
     resumed = hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS)
-    assert len(calls) == 2 and _numbers(resumed) == _numbers(uninterrupted)
+    # only the training runs not committed before the failure are trained again
+    assert len(trained) == RUNS - saved < RUNS // 2
+    assert _numbers(resumed) == _numbers(uninterrupted)
 
 
 def test_the_cli_turns_a_disk_error_into_one_line_and_exit_code(shapes, cache, tmp_path,
@@ -135,23 +143,26 @@ def test_the_cli_turns_a_disk_error_into_one_line_and_exit_code(shapes, cache, t
     assert "Traceback" not in err
 
 
-def test_ctrl_c_keeps_finished_heads_and_the_rerun_resumes(shapes, cache, uninterrupted,
-                                                           tmp_path, monkeypatch):
-    original, calls = train.fit_head, []
+def test_ctrl_c_keeps_finished_training_runs_and_the_rerun_resumes(shapes, cache, uninterrupted,
+                                                                   tmp_path, monkeypatch):
+    original, calls = train.train_members, []
 
-    def interrupt_second(*args, **kwargs):
+    def interrupt_second_pass(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 2:  # the sweep is done and committed
             raise KeyboardInterrupt
         return original(*args, **kwargs)
-    monkeypatch.setattr(train, "fit_head", interrupt_second)
+    monkeypatch.setattr(train, "train_members", interrupt_second_pass)
     with pytest.raises(KeyboardInterrupt):
         hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS)
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert (run_dir / INCOMPLETE).exists() and [h.head for h in Run.load(run_dir).heads] == ["gap"]
-    monkeypatch.setattr(train, "fit_head", original)
+    assert (run_dir / INCOMPLETE).exists()
+    assert len(list((run_dir / MEMBERS).glob("*/*.safetensors"))) == 12
+    monkeypatch.setattr(train, "train_members", original)
+    trained = _counting_members(monkeypatch)
     assert _numbers(hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS)) == \
         _numbers(uninterrupted)
+    assert len(trained) == RUNS - 12
 
 
 def test_analyze_refuses_an_incomplete_run(shapes, cache, uninterrupted, tmp_path):

@@ -12,6 +12,7 @@ from torch import nn
 
 from headbench import train
 from headbench.errors import HeadbenchError
+from headbench.heads import training_split
 from headbench.train import (Features, TrainConfig, fit_head, lr_at, predict_logits, seeded,
                              train_head)
 
@@ -254,8 +255,8 @@ def test_pooling_once_per_fit_trains_exactly_like_pooling_every_step(data):
             return self.head(x)
 
     X_tr, y_tr, X_va, y_va = data
-    prefix, _ = train.split_fixed_prefix(gap_head())
-    assert len(prefix) == 2  # pool + flatten; the Dropout and Linear train
+    split = training_split(gap_head())
+    assert len(split.prepare) == 2  # pool + flatten; the Dropout and Linear train
     with seeded(0):
         split = gap_head()
     with seeded(0):

@@ -264,10 +264,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
             say(f"no cached features in {cache_dir}")
         for e in entries:  # an entry without readable meta.json has None fields
             text = {k: str(e[k]) if e[k] is not None else "?" for k in
-                    ("backbone", "weights", "view", "precision")}
+                    ("backbone", "weights", "view", "precision", "form")}
+            images = e["images"] or 0
+            per_image = f"{e['size_bytes'] / images / 1e3:8.1f} kB/img" if images else ""
             say(f"{e['key']}  {text['backbone']:<20} {text['weights']:<10} {text['view']:<14} "
-                f"{text['precision']:<5} {e['images'] or 0:6d} img  "
-                f"{e['size_bytes'] / 1e6:8.1f} MB")
+                f"{text['precision']:<5} {text['form']:<7} {images:6d} img  "
+                f"{e['size_bytes'] / 1e6:8.1f} MB{per_image}")
         return 0
     if not args.keys and not args.all:
         raise HeadbenchError("cache rm needs KEY... (see 'headbench cache ls') or --all")

@@ -35,7 +35,9 @@ from . import evaluate as _evaluate
 from . import export as _export
 from . import features as _features
 from . import io as _io
+from . import layers as _layers
 from . import progress as _progress
+from . import run as _run
 from . import train as _train
 from .config import CompareConfig
 from .errors import HeadbenchError
@@ -62,8 +64,13 @@ class _Work:
     F: dict            # role -> train.Features, read once and shared by every head
     y: dict            # role -> labels
 
+    @property
+    def map_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the backbone's feature map (the cache may hold only its statistics)."""
+        return tuple(self.features.meta.get("map_shape") or self.features.shape)
+
     def make_head(self, spec: HeadSpec) -> Head:
-        c, h, w = self.features.shape
+        c, h, w = self.map_shape
         return create_head(spec, c, len(self.scan.classes), (h, w))
 
 
@@ -122,7 +129,8 @@ def _run_folder(config: CompareConfig, digest: str) -> Iterator[Path]:
         with _io.locked(run_dir / LOCK):
             yield run_dir
     except BaseException:
-        if not (run_dir / "results.json").exists():  # nothing committed: leave no empty folder
+        if not any((run_dir / name).exists() for name in ("results.json", _run.MEMBERS)):
+            # nothing committed: leave no empty folder
             shutil.rmtree(run_dir, ignore_errors=True)
             with contextlib.suppress(OSError):
                 run_dir.parent.rmdir()  # runs/ too, when this run was its only one
@@ -139,31 +147,48 @@ def _compare(config: CompareConfig, bb, device, precision: str, timing: Timing, 
               run_dir=run_dir)
     prior = _finished_heads(run)
     backbone_file = _export.save_backbone_if_needed(bb, run_dir)
-    cfg = config.train_config()
-    todo = [s for s in config.heads if s.label not in prior]
+    specs = {s.label: s for s in config.heads if s.label not in prior}
+    done = {m: r for m, r in _run.load_members(run_dir, run.feature_digest).items()
+            if m.head in specs}
+    if done:
+        _progress.log(f"reusing {len(done)} finished training run(s) of the interrupted run")
+    for label, (head, predictions, states) in prior.items():
+        _commit(run, head, predictions, states, committed, save=False)
+
+    def on_fit(label: str, fit: _train.FitResult) -> None:
+        head, predictions = _evaluate_fit(work, specs[label], fit, run.backbone)
+        states = {tr.seed: tr.state_dict for tr in fit.runs}
+        _save_head(work, run, head, states, backbone_file)
+        _commit(run, head, predictions, states, committed)
+
     t0 = time.perf_counter()
-    with _progress.progress("training heads", total=len(todo) * _runs_per_head(config),
-                            unit="run") as bar:
-        for spec in config.heads:
-            if spec.label in prior:
-                head, predictions, states = prior[spec.label]
-            else:
-                bar.set_postfix(spec.label)
-                fit = _train.fit_head(lambda: work.make_head(spec), work.F["train"],
-                                      work.y["train"], work.F["val"], work.y["val"], cfg,
-                                      seeds=list(range(config.seeds)),
-                                      on_run=lambda done, total: bar.advance())
-                head, predictions = _evaluate_fit(work, spec, fit, run.backbone)
-                states = {tr.seed: tr.state_dict for tr in fit.runs}
-                _save_head(work, run, head, states, backbone_file)
-            run.heads.append(head)
-            run.predictions[head.head] = predictions
-            run.states[head.head] = states
-            run.save()  # commit: a finished head is on disk before the next one starts
-            committed.append(head.head)
+    total = config.epochs * (len(specs) * _runs_per_head(config) - len(done))
+    with _progress.progress("training heads", total=total, unit="epoch") as bar:
+        _train.fit_heads({label: (lambda spec=spec: work.make_head(spec))
+                          for label, spec in specs.items()},
+                         work.F["train"], work.y["train"], work.F["val"], work.y["val"],
+                         config.train_config(), seeds=list(range(config.seeds)), done=done,
+                         on_member=lambda m, r: _run.save_member(run_dir, m, r,
+                                                                 run.feature_digest),
+                         on_fit=on_fit, on_epochs=bar.advance)
     timing.train_s = time.perf_counter() - t0
+    order = [s.label for s in config.heads]
+    run.heads.sort(key=lambda h: order.index(h.head))
+    run.save()
+    _run.drop_members(run_dir)  # every head is committed: its training runs are not needed
     run.best_head = _evaluate.select_head(run.heads).head  # on val, never on test
     return run
+
+
+def _commit(run: Run, head: HeadResult, predictions: Predictions, states: dict,
+            committed: list[str], save: bool = True) -> None:
+    """Add a finished head to the run and write the run: it is on disk from now on."""
+    run.heads.append(head)
+    run.predictions[head.head] = predictions
+    run.states[head.head] = states
+    if save:
+        run.save()
+    committed.append(head.head)
 
 
 def _runs_per_head(config: CompareConfig) -> int:
@@ -231,9 +256,10 @@ def _prepare(config: CompareConfig, bb, device, precision: str, timing: Timing) 
                          "skipped and listed in skipped.csv (--follow-links uses them)"))
     timing.scan_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    fs = _features.extract(bb, [it.path for it in scan.items], [it.digest for it in scan.items],
-                           precision=precision, cache_dir=config.cache_dir,
-                           workers=config.workers, device=device)
+    paths, digests = [it.path for it in scan.items], [it.digest for it in scan.items]
+    form = _cache_form(config, bb, digests, precision)
+    fs = _features.extract(bb, paths, digests, precision=precision, cache_dir=config.cache_dir,
+                           workers=config.workers, device=device, form=form)
     timing.extract_s, timing.n_extracted = time.perf_counter() - t0, fs.n_extracted
     if fs.failures:
         _progress.warn(f"{len(fs.failures)} images could not be decoded and are skipped "
@@ -248,6 +274,24 @@ def _prepare(config: CompareConfig, bb, device, precision: str, timing: Timing) 
         F[role] = _train.Features(fs.subset(idx), device)  # lazy rows of the memory maps
         y[role] = np.array([scan.items[i].label for i in idx], dtype=np.int64)
     return _Work(config, bb, device, precision, scan, splits, fs, F, y)
+
+
+def _cache_form(config: CompareConfig, bb, digests: list[str],
+                precision: str) -> tuple[str, ...] | None:
+    """The global statistics to cache when every head needs only those and no analysis needs
+    the maps; None (maps) otherwise, or when the maps of every image are cached already."""
+    if config.requested():
+        return None
+    c, h, w = bb.feature_shape()
+    needed = set()
+    for spec in config.heads:
+        stats = create_head(spec, c, 2, (h, w)).training_split().stats
+        if not stats:
+            return None
+        needed.update(stats)
+    if _features.is_cached(bb, digests, precision=precision, cache_dir=config.cache_dir):
+        return None
+    return tuple(name for name in _layers.STATS if name in needed)
 
 
 def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult,
@@ -274,7 +318,7 @@ def _backbone_info(work: _Work) -> BackboneInfo:
     bb, size = work.backbone, work.backbone.data_config["input_size"][-1]
     cost = _latency(bb, (3, size, size), work)
     return BackboneInfo(bb.name, bb.timm_name, bb.weights, bb.weights_checksum, bb.data_config,
-                        list(work.features.shape), count_params(bb),
+                        list(work.map_shape), count_params(bb),
                         count_flops(bb, torch.zeros(1, 3, size, size)),
                         cost["latency_ms_b1"], cost["throughput_b32"])
 
@@ -290,7 +334,7 @@ def _feature_digest(work: _Work) -> str:
 def _head_result(work: _Work, spec: HeadSpec, fit: _train.FitResult, seeds: list[SeedResult],
                  bb: BackboneInfo) -> HeadResult:
     head = work.make_head(spec)
-    c, h, w = work.features.shape
+    c, h, w = work.map_shape
     head_flops = count_flops(head.eval(), torch.zeros(1, c, h, w))
     cost = _latency(head, (c, h, w), work)
     params = count_params(head)

@@ -1,8 +1,10 @@
 """The on-disk feature cache: the backbone runs once per image.
 
 Heads are trained on the backbone's *unpooled* feature map (C, H, W), so flatten, average-pool
-and attention heads train from the same cache as `gap`. Maps are stored as float16 in
-memory-mappable `.npy` chunks:
+and attention heads train from the same cache as `gap`. When every head needs only global
+statistics of the map (gap: the average; gmp: the max; catavgmax: both), `form` stores just those
+(C floats per statistic instead of C·H·W: 49× smaller for a 7×7 map) and the key says so.
+Rows are stored as float16 in memory-mappable `.npy` chunks:
 
     <cache_dir>/<key>/meta.json              what produced the features (the key's fields + more)
     <cache_dir>/<key>/chunks/000000.npy      float16 (n, C, H, W)
@@ -21,6 +23,7 @@ finished chunk, and a half-written `.npy` without its `.json` is ignored and lat
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import hashlib
 import json
@@ -41,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import io, progress
 from .data import BadImage, View, draft_size, load_image, make_transform
 from .errors import HeadbenchError, unknown
+from .layers import global_stats
 
 FORMAT_VERSION = 1
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -77,6 +81,23 @@ def cpu_flags() -> frozenset[str]:
         if line.startswith("flags"):
             flags.update(line.partition(":")[2].split())
     return frozenset(flags)
+
+
+@functools.lru_cache(maxsize=1)
+def tune_allocator() -> bool:
+    """Let glibc keep freed memory for reuse (large-block threshold 256 MiB, trim at 1 GiB).
+
+    torch's CPU temporaries of a few MB are otherwise mapped and page-faulted anew by every op:
+    training GeM on cached maps ran 3× faster with this on a 2-core EPYC (bench/RESULTS.md).
+    Called by training and extraction; a no-op (False) where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 256 << 20) and mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 def _bf16_supported(device: torch.device) -> bool:
@@ -118,12 +139,16 @@ def _input_size(backbone: Any, view: View) -> int | list[int]:
     return view.size if view.size is not None else list(backbone.data_config["input_size"][1:])
 
 
-def key_fields(backbone: Any, view: View, precision: str) -> dict[str, Any]:
+def key_fields(backbone: Any, view: View, precision: str,
+               form: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Everything that changes the stored numbers; their hash is the cache key."""
-    return {"format": FORMAT_VERSION, "backbone": backbone.timm_name,
-            "weights_checksum": backbone.weights_checksum,
-            "data_config": backbone.data_config, "input_size": _input_size(backbone, view),
-            "view": view.key, "precision": precision}
+    fields = {"format": FORMAT_VERSION, "backbone": backbone.timm_name,
+              "weights_checksum": backbone.weights_checksum,
+              "data_config": backbone.data_config, "input_size": _input_size(backbone, view),
+              "view": view.key, "precision": precision}
+    if form:  # pooled statistics instead of maps (absent for maps: their keys stay as they were)
+        fields["form"] = list(form)
+    return fields
 
 
 def cache_key(fields: dict[str, Any]) -> str:
@@ -260,15 +285,17 @@ def _placed(backbone: torch.nn.Module, device: torch.device) -> Iterator[None]:
 
 
 def _forward(backbone: torch.nn.Module, images: torch.Tensor, device: torch.device,
-             precision: str) -> np.ndarray:
-    """float16 (n, C, H, W) feature maps of one batch."""
+             precision: str, form: tuple[str, ...] | None = None) -> np.ndarray:
+    """float16 (n, C, H, W) feature maps of one batch, or their global statistics `form`
+    (n, len(form)·C), pooled in float32."""
     x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
     with torch.inference_mode():
         with autocast:
             out = backbone(x)
-        out = out.float().clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
+        out = out.float() if not form else global_stats(out.float(), form)
+        out = out.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
         return out.contiguous().cpu().numpy()
 
 
@@ -311,13 +338,16 @@ class _ChunkWriter:
 
 
 def _ensure_meta(entry: Path, fields: dict[str, Any], backbone: Any, view: View) -> dict:
-    """meta.json of the entry, written on first use."""
+    """meta.json of the entry, written on first use. `feature_shape` is one stored row's
+    shape: the map (C, H, W), or (len(form)·C,) for pooled statistics."""
     try:
         return json.loads((entry / "meta.json").read_text())
     except (OSError, ValueError):
         pass
+    c, h, w = backbone.feature_shape(view.size)
+    form = fields.get("form")
     meta = dict(fields, backbone_name=backbone.name, weights=str(backbone.weights),
-                feature_shape=list(backbone.feature_shape(view.size)),
+                feature_shape=[len(form) * c] if form else [c, h, w], map_shape=[c, h, w],
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     io.atomic_write_json(entry / "meta.json", meta)
     return meta
@@ -325,7 +355,8 @@ def _ensure_meta(entry: Path, fields: dict[str, Any], backbone: Any, view: View)
 
 def _run(backbone: Any, todo: list[tuple[str, Path]], view: View, precision: str,
          device: torch.device, chunks: Path, index: _Index, shape: tuple, batch_size: int,
-         workers: int, chunk_size: int, description: str) -> int:
+         workers: int, chunk_size: int, description: str,
+         form: tuple[str, ...] | None = None) -> int:
     """Extract the (digest, path) pairs in `todo` into new chunks; the number of rows written."""
     dataset = ImageFiles([p for _, p in todo], make_transform(backbone.data_config, view),
                          draft_size(backbone.data_config, view))
@@ -339,7 +370,7 @@ def _run(backbone: Any, todo: list[tuple[str, Path]], view: View, precision: str
     with _placed(backbone, device), progress.progress(description, total=len(todo),
                                                       unit="img") as bar, _flushed(writer):
         for images, good, bad, reasons in loader:
-            features = (_forward(backbone, images, device, precision) if images is not None
+            features = (_forward(backbone, images, device, precision, form) if images is not None
                         else np.empty((0, *shape), np.float16))
             if features.shape[1:] != shape:
                 raise RuntimeError(f"backbone produced {features.shape[1:]}, meta says {shape}")
@@ -366,7 +397,8 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
             view: View = View(), precision: str = "auto", cache_dir: str | Path | None = None,
             batch_size: int = 32, workers: int | None = None,
             device: str | torch.device | None = None, chunk_size: int = 256,
-            description: str = "extracting features") -> "FeatureSet":
+            description: str = "extracting features",
+            form: tuple[str, ...] | None = None) -> "FeatureSet":
     """Feature maps of `paths` under `view`, computing only those not cached yet.
 
     Args:
@@ -381,12 +413,16 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
         device: default `headbench.model.default_device()`.
         chunk_size: images per committed chunk (the unit an interrupted run resumes from).
         description: progress bar label.
+        form: store only these global statistics of each map ('avg', 'max'; see
+            `layers.STATS`), C floats per statistic instead of C·H·W: enough for heads whose
+            `TrainingSplit.stats` they cover. None stores the maps.
 
     Returns:
         A `FeatureSet` over all files, in the order given.
     """
     if len(paths) != len(digests):
         raise ValueError(f"{len(paths)} paths but {len(digests)} digests")
+    tune_allocator()
     for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
         if value < 1:
             raise HeadbenchError(f"{name} must be at least 1, got {value}")
@@ -399,7 +435,7 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
     # an explicit precision names the cache entry even on a device that cannot compute it, so a
     # bf16 run's cached features can be read anywhere; support is checked only before computing
     precision = precision if precision in ("fp32", "bf16") else resolve_precision(precision, device)
-    fields = key_fields(backbone, view, precision)
+    fields = key_fields(backbone, view, precision, form)
     key = cache_key(fields)
     entry = Path(cache_dir or default_cache_dir()) / key
     index = _Index.load(entry / "chunks")
@@ -416,10 +452,18 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
                 n_extracted = _run(backbone, todo, view, precision, device, entry / "chunks",
                                    index, tuple(meta["feature_shape"]), batch_size,
                                    _default_workers() if workers is None else workers,
-                                   chunk_size, description)
+                                   chunk_size, description, form)
                 index = _Index.load(entry / "chunks")
     meta = _ensure_meta(entry, fields, backbone, view)
     return FeatureSet(key, meta, entry, list(digests), index, n_extracted)
+
+
+def is_cached(backbone: Any, digests: Sequence[str], view: View = View(), precision: str = "fp32",
+              cache_dir: str | Path | None = None, form: tuple[str, ...] | None = None) -> bool:
+    """Whether every digest already has a row (or a failure) in that cache entry."""
+    key = cache_key(key_fields(backbone, view, precision, form))
+    index = _Index.load(Path(cache_dir or default_cache_dir()) / key / "chunks")
+    return all(index.knows(d) for d in digests)
 
 
 # --------------------------------------------------------------------------- reading
@@ -431,7 +475,8 @@ class FeatureSet:
     Attributes:
         key: the cache key (entry directory name).
         meta: contents of the entry's meta.json.
-        shape: (C, H, W) of one feature map.
+        shape: one stored row: the feature map (C, H, W), or (len(form)·C,) for statistics.
+        form: None for maps, else the global statistics stored (the cache key says which).
         n_extracted: rows computed by the `extract` call that returned this set.
         failures: file index -> reason, for files that could not be decoded.
         valid: bool array, True where a file has features.
@@ -446,6 +491,7 @@ class FeatureSet:
                  n_extracted: int):
         self.key, self.meta, self.path, self.digests = key, meta, entry, digests
         self.shape = tuple(meta["feature_shape"])
+        self.form = tuple(meta["form"]) if meta.get("form") else None
         self.n_extracted = n_extracted
         located = [index.rows.get(d, (-1, -1)) for d in digests]
         self._chunk = np.array([c for c, _ in located], dtype=np.int64)
@@ -521,7 +567,7 @@ class FeatureRows:
     dtype = np.dtype(np.float16)
 
     def __init__(self, features: FeatureSet, indices: Sequence[int] | np.ndarray):
-        self.features = features
+        self.features, self.form = features, features.form
         self.indices = np.asarray(indices, dtype=np.int64)
         self.shape = (len(self.indices), *features.shape)
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
@@ -569,8 +615,9 @@ def _sweep_removed(cache_dir: Path) -> None:
 
 
 def list_entries(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """One dict per cache entry, oldest first: key, backbone, weights, view, precision,
-    images (cached feature rows), failures, size_bytes, path, created.
+    """One dict per cache entry, oldest first: key, backbone, weights, view, precision, form
+    ('maps' or the statistics, 'avg+max'), images (cached feature rows), failures,
+    size_bytes, path, created.
 
     Entries whose meta.json is missing or unreadable (an extraction that never got going) are
     listed with None for the fields it would have held, so they can still be removed.
@@ -586,7 +633,9 @@ def list_entries(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
         index = _Index.load(entry / "chunks")
         entries.append({"key": entry.name, "backbone": meta.get("backbone_name"),
                         "weights": meta.get("weights"), "view": meta.get("view"),
-                        "precision": meta.get("precision"), "images": len(index.rows),
+                        "precision": meta.get("precision"),
+                        "form": "+".join(meta["form"]) if meta.get("form") else
+                        ("maps" if meta else None), "images": len(index.rows),
                         "failures": len(index.failures), "size_bytes": _size_bytes(entry),
                         "path": str(entry), "created": meta.get("created")})
     return sorted(entries, key=lambda e: (e["created"] or "", e["key"]))

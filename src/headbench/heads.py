@@ -251,6 +251,10 @@ class Head(nn.Sequential):
         """Whether the head runs on a feature map of `map_size` (H, W)."""
         return self.any_size or tuple(map_size) == self.map_size
 
+    def training_split(self) -> "TrainingSplit":
+        """This head as a parameter-free `prepare` and a trainable `body` (see `training_split`)."""
+        return training_split(self)
+
     def classifier_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W (K, C), b (K,)) with logits = W @ GAP(x) + b, for `exact_cam` heads."""
         if not self.exact_cam:
@@ -259,6 +263,83 @@ class Head(nn.Sequential):
                 f"maps need a head registered with exact_cam (gap, dense_map) without hidden")
         fc = [m for m in self.modules() if isinstance(m, nn.Linear)][-1]
         return fc.weight.detach(), fc.bias.detach()
+
+
+@dataclass
+class TrainingSplit:
+    """A head cut in two for training on cached features: ``body(prepare(x)) == head(x)``.
+
+    `prepare` has no parameters and no randomness, so training computes it once per image
+    rather than once per epoch (a global pool, GeM's logarithms, attention's tokens); heads with
+    the same `key` share it. `body` shares the head's parameters: training it trains the head.
+    `stats` names the global statistics `prepare` is a function of (('avg',) for gap), or is
+    empty when it needs the whole map; `from_stats` then computes it from a cache of them.
+    """
+
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    key: str
+    body: nn.Module
+    stats: tuple[str, ...] = ()
+    pool: nn.Module | None = None
+
+    def apply(self, x: torch.Tensor, form: tuple[str, ...] | None = None) -> torch.Tensor:
+        """`prepare` of feature rows stored as maps (form None) or as the statistics `form`."""
+        if form is None:
+            return self.prepare(x)
+        if not self.stats or not set(self.stats) <= set(form):
+            raise HeadbenchError(f"features hold {', '.join(form)} statistics but this head "
+                                 f"needs {', '.join(self.stats) or 'the feature maps'}")
+        parts = dict(zip(form, x.chunk(len(form), dim=1)))
+        return self.pool.from_stats(parts)
+
+
+class _FromPrepared(nn.Module):
+    """The trainable rest of a pool with a `prepare` step (GeM, attention); shares its params."""
+
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, prepared: torch.Tensor) -> torch.Tensor:
+        return self.pool.from_prepared(prepared)
+
+
+def _fixed(module: nn.Module) -> bool:
+    """No parameters, no buffers, no randomness: the output never changes during training."""
+    return not (any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+                or isinstance(module, nn.modules.dropout._DropoutNd))
+
+
+def _affine(module: nn.Module) -> bool:
+    layers = list(module) if isinstance(module, nn.Sequential) else [module]
+    return len(layers) == 1 and isinstance(layers[0], nn.Linear)
+
+
+def training_split(head: nn.Module) -> TrainingSplit:
+    """Cut a head (any Sequential) into `prepare` and `body`, the longest exact way.
+
+    - leading layers without parameters (global pools, AvgPool2d, Flatten) go to `prepare`;
+    - else a pool with a `prepare` step (GeM, attention) gives it to `prepare`;
+    - a Dense applied at every position and then averaged is the Dense of the average
+      (mean(W·x + b) = W·mean(x) + b: dense_map without hidden layers and dropout).
+    """
+    layers = list(head) if isinstance(head, nn.Sequential) else [head]
+    if (len(layers) == 2 and isinstance(layers[0], PerPosition) and _affine(layers[0].module)
+            and isinstance(layers[1], GlobalAvgPool2d) and not layers[1].keepdims):
+        prepare = nn.Sequential(layers[1])  # gap's prepare: one shared pooled input
+        return TrainingSplit(prepare, repr(prepare), layers[0].module, ("avg",), layers[1])
+    n = 0
+    while n < len(layers) - 1 and _fixed(layers[n]):
+        n += 1
+    if n:
+        prepare = nn.Sequential(*layers[:n])
+        pool = layers[0] if n == 1 and getattr(layers[0], "stats", ()) else None
+        stats = pool.stats if pool is not None and not pool.keepdims else ()
+        return TrainingSplit(prepare, repr(prepare), nn.Sequential(*layers[n:]), stats, pool)
+    if hasattr(layers[0], "from_prepared") and not layers[0].keepdims:
+        body = nn.Sequential(_FromPrepared(layers[0]), *layers[1:])
+        return TrainingSplit(layers[0].prepare, layers[0].prepare_key, body)
+    return TrainingSplit(nn.Identity(), "identity", head)
 
 
 def create_head(spec: HeadSpec | str, in_channels: int, num_classes: int,
@@ -373,5 +454,5 @@ def _fastai(spec: HeadSpec, c: int, k: int, map_size: tuple[int, int]) -> Layers
     return layers
 
 
-__all__ = ["DEFAULT_HEADS", "Head", "HeadInfo", "HeadSpec", "create_head", "head_info",
-           "list_heads", "register_head", "unregister_head"]
+__all__ = ["DEFAULT_HEADS", "Head", "HeadInfo", "HeadSpec", "TrainingSplit", "create_head",
+           "head_info", "list_heads", "register_head", "training_split", "unregister_head"]

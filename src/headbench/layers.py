@@ -69,8 +69,26 @@ def _size_text(pair: tuple[int, int]) -> str:
 
 # --- global pooling -----------------------------------------------------------------------------
 
+STATS = {"avg": lambda x: x.mean(dim=(2, 3)), "max": lambda x: x.amax(dim=(2, 3))}
+
+
+def global_stats(x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+    """The named global statistics of an NCHW map, concatenated: (N, len(names)·C)."""
+    return torch.cat([STATS[name](x) for name in names], dim=1)
+
+
 class _GlobalPool(nn.Module):
-    """Holds `data_format` and `keepdims`; subclasses implement `pool(x)` on NCHW -> (N, C')."""
+    """Holds `data_format` and `keepdims`; subclasses implement `pool(x)` on NCHW -> (N, C').
+
+    A parameter-free pool names the global statistics its output is a function of in `stats`
+    (see `STATS`) and computes it from them in `from_stats`, so a cache of those statistics can
+    stand in for the map. A pool with parameters may split off a parameter-free `prepare(x)`,
+    computed once per image, and finish in `from_prepared` (GeM, attention)."""
+
+    stats: tuple[str, ...] = ()
+
+    def from_stats(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
 
     def __init__(self, keepdims: bool = False, data_format: str = "channels_first"):
         super().__init__()
@@ -109,8 +127,13 @@ class GlobalAvgPool2d(_GlobalPool):
         tensor([[5.]])
     """
 
+    stats = ("avg",)
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
+
+    def from_stats(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return stats["avg"]
 
 
 class GlobalMaxPool2d(_GlobalPool):
@@ -129,8 +152,13 @@ class GlobalMaxPool2d(_GlobalPool):
         tensor([[9.]])
     """
 
+    stats = ("max",)
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return x.amax(dim=(2, 3))
+
+    def from_stats(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return stats["max"]
 
 
 class GeM(_GlobalPool):
@@ -164,17 +192,73 @@ class GeM(_GlobalPool):
         else:
             self.register_buffer("p", p_tensor)
 
+    @property
+    def prepare_key(self) -> str:
+        return f"GeM.prepare(eps={self.eps:g}, {self.data_format})"
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """What does not depend on p, per image: log x at every position and its max and min
+        over positions, (N, H·W + 2, C) with the channels contiguous (fast sums over positions)."""
+        return self._prepare(to_channels_first(x, self.data_format))
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        logs = x.clamp(min=self.eps).log().flatten(2).transpose(1, 2)  # N, HW, C
+        return torch.cat([logs, logs.amax(1, keepdim=True), logs.amin(1, keepdim=True)], dim=1)
+
+    def from_prepared(self, prepared: torch.Tensor) -> torch.Tensor:
+        logs, high, low = prepared[:, :-2], prepared[:, -2], prepared[:, -1]
+        if prepared.requires_grad or not isinstance(self.p, nn.Parameter):
+            return _gem_from_logs(logs, high, low, self.p)[0]  # autograd through every op
+        return _GeMOfLogs.apply(logs, high, low, self.p)[0]
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        # In the log domain: mean(x^p)^(1/p) = exp((logsumexp(p·log x) − log HW) / p). x^p itself
-        # underflows fp32 for large p (0.12^50 < 1e-45), and pow+log backward costs twice as much.
-        logs = (x.clamp(min=self.eps).log() * self.p).flatten(2)
-        return ((torch.logsumexp(logs, dim=2) - math.log(logs.shape[2])) / self.p).exp()
+        return self.from_prepared(self._prepare(x))
 
     def extra_repr(self) -> str:
         learn = isinstance(self.p, nn.Parameter)
         base = f"p={self.p.item():.4g}, learnable={learn}, eps={self.eps:g}"
         rest = super().extra_repr()
         return f"{base}, {rest}" if rest else base
+
+
+def _gem_from_logs(logs: torch.Tensor, high: torch.Tensor, low: torch.Tensor,
+                   p: torch.Tensor, in_place: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GeM from log x (N, HW, C) and its max/min over positions (N, C): (out, E_w[log x], g)
+    with g = log mean exp(p·log x) and w ∝ x^p. In the log domain, shifted by max(p·log x):
+    x^p itself underflows fp32 for large p (0.12^50 < 1e-45). `in_place` reuses the
+    (N, HW, C) temporary (no autograd through it), which saves most of the time."""
+    shift = torch.where(p > 0, p * high, p * low)
+    weights = torch.addcmul(-shift.unsqueeze(1), logs, p)
+    weights = weights.exp_() if in_place else weights.exp()
+    mean = weights.mean(dim=1)
+    g = mean.log() + shift
+    weighted = weights.mul_(logs) if in_place else weights * logs
+    return (g / p).exp(), weighted.mean(dim=1) / mean, g
+
+
+class _GeMOfLogs(torch.autograd.Function):
+    """GeM's gradient in p from one pass: d/dp exp(g/p) = out·(E_w[log x]/p − g/p²), so the
+    backward keeps two (N, C) tensors instead of every (N, HW, C) intermediate (training on
+    cached features, where the input needs no gradient)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logs, high, low, p):
+        return _gem_from_logs(logs, high, low, p, in_place=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        out, weighted_logs, g = output
+        ctx.mark_non_differentiable(weighted_logs, g)
+        ctx.save_for_backward(inputs[3], out, weighted_logs, g)
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_weighted, _grad_g):
+        p, out, weighted_logs, g = ctx.saved_tensors
+        grad_p = (grad_out * out * (weighted_logs / p - g / (p * p))).sum()
+        return None, None, None, grad_p.reshape(p.shape)
 
 
 class AvgMax(_GlobalPool):
@@ -192,8 +276,13 @@ class AvgMax(_GlobalPool):
         tensor([[2.5000]])
     """
 
+    stats = ("avg", "max")
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * (x.mean(dim=(2, 3)) + x.amax(dim=(2, 3)))
+
+    def from_stats(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return 0.5 * (stats["avg"] + stats["max"])
 
 
 class CatAvgMax(_GlobalPool):
@@ -211,8 +300,13 @@ class CatAvgMax(_GlobalPool):
         tensor([[2., 3.]])
     """
 
+    stats = ("avg", "max")
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+    def from_stats(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([stats["avg"], stats["max"]], dim=1)
 
 
 class AttentionPool2d(_GlobalPool):
@@ -263,15 +357,29 @@ class AttentionPool2d(_GlobalPool):
         return self._weights(tokens)
 
     def _weights(self, tokens: torch.Tensor) -> torch.Tensor:
-        keys = self.key(tokens).unflatten(-1, (self.num_heads, self.head_dim))  # N, HW, h, d
-        scores = torch.einsum("nphd,hd->nhp", keys, self.query) / math.sqrt(self.head_dim)
+        keys = self._heads(self.key(tokens))  # N, h, HW, d
+        scores = (keys @ self.query.unsqueeze(-1)).squeeze(-1) / math.sqrt(self.head_dim)
         return scores.softmax(dim=-1)
 
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.flatten(2).transpose(1, 2)
-        values = tokens.unflatten(-1, (self.num_heads, self.head_dim))
-        out = torch.einsum("nhp,nphd->nhd", self._weights(tokens), values)
+    def _heads(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, HW, C) -> (N, h, HW, d); matmuls rather than einsum, which vmap (stacked
+        training) runs many times slower."""
+        return tokens.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    @property
+    def prepare_key(self) -> str:
+        return f"tokens({self.data_format})"
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The positions as tokens, (N, H·W, C), contiguous: attention needs nothing else."""
+        return to_channels_first(x, self.data_format).flatten(2).transpose(1, 2).contiguous()
+
+    def from_prepared(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self._weights(tokens).unsqueeze(-2) @ self._heads(tokens)  # N, h, 1, d
         return out.flatten(1)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.from_prepared(x.flatten(2).transpose(1, 2))
 
     def extra_repr(self) -> str:
         base = f"channels={self.channels}, num_heads={self.num_heads}"

@@ -27,7 +27,7 @@ from . import io as _io
 from .config import CompareConfig
 from .errors import HeadbenchError
 from .heads import HeadSpec
-from .train import EpochLog, TrainConfig
+from .train import EpochLog, Member, TrainConfig, TrainResult
 
 SCHEMA = "headbench-run"
 SCHEMA_VERSION = 1
@@ -508,6 +508,54 @@ def is_complete(run_dir: str | Path) -> bool:
 def mark_complete(run_dir: str | Path) -> None:
     (Path(run_dir) / INCOMPLETE).unlink(missing_ok=True)
     _io.fsync_dir(run_dir)
+
+
+MEMBERS = "members"  # finished training runs of an incomplete run, until their heads commit
+
+
+def _member_file(run_dir: Path, member: Member) -> Path:
+    return Path(run_dir) / MEMBERS / member.head / f"wd{member.weight_decay:g}-seed{member.seed}.safetensors"
+
+
+def save_member(run_dir: str | Path, member: Member, result: TrainResult,
+                feature_digest: str) -> None:
+    """Commit one finished training run (weights and history) so a rerun need not repeat it."""
+    from safetensors.torch import save_file
+    meta = {"member": dataclasses.asdict(member), "feature_digest": feature_digest,
+            "result": {f.name: _to_json(getattr(result, f.name))
+                       for f in dataclasses.fields(result) if f.name != "state_dict"}}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()}
+    _io.atomic_write(_member_file(Path(run_dir), member),
+                     lambda tmp: save_file(tensors, tmp, metadata={"headbench": json.dumps(meta)}))
+
+
+def load_members(run_dir: str | Path, feature_digest: str) -> dict[Member, TrainResult]:
+    """The training runs an interrupted run committed on these features; unreadable ones and
+    those of other features are left out (trained again)."""
+    from safetensors import safe_open
+    found = {}
+    for path in sorted(Path(run_dir).glob(f"{MEMBERS}/*/*.safetensors")):
+        if _io.is_temp_file(path):
+            continue
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads(f.metadata()["headbench"])
+                state = {k: f.get_tensor(k) for k in f.keys()}
+            if meta["feature_digest"] != feature_digest:
+                continue
+            member = Member(**meta["member"])
+            fields = dict(meta["result"], state_dict=state)
+            fields["history"] = [EpochLog(**log) for log in fields["history"]]
+            found[member] = TrainResult(**fields)
+        except Exception:  # a damaged or foreign file: train that member again
+            continue
+    return found
+
+
+def drop_members(run_dir: str | Path) -> None:
+    """Remove the member checkpoints once every head is committed."""
+    import shutil
+    shutil.rmtree(Path(run_dir) / MEMBERS, ignore_errors=True)
 
 
 def incomplete_runs(out: str | Path, options_digest: str) -> list[Path]:

@@ -21,6 +21,7 @@ from disk. Batches are cast to float32.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import time
@@ -31,11 +32,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from headbench.errors import HeadbenchError
+from headbench.features import tune_allocator
+from headbench.heads import TrainingSplit, training_split
 
 # Feature sets up to this many bytes (in their stored dtype) are held in memory on the device.
 CACHE_BYTES = 512 * 2**20
+# A fit's prepared inputs (float32, train + val) are held in memory up to this size; larger
+# ones are computed per batch from training rows read in blocks of BLOCK_BYTES (as float32).
+MEMORY_BYTES = 2**30
+BLOCK_BYTES = 256 * 2**20
+CHUNK_ROWS = 256  # rows per read when preparing inputs and evaluating
 
 
 @dataclass
@@ -181,13 +190,15 @@ class Features:
     copy between several runs (`fit_head` does this).
     """
 
-    def __init__(self, X: Any, device: torch.device, cache_bytes: int | None = None):
+    def __init__(self, X: Any, device: torch.device, cache_bytes: int | None = None,
+                 form: tuple[str, ...] | None = None):
         shape = tuple(getattr(X, "shape", ()))
         if len(shape) < 2:
             raise HeadbenchError(f"features must have shape (N, C, H, W), got {shape}: "
                                  "re-extract the feature cache")
         self.X, self.shape, self.device = X, shape, device
-        self.applied: dict[str, Features] = {}  # pooled copies, see `_applied`
+        # None: rows are feature maps; else the global statistics each row holds (see heads)
+        self.form = form if form is not None else getattr(X, "form", None)
         limit = CACHE_BYTES if cache_bytes is None else cache_bytes
         self._memory = _in_memory(X).to(device) if _nbytes(X) <= limit else None
 
@@ -226,7 +237,9 @@ def _to_tensor(block: Any) -> torch.Tensor:
 def _as_features(X: Any, device: torch.device) -> Features:
     if isinstance(X, Features) and X.device == device:
         return X
-    return Features(X.X if isinstance(X, Features) else X, device)
+    if isinstance(X, Features):
+        return Features(X.X, device, form=X.form)
+    return Features(X, device)
 
 
 def _labels(y: Any, n: int, name: str, device: torch.device) -> torch.Tensor:
@@ -247,46 +260,430 @@ def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [np.sort(b) for b in batches]
 
 
+# ----------------------------------------------------------------------------- members
+
+@dataclass(frozen=True)
+class Member:
+    """One training run: head `head` (a label) at one weight decay and one seed."""
+
+    head: str
+    weight_decay: float
+    seed: int
+
+
+def _stream(seed: int, purpose: int) -> torch.Generator:
+    """A generator of its own for one purpose of one seed (0: batch order, 1: dropout)."""
+    if purpose == 0:  # the batch order keeps 0.1's stream: torch.Generator seeded by the seed
+        return torch.Generator().manual_seed(seed)
+    state = np.random.SeedSequence([seed, purpose]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+# ----------------------------------------------------------------------------- prepared inputs
+
+class _Inputs:
+    """One split's prepared inputs, one per distinct `TrainingSplit.key`.
+
+    The keys in `memory` are computed in one pass over the features and kept (float32, on the
+    device); the others are computed per batch from rows the caller reads (`block`)."""
+
+    def __init__(self, feats: Features, splits: dict[str, TrainingSplit], memory: set[str]):
+        self.feats, self.splits = feats, splits
+        self.memory: dict[str, torch.Tensor] = {}
+        self.lazy = set(splits) - memory
+        if memory:
+            parts: dict[str, list[torch.Tensor]] = {k: [] for k in memory}
+            for start, rows in self._rows(4 * CHUNK_ROWS):
+                for key in memory:
+                    parts[key].append(splits[key].apply(rows, feats.form))
+            self.memory = {k: torch.cat(v) for k, v in parts.items()}
+
+    def _rows(self, size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        with torch.no_grad():
+            for start in range(0, len(self.feats), size):
+                yield start, self.feats.get(np.arange(start, min(len(self.feats), start + size)))
+
+    def batch(self, key: str, index: torch.Tensor, block: "_Block") -> torch.Tensor:
+        """Inputs (*index.shape, ...) for positions `index` in `block`."""
+        if key in self.memory:
+            return self.memory[key][block.rows[index] if block.rows is not None else index]
+        x = self.splits[key].apply(block.data[index.flatten()], self.feats.form)
+        return x.unflatten(0, tuple(index.shape))
+
+    def chunks(self) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
+        """Every row once, in order: (rows, key -> inputs), the features read once per chunk."""
+        if not self.lazy:
+            for start in range(0, len(self.feats), CHUNK_ROWS):
+                where = slice(start, min(len(self.feats), start + CHUNK_ROWS))
+                yield where, {k: v[where] for k, v in self.memory.items()}
+            return
+        for start, rows in self._rows(CHUNK_ROWS):
+            where = slice(start, start + len(rows))
+            out = {k: v[where] for k, v in self.memory.items()}
+            out.update((k, self.splits[k].apply(rows, self.feats.form)) for k in self.lazy)
+            yield where, out
+
+
+def _plan_memory(splits: dict[str, TrainingSplit], feats: list[Features],
+                 budget: int) -> set[str]:
+    """The prepared inputs held in memory: the smallest first, while they fit in `budget`."""
+    probe = feats[0].get(np.arange(1))
+    with torch.no_grad():
+        row_bytes = {k: 4 * s.apply(probe, feats[0].form).numel() for k, s in splits.items()}
+    rows = sum(len(f) for f in feats)
+    chosen, used = set(), 0
+    for key in sorted(splits, key=row_bytes.get):
+        if used + rows * row_bytes[key] <= budget:
+            chosen.add(key)
+            used += rows * row_bytes[key]
+    return chosen
+
+
+@dataclass
+class _Block:
+    """Training rows processed together: `rows` (None: all rows, in order) and, when some input
+    is computed per batch, their features (`data`), read once for every member."""
+
+    size: int
+    rows: torch.Tensor | None = None
+    data: torch.Tensor | None = None
+
+
+def _blocks(feats: Features, lazy: bool, epoch: int, device: torch.device) -> Iterator[_Block]:
+    """The epoch's blocks. Everything in memory: one block of all rows. Else the rows in a
+    random order shared by all members (seeded by the epoch), cut into blocks of
+    `BLOCK_BYTES`; each member then draws its own order inside a block."""
+    n = len(feats)
+    per_block = max(2, BLOCK_BYTES // max(1, 4 * int(np.prod(feats.shape[1:]))))
+    if not lazy:
+        yield _Block(n)
+        return
+    if n <= per_block:
+        yield _Block(n, None, feats.get(np.arange(n)))
+        return
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch)).numpy()
+    for start in range(0, n, per_block):
+        rows = np.sort(order[start:start + per_block])
+        yield _Block(len(rows), torch.as_tensor(rows, device=device), feats.get(rows))
+
+
+def _block_sizes(n: int, feats: Features, lazy: bool) -> list[int]:
+    per_block = max(2, BLOCK_BYTES // max(1, 4 * int(np.prod(feats.shape[1:]))))
+    if not lazy or n <= per_block:
+        return [n]
+    return [min(per_block, n - start) for start in range(0, n, per_block)]
+
+
+# ----------------------------------------------------------------------------- stacked members
+
+class _MaskedDropout(nn.Module):
+    """Dropout whose mask is given (buffer `mask`, already scaled by 1/(1-p)): under vmap each
+    member's mask comes from its own generator, so a member never depends on the others."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.register_buffer("mask", None, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask if self.training else x
+
+
+def _masked_copy(body: nn.Module) -> tuple[nn.Module, dict[str, float]]:
+    """A copy of `body` on the meta device with every Dropout a `_MaskedDropout`."""
+    base = copy.deepcopy(body).to("meta")
+    drops = {}
+    for name, module in list(base.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.modules.dropout._DropoutNd):
+                setattr(module, child_name, _MaskedDropout(child.p))
+                drops[f"{name}.{child_name}" if name else child_name] = child.p
+    return base, drops
+
+
+def _adamw(params: dict[str, torch.Tensor], grads: Sequence[torch.Tensor], state: dict,
+           lr: float, decay: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999),
+           eps: float = 1e-8) -> None:
+    """torch.optim.AdamW's update on stacked parameters, with one weight decay per member
+    (`decay`, shape (M,)), applied to matrices and kernels only (member ndim > 1)."""
+    state["step"] += 1
+    step, (b1, b2) = state["step"], betas
+    bias1, bias2_sqrt = 1 - b1 ** step, math.sqrt(1 - b2 ** step)
+    with torch.no_grad():
+        for (name, p), g in zip(params.items(), grads):
+            m, v = state["m"][name], state["v"][name]
+            if p.ndim > 2:
+                p.mul_(1 - lr * decay.view(-1, *[1] * (p.ndim - 1)))
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, (v.sqrt() / bias2_sqrt).add_(eps), value=-lr / bias1)
+
+
+class _Stack:
+    """The members of one head, trained as one model with parameters stacked on a first axis
+    (`torch.func.vmap` over `functional_call`): one forward, one summed loss, one update."""
+
+    def __init__(self, label: str, members: list[Member], heads: list[nn.Module],
+                 split: TrainingSplit, probe: torch.Tensor, device: torch.device):
+        self.label, self.members, self.heads = label, members, heads
+        self.split, self.key = split, split.key
+        self.bodies = [split.body] + [_split(h).body for h in heads[1:]]
+        self.base, drops = _masked_copy(self.bodies[0])
+        drops = {name: (p, _input_shape(self.bodies[0], name, probe)) for name, p in drops.items()}
+        for body in self.bodies:
+            body.train()
+        self.params, self.buffers = stack_module_state(self.bodies)
+        self.decayed = {k for k, p in self.bodies[0].named_parameters() if p.ndim > 1}
+        self.decay = torch.tensor([m.weight_decay for m in members], device=device)
+        self.adam = {"step": 0, "m": {k: torch.zeros_like(v) for k, v in self.params.items()},
+                     "v": {k: torch.zeros_like(v) for k, v in self.params.items()}}
+        self.drops = drops
+        self.order_rng = [_stream(m.seed, 0) for m in members]
+        self.drop_rng = [_stream(m.seed, 1) for m in members]
+        self.best = {k: v.detach().clone() for k, v in {**self.params, **self.buffers}.items()}
+        n = len(members)
+        self.best_loss = torch.full((n,), math.inf, dtype=torch.float64)
+        self.best_epoch = [0] * n
+        self.history: list[list[EpochLog]] = [[] for _ in members]
+        self.seconds = [0.0] * n
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def _masks(self, batch: int) -> dict[str, torch.Tensor]:
+        masks = {}
+        for name, (p, shape) in self.drops.items():
+            keep = [torch.empty(batch, *shape).bernoulli_(1 - p, generator=g) for g in self.drop_rng]
+            masks[f"{name}.mask"] = (torch.stack(keep) / (1 - p)).to(self.device)
+        return masks
+
+    def _logits(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def orders(self, size: int, batch_size: int) -> list[torch.Tensor]:
+        """Each member's own order of `size` positions, cut into batches: (M, b) indices per
+        step, or (b,) when every member drew the same order (the sweep, all at one seed)."""
+        per_member = [_batches(torch.randperm(size, generator=g).numpy(), batch_size)
+                      for g in self.order_rng]
+        if all(all(np.array_equal(a, b) for a, b in zip(order, per_member[0]))
+               for order in per_member[1:]):
+            return [torch.as_tensor(index, device=self.device) for index in per_member[0]]
+        return [torch.as_tensor(np.stack(step), device=self.device)
+                for step in zip(*per_member)]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, shared: bool,
+             lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of every member on its own batch (`shared`: one batch for all);
+        (loss, correct) per member."""
+        self.base.train()
+        buffers = {**self.buffers, **self._masks(y.shape[-1])}
+
+        def loss(params, buffers, x, y):
+            logits = self._logits(params, buffers, x).float()
+            return F.cross_entropy(logits, y), (logits.argmax(-1) == y).sum()
+
+        in_dims = (0, 0, None, None) if shared else (0, 0, 0, 0)
+        losses, correct = vmap(loss, in_dims, randomness="error")(self.params, buffers, x, y)
+        grads = torch.autograd.grad(losses.sum(), list(self.params.values()))
+        _adamw(self.params, grads, self.adam, lr, self.decay)
+        return losses.detach(), correct
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed cross-entropy, correct) per member on shared inputs, in eval mode."""
+        self.base.eval()
+        with torch.no_grad():
+            logits = vmap(self._logits, in_dims=(0, 0, None))(self.params, self.buffers, x)
+            logits = logits.float()
+            target = y.expand(len(self), -1)
+            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+            return loss.view(len(self), -1).sum(1), (logits.argmax(-1) == target).sum(1)
+
+    def end_epoch(self, epoch: int, logs: list[EpochLog], patience: int | None) -> list[int]:
+        """Record the epoch; keep improved members' weights; the members that stop now."""
+        val = torch.tensor([log.val_loss for log in logs], dtype=torch.float64)
+        improved = val < self.best_loss  # NaN never improves
+        if improved.any():
+            where = improved.to(self.device)
+            with torch.no_grad():
+                for k, v in {**self.params, **self.buffers}.items():
+                    self.best[k][where] = v.detach()[where]
+            self.best_loss = torch.where(improved, val, self.best_loss)
+        stop = []
+        for i, log in enumerate(logs):
+            self.history[i].append(log)
+            if improved[i]:
+                self.best_epoch[i] = epoch
+            elif patience is not None and epoch - self.best_epoch[i] >= patience:
+                stop.append(i)
+        return stop
+
+    def result(self, i: int) -> TrainResult:
+        """Member i with its best weights loaded into its head."""
+        member = self.members[i]
+        if not self.best_epoch[i]:
+            raise HeadbenchError(
+                f"training head '{member.head}' diverged (validation loss is "
+                f"{self.history[i][0].val_loss}) at weight decay {member.weight_decay:g}: lower lr")
+        body = self.bodies[i]
+        with torch.no_grad():
+            for name, t in {**dict(body.named_parameters()), **dict(body.named_buffers())}.items():
+                t.copy_(self.best[name][i])
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self.heads[i].state_dict().items()}
+        return TrainResult(state, self.best_epoch[i], float(self.best_loss[i]),
+                           member.weight_decay, member.seed, len(self.history[i]),
+                           self.seconds[i], self.history[i])
+
+    def keep(self, keep: list[int]) -> None:
+        """Go on with members `keep` only (the others stopped and were taken out)."""
+        index = torch.as_tensor(keep, device=self.device)
+
+        def take(d: dict, grad: bool = False) -> dict:
+            return {k: v.detach()[index].clone().requires_grad_(grad) for k, v in d.items()}
+
+        self.params = take(self.params, grad=True)
+        self.buffers, self.best = take(self.buffers), take(self.best)
+        self.adam["m"], self.adam["v"] = take(self.adam["m"]), take(self.adam["v"])
+        self.decay = self.decay[index]
+        for name in ("members", "heads", "bodies", "order_rng", "drop_rng", "best_epoch",
+                     "history", "seconds"):
+            setattr(self, name, [getattr(self, name)[i] for i in keep])
+        self.best_loss = self.best_loss[index.cpu()]
+
+
+def _input_shape(body: nn.Module, name: str, probe: torch.Tensor) -> tuple[int, ...]:
+    """Shape (without the batch axis) of what the dropout `name` of `body` sees."""
+    seen = []
+    handle = body.get_submodule(name).register_forward_hook(
+        lambda module, args, out: seen.append(tuple(args[0].shape[1:])))
+    try:
+        body.eval()
+        with torch.no_grad():
+            body(probe)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
 # ----------------------------------------------------------------------------- training
 
-def split_fixed_prefix(head: nn.Module) -> tuple[nn.Sequential, nn.Module]:
-    """Split a Sequential head into its leading fixed part and the rest.
+def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Member],
+                  X_train: Any, y_train: Any, X_val: Any, y_val: Any, config: TrainConfig,
+                  on_done: Callable[[Member, TrainResult], None] | None = None,
+                  on_epochs: Callable[[int], None] | None = None) -> dict[Member, TrainResult]:
+    """Train every member together, in one pass over the features per epoch.
 
-    The fixed part holds the first modules with no parameters, no buffers and no randomness
-    (global pools, Flatten, AvgPool2d): their output never changes during training, so it is
-    computed once per run instead of once per epoch. Both parts share the head's modules.
+    The members of a head form one stacked model; every head is fed from the same pass. Each
+    member has its own head (built by `make_heads[label]()` inside `seeded(seed)`), its own
+    batch order and dropout streams (seeded by its seed), its own early stopping and best
+    epoch: its result does not depend on which members trained beside it.
+
+    Args:
+        make_heads: head label -> builds a fresh head.
+        members: the runs; each member's head must be in `make_heads`.
+        X_train, y_train, X_val, y_val: as for `train_head`. The test split never enters here.
+        on_done: called with each member's result as soon as it finishes (to commit it).
+        on_epochs: called with the member-epochs just done (for a progress bar).
     """
-    if not isinstance(head, nn.Sequential):
-        return nn.Sequential(), head
-    n = 0
-    for module in head:
-        if (any(True for _ in module.parameters()) or any(True for _ in module.buffers())
-                or isinstance(module, nn.modules.dropout._DropoutNd)):
+    config.validate()
+    tune_allocator()
+    device = resolve_device(config.device)
+    train, val = _as_features(X_train, device), _as_features(X_val, device)
+    y_tr = _labels(y_train, len(train), "y_train", device)
+    y_va = _labels(y_val, len(val), "y_val", device)
+    if len(train) < 2 or len(val) < 1:
+        raise HeadbenchError(f"training needs at least 2 training and 1 validation images, got "
+                             f"{len(train)} and {len(val)}: add images or change the split")
+    stacks = _stacks(make_heads, members, train, device,
+                     int(max(y_tr.max().item(), y_va.max().item())))
+    splits = {s.key: s.split for s in stacks}
+    memory = _plan_memory(splits, [train, val], MEMORY_BYTES)
+    inputs_tr, inputs_va = _Inputs(train, splits, memory), _Inputs(val, splits, memory)
+    sizes = _block_sizes(len(train), train, bool(inputs_tr.lazy))
+    steps = sum(len(_batches(np.arange(n), config.batch_size)) for n in sizes)
+    total, warmup = config.epochs * steps, min(config.warmup_epochs * steps, config.epochs * steps)
+    results: dict[Member, TrainResult] = {}
+    for epoch in range(1, config.epochs + 1):
+        step0 = (epoch - 1) * steps
+        train_stats = {id(s): [torch.zeros(len(s)), torch.zeros(len(s))] for s in stacks}
+        for block in _blocks(train, bool(inputs_tr.lazy), epoch, device):
+            for stack in stacks:
+                started = time.perf_counter()
+                for i, index in enumerate(stack.orders(block.size, config.batch_size)):
+                    lr = lr_at(step0 + i, config.lr, warmup, total)
+                    x = inputs_tr.batch(stack.key, index, block)
+                    y = y_tr[block.rows[index] if block.rows is not None else index]
+                    loss, correct = stack.step(x, y, index.dim() == 1, lr)
+                    train_stats[id(stack)][0] += loss.cpu() * index.shape[-1]
+                    train_stats[id(stack)][1] += correct.cpu()
+                _share(stack, time.perf_counter() - started)
+            step0 += len(_batches(np.arange(block.size), config.batch_size))
+        val_stats = {id(s): [torch.zeros(len(s)), torch.zeros(len(s))] for s in stacks}
+        for where, x in inputs_va.chunks():
+            for stack in stacks:
+                started = time.perf_counter()
+                loss, correct = stack.evaluate(x[stack.key], y_va[where])
+                val_stats[id(stack)][0] += loss.cpu()
+                val_stats[id(stack)][1] += correct.cpu()
+                _share(stack, time.perf_counter() - started)
+        lr = lr_at(step0 - 1, config.lr, warmup, total)
+        for stack in list(stacks):
+            (tr_loss, tr_ok), (va_loss, va_ok) = train_stats[id(stack)], val_stats[id(stack)]
+            logs = [EpochLog(epoch, float(tr_loss[i]) / len(train), float(tr_ok[i]) / len(train),
+                             float(va_loss[i]) / len(val), float(va_ok[i]) / len(val), lr)
+                    for i in range(len(stack))]
+            stop = stack.end_epoch(epoch, logs, config.patience)
+            if epoch == config.epochs:
+                stop = list(range(len(stack)))
+            if on_epochs is not None:
+                on_epochs(len(stack) + len(stop) * (config.epochs - epoch))
+            for i in stop:
+                result = stack.result(i)
+                results[stack.members[i]] = result
+                if on_done is not None:
+                    on_done(stack.members[i], result)
+            if len(stop) == len(stack):
+                stacks.remove(stack)
+            elif stop:
+                stack.keep([i for i in range(len(stack)) if i not in stop])
+        if not stacks:
             break
-        n += 1
-    if n == len(head):
-        return nn.Sequential(), head
-    modules = list(head)
-    return nn.Sequential(*modules[:n]), nn.Sequential(*modules[n:])
+    return results
 
 
-def _shrinks(prefix: nn.Module, feats: Features) -> bool:
-    """Whether `prefix` makes the features smaller (a pool does; Flatten only reshapes)."""
-    with torch.inference_mode():
-        return prefix(feats.get(np.arange(1))).numel() < int(np.prod(feats.shape[1:]))
+def _share(stack: _Stack, seconds: float) -> None:
+    """A stack's time, shared evenly by the members in it."""
+    for i in range(len(stack)):
+        stack.seconds[i] += seconds / len(stack)
 
 
-def _applied(prefix: nn.Module, feats: Features, batch_size: int = 256) -> Features:
-    """`prefix` applied to every row of `feats`, in memory as float32; computed once per
-    `feats` object and prefix (runs of one head at several decays and seeds share it)."""
-    key = str(prefix)
-    if key not in feats.applied:
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(feats), batch_size):
-                out.append(prefix(feats.get(np.arange(start, min(len(feats), start + batch_size)))))
-        feats.applied[key] = Features(torch.cat(out), feats.device, cache_bytes=math.inf)
-    return feats.applied[key]
+def _stacks(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Member],
+            train: Features, device: torch.device, y_max: int) -> list[_Stack]:
+    """One stack per head label, its members' heads built under their seeds."""
+    by_label: dict[str, list[Member]] = {}
+    for member in members:
+        by_label.setdefault(member.head, []).append(member)
+    probe_rows = train.get(np.arange(2))
+    stacks = []
+    for label, group in by_label.items():
+        heads = []
+        for member in group:
+            with seeded(member.seed):
+                heads.append(make_heads[label]().to(device))
+        split = _split(heads[0])
+        with torch.no_grad():
+            probe = split.apply(probe_rows, train.form)
+            k = split.body.eval()(probe).shape[-1]
+        if y_max >= k:
+            raise HeadbenchError(f"labels go up to class {y_max} but head '{label}' outputs {k} "
+                                 "classes: build the head with num_classes equal to the number "
+                                 "of classes")
+        stacks.append(_Stack(label, group, heads, split, probe, device))
+    return stacks
+
+
+def _split(head: nn.Module) -> TrainingSplit:
+    return head.training_split() if hasattr(head, "training_split") else training_split(head)
 
 
 def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -297,69 +694,11 @@ def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _param_groups(head: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices and kernels only; biases, norm scales and scalars such as GeM's p not."""
-    params = [p for p in head.parameters() if p.requires_grad]
-    if not params:
-        raise HeadbenchError("the head has no trainable parameters")
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _check_num_classes(head: nn.Module, val: Features, y_max: int) -> None:
-    head.eval()
-    with torch.no_grad():
-        k = head(val.get(np.arange(min(2, len(val))))).shape[-1]
-    if y_max >= k:
-        raise HeadbenchError(f"labels go up to class {y_max} but the head outputs {k} classes: "
-                             "build the head with num_classes equal to the number of classes")
-
-
-def _train_epoch(head: nn.Module, optimizer: torch.optim.Optimizer, feats: Features,
-                 y: torch.Tensor, batches: list[np.ndarray], lr_of: Callable[[int], float],
-                 first_step: int) -> tuple[float, float, float]:
-    """One pass in train mode; returns running loss, running accuracy and the last lr."""
-    head.train()
-    loss_sum = torch.zeros((), device=feats.device)
-    correct = torch.zeros((), device=feats.device, dtype=torch.long)
-    lr = 0.0
-    for i, index in enumerate(batches):
-        lr = lr_of(first_step + i)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, target = feats.get(index), y[torch.as_tensor(index, device=feats.device)]
-        logits = head(x)
-        loss = F.cross_entropy(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        # accumulate on the device: no host sync per step
-        loss_sum += loss.detach() * len(index)
-        correct += (logits.detach().argmax(1) == target).sum()
-    n = sum(len(b) for b in batches)
-    return loss_sum.item() / n, correct.item() / n, lr
-
-
-def _eval_loss_acc(head: nn.Module, feats: Features, y: torch.Tensor,
-                   batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in eval mode."""
-    head.eval()
-    loss_sum, correct = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, len(feats), batch_size):
-            index = np.arange(start, min(len(feats), start + batch_size))
-            logits = head(feats.get(index)).float()
-            target = y[start:start + len(index)]
-            loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-            correct += (logits.argmax(1) == target).sum().item()
-    return loss_sum / len(feats), correct / len(feats)
-
-
 def train_head(head: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val: Any,
                config: TrainConfig, weight_decay: float, seed: int) -> TrainResult:
-    """Train `head` on features with the shared protocol; the head ends with its best weights.
+    """Train one `head` with the shared protocol; the head ends with its best weights.
+
+    The single-member case of `train_members` (the reference a stacked member must equal).
 
     Args:
         head: module mapping (N, C, H, W) float32 features to (N, K) logits; moved to the
@@ -373,106 +712,122 @@ def train_head(head: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val: A
     Returns:
         TrainResult with the best epoch's state_dict (on CPU) and the per-epoch history.
     """
-    config.validate()
-    device = resolve_device(config.device)
-    train, val = _as_features(X_train, device), _as_features(X_val, device)
-    y_tr = _labels(y_train, len(train), "y_train", device)
-    y_va = _labels(y_val, len(val), "y_val", device)
-    if len(train) < 2 or len(val) < 1:
-        raise HeadbenchError(f"training needs at least 2 training and 1 validation images, got "
-                             f"{len(train)} and {len(val)}: add images or change the split")
-    head.to(device)
-    _check_num_classes(head, val, int(max(y_tr.max().item(), y_va.max().item())))
-    prefix, model = split_fixed_prefix(head)
-    if len(prefix) and _shrinks(prefix, val):  # a global pool runs once, not once per epoch
-        train, val = _applied(prefix, train), _applied(prefix, val)
-    else:
-        model = head
-    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=config.lr)
-    steps = len(_batches(np.arange(len(train)), config.batch_size))
-    total = config.epochs * steps
-    warmup = min(config.warmup_epochs * steps, total)
-
-    def lr_of(step: int) -> float:
-        return lr_at(step, config.lr, warmup, total)
-
-    history: list[EpochLog] = []
-    best_state, best_loss, best_epoch = None, math.inf, 0
-    started = time.perf_counter()
-    with seeded(seed, device):
-        order_rng = torch.Generator().manual_seed(seed)
-        for epoch in range(1, config.epochs + 1):
-            order = torch.randperm(len(train), generator=order_rng).numpy()
-            batches = _batches(order, config.batch_size)
-            tr_loss, tr_acc, lr = _train_epoch(model, optimizer, train, y_tr, batches, lr_of,
-                                               (epoch - 1) * steps)
-            va_loss, va_acc = _eval_loss_acc(model, val, y_va, max(256, config.batch_size))
-            history.append(EpochLog(epoch, tr_loss, tr_acc, va_loss, va_acc, lr))
-            if va_loss < best_loss:  # NaN never improves
-                best_state = {k: v.detach().to("cpu", copy=True)
-                              for k, v in head.state_dict().items()}
-                best_loss, best_epoch = va_loss, epoch
-            elif config.patience is not None and epoch - best_epoch >= config.patience:
-                break
-    if best_state is None:
-        raise HeadbenchError(f"training diverged (validation loss is {history[0].val_loss}) at "
-                             f"weight decay {weight_decay}: lower lr")
-    head.load_state_dict(best_state)
-    return TrainResult(best_state, best_epoch, best_loss, float(weight_decay), seed,
-                       len(history), time.perf_counter() - started, history)
+    member = Member("head", float(weight_decay), int(seed))
+    results = train_members({"head": lambda: head}, [member], X_train, y_train, X_val, y_val,
+                            config)
+    return results[member]
 
 
-def fit_head(make_head: Callable[[], nn.Module], X_train: Any, y_train: Any, X_val: Any,
-             y_val: Any, config: TrainConfig, seeds: Sequence[int] = (0, 1, 2),
-             on_run: Callable[[int, int], None] | None = None) -> FitResult:
-    """Choose the weight decay on validation loss at the first seed, then train the other seeds.
+def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_train: Any,
+              X_val: Any, y_val: Any, config: TrainConfig, seeds: Sequence[int] = (0, 1, 2), *,
+              stacked: bool = True, done: dict[Member, TrainResult] | None = None,
+              on_member: Callable[[Member, TrainResult], None] | None = None,
+              on_fit: Callable[[str, FitResult], None] | None = None,
+              on_epochs: Callable[[int], None] | None = None) -> dict[str, FitResult]:
+    """Every head fitted: the decay chosen on validation loss at the first seed, then the other
+    seeds at the chosen decay, in two stacked passes.
 
-    Runs `len(config.weight_decays) + len(seeds) - 1` trainings: the sweep at `seeds[0]`, whose
-    run at the chosen decay is reused, then one run per remaining seed. Each head is built by
-    `make_head()` inside `seeded(seed)`, so its initialisation is reproducible.
+    Pass 1 trains every head × every decay at `seeds[0]`; pass 2 every head × the other seeds
+    at its chosen decay (ties: the first decay listed). Each member's head is built by
+    `make_heads[label]()` inside `seeded(seed)`.
 
     Args:
-        make_head: builds a fresh, untrained head.
+        make_heads: head label -> builds a fresh, untrained head.
         X_train, y_train, X_val, y_val: as for `train_head`. The test split never enters here.
         config: the protocol; `config.weight_decays` is the sweep.
         seeds: one run per seed at the chosen decay.
-        on_run: called as `on_run(done, total)` after each training run (for a progress bar).
+        stacked: False trains every member alone, one after the other (the reference).
+        done: members already trained (a resumed run): not trained again.
+        on_member: called with each member as soon as it finishes (to commit it).
+        on_fit: called with each head's FitResult as soon as all its seeds are trained.
+        on_epochs: called with the member-epochs just done (for a progress bar).
 
     Returns:
-        FitResult with the sweep (decay -> best val loss at seeds[0]) and one run per seed.
+        label -> FitResult with the sweep (decay -> best val loss at seeds[0]) and one run per
+        seed, first seed first.
     """
-    seeds = list(seeds)
+    seeds = [int(s) for s in seeds]
     if not seeds:
         raise HeadbenchError("seeds must list at least one seed")
     config.validate()
     device = resolve_device(config.device)
     train, val = _as_features(X_train, device), _as_features(X_val, device)
-    total = len(config.weight_decays) + len(seeds) - 1
-    done = 0
+    results = dict(done or {})
+    fits: dict[str, FitResult] = {}
 
-    def run(wd: float, seed: int) -> TrainResult:
-        nonlocal done
-        with seeded(seed):
-            head = make_head()
-        result = train_head(head, train, y_train, val, y_val, config, wd, seed)
-        done += 1
-        if on_run is not None:
-            on_run(done, total)
-        return result
+    def finished(member: Member, result: TrainResult) -> None:
+        results[member] = result
+        if on_member is not None:
+            on_member(member, result)
+        fit = _fit_of(member.head, results, config, seeds)
+        if fit is not None and member.head not in fits:
+            fits[member.head] = fit
+            if on_fit is not None:
+                on_fit(member.head, fit)
 
-    sweep_runs = {wd: run(wd, seeds[0]) for wd in config.weight_decays}
-    sweep = {wd: r.best_val_loss for wd, r in sweep_runs.items()}
-    chosen = min(sweep, key=sweep.get)  # ties: the first decay listed
-    runs = [sweep_runs[chosen]] + [run(chosen, s) for s in seeds[1:]]
+    def run(members: list[Member]) -> None:
+        todo = [m for m in members if m not in results]
+        groups = [todo] if stacked else [[m] for m in todo]
+        for group in groups:
+            if group:
+                train_members(make_heads, group, train, y_train, val, y_val, config,
+                              on_done=finished, on_epochs=on_epochs)
+
+    run([Member(label, wd, seeds[0]) for label in make_heads for wd in config.weight_decays])
+    chosen = {label: _chosen_decay(label, results, config, seeds[0]) for label in make_heads}
+    for label in make_heads:  # heads whose every member was done before this call
+        fit = _fit_of(label, results, config, seeds)
+        if fit is not None and label not in fits:
+            fits[label] = fit
+            if on_fit is not None:
+                on_fit(label, fit)
+    run([Member(label, chosen[label], s) for label in make_heads for s in seeds[1:]])
+    return {label: fits[label] for label in make_heads}
+
+
+def _chosen_decay(label: str, results: dict[Member, TrainResult], config: TrainConfig,
+                  seed: int) -> float:
+    sweep = {wd: results[Member(label, wd, seed)].best_val_loss for wd in config.weight_decays}
+    return min(sweep, key=sweep.get)  # ties: the first decay listed
+
+
+def _fit_of(label: str, results: dict[Member, TrainResult], config: TrainConfig,
+            seeds: list[int]) -> FitResult | None:
+    """The head's FitResult once its sweep and every seed at the chosen decay are done."""
+    if any(Member(label, wd, seeds[0]) not in results for wd in config.weight_decays):
+        return None
+    chosen = _chosen_decay(label, results, config, seeds[0])
+    runs = [results.get(Member(label, chosen, s)) for s in seeds]
+    if any(r is None for r in runs):
+        return None
+    sweep = {wd: results[Member(label, wd, seeds[0])].best_val_loss for wd in config.weight_decays}
     return FitResult(chosen, sweep, runs)
+
+
+def fit_head(make_head: Callable[[], nn.Module], X_train: Any, y_train: Any, X_val: Any,
+             y_val: Any, config: TrainConfig, seeds: Sequence[int] = (0, 1, 2),
+             on_run: Callable[[int, int], None] | None = None) -> FitResult:
+    """`fit_heads` for one head: the decay chosen on validation loss at the first seed, then
+    the other seeds. `on_run(done, total)` is called after each training run."""
+    total, count = len(config.weight_decays) + len(seeds) - 1, 0
+
+    def on_member(member: Member, result: TrainResult) -> None:
+        nonlocal count
+        count += 1
+        if on_run is not None:
+            on_run(count, total)
+
+    return fit_heads({"head": make_head}, X_train, y_train, X_val, y_val, config, seeds,
+                     on_member=on_member)["head"]
 
 
 def predict_logits(head: nn.Module, X: Any, batch_size: int = 256,
                    device: str | torch.device | None = None) -> np.ndarray:
     """Float32 logits (N, K) of `head` on features X, in eval mode, read batch by batch.
 
-    The head runs where its parameters are unless `device` is given (it is then moved there).
-    Its train/eval mode is restored afterwards.
+    X holds feature maps, or the global statistics of a pooled cache (`Features.form`; the
+    head then runs as its `TrainingSplit`). The head runs where its parameters are unless
+    `device` is given (it is then moved there). Its train/eval mode is restored afterwards.
     """
     if device is None:
         param = next(head.parameters(), None)
@@ -481,14 +836,16 @@ def predict_logits(head: nn.Module, X: Any, batch_size: int = 256,
         device = resolve_device(device)
         head.to(device)
     feats = _as_features(X, device)
+    split = _split(head) if feats.form is not None else None
     was_training = head.training
     head.eval()
     out = []
     try:
         with torch.inference_mode():
             for start in range(0, len(feats), batch_size):
-                index = np.arange(start, min(len(feats), start + batch_size))
-                out.append(head(feats.get(index)).float().cpu())
+                rows = feats.get(np.arange(start, min(len(feats), start + batch_size)))
+                logits = head(rows) if split is None else split.body(split.apply(rows, feats.form))
+                out.append(logits.float().cpu())
     finally:
         head.train(was_training)
     if not out:
