@@ -170,3 +170,54 @@ def test_one_at_a_time_gives_the_same_fits(data):
         assert stacked[label].weight_decay == alone[label].weight_decay
         for a, b in zip(stacked[label].runs, alone[label].runs):
             assert_same_result(a, b)
+
+
+def reference_fit(head, data, config: TrainConfig, weight_decay: float, seed: int) -> dict:
+    """0.1's loop: the head's own modules, torch.optim.AdamW, one member at a time."""
+    X, y, Xv, yv = (torch.as_tensor(np.asarray(a)) for a in data)
+    X, Xv = X.float(), Xv.float()
+    params = [p for p in head.parameters()]
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1],
+                                    "weight_decay": weight_decay},
+                                   {"params": [p for p in params if p.ndim <= 1],
+                                    "weight_decay": 0.0}], lr=config.lr)
+    order_rng = torch.Generator().manual_seed(seed)
+    steps = len(train._batches(np.arange(len(y)), config.batch_size))
+    total = config.epochs * steps
+    warmup = min(config.warmup_epochs * steps, total)
+    best, best_loss, best_epoch = None, float("inf"), 0
+    for epoch in range(1, config.epochs + 1):
+        head.train()
+        order = torch.randperm(len(y), generator=order_rng).numpy()
+        for i, index in enumerate(train._batches(order, config.batch_size)):
+            for group in optimizer.param_groups:
+                group["lr"] = train.lr_at((epoch - 1) * steps + i, config.lr, warmup, total)
+            loss = torch.nn.functional.cross_entropy(head(X[index]), y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        head.eval()
+        with torch.no_grad():
+            val = torch.nn.functional.cross_entropy(head(Xv), yv).item()
+        if val < best_loss:
+            best = {k: v.clone() for k, v in head.state_dict().items()}
+            best_loss, best_epoch = val, epoch
+        elif epoch - best_epoch >= config.patience:
+            break
+    return best
+
+
+@pytest.mark.parametrize("name", ["gap", "flatten", "avgpool", "dense_map", "gmp", "gem",
+                                  "catavgmax", "attention", "fastai"])
+def test_a_stacked_member_equals_torchs_own_modules_and_adamw(data, name):
+    """The stacked arithmetic (matmuls, BatchNorm, GeM's one-pass gradient, the AdamW update)
+    is the modules' own: each member matches 0.1's loop over the real head (no dropout)."""
+    make = makers([name], dropout=0.0)
+    members = [Member(name, wd, seed) for wd, seed in ((1e-3, 0), (0.1, 0), (1e-2, 3))]
+    together = train_members(make, members, *data, CONFIG)
+    for member in members:
+        with train.seeded(member.seed):
+            head = make[name]()
+        expected = reference_fit(head, data, CONFIG, member.weight_decay, member.seed)
+        for k, v in expected.items():
+            torch.testing.assert_close(together[member].state_dict[k], v, atol=1e-4, rtol=1e-3)

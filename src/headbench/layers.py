@@ -228,13 +228,13 @@ def _gem_from_logs(logs: torch.Tensor, high: torch.Tensor, low: torch.Tensor,
     with g = log mean exp(p·log x) and w ∝ x^p. In the log domain, shifted by max(p·log x):
     x^p itself underflows fp32 for large p (0.12^50 < 1e-45). `in_place` reuses the
     (N, HW, C) temporary (no autograd through it), which saves most of the time."""
-    shift = torch.where(p > 0, p * high, p * low)
-    weights = torch.addcmul(-shift.unsqueeze(1), logs, p)
+    shift = torch.where(p > 0, p * high, p * low)  # p: (1,), or (M, 1, 1) for stacked members
+    weights = torch.addcmul(-shift.unsqueeze(-2), logs, p.unsqueeze(-1))
     weights = weights.exp_() if in_place else weights.exp()
-    mean = weights.mean(dim=1)
+    mean = weights.mean(dim=-2)
     g = mean.log() + shift
     weighted = weights.mul_(logs) if in_place else weights * logs
-    return (g / p).exp(), weighted.mean(dim=1) / mean, g
+    return (g / p).exp(), weighted.mean(dim=-2) / mean, g
 
 
 class _GeMOfLogs(torch.autograd.Function):
@@ -257,8 +257,8 @@ class _GeMOfLogs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_weighted, _grad_g):
         p, out, weighted_logs, g = ctx.saved_tensors
-        grad_p = (grad_out * out * (weighted_logs / p - g / (p * p))).sum()
-        return None, None, None, grad_p.reshape(p.shape)
+        grad_p = grad_out * out * (weighted_logs / p - g / (p * p))
+        return None, None, None, grad_p.sum_to_size(p.shape)
 
 
 class AvgMax(_GlobalPool):

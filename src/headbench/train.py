@@ -1,4 +1,4 @@
-"""One training protocol for every head, run on cached backbone features.
+"""One training protocol for every head, run on cached backbone features, all heads at once.
 
 Every head is trained the same way, so that differences between heads are differences between
 heads and not between recipes:
@@ -7,16 +7,24 @@ heads and not between recipes:
   1-d parameters such as norm scales and GeM's `p` are not decayed).
 - Learning rate: per-step linear warm-up over `warmup_epochs`, then cosine decay to 0 at the end
   of `epochs`. The schedule is fixed by `epochs`, whether or not early stopping ends training.
-- Mini-batch order is drawn from a `torch.Generator` seeded by `seed`; dropout and every other
-  draw during training use torch's RNG forked and seeded by `seed`. Same seed, same weights.
 - Early stopping on validation loss with `patience`; the best epoch's weights are restored.
-- Weight decay is chosen per head by a sweep on validation loss at the first seed (`fit_head`),
-  never on the test split; the other seeds are then trained at the chosen decay.
+- Weight decay is chosen per head by a sweep on validation loss at the first seed
+  (`fit_heads`), never on the test split; the other seeds are then trained at the chosen decay.
+
+A *member* is one training run: a head at one decay and one seed. `train_members` trains many
+together: the members of a head are one stacked model (parameters stacked on a first axis,
+`headbench.stacked` or `torch.func.vmap`), one forward, one summed loss, one AdamW update with a
+decay per member; every head is fed from the same pass over the features. Each member keeps its
+own head initialisation (built under `seeded(seed)`), batch order (a generator seeded by the
+seed) and dropout masks (a generator of its own), its own early stopping and best epoch, so its
+result does not depend on which members trained beside it: `train_head`, one member alone, is the
+reference it equals. A head's parameter-free `prepare` (global pool, GeM's logarithms,
+attention's tokens; `heads.TrainingSplit`) runs once per image per fit, not once per epoch.
 
 Features are arrays of shape (N, C, H, W) -- numpy float16 arrays, `np.memmap`s or anything
-supporting `X[index_array]`. Small feature sets are held in memory (on the training device) in
-their stored dtype; larger ones are read batch by batch with sorted indices, so a memmap streams
-from disk. Batches are cast to float32.
+supporting `X[index_array]` -- or (N, S·C) global statistics (`Features.form`). Prepared inputs
+that fit in `MEMORY_BYTES` are held in memory; larger ones are computed per batch from training
+rows read in blocks once per epoch for every member.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from headbench import stacked
 from headbench.errors import HeadbenchError
 from headbench.features import tune_allocator
 from headbench.heads import TrainingSplit, training_split
@@ -428,6 +437,7 @@ class _Stack:
         self.label, self.members, self.heads = label, members, heads
         self.split, self.key = split, split.key
         self.bodies = [split.body] + [_split(h).body for h in heads[1:]]
+        self.explicit = stacked.supported(split.body)  # else vmap over the module
         self.base, drops = _masked_copy(self.bodies[0])
         drops = {name: (p, _input_shape(self.bodies[0], name, probe)) for name, p in drops.items()}
         for body in self.bodies:
@@ -452,14 +462,25 @@ class _Stack:
         return len(self.members)
 
     def _masks(self, batch: int) -> dict[str, torch.Tensor]:
+        """Each Dropout's mask (M, b, ...), scaled, from each member's own generator."""
         masks = {}
         for name, (p, shape) in self.drops.items():
             keep = [torch.empty(batch, *shape).bernoulli_(1 - p, generator=g) for g in self.drop_rng]
-            masks[f"{name}.mask"] = (torch.stack(keep) / (1 - p)).to(self.device)
+            masks[name] = (torch.stack(keep) / (1 - p)).to(self.device)
         return masks
 
     def _logits(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.base, (params, buffers), (x,))
+
+    def _forward(self, x: torch.Tensor, shared: bool, training: bool,
+                 masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (M, b, K) of every member: x (b, ...) shared by all, or (M, b, ...)."""
+        if self.explicit:
+            return stacked.forward(self.split.body, self.params, self.buffers, x, training, masks)
+        self.base.train(training)
+        buffers = {**self.buffers, **{f"{name}.mask": m for name, m in masks.items()}}
+        in_dims = (0, 0, None) if shared else (0, 0, 0)
+        return vmap(self._logits, in_dims, randomness="error")(self.params, buffers, x)
 
     def orders(self, size: int, batch_size: int) -> list[torch.Tensor]:
         """Each member's own order of `size` positions, cut into batches: (M, b) indices per
@@ -476,25 +497,18 @@ class _Stack:
              lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of every member on its own batch (`shared`: one batch for all);
         (loss, correct) per member."""
-        self.base.train()
-        buffers = {**self.buffers, **self._masks(y.shape[-1])}
-
-        def loss(params, buffers, x, y):
-            logits = self._logits(params, buffers, x).float()
-            return F.cross_entropy(logits, y), (logits.argmax(-1) == y).sum()
-
-        in_dims = (0, 0, None, None) if shared else (0, 0, 0, 0)
-        losses, correct = vmap(loss, in_dims, randomness="error")(self.params, buffers, x, y)
+        logits = self._forward(x, shared, True, self._masks(y.shape[-1])).float()
+        target = y.expand(len(self), -1)
+        losses = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+        losses = losses.view(len(self), -1).mean(dim=1)
         grads = torch.autograd.grad(losses.sum(), list(self.params.values()))
         _adamw(self.params, grads, self.adam, lr, self.decay)
-        return losses.detach(), correct
+        return losses.detach(), (logits.detach().argmax(-1) == target).sum(dim=1)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed cross-entropy, correct) per member on shared inputs, in eval mode."""
-        self.base.eval()
         with torch.no_grad():
-            logits = vmap(self._logits, in_dims=(0, 0, None))(self.params, self.buffers, x)
-            logits = logits.float()
+            logits = self._forward(x, True, False, {}).float()
             target = y.expand(len(self), -1)
             loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
             return loss.view(len(self), -1).sum(1), (logits.argmax(-1) == target).sum(1)
