@@ -1,6 +1,7 @@
 """Nothing finished is lost: kills, Ctrl-C and disk errors keep committed heads, a rerun resumes."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import shutil
@@ -40,7 +41,19 @@ def uninterrupted(shapes, cache, tmp_path_factory) -> Run:
 
 
 def _numbers(run: Run) -> dict:
-    return {h.head: [(s.train, s.val, s.test, s.best_epoch) for s in h.seeds] for h in run.heads}
+    """Every seed's metrics and best epoch, as one list of numbers per head."""
+    return {h.head: [v if v is not None else -1 for s in h.seeds
+                     for v in (*dataclasses.astuple(s.train), *dataclasses.astuple(s.val),
+                               *dataclasses.astuple(s.test), s.best_epoch)]
+            for h in run.heads}
+
+
+def _same_numbers(a: Run, b: Run) -> bool:
+    """The same numbers up to the last bits: stacks of another size may round differently
+    (BLAS picks its blocking by shape)."""
+    x, y = _numbers(a), _numbers(b)
+    return x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-6)
+                                        for k in x)
 
 
 def _counting_members(monkeypatch) -> list:
@@ -87,9 +100,9 @@ def test_sigkill_during_training_then_rerun_trains_only_the_rest(shapes, cache, 
     assert resumed.run_dir == run_dir and is_complete(run_dir)
     assert len(trained) == RUNS - 5 and len(set(trained)) == len(trained)
     assert [h.head for h in resumed.heads] == ["gap", "flatten", "gmp"]
-    assert _numbers(resumed) == _numbers(uninterrupted)
+    assert _same_numbers(resumed, uninterrupted)
     assert resumed.best_head == uninterrupted.best_head
-    assert _numbers(Run.load(run_dir)) == _numbers(uninterrupted)
+    assert _same_numbers(Run.load(run_dir), uninterrupted)
     assert not (run_dir / MEMBERS).exists()  # every head committed: the runs are not kept
 
 
@@ -127,7 +140,7 @@ def test_a_disk_error_is_one_line_that_says_what_was_kept_and_a_rerun_resumes(
     resumed = hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS)
     # only the training runs not committed before the failure are trained again
     assert len(trained) == RUNS - saved < RUNS // 2
-    assert _numbers(resumed) == _numbers(uninterrupted)
+    assert _same_numbers(resumed, uninterrupted)
 
 
 def test_the_cli_turns_a_disk_error_into_one_line_and_exit_code(shapes, cache, tmp_path,
@@ -160,8 +173,8 @@ def test_ctrl_c_keeps_finished_training_runs_and_the_rerun_resumes(shapes, cache
     assert len(list((run_dir / MEMBERS).glob("*/*.safetensors"))) == 12
     monkeypatch.setattr(train, "train_members", original)
     trained = _counting_members(monkeypatch)
-    assert _numbers(hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS)) == \
-        _numbers(uninterrupted)
+    assert _same_numbers(hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS),
+                         uninterrupted)
     assert len(trained) == RUNS - 12
 
 

@@ -302,7 +302,7 @@ class _Inputs:
         self.lazy = set(splits) - memory
         if memory:
             parts: dict[str, list[torch.Tensor]] = {k: [] for k in memory}
-            for start, rows in self._rows(4 * CHUNK_ROWS):
+            for _, rows in self._rows(4 * CHUNK_ROWS):
                 for key in memory:
                     parts[key].append(splits[key].apply(rows, feats.form))
             self.memory = {k: torch.cat(v) for k, v in parts.items()}
@@ -358,29 +358,33 @@ class _Block:
     data: torch.Tensor | None = None
 
 
-def _blocks(feats: Features, lazy: bool, epoch: int, device: torch.device) -> Iterator[_Block]:
-    """The epoch's blocks. Everything in memory: one block of all rows. Else the rows in a
-    random order shared by all members (seeded by the epoch), cut into blocks of
-    `BLOCK_BYTES`; each member then draws its own order inside a block."""
+def _block_bounds(feats: Features, lazy: bool) -> list[tuple[int, int]]:
+    """(start, stop) of each block of an epoch: one block when nothing is read per batch or
+    all rows fit in `BLOCK_BYTES` (as float32), else blocks of that size (a last block of one
+    row joins the one before: BatchNorm cannot train on one sample)."""
     n = len(feats)
     per_block = max(2, BLOCK_BYTES // max(1, 4 * int(np.prod(feats.shape[1:]))))
-    if not lazy:
-        yield _Block(n)
-        return
-    if n <= per_block:
-        yield _Block(n, None, feats.get(np.arange(n)))
+    bounds = [(start, min(n, start + per_block)) for start in range(0, n, per_block)]
+    if not lazy or len(bounds) == 1:
+        return [(0, n)]
+    if bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _blocks(feats: Features, bounds: list[tuple[int, int]], lazy: bool, epoch: int,
+            device: torch.device) -> Iterator[_Block]:
+    """The epoch's blocks. One block: every row, in order. Else the rows in a random order
+    shared by all members (seeded by the epoch), cut at `bounds`; each member then draws its
+    own order inside a block."""
+    n = len(feats)
+    if len(bounds) == 1:
+        yield _Block(n, None, feats.get(np.arange(n)) if lazy else None)
         return
     order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch)).numpy()
-    for start in range(0, n, per_block):
-        rows = np.sort(order[start:start + per_block])
+    for start, stop in bounds:
+        rows = np.sort(order[start:stop])
         yield _Block(len(rows), torch.as_tensor(rows, device=device), feats.get(rows))
-
-
-def _block_sizes(n: int, feats: Features, lazy: bool) -> list[int]:
-    per_block = max(2, BLOCK_BYTES // max(1, 4 * int(np.prod(feats.shape[1:]))))
-    if not lazy or n <= per_block:
-        return [n]
-    return [min(per_block, n - start) for start in range(0, n, per_block)]
 
 
 # ----------------------------------------------------------------------------- stacked members
@@ -429,8 +433,9 @@ def _adamw(params: dict[str, torch.Tensor], grads: Sequence[torch.Tensor], state
 
 
 class _Stack:
-    """The members of one head, trained as one model with parameters stacked on a first axis
-    (`torch.func.vmap` over `functional_call`): one forward, one summed loss, one update."""
+    """The members of one head, trained as one model with parameters stacked on a first axis:
+    one forward (`headbench.stacked`, or `torch.func.vmap` over the module for layers it does
+    not know), one summed loss, one AdamW update with each member's own decay."""
 
     def __init__(self, label: str, members: list[Member], heads: list[nn.Module],
                  split: TrainingSplit, probe: torch.Tensor, device: torch.device):
@@ -443,7 +448,6 @@ class _Stack:
         for body in self.bodies:
             body.train()
         self.params, self.buffers = stack_module_state(self.bodies)
-        self.decayed = {k for k, p in self.bodies[0].named_parameters() if p.ndim > 1}
         self.decay = torch.tensor([m.weight_decay for m in members], device=device)
         self.adam = {"step": 0, "m": {k: torch.zeros_like(v) for k, v in self.params.items()},
                      "v": {k: torch.zeros_like(v) for k, v in self.params.items()}}
@@ -613,36 +617,20 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
     splits = {s.key: s.split for s in stacks}
     memory = _plan_memory(splits, [train, val], MEMORY_BYTES)
     inputs_tr, inputs_va = _Inputs(train, splits, memory), _Inputs(val, splits, memory)
-    sizes = _block_sizes(len(train), train, bool(inputs_tr.lazy))
-    steps = sum(len(_batches(np.arange(n), config.batch_size)) for n in sizes)
-    total, warmup = config.epochs * steps, min(config.warmup_epochs * steps, config.epochs * steps)
+    bounds = _block_bounds(train, bool(inputs_tr.lazy))
+    steps = sum(len(_batches(np.arange(stop - start), config.batch_size))
+                for start, stop in bounds)
+    schedule = (config.lr, min(config.warmup_epochs * steps, config.epochs * steps),
+                config.epochs * steps)
     results: dict[Member, TrainResult] = {}
     for epoch in range(1, config.epochs + 1):
-        step0 = (epoch - 1) * steps
-        train_stats = {id(s): [torch.zeros(len(s)), torch.zeros(len(s))] for s in stacks}
-        for block in _blocks(train, bool(inputs_tr.lazy), epoch, device):
-            for stack in stacks:
-                started = time.perf_counter()
-                for i, index in enumerate(stack.orders(block.size, config.batch_size)):
-                    lr = lr_at(step0 + i, config.lr, warmup, total)
-                    x = inputs_tr.batch(stack.key, index, block)
-                    y = y_tr[block.rows[index] if block.rows is not None else index]
-                    loss, correct = stack.step(x, y, index.dim() == 1, lr)
-                    train_stats[id(stack)][0] += loss.cpu() * index.shape[-1]
-                    train_stats[id(stack)][1] += correct.cpu()
-                _share(stack, time.perf_counter() - started)
-            step0 += len(_batches(np.arange(block.size), config.batch_size))
-        val_stats = {id(s): [torch.zeros(len(s)), torch.zeros(len(s))] for s in stacks}
-        for where, x in inputs_va.chunks():
-            for stack in stacks:
-                started = time.perf_counter()
-                loss, correct = stack.evaluate(x[stack.key], y_va[where])
-                val_stats[id(stack)][0] += loss.cpu()
-                val_stats[id(stack)][1] += correct.cpu()
-                _share(stack, time.perf_counter() - started)
-        lr = lr_at(step0 - 1, config.lr, warmup, total)
+        blocks = _blocks(train, bounds, bool(inputs_tr.lazy), epoch, device)
+        trained = _train_epoch(stacks, blocks, inputs_tr, y_tr, config.batch_size,
+                               (epoch - 1) * steps, schedule)
+        validated = _validate(stacks, inputs_va, y_va)
+        lr = lr_at(epoch * steps - 1, *schedule)
         for stack in list(stacks):
-            (tr_loss, tr_ok), (va_loss, va_ok) = train_stats[id(stack)], val_stats[id(stack)]
+            (tr_loss, tr_ok), (va_loss, va_ok) = trained[id(stack)], validated[id(stack)]
             logs = [EpochLog(epoch, float(tr_loss[i]) / len(train), float(tr_ok[i]) / len(train),
                              float(va_loss[i]) / len(val), float(va_ok[i]) / len(val), lr)
                     for i in range(len(stack))]
@@ -652,8 +640,7 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
             if on_epochs is not None:
                 on_epochs(len(stack) + len(stop) * (config.epochs - epoch))
             for i in stop:
-                result = stack.result(i)
-                results[stack.members[i]] = result
+                results[stack.members[i]] = result = stack.result(i)
                 if on_done is not None:
                     on_done(stack.members[i], result)
             if len(stop) == len(stack):
@@ -663,6 +650,40 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
         if not stacks:
             break
     return results
+
+
+def _train_epoch(stacks: list["_Stack"], blocks: Iterator[_Block], inputs: _Inputs,
+                 y: torch.Tensor, batch_size: int, step: int,
+                 schedule: tuple[float, int, int]) -> dict[int, list[torch.Tensor]]:
+    """One epoch of every stack, block by block; id(stack) -> [summed loss, correct]."""
+    stats = {id(s): [torch.zeros(len(s)), torch.zeros(len(s))] for s in stacks}
+    for block in blocks:
+        for stack in stacks:
+            started = time.perf_counter()
+            for i, index in enumerate(stack.orders(block.size, batch_size)):
+                x = inputs.batch(stack.key, index, block)
+                target = y[block.rows[index] if block.rows is not None else index]
+                loss, correct = stack.step(x, target, index.dim() == 1,
+                                           lr_at(step + i, *schedule))
+                stats[id(stack)][0] += loss.cpu() * index.shape[-1]
+                stats[id(stack)][1] += correct.cpu()
+            _share(stack, time.perf_counter() - started)
+        step += len(_batches(np.arange(block.size), batch_size))
+    return stats
+
+
+def _validate(stacks: list["_Stack"], inputs: _Inputs,
+              y: torch.Tensor) -> dict[int, list[torch.Tensor]]:
+    """Every stack on every validation row once; id(stack) -> [summed loss, correct]."""
+    stats = {id(s): [torch.zeros(len(s)), torch.zeros(len(s))] for s in stacks}
+    for where, x in inputs.chunks():
+        for stack in stacks:
+            started = time.perf_counter()
+            loss, correct = stack.evaluate(x[stack.key], y[where])
+            stats[id(stack)][0] += loss.cpu()
+            stats[id(stack)][1] += correct.cpu()
+            _share(stack, time.perf_counter() - started)
+    return stats
 
 
 def _share(stack: _Stack, seconds: float) -> None:
