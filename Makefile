@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_compare.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -347,3 +347,24 @@ def test_statistics_form_stores_the_pooled_rows_under_its_own_key(backbone, imag
     assert features.is_cached(backbone, [file_digest(p) for p in images], cache_dir=tmp_path,
                               form=form)
     assert _extract(backbone, images, tmp_path, form=form).n_extracted == 0
+
+
+def test_extraction_folds_batchnorm_into_the_convolutions_only_when_exact(backbone):
+    model = features._inference_copy(backbone, torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())  # untouched
+    x = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), backbone.eval()(x), rtol=1e-4, atol=1e-4)
+
+    class Reordered(torch.nn.Module):  # registered conv then bn, but bn runs first
+        def __init__(self):
+            super().__init__()
+            self.data_config = {"input_size": (3, 8, 8)}
+            self.conv, self.bn = torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)
+            self.bn.running_mean.fill_(0.5)
+
+        def forward(self, x):
+            return self.conv(self.bn(x))
+    assert isinstance(features._inference_copy(Reordered(), torch.device("cpu")).bn,
+                      torch.nn.BatchNorm2d)  # the probe disagreed: nothing folded
