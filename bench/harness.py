@@ -131,15 +131,30 @@ def _cpu_ticks() -> dict[tuple[int, str], int]:
 
 
 class OtherLoad:
-    """CPU used by processes outside this bench while a section ran, in cores (0 = alone)."""
+    """CPU used by processes outside this bench while a section ran, in cores (0 = alone).
+    Sampled every second, so a process that ends meanwhile still counts (up to its last second)."""
 
-    def __init__(self):
-        self.t0, self.ticks = time.monotonic(), _cpu_ticks()
+    def __init__(self, every_s: float = 1.0):
+        self.t0, self.last, self.ticks = time.monotonic(), _cpu_ticks(), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        now = _cpu_ticks()
+        self.ticks += sum(t - self.last.get(k, 0) for k, t in now.items())
+        self.last = now
+
+    def _loop(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self._sample()
 
     def cores(self) -> float:
-        now = _cpu_ticks()
-        used = sum(t - self.ticks.get(k, 0) for k, t in now.items())
-        return used / TICK / max(time.monotonic() - self.t0, 1e-9)
+        """Stop sampling; the average load of other processes since the start."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return self.ticks / TICK / max(time.monotonic() - self.t0, 1e-9)
 
 
 # ------------------------------------------------------------------------- memory of a process tree

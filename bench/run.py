@@ -60,7 +60,7 @@ TITLES = {
 }
 # rough seconds per section on a 2-core AVX2 CPU, for the estimate printed at the start
 ESTIMATE_S = {"quick": dict(a=60, b=45, c=60, e=60, f=20),  # (d): d_seconds()
-              "full": dict(a=200, b=900, c=400, e=200, f=90)}
+              "full": dict(a=200, b=620, c=320, e=110, f=90)}
 
 
 @dataclass
@@ -458,7 +458,10 @@ def profile_loader(paths: list[Path], data_config: dict, n: int = 60) -> str:
         where = f"{Path(file).name}:{line} {func}" if line else func
         rows.append([f"`{where}`", fmt(1000 * tt / len(ds), 2), fmt(1000 * ct / len(ds), 2),
                      f"{100 * tt / total:.0f} %"])
-    return H.table(["function", "own ms/img", "cumulative ms/img", "share"], rows)
+    per_image = 1000 * total / len(ds)
+    return (f"{per_image:.1f} ms per image in one process ({1000 / per_image:.0f} img/s per "
+            "decoding process, before the DataLoader's inter-process transfer):\n\n"
+            + H.table(["function", "own ms/img", "cumulative ms/img", "share"], rows))
 
 
 def section_c(ctx: Ctx) -> tuple[str, dict]:
@@ -482,8 +485,6 @@ def section_c(ctx: Ctx) -> tuple[str, dict]:
         load = loader_rate(paths, bb.data_config, workers)
         comp = (rates.get("efficientnet_lite0") if size is None else None) or compute_rate(bb)
         e2e = {c: e2e_rate(paths, size, work, *c) for c in combos}
-        if size == ctx.input_size:
-            ctx.shared["e2e_d_img_s"] = e2e[combos[0]]
         raw[label] = dict(images=len(paths), loader_img_s=load, compute_img_s=comp,
                           ratio=load / comp, e2e_img_s={str(c): v for c, v in e2e.items()})
         rows.append([label, len(paths), fmt(load), fmt(comp), f"{load / comp:.1f}×"])
@@ -539,7 +540,7 @@ def compare_subprocess(folder: Path, heads: str, work: Path, input_size: int) ->
                 procs=mem.peak_procs, cache_bytes=cache_bytes, timing=results["timing"])
 
 
-D_IMG_S = 60.0  # extract() end to end at 64 px with the library's default threads (section c)
+D_IMG_S = 250.0  # compare wall per image at 64 px (extract + train), idle 2-core EPYC
 
 
 def d_plan(quick: bool) -> list[tuple[int, int]]:
@@ -555,8 +556,7 @@ def d_seconds(quick: bool, img_s: float) -> float:
 def section_d(ctx: Ctx) -> tuple[str, dict]:
     plan = d_plan(ctx.quick)
     size = ctx.input_size
-    rate = ctx.shared.get("e2e_d_img_s", D_IMG_S)
-    H.log(f"  estimated {d_seconds(ctx.quick, rate) / 60:.0f} min at {rate:.0f} img/s end to end")
+    H.log(f"  estimated {d_seconds(ctx.quick, D_IMG_S) / 60:.0f} min")
     c, h, w = backbones.create_backbone("efficientnet_lite0", "embedded", size).feature_shape()
     raw, rows = {}, []
     for n, repeats in plan:
@@ -571,6 +571,9 @@ def section_d(ctx: Ctx) -> tuple[str, dict]:
             for r in range(reps):
                 H.log(f"  {images:,} images, --heads {heads}, repeat {r + 1}/{reps}")
                 runs.append(compare_subprocess(folder, heads, ctx.out / "work" / "d", size))
+                t = runs[-1]["timing"]
+                H.log(f"    extract {t['extract_s']:.1f} s, train {t['train_s']:.1f} s, total "
+                      f"{t['total_s']:.1f} s, peak anon {runs[-1]['peak_anon'] / 2**30:.2f} GiB")
             med = {k: H.median([x[k] for x in runs]) for k in
                    ("wall_s", "peak_anon", "peak_rss", "vm_hwm", "cache_bytes")}
             for k in ("extract_s", "train_s", "total_s"):
