@@ -7,7 +7,6 @@ compiled paths start from an empty inductor cache and cleared in-memory caches, 
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import tempfile
@@ -16,7 +15,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
-import timm.layers
 import torch
 from torch import nn
 
@@ -48,45 +46,33 @@ def timm_default(bb: nn.Module) -> ForwardPath:
     return ForwardPath("timm default: fp32 NCHW eager", fn)
 
 
-def headbench(bb: nn.Module, precision: str, stack: contextlib.ExitStack) -> ForwardPath:
-    """What `features.extract` runs per batch: `_inference_copy` (channels_last, eval,
-    BatchNorm folded when exact) and `_forward` (autocast when bf16, float16 storage)."""
-    m = features._inference_copy(bb, CPU)
-
-    def fn(x):
-        return torch.from_numpy(features._forward(m, x, CPU, precision)).float()
-    return ForwardPath(f"headbench extractor today (precision {precision}, fp16 storage)", fn)
-
-
-def fold_batchnorm(model: nn.Module) -> int:
-    """Fold every eval BatchNorm that directly follows a Conv2d (registration order, as in timm's
-    CNNs) into the conv's weight and bias; timm's BatchNormAct2d keeps its activation."""
-    n = 0
-    for parent in list(model.modules()):
-        kids = list(parent.named_children())
-        for (name_a, a), (name_b, b) in zip(kids, kids[1:]):
-            if (type(a) is nn.Conv2d and isinstance(b, nn.BatchNorm2d) and b.track_running_stats
-                    and b.num_features == a.out_channels):
-                setattr(parent, name_a, torch.nn.utils.fusion.fuse_conv_bn_eval(a, b))
-                rest = (nn.Sequential(b.drop, b.act) if isinstance(b, timm.layers.BatchNormAct2d)
-                        else nn.Identity())
-                setattr(parent, name_b, rest)
-                n += 1
-    return n
-
-
-def folded(bb: nn.Module) -> ForwardPath:
-    m = copy.deepcopy(bb).eval()
-    t0 = time.perf_counter()
-    n = fold_batchnorm(m)
-    m.to(memory_format=CL)
-    setup = time.perf_counter() - t0
+def channels_last(bb: nn.Module) -> ForwardPath:
+    """headbench 0.1's extractor: channels_last, fp32, eager, nothing folded."""
+    m = copy.deepcopy(bb).eval().to(memory_format=CL)
 
     def fn(x):
         with torch.inference_mode():
             return m(_cl(x))
-    return ForwardPath("channels_last + BatchNorm folded into conv, eager", fn, setup,
-                       {"folded": n})
+    return ForwardPath("channels_last, eager (headbench 0.1)", fn)
+
+
+def headbench(bb: nn.Module, precision: str) -> ForwardPath:
+    """What `features.extract` runs per batch: its `_inference_copy` of the backbone (eval,
+    channels_last, BatchNorm folded when a probe agrees) through `_forward` (autocast when bf16,
+    float16 storage)."""
+    t0 = time.perf_counter()
+    m = features._inference_copy(bb, CPU)
+    setup = time.perf_counter() - t0
+    folded = _batchnorms(bb) - _batchnorms(m)
+
+    def fn(x):
+        return torch.from_numpy(features._forward(m, x, CPU, precision)).float()
+    return ForwardPath(f"headbench extractor (precision {precision}, fp16 storage)", fn, setup,
+                       {"folded": folded})
+
+
+def _batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
 def onednn_off(bb: nn.Module) -> ForwardPath:

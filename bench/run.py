@@ -228,69 +228,68 @@ def extraction_paths(name: str, weights: str, ctx: Ctx, peak: dict) -> dict:
     clf = classifier_for(bb)
     precision = features.resolve_precision("auto", CPU)
     out = {"flops_per_image": flops, "batch": batch, "rounds": rounds, "paths": {}}
-    with contextlib.ExitStack() as stack:
-        paths = [P.timm_default(bb), P.headbench(bb, precision, stack), P.folded(bb),
-                 P.onednn_off(bb), P.jit_frozen(bb, x)]
-        if not quick:
-            paths += [P.compiled(bb, x, freezing=False), P.compiled(bb, x, freezing=True)]
-        ref = paths[0]
-        with torch.inference_mode():
-            ref_logits = clf(ref.fn(x).mean((2, 3)))
-        H.log(f"  {name}: timing {len(paths)} paths, batch {batch}, {rounds} rounds")
-        secs = H.interleaved({p.name: (lambda p=p: p.fn(x)) for p in paths}, rounds)
-        for p in paths:
-            rate = batch / secs[p.name]
-            row = {"img_s": rate, "setup_s": p.setup_s, **agreement(p.fn, x, batch, clf, ref_logits),
-                   "fp32_peak_frac": flops * rate / peak["fp32"],
-                   "bf16_peak_frac": flops * rate / peak["bf16"]}
-            row.update({k: v for k, v in p.extra.items() if k == "folded"})
-            out["paths"][p.name] = row
-        plain = in_child(dict(kind="forward", name=name, weights=weights, batch=batch,
-                              rounds=rounds))
-        out["paths"]["timm default, in a plain process (glibc allocator untouched)"] = {
-            "img_s": plain, "setup_s": 0.0, "fp32_peak_frac": flops * plain / peak["fp32"],
-            "bf16_peak_frac": flops * plain / peak["bf16"], "max_abs_logit_diff": 0.0,
-            "logit_scale": out["paths"][ref.name]["logit_scale"], "top1_agree": 1.0, "n": batch}
-        for p in paths:
-            if p.name.startswith("torch.compile") and "freezing" not in p.name:
-                H.log(f"  {name}: recompile on a ragged batch, warm compile")
-                out["paths"][p.name].update(P.compile_extras(p, x))
-        # bf16 autocast: emulated kernels take seconds per image here, so one image, one call
-        bf16 = P.bf16_autocast(bb)
-        if H.native_bf16() or not quick:
-            small = batch if H.native_bf16() else 1
-            H.log(f"  {name}: bf16 autocast at batch {small}"
-                  + ("" if H.native_bf16() else " (emulated on this CPU: slow)"))
-            if H.native_bf16():
-                s = H.interleaved({"bf16": lambda: bf16.fn(x)}, rounds)["bf16"]
-                feats = bf16.fn(x)
-            else:
-                s, feats = H.timed(lambda: bf16.fn(x[:1]))  # includes oneDNN's first-call setup
-            out["paths"][bf16.name] = {
-                "img_s": small / s, "setup_s": 0.0, "batch": small,
-                **agreement(lambda _: feats, x[:small], small, clf, ref_logits),
-                "fp32_peak_frac": flops * small / s / peak["fp32"],
-                "bf16_peak_frac": flops * small / s / peak["bf16"],
-                "emulated": not H.native_bf16()}
-        # threads and batch sizes for timm's default, headbench's extractor and the fastest
-        # eager path (compiled ones would recompile per batch size)
-        uncompiled = [p for p in paths if not p.name.startswith("torch.compile")]
-        best = max(uncompiled[1:], key=lambda p: out["paths"][p.name]["img_s"])
-        main = list({p.name: p for p in (paths[0], paths[1], best)}.values())
-        threads = torch.get_num_threads()
-        out["threads"] = {}
-        for n_threads in sorted({1, threads}):
-            torch.set_num_threads(n_threads)
-            s = H.interleaved({p.name: (lambda p=p: p.fn(x)) for p in main}, rounds)
-            out["threads"][n_threads] = {k: batch / v for k, v in s.items()}
-        torch.set_num_threads(threads)
-        out["batch_sizes"] = {}
-        sizes = (8, 16) if quick else (8, 16, 32, 64)
-        big = torch.cat([images] * (-(-max(sizes) // len(images))))
-        for bs in sizes:
-            s = H.interleaved({p.name: (lambda p=p: p.fn(big[:bs])) for p in main[1:]}, rounds)
-            out["batch_sizes"][bs] = {k: bs / v for k, v in s.items()}
-        out["best_eager"] = best.name
+    paths = [P.timm_default(bb), P.headbench(bb, precision), P.channels_last(bb),
+             P.onednn_off(bb), P.jit_frozen(bb, x)]
+    if not quick:
+        paths += [P.compiled(bb, x, freezing=False), P.compiled(bb, x, freezing=True)]
+    ref = paths[0]
+    with torch.inference_mode():
+        ref_logits = clf(ref.fn(x).mean((2, 3)))
+    H.log(f"  {name}: timing {len(paths)} paths, batch {batch}, {rounds} rounds")
+    secs = H.interleaved({p.name: (lambda p=p: p.fn(x)) for p in paths}, rounds)
+    for p in paths:
+        rate = batch / secs[p.name]
+        row = {"img_s": rate, "setup_s": p.setup_s, **agreement(p.fn, x, batch, clf, ref_logits),
+               "fp32_peak_frac": flops * rate / peak["fp32"],
+               "bf16_peak_frac": flops * rate / peak["bf16"]}
+        row.update({k: v for k, v in p.extra.items() if k == "folded"})
+        out["paths"][p.name] = row
+    plain = in_child(dict(kind="forward", name=name, weights=weights, batch=batch,
+                          rounds=rounds))
+    out["paths"]["timm default, in a plain process (glibc allocator untouched)"] = {
+        "img_s": plain, "setup_s": 0.0, "fp32_peak_frac": flops * plain / peak["fp32"],
+        "bf16_peak_frac": flops * plain / peak["bf16"], "max_abs_logit_diff": 0.0,
+        "logit_scale": out["paths"][ref.name]["logit_scale"], "top1_agree": 1.0, "n": batch}
+    for p in paths:
+        if p.name.startswith("torch.compile") and "freezing" not in p.name:
+            H.log(f"  {name}: recompile on a ragged batch, warm compile")
+            out["paths"][p.name].update(P.compile_extras(p, x))
+    # bf16 autocast: emulated kernels take seconds per image here, so one image, one call
+    bf16 = P.bf16_autocast(bb)
+    if H.native_bf16() or not quick:
+        small = batch if H.native_bf16() else 1
+        H.log(f"  {name}: bf16 autocast at batch {small}"
+              + ("" if H.native_bf16() else " (emulated on this CPU: slow)"))
+        if H.native_bf16():
+            s = H.interleaved({"bf16": lambda: bf16.fn(x)}, rounds)["bf16"]
+            feats = bf16.fn(x)
+        else:
+            s, feats = H.timed(lambda: bf16.fn(x[:1]))  # includes oneDNN's first-call setup
+        out["paths"][bf16.name] = {
+            "img_s": small / s, "setup_s": 0.0, "batch": small,
+            **agreement(lambda _: feats, x[:small], small, clf, ref_logits),
+            "fp32_peak_frac": flops * small / s / peak["fp32"],
+            "bf16_peak_frac": flops * small / s / peak["bf16"],
+            "emulated": not H.native_bf16()}
+    # threads and batch sizes for timm's default, headbench's extractor and the fastest
+    # eager path (compiled ones would recompile per batch size)
+    uncompiled = [p for p in paths if not p.name.startswith("torch.compile")]
+    best = max(uncompiled[1:], key=lambda p: out["paths"][p.name]["img_s"])
+    main = list({p.name: p for p in (paths[0], paths[1], best)}.values())
+    threads = torch.get_num_threads()
+    out["threads"] = {}
+    for n_threads in sorted({1, threads}):
+        torch.set_num_threads(n_threads)
+        s = H.interleaved({p.name: (lambda p=p: p.fn(x)) for p in main}, rounds)
+        out["threads"][n_threads] = {k: batch / v for k, v in s.items()}
+    torch.set_num_threads(threads)
+    out["batch_sizes"] = {}
+    sizes = (8, 16) if quick else (8, 16, 32, 64)
+    big = torch.cat([images] * (-(-max(sizes) // len(images))))
+    for bs in sizes:
+        s = H.interleaved({p.name: (lambda p=p: p.fn(big[:bs])) for p in main[1:]}, rounds)
+        out["batch_sizes"][bs] = {k: bs / v for k, v in s.items()}
+    out["best_eager"] = best.name
     return out
 
 
@@ -353,7 +352,7 @@ def section_b(ctx: Ctx) -> tuple[str, dict]:
                          f"{100 * v['top1_agree']:.0f} % of {v['n']}", "; ".join(note)])
         parts.append(f"### {name}\n\n{r['flops_per_image'] / 1e9:.2f} GFLOP per image (224 px, "
                      f"`count_flops`), batch {r['batch']}, {r['rounds']} rounds.\n\n"
-                     + H.table(["path", "setup s", "img/s", "vs timm default", "vs headbench today",
+                     + H.table(["path", "setup s", "img/s", "vs timm default", "vs headbench",
                                 "of fp32 peak", "of bf16 peak", "max abs logit diff",
                                 "top-1 agreement", "note"], rows))
         names = list(r["threads"][max(r["threads"])])
@@ -370,32 +369,42 @@ def section_b(ctx: Ctx) -> tuple[str, dict]:
         if payoff:
             parts.append("Does torch.compile pay off? Seconds of backbone compute for N images "
                          "(compile included; a last batch of another size costs a recompile):\n\n"
-                         + H.table(["images", "eager (headbench today)", "compiled, cold cache",
+                         + H.table(["images", "headbench extractor", "compiled, cold cache",
                                     "compiled, warm cache", "pays off"], payoff))
     return "\n\n".join(parts), {"peak_flops": peak, **results}
 
 
 # ------------------------------------------------------------------------------------------ (c)
 
-def loader_rate(paths: list[Path], data_config: dict, workers: int) -> float:
-    """img/s of decode + resize + normalise through the DataLoader headbench builds."""
+def loader_rate(paths: list[Path], size: int | None, workers: int) -> dict:
+    """decode + resize + normalise through the DataLoader headbench builds, in a fresh process
+    (forking this large one would make worker start-up look like decoding): img/s after the first
+    batch, and the seconds until that batch."""
+    return in_child(dict(kind="loader", paths=[str(p) for p in paths], size=size,
+                         workers=workers), key=None)
+
+
+def _loader_child(spec: dict) -> dict:
+    paths = [Path(p) for p in spec["paths"]]
     for p in paths:  # warm the page cache: decoding is measured, not the disk
         p.read_bytes()
-    ds = features.ImageFiles(paths, data.make_transform(data_config), data.draft_size(data_config))
-    loader = DataLoader(ds, batch_size=32, num_workers=workers, collate_fn=features._collate)
-    t0, n = time.perf_counter(), 0
+    config = backbones.create_backbone("efficientnet_lite0", "embedded", spec["size"]).data_config
+    ds = features.ImageFiles(paths, data.make_transform(config), data.draft_size(config))
+    loader = DataLoader(ds, batch_size=32, num_workers=spec["workers"], collate_fn=features._collate)
+    t0, n, first = time.perf_counter(), 0, None
     for images, good, bad, _ in loader:
-        n += len(good) + len(bad)
-    return n / (time.perf_counter() - t0)
+        if first is None:
+            first = time.perf_counter()
+        else:
+            n += len(good) + len(bad)
+    return {"img_s": n / (time.perf_counter() - first), "startup_s": first - t0}
 
 
 def compute_rate(bb: backbones.Backbone, batch: int = 32, rounds: int = 3) -> float:
     size = bb.data_config["input_size"][1:]
     x = torch.randn(batch, 3, *size)
-    precision = features.resolve_precision("auto", CPU)
-    with features._placed(bb, CPU):
-        s = H.interleaved({"x": lambda: features._forward(bb, x, CPU, precision)}, rounds)["x"]
-    return batch / s
+    path = P.headbench(bb, features.resolve_precision("auto", CPU))
+    return batch / H.interleaved({"x": lambda: path.fn(x)}, rounds)["x"]
 
 
 E2E = [  # (torch threads, DataLoader workers, OMP_WAIT_POLICY) of `features.extract`
@@ -407,6 +416,9 @@ def child(spec: dict) -> None:
     forward in a plain process (glibc's allocator untouched, as in a user's timm script).
     'e2e': `features.extract` from a cold cache with the given torch threads and workers
     (OMP_WAIT_POLICY is read at process start)."""
+    if spec["kind"] == "loader":
+        print(json.dumps(_loader_child(spec)))
+        return
     if spec["kind"] == "forward":
         bb = backbones.create_backbone(spec["name"], spec["weights"])
         x = torch.randn(spec["batch"], 3, 224, 224)
@@ -436,10 +448,11 @@ def e2e_rate(paths: list[Path], size: int | None, work: Path, threads: int, work
     return in_child(spec, env)
 
 
-def in_child(spec: dict, env: dict | None = None) -> float:
+def in_child(spec: dict, env: dict | None = None, key: str | None = "img_s"):
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
                           capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["img_s"]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return out if key is None else out[key]
 
 
 def profile_loader(paths: list[Path], data_config: dict, n: int = 60) -> str:
@@ -482,12 +495,14 @@ def section_c(ctx: Ctx) -> tuple[str, dict]:
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         bb = backbones.create_backbone("efficientnet_lite0", "embedded", size)
         H.log(f"  {label}: loader, compute, extract end to end")
-        load = loader_rate(paths, bb.data_config, workers)
+        loaded = loader_rate(paths, size, workers)
+        load = loaded["img_s"]
         comp = (rates.get("efficientnet_lite0") if size is None else None) or compute_rate(bb)
         e2e = {c: e2e_rate(paths, size, work, *c) for c in combos}
-        raw[label] = dict(images=len(paths), loader_img_s=load, compute_img_s=comp,
+        raw[label] = dict(images=len(paths), loader=loaded, compute_img_s=comp,
                           ratio=load / comp, e2e_img_s={str(c): v for c, v in e2e.items()})
-        rows.append([label, len(paths), fmt(load), fmt(comp), f"{load / comp:.1f}×"])
+        rows.append([label, len(paths), fmt(load), fmt(loaded["startup_s"], 2), fmt(comp),
+                     f"{load / comp:.1f}×"])
         e2e_rows.append([label] + [fmt(e2e[c]) for c in combos])
         if load / comp < 2:
             profiles.append(f"Profile of one decoding process, {label} (cProfile, "
@@ -496,11 +511,13 @@ def section_c(ctx: Ctx) -> tuple[str, dict]:
     if "resnet50" in rates:
         raw["resnet50_compute_img_s"] = rates["resnet50"]
     text = (f"Decode + resize + normalise of `features.ImageFiles` through the DataLoader with "
-            f"`features._default_workers()` = {workers} workers alone (page cache warm), vs "
+            f"`features._default_workers()` = {workers} workers alone (a fresh process, page cache "
+            "warm, rate after the first batch), vs "
             f"headbench's extractor on efficientnet_lite0 alone (compute only, {torch.get_num_threads()} "
             "threads; at 224 px the figure of (b) where it ran). Target: loader ≥ 2× extraction.\n\n"
             + H.table(["images", "files", f"loader img/s ({workers} workers)",
-                       "extraction img/s (compute)", "loader / extraction"], rows)
+                       "s to the first batch", "extraction img/s (compute)",
+                       "loader / extraction"], rows)
             + ("\n\n" + "\n\n".join(profiles) if profiles else "")
             + "\n\nBoth share the same cores during `features.extract`. End to end from a cold "
               "cache (each in a fresh process; img/s), by torch threads × DataLoader workers "
