@@ -12,7 +12,7 @@ from .errors import HeadbenchError  # noqa: E402
 from .heads import HeadSpec, create_head, list_heads, register_head  # noqa: E402
 from .backbones import create_backbone, list_backbones  # noqa: E402
 from .model import HeadbenchModel, build_model  # noqa: E402
-from .export import load_model, predict, save_model  # noqa: E402
+from .export import export_onnx, load_model, predict, predict_onnx, save_model  # noqa: E402
 from .config import AnalyzeConfig, CompareConfig  # noqa: E402
 from .run import Run  # noqa: E402
 from .compare import compare  # noqa: E402
@@ -21,5 +21,5 @@ from .report import write_report  # noqa: E402
 
 __all__ = ["HeadbenchError", "HeadSpec", "create_head", "list_heads", "register_head",
            "create_backbone", "list_backbones", "HeadbenchModel", "build_model", "load_model",
-           "predict", "save_model", "CompareConfig", "AnalyzeConfig", "Run", "compare", "analyze",
-           "write_report"]
+           "predict", "save_model", "export_onnx", "predict_onnx", "CompareConfig", "AnalyzeConfig",
+           "Run", "compare", "analyze", "write_report"]

@@ -5,6 +5,7 @@
     headbench analyze RUN_DIR [options]  add translation / size / small-data / CAM analyses
     headbench report RUN_DIR             re-render report.html
     headbench predict MODEL_DIR PATH...  top-k classes for images or folders
+    headbench export MODEL_DIR --onnx F  ONNX export, verified against PyTorch
     headbench params / explain           parameter arithmetic and the worked pooling examples
     headbench cache ls | rm [KEY...]     the feature cache
 
@@ -240,9 +241,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .export import load_model, predict
-    model = load_model(args.model_dir)
-    rows = predict(model, args.paths, topk=args.topk, input_size=args.input_size)
+    from .export import load_model, predict, predict_onnx
+    if args.engine == "onnx":
+        rows = predict_onnx(args.model_dir, args.paths, topk=args.topk,
+                            input_size=args.input_size)
+    else:
+        rows = predict(load_model(args.model_dir), args.paths, topk=args.topk,
+                       input_size=args.input_size)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0 if any("top" in r for r in rows) else 1
@@ -253,6 +258,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top"])
         say(f"{row['path']}: {top}")
     return 0 if any("top" in r for r in rows) else 1  # every image was unreadable
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ONNX_VERIFICATION, export_onnx
+    report = export_onnx(args.model_dir, args.onnx, dynamic_size=args.dynamic_size,
+                         images=args.images, opset=args.opset)
+    axes = "batch, height and width" if report["dynamic_size"] else "batch"
+    say(f"exported {args.model_dir} -> {args.onnx or Path(args.model_dir) / 'model.onnx'} "
+        f"(dynamic {axes}; opset {report['opset']}, {report['size_bytes'] / 1e6:.1f} MB)")
+    diffs = ", ".join(f"{s} px {d:.2g}" for s, d in report["max_abs_diff"].items())
+    say(f"verified with onnxruntime {report['versions']['onnxruntime']} on "
+        f"{report['images']} images, max abs logit difference vs PyTorch: {diffs} "
+        f"(tolerance {report['tolerance']:g}): passed")
+    say(f"record: {Path(args.model_dir) / ONNX_VERIFICATION}")
+    return 0
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -344,8 +364,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=_whole(1), default=5)
     p.add_argument("--input-size", type=_whole(MIN_SIZE), default=None,
                    help="predict at another size (heads that accept any size only)")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="torch: the model folder with PyTorch; onnx: its verified ONNX export "
+                        "(or an exported .onnx file) with onnxruntime")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", parents=[common],
+                       help="export a saved model to ONNX, verified against PyTorch")
+    p.add_argument("model_dir", help="e.g. runs/<run>/heads/gap")
+    p.add_argument("--onnx", default=None, metavar="OUT",
+                   help="the ONNX file to write (default: MODEL_DIR/model.onnx)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--dynamic-size", dest="dynamic_size", action="store_true", default=None,
+                      help="dynamic height and width (the default for heads that accept any "
+                           "size; refused for fixed-size heads)")
+    size.add_argument("--fixed-size", dest="dynamic_size", action="store_false",
+                      help="export at the training size only")
+    p.add_argument("--images", nargs="+", default=None, metavar="PATH",
+                   help="images or folders to verify on (default: images of the model's run)")
+    p.add_argument("--opset", type=_whole(18), default=None,
+                   help="ONNX opset (default: the exporter's)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("cache", parents=[common], help="list or remove cached features")
     p.add_argument("action", choices=["ls", "rm"])
