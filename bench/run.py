@@ -12,6 +12,8 @@ Sections (issue 10, §4):
       process tree sampled every 0.1 s), cache bytes per image, full maps vs pooled cache
   (e) bf16 vs fp32 features: test accuracy per head against the seed spread
   (f) stacked vs one-at-a-time head training on the default job's cached features
+  (g) the default job with 4 cached augmented views per training image and the best head
+      fine-tuned end to end: the change per head, fine-tuned vs frozen, fine-tuning img/s
 
 The full run writes bench/RESULTS.md (and <out>/results.json with the raw numbers); --quick and
 runs of some sections only write <out>/RESULTS.md unless --results is given. RESULTS.md is
@@ -57,10 +59,11 @@ TITLES = {
     "d": "Memory and time on large generated folders",
     "e": "bf16 vs fp32 features: accuracy effect",
     "f": "Stacked vs one-at-a-time head training",
+    "g": "Cached augmented views and fine-tuning (issue 11)",
 }
 # rough seconds per section on a 2-core AVX2 CPU, for the estimate printed at the start
-ESTIMATE_S = {"quick": dict(a=60, b=45, c=60, e=60, f=20),  # (d): d_seconds()
-              "full": dict(a=200, b=620, c=320, e=110, f=90)}
+ESTIMATE_S = {"quick": dict(a=60, b=45, c=60, e=60, f=20, g=120),  # (d): d_seconds()
+              "full": dict(a=200, b=620, c=320, e=110, f=90, g=600)}
 
 
 @dataclass
@@ -817,10 +820,75 @@ def section_f(ctx: Ctx) -> tuple[str, dict]:
     return text, raw
 
 
+def section_g(ctx: Ctx) -> tuple[str, dict]:
+    """Issue 11: the default job with 4 cached augmented views and the best head fine-tuned."""
+    folder, options = ctx.data, dict(aug_views=4, finetune=True)
+    if ctx.quick:
+        folder = subset_folder(ctx.data, ctx.out / "datasets" / f"{ctx.data.name}-subset", 30)
+        options.update(heads=["gap", "flatten"], seeds=2, epochs=10, finetune_epochs=2)
+    work = ctx.fresh("finetune")
+    wall, run = H.timed(lambda: hb.compare(folder, cache_dir=work / "cache", out=work, **options))
+    ft_head = next(h for h in run.heads if h.finetuned)
+    rates = finetune_rates(run, ft_head)
+    rows = []
+    for f in run.findings:
+        if f.kind in ("augmentation", "finetune"):
+            a, b = run.head(f.a), run.head(f.b)
+            rows.append([f.a, pct(b.summary.test_accuracy.mean), pct(a.summary.test_accuracy.mean),
+                         f"{100 * f.diff:+.1f} pp", interval(f), fmt(f.p_adjusted, 3),
+                         hb.evaluate.select_head([b, a]).head])
+    s0 = ft_head.seeds[0]
+    raw = dict(wall_s=wall, train_s=run.timing.train_s, ft_s=s0.train_time_s,
+               ft_epochs=s0.epochs_run, ft_best_epoch=s0.best_epoch, rates=rates,
+               best_head=run.best_head, findings=[f.text for f in run.findings
+                                                  if f.kind in ("augmentation", "finetune")])
+    text = (f"`compare` on `{folder}` ({len(run.heads)} entries: "
+            f"{', '.join(s.label for s in run.options.heads)} frozen, each also on 4 cached "
+            f"augmented views paired by seed, and the best frozen head on val fine-tuned), "
+            f"precision {run.precision}, cold cache. Whole job {wall:.0f} s, of which head "
+            f"training {run.timing.train_s:.0f} s and fine-tuning {ft_head.variant.of} "
+            f"{s0.train_time_s:.0f} s ({s0.epochs_run} epochs, best {s0.best_epoch}; unfreeze "
+            f"{ft_head.variant.settings['unfreeze']}, BatchNorm {ft_head.variant.settings['bn']}, "
+            f"{ft_head.variant.settings['precision']})."
+            f" Selected head on val: **{run.best_head}**.\n\n"
+            + H.table(["variant", "frozen test acc", "variant test acc", "change", "95% CI",
+                       "Holm p", "val selects"], rows)
+            + "\n\nAugmented views: interval over seeds (paired t); fine-tuning: one seed against "
+              "the frozen seed it started from, paired bootstrap over test images; p-values "
+              "Holm-adjusted over every finding of the run.\n\n"
+            + H.table(["fine-tuning step (batch 32, forward + backward + AdamW, decoding "
+                       "included)", "img/s"], [[k, fmt(v)] for k, v in rates.items()]))
+    return text, raw
+
+
+def finetune_rates(run: hb.Run, ft_head) -> dict[str, float]:
+    """Fine-tuning images/s of the run's model on this CPU, fp32 and (where native) bf16."""
+    from headbench import finetune as ft
+    model = hb.load_model(run.model_dir(ft_head.variant.of), device="cpu")
+    split = run.dataset.splits["train"]
+    images = ft.Images([run.dataset.path("train", i) for i in range(len(split))], split.digests,
+                       np.asarray(split.labels))
+    cfg = run.options.finetune_config()
+    out = {}
+    for precision in ("fp32", "bf16") if H.native_bf16() else ("fp32",):
+        model.freeze(False)
+        out[f"{precision}, channels_last"] = ft.measure_throughput(
+            model, images, cfg, ft_head.weight_decay, CPU, precision, steps=3)
+    return out
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def interval(f) -> str:
+    return "—" if f.lo is None else f"[{100 * f.lo:+.1f}, {100 * f.hi:+.1f}] pp"
+
+
 # ------------------------------------------------------------------------------------------ main
 
 SECTIONS = {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e,
-            "f": section_f}
+            "f": section_f, "g": section_g}
 
 
 def main() -> None:
@@ -832,7 +900,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, ~5 minutes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out",
                         help="work folder: generated datasets (kept), caches, raw results")
-    parser.add_argument("--sections", default="abcdef", help="which sections, e.g. bc")
+    parser.add_argument("--sections", default="abcdefg", help="which sections, e.g. bc")
     parser.add_argument("--input-size", type=int, default=64,
                         help="input size of section (d) (default 64)")
     parser.add_argument("--data", type=Path, default=HYMENOPTERA)

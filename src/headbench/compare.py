@@ -17,6 +17,8 @@ One `compare(data, **options)` call:
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import datetime as _dt
 import hashlib
 import re
@@ -34,6 +36,7 @@ from . import data as _data
 from . import evaluate as _evaluate
 from . import export as _export
 from . import features as _features
+from . import finetune as _finetune
 from . import io as _io
 from . import layers as _layers
 from . import progress as _progress
@@ -42,9 +45,9 @@ from . import train as _train
 from .config import CompareConfig
 from .errors import HeadbenchError
 from .heads import Head, HeadSpec, create_head
-from .model import count_flops, count_params, default_device
+from .model import HeadbenchModel, count_flops, count_params, default_device
 from .run import (LOCK, BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics, Predictions,
-                  Run, SeedResult, SplitItems, Timing, incomplete_runs, mark_complete,
+                  Run, SeedResult, SplitItems, Timing, Variant, incomplete_runs, mark_complete,
                   start_run_dir)
 
 ROLES = ("train", "val", "test")
@@ -116,7 +119,7 @@ def compare(data: str | Path | CompareConfig, **options) -> Run:
 def _run_folder(config: CompareConfig, digest: str) -> Iterator[Path]:
     """The folder this compare writes, its lock held throughout: the newest incomplete run of
     the same options that no other process holds, else a new one."""
-    for candidate in incomplete_runs(config.out, digest):
+    for candidate in [] if config.restart else incomplete_runs(config.out, digest):
         try:
             with _io.locked(candidate / LOCK, wait=False):
                 _progress.log(f"resuming the interrupted run {candidate}")
@@ -147,37 +150,162 @@ def _compare(config: CompareConfig, bb, device, precision: str, timing: Timing, 
               run_dir=run_dir)
     prior = _finished_heads(run)
     backbone_file = _export.save_backbone_if_needed(bb, run_dir)
-    specs = {s.label: s for s in config.heads if s.label not in prior}
-    done = {m: r for m, r in _run.load_members(run_dir, run.feature_digest).items()
-            if m.head in specs}
-    if done:
-        _progress.log(f"reusing {len(done)} finished training run(s) of the interrupted run")
     for label, (head, predictions, states) in prior.items():
         _commit(run, head, predictions, states, committed, save=False)
+    # the frozen heads, then (with aug_views) the same heads on the augmented views
+    passes = [(s.label, s, None) for s in config.heads if s.label not in prior]
+    if config.aug_views:
+        passes += [(aug_label(s.label, config.aug_views), s, Variant("aug", s.label,
+                                                                     aug_views=config.aug_views))
+                   for s in config.heads if aug_label(s.label, config.aug_views) not in prior]
+    todo = {label: (spec, variant) for label, spec, variant in passes}
+    done = {m: r for m, r in _run.load_members(run_dir, run.feature_digest).items()
+            if m.head in todo}
+    if done:
+        _progress.log(f"reusing {len(done)} finished training run(s) of the interrupted run")
 
     def on_fit(label: str, fit: _train.FitResult) -> None:
-        head, predictions = _evaluate_fit(work, specs[label], fit, run.backbone)
+        spec, variant = todo[label]
+        head, predictions = _evaluate_fit(work, spec, fit, run.backbone, label, variant)
         states = {tr.seed: tr.state_dict for tr in fit.runs}
         _save_head(work, run, head, states, backbone_file)
         _commit(run, head, predictions, states, committed)
 
     t0 = time.perf_counter()
-    total = config.epochs * (len(specs) * _runs_per_head(config) - len(done))
+    total = config.epochs * (len(todo) * _runs_per_head(config) - len(done))
     with _progress.progress("training heads", total=total, unit="epoch") as bar:
-        _train.fit_heads({label: (lambda spec=spec: work.make_head(spec))
-                          for label, spec in specs.items()},
-                         work.F["train"], work.y["train"], work.F["val"], work.y["val"],
-                         config.train_config(), seeds=list(range(config.seeds)), done=done,
-                         on_member=lambda m, r: _run.save_member(run_dir, m, r,
-                                                                 run.feature_digest),
-                         on_fit=on_fit, on_epochs=bar.advance)
+        for variant in (False, True):
+            labels = {label: spec for label, (spec, v) in todo.items() if bool(v) == variant}
+            if not labels:
+                continue
+            X_train = _augmented_views(work) if variant else work.F["train"]
+            _train.fit_heads({label: (lambda spec=spec: work.make_head(spec))
+                              for label, spec in labels.items()},
+                             X_train, work.y["train"], work.F["val"], work.y["val"],
+                             config.train_config(), seeds=list(range(config.seeds)), done=done,
+                             on_member=lambda m, r: _run.save_member(run_dir, m, r,
+                                                                     run.feature_digest),
+                             on_fit=on_fit, on_epochs=bar.advance)
     timing.train_s = time.perf_counter() - t0
-    order = [s.label for s in config.heads]
-    run.heads.sort(key=lambda h: order.index(h.head))
+    _sort_heads(run)
     run.save()
     _run.drop_members(run_dir)  # every head is committed: its training runs are not needed
+    if config.finetune:
+        _finetune_heads(work, run, committed)
+        _sort_heads(run)
     run.best_head = _evaluate.select_head(run.heads).head  # on val, never on test
     return run
+
+
+def aug_label(label: str, views: int) -> str:
+    """The label of head `label` trained on `views` cached augmented views."""
+    return f"{label}+aug{views}"
+
+
+def _sort_heads(run: Run) -> None:
+    """The options' order, each head's variants right after it (augmented, fine-tuned)."""
+    order = [s.label for s in run.options.heads]
+    kinds = [None, "aug", "finetune"]
+
+    def key(h: HeadResult) -> tuple[int, int]:  # a variant keeps its frozen head's spec
+        return order.index(h.spec.label), kinds.index(h.variant.kind if h.variant else None)
+    run.heads.sort(key=key)
+
+
+def _augmented_views(work: _Work) -> "_train.Views":
+    """The training images' cached augmented views (extracted where missing), as one
+    training set from which each epoch draws one view per image."""
+    idx = work.splits.train
+    paths = [work.scan.items[i].path for i in idx]
+    digests = [work.scan.items[i].digest for i in idx]
+    sets = _features.extract_views(work.backbone, paths, digests, work.config.aug_views,
+                                   precision=work.precision, cache_dir=work.config.cache_dir,
+                                   workers=work.config.workers, device=work.device,
+                                   form=work.features.form)
+    lost = sorted({i for fs in sets for i in fs.failures})
+    if lost:  # the file decoded for the base view: it changed or broke since
+        raise HeadbenchError(f"training image '{paths[lost[0]]}' could not be decoded for its "
+                             "augmented views; fix or remove it and rerun")
+    return _train.Views([fs.subset(np.arange(len(idx))) for fs in sets])
+
+
+def _finetune_heads(work: _Work, run: Run, committed: list[str]) -> None:
+    """Fine-tune the best `finetune_top` frozen heads by val accuracy (each from its best seed)
+    and commit each as `<head>+ft`; a fine-tuning an interrupted run began resumes from its
+    checkpoint."""
+    config, fcfg = work.config, work.config.finetune_config()
+    frozen = [h for h in run.heads if not h.finetuned]
+    ranked = []
+    while frozen and len(ranked) < config.finetune_top:  # select_head's order: val only
+        ranked.append(_evaluate.select_head(frozen))
+        frozen.remove(ranked[-1])
+    images = {role: _images(work, role) for role in ROLES}
+    for base in ranked:
+        label = f"{base.head}+ft"
+        if any(h.head == label for h in run.heads):
+            continue  # committed by the interrupted run
+        head = work.make_head(base.spec)
+        head.load_state_dict(run.states[base.head][base.best_seed])
+        model = HeadbenchModel(copy.deepcopy(work.backbone), head, class_names=run.classes,
+                               freeze=False)
+        _log_estimate(model, images["train"], fcfg, base, work)
+        checkpoint = run.run_dir / "heads" / label / _finetune.CHECKPOINT
+        result = _finetune.finetune(model, images["train"], images["val"], fcfg,
+                                    base.weight_decay, checkpoint, device=work.device,
+                                    precision=_ft_precision(work), workers=_workers(work),
+                                    label=label, key=f"{run.feature_digest}|{base.best_seed}")
+        entry, predictions, states = _finetuned_result(work, run, base, label, result, images)
+        _commit(run, entry, predictions, states, committed)
+        checkpoint.unlink(missing_ok=True)  # the committed head replaces it
+
+
+def _images(work: _Work, role: str) -> _finetune.Images:
+    items = [work.scan.items[i] for i in getattr(work.splits, role)]
+    return _finetune.Images([it.path for it in items], [it.digest for it in items], work.y[role])
+
+
+def _workers(work: _Work) -> int:
+    return _features._default_workers() if work.config.workers is None else work.config.workers
+
+
+def _ft_precision(work: _Work) -> str:
+    return _finetune.finetune_precision(work.config.precision, work.device)
+
+
+def _log_estimate(model: HeadbenchModel, train: _finetune.Images, fcfg, base: HeadResult,
+                  work: _Work) -> None:
+    rate = _finetune.measure_throughput(model, train, fcfg, base.weight_decay, work.device,
+                                        _ft_precision(work))
+    seconds = len(train) * fcfg.epochs / rate
+    _progress.log(f"fine-tuning {base.head} (seed {base.best_seed}, unfreeze {fcfg.unfreeze}, "
+                  f"BatchNorm {fcfg.bn}, {_ft_precision(work)}): {len(train)} images × up to {fcfg.epochs} epochs at "
+                  f"{rate:.1f} img/s measured ≈ {seconds / 60:.1f} min at most, plus validation")
+
+
+def _finetuned_result(work: _Work, run: Run, base: HeadResult, label: str,
+                      result: "_finetune.FinetuneResult", images: dict
+                      ) -> tuple[HeadResult, Predictions, dict]:
+    """The fine-tuned model evaluated once per split, its model folder written."""
+    model, k = result.model, len(run.classes)
+    logits = {role: _finetune.logits_of(model, images[role], work.device, _ft_precision(work),
+                                        _workers(work)) for role in ROLES}
+    metrics = {role: Metrics(**_evaluate.classification_metrics(logits[role], work.y[role], k))
+               for role in ROLES}
+    seed = work.config.finetune_config().seed
+    seeds = [SeedResult(seed, result.best_epoch, result.epochs_run, result.train_time_s,
+                        history=result.history, **metrics)]
+    entry = dataclasses.replace(
+        base, head=label, model_dir=f"heads/{label}", best_seed=seed, wd_sweep={}, seeds=seeds,
+        summary=HeadSummary.of(seeds),
+        variant=Variant("finetune", base.head, from_seed=base.best_seed,
+                        settings=dict(work.config.finetune_config().to_dict(),
+                                      precision=_ft_precision(work)),
+                        resumed_from=result.resumed_from))
+    states = {seed: {k: v.cpu() for k, v in model.head.state_dict().items()}}
+    entry.model_size_bytes = _finetune.save_finetuned(run.run_dir / entry.model_dir, model,
+                                                    run.classes, seed)
+    predictions = Predictions.of_logits([seed], [logits["test"]], work.y["test"])
+    return entry, predictions, states
 
 
 def _commit(run: Run, head: HeadResult, predictions: Predictions, states: dict,
@@ -294,9 +422,10 @@ def _cache_form(config: CompareConfig, bb, digests: list[str],
     return tuple(name for name in _layers.STATS if name in needed)
 
 
-def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult,
-                  bb: BackboneInfo) -> tuple[HeadResult, Predictions]:
-    """Every seed of one fitted head evaluated once on each split."""
+def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult, bb: BackboneInfo,
+                  label: str, variant: Variant | None) -> tuple[HeadResult, Predictions]:
+    """Every seed of one fitted head evaluated once on each split (base views: val and test
+    are never augmented, and train metrics stay comparable)."""
     k = len(work.scan.classes)
     seeds, logits = [], []
     for tr in fit.runs:
@@ -311,7 +440,11 @@ def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult,
         seeds.append(SeedResult(tr.seed, tr.best_epoch, tr.epochs_run, tr.train_time_s,
                                 history=tr.history, **metrics))
     predictions = Predictions.of_logits([s.seed for s in seeds], logits, work.y["test"])
-    return _head_result(work, spec, fit, seeds, bb), predictions
+    best = min(fit.runs, key=lambda r: r.best_val_loss).seed  # val, never test
+    head = _head_result(work, spec, seeds, bb, label, best, fit.weight_decay,
+                        {f"{k:g}": v for k, v in fit.sweep.items()})
+    head.variant = variant
+    return head, predictions
 
 
 def _backbone_info(work: _Work) -> BackboneInfo:
@@ -331,20 +464,19 @@ def _feature_digest(work: _Work) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _head_result(work: _Work, spec: HeadSpec, fit: _train.FitResult, seeds: list[SeedResult],
-                 bb: BackboneInfo) -> HeadResult:
+def _head_result(work: _Work, spec: HeadSpec, seeds: list[SeedResult], bb: BackboneInfo,
+                 label: str, best_seed: int, weight_decay: float,
+                 wd_sweep: dict[str, float]) -> HeadResult:
     head = work.make_head(spec)
     c, h, w = work.map_shape
     head_flops = count_flops(head.eval(), torch.zeros(1, c, h, w))
     cost = _latency(head, (c, h, w), work)
     params = count_params(head)
-    best = min(fit.runs, key=lambda r: r.best_val_loss)  # val, never test
     return HeadResult(
-        head=spec.label, spec=spec, any_size=head.any_size, exact_cam=head.exact_cam,
+        head=label, spec=spec, any_size=head.any_size, exact_cam=head.exact_cam,
         head_params=params, total_params=params + bb.params, head_flops=head_flops,
-        total_flops=bb.flops + head_flops, weight_decay=fit.weight_decay,
-        wd_sweep={f"{k:g}": v for k, v in fit.sweep.items()}, best_seed=best.seed,
-        model_dir=f"heads/{spec.label}", model_size_bytes=None,
+        total_flops=bb.flops + head_flops, weight_decay=weight_decay, wd_sweep=wd_sweep,
+        best_seed=best_seed, model_dir=f"heads/{label}", model_size_bytes=None,
         latency_ms_b1=bb.latency_ms_b1 + cost["latency_ms_b1"],
         throughput_b32=1.0 / (1.0 / bb.throughput_b32 + 1.0 / cost["throughput_b32"]),
         architecture=str(head), seeds=seeds, summary=HeadSummary.of(seeds))

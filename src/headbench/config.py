@@ -221,6 +221,22 @@ class CompareConfig(AnalysisOptions):
     workers: int | None = option(None, "image decoding processes (default: from the CPU count)")
     follow_links: bool = option(False, "use symlinks that lead out of the data folder (by default "
                                        "they are skipped and listed)")
+    aug_views: int = option(0, "augmented views cached per training image (random resized "
+                               "crop, flip, colour jitter); every head is then also trained "
+                               "on them, paired by seed (0: none)")
+    finetune: bool = option(False, "fine-tune the best heads end to end from images after the "
+                                   "frozen comparison")
+    finetune_top: int = option(1, "how many heads to fine-tune: the best N by val accuracy")
+    unfreeze: str = option("all", "backbone part fine-tuned: all, or the last N stages")
+    bn: str = option("frozen", "backbone normalisation layers when fine-tuning: frozen "
+                               "(inference mode, statistics and affine fixed) | train")
+    finetune_epochs: int = option(10, "maximum fine-tuning epochs (early stopping on val)")
+    finetune_lr: float = option(1e-4, "fine-tuning peak learning rate of the head")
+    backbone_lr: float = option(0.1, "backbone learning rate as a fraction of --finetune-lr")
+    finetune_batch_size: int = option(32, "fine-tuning mini-batch size")
+    finetune_patience: int = option(3, "fine-tuning early-stopping patience in epochs (0: off)")
+    restart: bool = option(False, "start a new run instead of resuming an interrupted run of "
+                                  "the same options")
     report: bool = option(True, "write report.html", flag="--no-report")
     run_name: str | None = option(None, "run folder name (default: <date>-<data>-<backbone>)",
                                   flag="--name")
@@ -258,6 +274,18 @@ class CompareConfig(AnalysisOptions):
         self.split_seed = _whole(self.split_seed, "split_seed", 0)
         self.workers = _whole(self.workers, "workers", 0, none_ok=True)
         self.report, self.follow_links = bool(self.report), bool(self.follow_links)
+        self.aug_views = _whole(self.aug_views, "aug_views", 0)
+        self.finetune, self.restart = bool(self.finetune), bool(self.restart)
+        self.finetune_top = _whole(self.finetune_top, "finetune_top", 1)
+        from .finetune import BN_POLICIES, parse_unfreeze
+        self.unfreeze = parse_unfreeze(self.unfreeze)
+        if self.bn not in BN_POLICIES:
+            raise unknown("bn", str(self.bn), BN_POLICIES, param="bn")
+        self.finetune_epochs = _whole(self.finetune_epochs, "finetune_epochs", 1)
+        self.finetune_lr = _positive(self.finetune_lr, "finetune_lr")
+        self.backbone_lr = _real(self.backbone_lr, "backbone_lr", 0.0, 1.0, closed_high=True)
+        self.finetune_batch_size = _whole(self.finetune_batch_size, "finetune_batch_size", 2)
+        self.finetune_patience = _whole(self.finetune_patience, "finetune_patience", 0)
 
     def head_specs(self) -> list:
         """The heads as HeadSpecs (names get this config's hidden and dropout); checked for
@@ -289,13 +317,23 @@ class CompareConfig(AnalysisOptions):
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            patience=self.patience or None, weight_decays=self.weight_decays)
 
+    def finetune_config(self):
+        """The fine-tuning protocol these options give (`finetune.FinetuneConfig`)."""
+        from .finetune import FinetuneConfig
+        return FinetuneConfig(epochs=self.finetune_epochs, batch_size=self.finetune_batch_size,
+                              lr=self.finetune_lr, backbone_lr=self.backbone_lr,
+                              patience=self.finetune_patience or None, unfreeze=self.unfreeze,
+                              bn=self.bn)
+
     def digest(self, **resolved: Any) -> str:
         """A digest of what determines the trained heads: every option but where results go,
         how fast they come and which analyses follow, plus `resolved` facts (the weights'
         checksum, the precision used). A rerun with the same digest may resume a run."""
         import hashlib
         import json
-        kept = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_DIGEST}
+        kept = {k: v for k, v in self.to_dict().items()
+                if k not in _NOT_IN_DIGEST and _NEW_DEFAULTS.get(k, _UNSET) != v
+                and (self.finetune or k not in _FINETUNE_OPTIONS)}
         text = json.dumps(dict(kept, **resolved), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -333,7 +371,14 @@ class CompareConfig(AnalysisOptions):
 
 # options that change neither the heads nor their numbers (the analyses are added to a run)
 _NOT_IN_DIGEST = {"out", "run_name", "report", "workers", "cache_dir", "shifts", "sizes", "shots",
-                  "cam"}
+                  "cam", "restart"}
+# options added after runs were made: at their default they leave the digest as it was, so an
+# interrupted run of an older version still resumes
+_NEW_DEFAULTS = {"aug_views": 0, "finetune": False, "finetune_top": 1, "unfreeze": "all",
+                 "bn": "frozen", "finetune_epochs": 10, "finetune_lr": 1e-4, "backbone_lr": 0.1,
+                 "finetune_batch_size": 32, "finetune_patience": 3}
+_FINETUNE_OPTIONS = set(_NEW_DEFAULTS) - {"aug_views", "finetune"}  # moot without fine-tuning
+_UNSET = object()
 
 
 @dataclass

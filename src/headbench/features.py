@@ -12,7 +12,8 @@ Rows are stored as float16 in memory-mappable `.npy` chunks:
                                               "failures": {digest: reason}}
 
 The key hashes everything that changes the numbers: backbone, weights checksum, data config,
-input size, view (resize / shift / margin), precision and the format version. Rows are found by
+input size, view (resize / shift / margin, or an augmented view: the recipe hash and the view
+index, `data.View.aug`), precision and the format version. Rows are found by
 the image's content digest, so a new or changed file is extracted alone and an unchanged one
 never again; decode failures are cached with their reason the same way.
 
@@ -43,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import io, progress
-from .data import BadImage, View, draft_size, load_image, make_transform
+from .data import AUG_RECIPE, BadImage, View, draft_size, load_image, make_transform
 from .errors import HeadbenchError, unknown
 from .layers import global_stats
 
@@ -235,12 +236,15 @@ class ImageFiles(Dataset):
     """Decodes and transforms image files; a file that fails to decode yields its reason.
 
     Item `i` is `(tensor (3, S, S), i, "")`, or `(empty tensor, i, reason)` for a file that
-    cannot be decoded, so one corrupt file never stops a DataLoader worker.
+    cannot be decoded, so one corrupt file never stops a DataLoader worker. With `keys` (the
+    content digests) the transform is called `transform(image, keys[i])`: an augmented view's
+    draw is seeded by the image's content (`data.AugTransform`); else `transform(image)`.
     """
 
     def __init__(self, paths: Sequence[str | Path], transform: Any,
-                 draft: tuple[int, int] | None = None):
+                 draft: tuple[int, int] | None = None, keys: Sequence[str] | None = None):
         self.paths, self.transform, self.draft = list(paths), transform, draft
+        self.keys = list(keys) if keys is not None else None  # content digests, for aug views
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -248,7 +252,9 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
         try:
             image = load_image(self.paths[i], draft=self.draft)
-            return self.transform(image), i, ""
+            if self.keys is None:
+                return self.transform(image), i, ""
+            return self.transform(image, self.keys[i]), i, ""
         except BadImage as e:
             return torch.empty(0), i, str(e) or type(e).__name__
         except OSError as e:  # unreadable file, PIL decoder error
@@ -370,6 +376,8 @@ def _ensure_meta(entry: Path, fields: dict[str, Any], backbone: Any, view: View)
         pass
     c, h, w = backbone.feature_shape(view.size)
     form = fields.get("form")
+    if view.aug is not None:  # the key holds only its hash: keep the recipe itself readable
+        fields = dict(fields, aug_recipe=AUG_RECIPE)
     meta = dict(fields, backbone_name=backbone.name, weights=str(backbone.weights),
                 feature_shape=[len(form) * c] if form else [c, h, w], map_shape=[c, h, w],
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -383,7 +391,7 @@ def _run(backbone: Any, todo: list[tuple[str, Path]], view: View, precision: str
          form: tuple[str, ...] | None = None) -> int:
     """Extract the (digest, path) pairs in `todo` into new chunks; the number of rows written."""
     dataset = ImageFiles([p for _, p in todo], make_transform(backbone.data_config, view),
-                         draft_size(backbone.data_config, view))
+                         draft_size(backbone.data_config, view), keys=[d for d, _ in todo])
     n_batches = -(-len(todo) // batch_size)
     # With a single batch a worker only adds start-up time: decoding is serial either way.
     workers = 0 if n_batches == 1 else min(workers, n_batches)
@@ -429,7 +437,8 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
         backbone: a `headbench.backbones.Backbone`.
         paths: image files.
         digests: content digest of each file (`data.file_digest`); the cache is keyed by it.
-        view: resize / shift / margin applied before the backbone.
+        view: resize / shift / margin applied before the backbone, or an augmented view
+            (`View(aug=k)`; see `extract_views`).
         precision: 'auto' (bf16 where the hardware has it, else fp32), 'fp32' or 'bf16'.
         cache_dir: cache root; default `default_cache_dir()`.
         batch_size: images per forward pass.
@@ -480,6 +489,31 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
                 index = _Index.load(entry / "chunks")
     meta = _ensure_meta(entry, fields, backbone, view)
     return FeatureSet(key, meta, entry, list(digests), index, n_extracted)
+
+
+def extract_views(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str], k: int,
+                  size: int | None = None, **options: Any) -> list["FeatureSet"]:
+    """Augmented views 0..k-1 of `paths`: `extract` with `View(size, aug=i)` for each i.
+
+    Each view index is its own cache entry (the key holds the recipe hash and the index), so
+    asking for views 0..7 after 0..3 extracts only 4..7. View i of an image is drawn with
+    `data.aug_seed(digest, i)`: the same features for the same content, in any cache.
+
+    Args:
+        k: how many views (0 gives []).
+        size: crop side; None uses the backbone's input size.
+        options: as for `extract` (precision, cache_dir, form, workers, device, ...), except
+            `view` and `description`.
+
+    Returns:
+        One `FeatureSet` per view, view 0 first, each over all files in the order given.
+    """
+    if isinstance(k, bool) or int(k) != k or k < 0:
+        raise HeadbenchError(f"the number of augmented views must be a whole number >= 0, "
+                             f"got {k}", param="aug_views")
+    return [extract(backbone, paths, digests, view=View(size=size, aug=i),
+                    description=f"augmented view {i + 1}/{int(k)}", **options)
+            for i in range(int(k))]
 
 
 def is_cached(backbone: Any, digests: Sequence[str], view: View = View(), precision: str = "fp32",

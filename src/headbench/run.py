@@ -113,6 +113,21 @@ class HeadSummary:
 
 
 @dataclass
+class Variant:
+    """How a head entry varies a frozen head of the run (`of`): trained on cached augmented
+    views (`kind` 'aug', label `<of>+aug<K>`) or fine-tuned end to end (`kind` 'finetune',
+    label `<of>+ft`, starting from `of`'s seed `from_seed`; `settings` is its
+    `finetune.FinetuneConfig`, `resumed_from` the epochs a checkpoint held when it resumed)."""
+
+    kind: str
+    of: str
+    aug_views: int = 0
+    from_seed: int | None = None
+    settings: dict | None = None
+    resumed_from: int = 0
+
+
+@dataclass
 class HeadResult:
     """One head of the run: what it is, what it costs, and how every seed did."""
 
@@ -134,10 +149,16 @@ class HeadResult:
     architecture: str
     seeds: list[SeedResult]
     summary: HeadSummary
+    variant: Variant | None = None  # None for a frozen head trained on the base view
 
     @property
     def fixed_size(self) -> bool:
         return not self.any_size
+
+    @property
+    def finetuned(self) -> bool:
+        """Whether its backbone was fine-tuned (then it runs on its own backbone, not the run's)."""
+        return self.variant is not None and self.variant.kind == "finetune"
 
     def seed_metric(self, role: str, key: str = "accuracy") -> dict[int, float]:
         """{seed: metric} on split `role` (metrics that are None are left out)."""
@@ -741,7 +762,7 @@ def results_schema() -> dict:
 
 
 __all__ = ["start_run_dir", "is_complete", "mark_complete", "incomplete_runs", "Run", "HeadResult", "SeedResult", "HeadSummary", "Metrics", "CI", "Predictions",
-           "SplitItems", "DatasetInfo", "BackboneInfo", "Timing", "Finding", "results_schema",
+           "SplitItems", "DatasetInfo", "BackboneInfo", "Timing", "Finding", "Variant", "results_schema",
            "SCHEMA", "SCHEMA_VERSION"]
 
 

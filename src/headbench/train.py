@@ -24,7 +24,8 @@ attention's tokens; `heads.TrainingSplit`) runs once per image per fit, not once
 Features are arrays of shape (N, C, H, W) -- numpy float16 arrays, `np.memmap`s or anything
 supporting `X[index_array]` -- or (N, S·C) global statistics (`Features.form`). Prepared inputs
 that fit in `MEMORY_BYTES` are held in memory; larger ones are computed per batch from training
-rows read in blocks once per epoch for every member.
+rows read in blocks once per epoch for every member. Training features may be `Views`: K cached
+augmented views of each image, of which every epoch shows one per image.
 """
 from __future__ import annotations
 
@@ -243,6 +244,72 @@ def _to_tensor(block: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(block))
 
 
+class Views:
+    """K views of the same N training images as one (N·K, ...) array-like: row v·N + i is view v
+    of image i. Passed as X_train, each epoch draws one view per image (seeded by the epoch, the
+    same for every member, so a member's result does not depend on the others beside it);
+    labels stay one per image (y_train has N entries). Prepared inputs held in memory are
+    computed once per fit for all N·K rows. Validation and test features are never Views.
+
+    Args:
+        views: K array-likes (N, C, H, W) or (N, S·C) of the same images in the same row order
+            (e.g. `FeatureSet.subset(...)` of each of `features.extract_views`), one shape and
+            one `form`.
+
+    Attributes: `parts` (the K array-likes), `views` (K), `images` (N), `shape` (N·K, ...).
+
+    Example:
+        >>> a, b = np.zeros((3, 2), np.float16), np.ones((3, 2), np.float16)
+        >>> v = Views([a, b])
+        >>> v.shape, v[np.array([0, 4])].tolist()
+        ((6, 2), [[0.0, 0.0], [1.0, 1.0]])
+    """
+
+    def __init__(self, views: Sequence[Any]):
+        views = list(views)
+        if not views:
+            raise HeadbenchError("Views needs at least one view of the training images")
+        shapes = {tuple(v.shape) for v in views}
+        if len(shapes) != 1:
+            raise HeadbenchError(f"views must all have one shape, got {sorted(shapes)}")
+        forms = {getattr(v, "form", None) for v in views}
+        if len(forms) != 1:
+            raise HeadbenchError(f"views must all hold one form (maps or the same statistics), "
+                                 f"got {sorted(map(str, forms))}")
+        self.parts, self.views = list(views), len(views)
+        (shape,) = shapes
+        self.images = shape[0]
+        self.shape = (shape[0] * self.views, *shape[1:])
+        self.dtype = np.dtype(getattr(self.parts[0], "dtype", np.float32))
+        self.form = getattr(self.parts[0], "form", None)
+        self.nbytes = sum(_nbytes(v) for v in self.parts)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        """Rows `index` (int, slice, index array or mask over the N·K rows), each read from
+        its view."""
+        idx = np.arange(len(self))[index]  # bounds, negative indices and masks as numpy does
+        view, row = np.divmod(idx.reshape(-1), self.images)
+        out = np.empty((view.size, *self.shape[1:]), dtype=self.dtype)
+        for v in np.unique(view):
+            where = np.flatnonzero(view == v)
+            out[where] = np.asarray(self.parts[int(v)][row[where]])
+        return out.reshape(*idx.shape, *self.shape[1:])
+
+
+def _view_rows(images: int, views: int, epoch: int) -> np.ndarray:
+    """The row each image shows in `epoch`: v·N + i with v drawn per image, seeded by the epoch
+    (all rows in order with one view)."""
+    rows = np.arange(images)
+    if views == 1:
+        return rows
+    # a stream of its own (not the block order's torch generator), the same for every member
+    pick = np.random.default_rng([epoch, 0x71E5]).integers(0, views, images)
+    return pick * images + rows
+
+
 def _as_features(X: Any, device: torch.device) -> Features:
     if isinstance(X, Features) and X.device == device:
         return X
@@ -358,11 +425,10 @@ class _Block:
     data: torch.Tensor | None = None
 
 
-def _block_bounds(feats: Features, lazy: bool) -> list[tuple[int, int]]:
-    """(start, stop) of each block of an epoch: one block when nothing is read per batch or
-    all rows fit in `BLOCK_BYTES` (as float32), else blocks of that size (a last block of one
-    row joins the one before: BatchNorm cannot train on one sample)."""
-    n = len(feats)
+def _block_bounds(feats: Features, lazy: bool, n: int) -> list[tuple[int, int]]:
+    """(start, stop) of each block of an epoch's `n` images: one block when nothing is read per
+    batch or all rows fit in `BLOCK_BYTES` (as float32), else blocks of that size (a last
+    block of one row joins the one before: BatchNorm cannot train on one sample)."""
     per_block = max(2, BLOCK_BYTES // max(1, 4 * int(np.prod(feats.shape[1:]))))
     bounds = [(start, min(n, start + per_block)) for start in range(0, n, per_block)]
     if not lazy or len(bounds) == 1:
@@ -373,17 +439,21 @@ def _block_bounds(feats: Features, lazy: bool) -> list[tuple[int, int]]:
 
 
 def _blocks(feats: Features, bounds: list[tuple[int, int]], lazy: bool, epoch: int,
-            device: torch.device) -> Iterator[_Block]:
-    """The epoch's blocks. One block: every row, in order. Else the rows in a random order
+            device: torch.device, views: int = 1) -> Iterator[_Block]:
+    """The epoch's blocks. One block: every image, in order. Else the images in a random order
     shared by all members (seeded by the epoch), cut at `bounds`; each member then draws its
-    own order inside a block."""
-    n = len(feats)
+    own order inside a block. With several views, each image's row is its view of the epoch."""
+    n = len(feats) // views
+    pick = _view_rows(n, views, epoch)
     if len(bounds) == 1:
-        yield _Block(n, None, feats.get(np.arange(n)) if lazy else None)
+        if views == 1:
+            yield _Block(n, None, feats.get(np.arange(n)) if lazy else None)
+        else:
+            yield _Block(n, torch.as_tensor(pick, device=device), feats.get(pick) if lazy else None)
         return
     order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch)).numpy()
     for start, stop in bounds:
-        rows = np.sort(order[start:stop])
+        rows = pick[np.sort(order[start:stop])]
         yield _Block(len(rows), torch.as_tensor(rows, device=device), feats.get(rows))
 
 
@@ -607,31 +677,35 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
     tune_allocator()
     device = resolve_device(config.device)
     train, val = _as_features(X_train, device), _as_features(X_val, device)
-    y_tr = _labels(y_train, len(train), "y_train", device)
+    if isinstance(val.X, Views):
+        raise HeadbenchError("validation features must be one view of each image, not Views")
+    views = train.X.views if isinstance(train.X, Views) else 1  # K rows per image
+    n_train = len(train) // views
+    y_tr = _labels(y_train, n_train, "y_train", device).repeat(views)
     y_va = _labels(y_val, len(val), "y_val", device)
-    if len(train) < 2 or len(val) < 1:
+    if n_train < 2 or len(val) < 1:
         raise HeadbenchError(f"training needs at least 2 training and 1 validation images, got "
-                             f"{len(train)} and {len(val)}: add images or change the split")
+                             f"{n_train} and {len(val)}: add images or change the split")
     stacks = _stacks(make_heads, members, train, device,
                      int(max(y_tr.max().item(), y_va.max().item())))
     splits = {s.key: s.split for s in stacks}
     memory = _plan_memory(splits, [train, val], MEMORY_BYTES)
     inputs_tr, inputs_va = _Inputs(train, splits, memory), _Inputs(val, splits, memory)
-    bounds = _block_bounds(train, bool(inputs_tr.lazy))
+    bounds = _block_bounds(train, bool(inputs_tr.lazy), n_train)
     steps = sum(len(_batches(np.arange(stop - start), config.batch_size))
                 for start, stop in bounds)
     schedule = (config.lr, min(config.warmup_epochs * steps, config.epochs * steps),
                 config.epochs * steps)
     results: dict[Member, TrainResult] = {}
     for epoch in range(1, config.epochs + 1):
-        blocks = _blocks(train, bounds, bool(inputs_tr.lazy), epoch, device)
+        blocks = _blocks(train, bounds, bool(inputs_tr.lazy), epoch, device, views)
         trained = _train_epoch(stacks, blocks, inputs_tr, y_tr, config.batch_size,
                                (epoch - 1) * steps, schedule)
         validated = _validate(stacks, inputs_va, y_va)
         lr = lr_at(epoch * steps - 1, *schedule)
         for stack in list(stacks):
             (tr_loss, tr_ok), (va_loss, va_ok) = trained[id(stack)], validated[id(stack)]
-            logs = [EpochLog(epoch, float(tr_loss[i]) / len(train), float(tr_ok[i]) / len(train),
+            logs = [EpochLog(epoch, float(tr_loss[i]) / n_train, float(tr_ok[i]) / n_train,
                              float(va_loss[i]) / len(val), float(va_ok[i]) / len(val), lr)
                     for i in range(len(stack))]
             stop = stack.end_epoch(epoch, logs, config.patience)
@@ -738,8 +812,9 @@ def train_head(head: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val: A
     Args:
         head: module mapping (N, C, H, W) float32 features to (N, K) logits; moved to the
             training device in place. Initialise it under `seeded(seed)` for reproducible runs.
-        X_train, X_val: features of shape (N, C, H, W) (array, memmap or `Features`).
-        y_train, y_val: integer class indices, shape (N,).
+        X_train, X_val: features of shape (N, C, H, W) (array, memmap or `Features`);
+            X_train may be `Views` (K views per image: each epoch shows one per image).
+        y_train, y_val: integer class indices, shape (N,) (one per image, also with Views).
         config: the protocol (epochs, batch size, lr, warm-up, patience, device).
         weight_decay: AdamW decay for this run.
         seed: seeds mini-batch order, dropout and any other draw during training.

@@ -58,7 +58,8 @@ class RunContext:
     # --- the run's facts ------------------------------------------------------------------
     @property
     def heads(self) -> list[HeadResult]:
-        return self.run.heads
+        """The heads that run on the run's backbone (fine-tuned ones have their own)."""
+        return [h for h in self.run.heads if not h.finetuned]
 
     @property
     def classes(self) -> list[str]:
@@ -154,7 +155,7 @@ class RunContext:
             from ..features import resolve_precision
             precision = resolve_precision(precision, device)
         cache_dir = cache_dir or run.options.cache_dir
-        states = {h.head: _load_states(run, h) for h in run.heads}
+        states = {h.head: _load_states(run, h) for h in run.heads if not h.finetuned}
         return cls(run, _load_backbone(run), states, cache_dir=cache_dir, device=device,
                    verify_digests=True, precision=precision)
 

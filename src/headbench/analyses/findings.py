@@ -59,6 +59,7 @@ def findings(run: Run) -> list[Finding]:
             out.append(_shots_finding(ref, other, analyses["shots"]))
     if "sizes" in analyses:
         out += _resolution_findings(analyses["sizes"], [h for h in (ref, best) if h])
+    out += [_variant_finding(run, h) for h in heads if h.variant and h.variant.of in correct]
     out = [f for f in out if f]
     holm_correct([f.d for f in out if isinstance(f, Draft)])
     return [f.finding() if isinstance(f, Draft) else f for f in out]
@@ -71,8 +72,9 @@ def _selected_head(run: Run, heads: list[HeadResult]) -> HeadResult:
 
 
 def _reference_head(heads: list[HeadResult]) -> HeadResult | None:
-    """gap (the best of its variants on val) if present, else the best any-size head on val."""
-    pool = [h for h in heads if h.any_size]
+    """gap (the best of its specs on val) if present, else the best any-size head on val;
+    frozen heads on the base view only (the analyses compare those)."""
+    pool = [h for h in heads if h.any_size and h.variant is None]
     gap = [h for h in pool if h.spec.name == "gap"]  # the head the forum question is about
     return select_head(gap or pool) if pool else None
 
@@ -222,6 +224,37 @@ def _accuracy_finding(best: HeadResult, other: HeadResult, correct: dict) -> Dra
         f"{a} vs {b}: test accuracy {_mean(va):.3f} vs {_mean(vb):.3f} {d.phrase()}"
         f"{_params_phrase(best, other)}; {b}'s train − test gap {_mean(other.overfit()):.3f}"
         f" vs {_mean(best.overfit()):.3f} — {_verdict(d, a, b)}"))
+
+
+def _variant_finding(run: Run, v: HeadResult) -> Draft:
+    """A variant against the frozen head it varies. Augmented views: paired by seed (same
+    initialisation and batch order), per image on seed-averaged correctness. Fine-tuned: one
+    seed against the seed it started from, per image (McNemar, paired bootstrap)."""
+    base = run.head(v.variant.of)
+    if v.finetuned:
+        seed = v.variant.from_seed
+        va = {seed: v.seeds[0].test.accuracy}
+        vb = {seed: base.seed_metric("test")[seed]}
+        ia = run.correct(v.head)[0].astype(float)
+        ib = run.correct(base.head)[run.predictions[base.head].of_seed(seed)].astype(float)
+        what, kind = f"fine-tuning {base.head} (from its seed {seed})", "finetune"
+    else:
+        va, vb = v.seed_metric("test"), base.seed_metric("test")
+        ia, ib = run.correct(v.head).mean(axis=0), run.correct(base.head).mean(axis=0)
+        what, kind = f"{v.variant.aug_views} augmented views for {base.head}", "augmentation"
+    d = paired_difference(va, vb, ia, ib)
+    chosen = select_head([base, v]).head  # which of the two val prefers
+    return Draft(d, kind, v.head, base.head, lambda d: (
+        f"{what}: test accuracy {_mean(va):.3f} vs {_mean(vb):.3f} frozen "
+        f"{d.phrase('change')} — " + _helps(d) + f"; val selects {chosen}"))
+
+
+def _helps(d: PairedDiff) -> str:
+    if d.significant:
+        return "it helps" if d.image_diff > 0 else "it hurts"
+    if d.p_value is None:
+        return "not tested per image, so no change is claimed"
+    return "it does not measurably help: no significant change after the Holm correction"
 
 
 def _params_phrase(a: HeadResult, b: HeadResult) -> str:

@@ -22,6 +22,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
+from ..analyses.findings import p_text
+from ..evaluate import select_head
 from ..run import HeadResult, Run, Timing
 from .format import (SUMMARY_COLUMNS, ci_note, count, findings_note, finite, heads_by_accuracy,
                      ms, pct, rate, seconds, summary_rows, zhang_text)
@@ -42,6 +44,8 @@ def render(run: Run, plots: list[Plot]) -> str:
                 ("summary", "Summary", _summary_html(run)),
                 ("findings", "Findings", _findings_html(run)),
                 ("plots", "Plots", _plots_html(run, plots))]
+    if any(h.variant for h in run.heads):
+        sections.insert(2, ("variants", "Augmented views and fine-tuning", _variants_html(run)))
     others = [name for name in run.analyses if name not in KNOWN_ANALYSES]
     if others:
         sections.append(("analyses", "More analyses",
@@ -207,6 +211,38 @@ def _summary_html(run: Run) -> str:
             '<span class="js-only">Click a column header to sort.</span></p>')
     return (f'<table id="summary-table" class="sortable grid"><thead><tr>{header}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>{note}")
+
+
+def _variants_html(run: Run) -> str:
+    """Each augmented or fine-tuned head beside the frozen head it varies: test accuracy of
+    both, the change with its interval (from the run's finding), which one val selects."""
+    found = {(f.a, f.b): f for f in run.findings if f.kind in ("augmentation", "finetune")}
+    rows = []
+    for v in (h for h in run.heads if h.variant):
+        base = run.head(v.variant.of)
+        f = found.get((v.head, base.head))
+        how = (f"fine-tuned from seed {v.variant.from_seed}, unfreeze "
+               f"{v.variant.settings.get('unfreeze')}, BatchNorm {v.variant.settings.get('bn')}"
+               + (f", resumed after epoch {v.variant.resumed_from}" if v.variant.resumed_from
+                  else "")
+               if v.finetuned else f"{v.variant.aug_views} cached augmented views per image")
+        change = "—" if f is None or f.diff is None else (
+            f"{100 * f.diff:+.1f} pp" + (f" [{100 * f.lo:+.1f}, {100 * f.hi:+.1f}]"
+                                         if f.lo is not None else "")
+            + (f", {p_text(f.p_adjusted)} (Holm)" if f.p_adjusted is not None else ""))
+        chosen = select_head([base, v]).head
+        rows.append("".join(f"<td>{_e(x)}</td>" for x in (
+            v.head, how, pct(base.summary.test_accuracy), pct(v.summary.test_accuracy), change,
+            chosen)))
+    header = "".join(f"<th>{c}</th>" for c in ("variant", "how", "frozen test accuracy",
+                                                "variant test accuracy", "change (95% CI)",
+                                                "val selects"))
+    return (f'<table class="grid"><thead><tr>{header}</tr></thead><tbody>'
+            + "".join(f"<tr>{r}</tr>" for r in rows) + "</tbody></table>"
+            "<p>Augmented heads are paired with the frozen head by seed (same initialisation "
+            "and batch order); a fine-tuned head has one seed and is paired per test image with "
+            "the frozen seed it started from (interval: paired bootstrap). Which of the two is "
+            "kept is decided on val accuracy, never on test; both model folders are saved.</p>")
 
 
 def _findings_html(run: Run) -> str:
