@@ -60,10 +60,11 @@ TITLES = {
     "e": "bf16 vs fp32 features: accuracy effect",
     "f": "Stacked vs one-at-a-time head training",
     "g": "Cached augmented views and fine-tuning (issue 11)",
+    "h": "ONNX: the best head on four CPU engines, extraction through onnxruntime (issue 12)",
 }
 # rough seconds per section on a 2-core AVX2 CPU, for the estimate printed at the start
-ESTIMATE_S = {"quick": dict(a=60, b=45, c=60, e=60, f=20, g=120),  # (d): d_seconds()
-              "full": dict(a=200, b=620, c=320, e=110, f=90, g=600)}
+ESTIMATE_S = {"quick": dict(a=60, b=45, c=60, e=60, f=20, g=120, h=90),  # (d): d_seconds()
+              "full": dict(a=200, b=620, c=320, e=110, f=90, g=180, h=240)}
 
 
 @dataclass
@@ -834,7 +835,9 @@ def section_g(ctx: Ctx) -> tuple[str, dict]:
     for f in run.findings:
         if f.kind in ("augmentation", "finetune"):
             a, b = run.head(f.a), run.head(f.b)
-            rows.append([f.a, pct(b.summary.test_accuracy.mean), pct(a.summary.test_accuracy.mean),
+            frozen = (b.summary.test_accuracy.mean if f.kind == "augmentation" else
+                      next(s.test.accuracy for s in b.seeds if s.seed == a.variant.from_seed))
+            rows.append([f.a, pct(frozen), pct(a.summary.test_accuracy.mean),
                          f"{100 * f.diff:+.1f} pp", interval(f), fmt(f.p_adjusted, 3),
                          hb.evaluate.select_head([b, a]).head])
     s0 = ft_head.seeds[0]
@@ -851,7 +854,7 @@ def section_g(ctx: Ctx) -> tuple[str, dict]:
             f"{ft_head.variant.settings['unfreeze']}, BatchNorm {ft_head.variant.settings['bn']}, "
             f"{ft_head.variant.settings['precision']})."
             f" Selected head on val: **{run.best_head}**.\n\n"
-            + H.table(["variant", "frozen test acc", "variant test acc", "change", "95% CI",
+            + H.table(["variant", "frozen test acc (+ft: its starting seed)", "variant test acc", "change", "95% CI",
                        "Holm p", "val selects"], rows)
             + "\n\nAugmented views: interval over seeds (paired t); fine-tuning: one seed against "
               "the frozen seed it started from, paired bootstrap over test images; p-values "
@@ -859,6 +862,55 @@ def section_g(ctx: Ctx) -> tuple[str, dict]:
             + H.table(["fine-tuning step (batch 32, forward + backward + AdamW, decoding "
                        "included)", "img/s"], [[k, fmt(v)] for k, v in rates.items()]))
     return text, raw
+
+
+def section_h(ctx: Ctx) -> tuple[str, dict]:
+    """Issue 12: the best head's model on four CPU engines; extraction through onnxruntime."""
+    from onnx_bench import classifier_rows, extractor_rows
+    folder, options = ctx.data, {}
+    if ctx.quick:
+        folder = subset_folder(ctx.data, ctx.out / "datasets" / f"{ctx.data.name}-subset", 30)
+        options.update(heads=["gap", "flatten"], seeds=2, epochs=10)
+    work = ctx.fresh("onnx")
+    run = hb.compare(folder, cache_dir=work / "cache", out=work, report=False, **options)
+    best = run.head(run.best_head)
+    split = run.dataset.splits["test"]
+    paths = [run.dataset.path("test", i) for i in range(len(split))]
+    engines = classifier_rows(run.model_dir(best.head), paths, np.asarray(split.labels), work)
+    accs = [s.test.accuracy for s in best.seeds]
+    spread = max(accs) - min(accs)
+    base = engines[0]
+    rows = [[e["engine"], fmt(e["latency_ms"], 2), fmt(e["throughput"]),
+             f"{e['max_diff']:.2g}", pct(e["accuracy"]),
+             f"{100 * (e['accuracy'] - base['accuracy']):+.1f} pp"] for e in engines]
+    extract = extractor_rows(work, batches=2 if ctx.quick else 4)
+    ext_rows = [[e["backbone"], fmt(e["fp32"]), fmt(e["headbench"]), fmt(e["ort"]),
+                 f"{e['ort'] / e['headbench']:.2f}×", f"{e['max_diff']:.2g} "
+                 f"(largest feature {e['max_feature']:.3g})"] for e in extract]
+    faster = [e["backbone"] for e in extract if e["ort"] > e["headbench"]]
+    text = (f"The best head on val of `compare` on `{folder}` (**{best.head}**, seed "
+            f"{best.best_seed}; its test accuracy over {len(accs)} seeds spans "
+            f"{100 * spread:.1f} pp), exported with `hb.export_onnx` (verified: max abs logit "
+            f"difference ≤ 1e-4), on {len(paths)} test images at "
+            f"{run.backbone.data_config['input_size'][-1]} px; batch-1 latency is the median of "
+            "30 calls, batch-32 throughput from the median of 5.\n\n"
+            + H.table(["engine", "batch-1 latency (ms)", "batch-32 img/s",
+                       "max abs logit diff vs fp32", "test accuracy", "vs fp32"], rows)
+            + "\n\nFeature extraction (backbone only, batch 32, 224 px): PyTorch fp32 eager "
+              "NCHW, headbench's extraction path (BatchNorm folded, channels_last, "
+              f"{extract[0]['precision']}), onnxruntime fp32.\n\n"
+            + H.table(["backbone", "PyTorch fp32 img/s", "headbench img/s",
+                       "onnxruntime fp32 img/s", "onnxruntime / headbench",
+                       "onnxruntime max abs diff vs fp32"], ext_rows)
+            + "\n\n" + ("onnxruntime extracts faster than headbench's path for "
+                          + ", ".join(faster) if faster else
+                          "onnxruntime is not faster than headbench's own extraction path on this "
+                          "CPU, so it is not offered as an extraction engine.")
+            + " onnxruntime's int8 dynamic quantisation quantises the convolutions per call "
+              "(ConvInteger): compare its latency and its accuracy change with the seed spread "
+              "above before deploying it.")
+    return text, dict(best_head=best.head, seed_spread=spread, engines=engines,
+                      extraction=extract)
 
 
 def finetune_rates(run: hb.Run, ft_head) -> dict[str, float]:
@@ -888,7 +940,7 @@ def interval(f) -> str:
 # ------------------------------------------------------------------------------------------ main
 
 SECTIONS = {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e,
-            "f": section_f, "g": section_g}
+            "f": section_f, "g": section_g, "h": section_h}
 
 
 def main() -> None:
@@ -900,7 +952,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, ~5 minutes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out",
                         help="work folder: generated datasets (kept), caches, raw results")
-    parser.add_argument("--sections", default="abcdefg", help="which sections, e.g. bc")
+    parser.add_argument("--sections", default="abcdefgh", help="which sections, e.g. bc")
     parser.add_argument("--input-size", type=int, default=64,
                         help="input size of section (d) (default 64)")
     parser.add_argument("--data", type=Path, default=HYMENOPTERA)

@@ -194,6 +194,19 @@ def test_the_finetuned_model_folder_loads_and_predicts(run, shapes):
     assert np.mean([a == b for a, b in zip(top, want)]) >= 0.9  # fp32 both, other batching
 
 
+def test_the_finetuned_model_exports_to_onnx_and_predicts_the_same(run, shapes):
+    ft_head = next(h for h in run.heads if h.finetuned)
+    folder = run.model_dir(ft_head.head)
+    report = hb.export_onnx(folder)  # verified on the run's images (3 sizes if any-size)
+    assert report["passed"] and report["dynamic_size"] == ft_head.any_size
+    assert len(report["sizes"]) == (3 if ft_head.any_size else 1)
+    test = run.dataset.splits["test"]
+    paths = [run.dataset.path("test", i) for i in range(len(test))]
+    torch_top = [r["top"][0]["label"] for r in hb.predict(hb.load_model(folder), paths, topk=1)]
+    onnx_top = [r["top"][0]["label"] for r in hb.predict_onnx(folder, paths, topk=1)]
+    assert onnx_top == torch_top
+
+
 def test_the_run_with_finetuned_heads_loads_back(run):
     again = Run.load(run.run_dir)
     assert [h.head for h in again.heads] == [h.head for h in run.heads]

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import distributed
 from . import io as _io
 from . import progress
 from .progress import printable
@@ -210,7 +211,9 @@ def _print_result(run) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
-    _print_result(compare(CompareConfig(**config_values(args, CompareConfig))))
+    run = compare(CompareConfig(**config_values(args, CompareConfig)))
+    if run is not None:  # None: a rank other than 0 under torchrun, rank 0 reports
+        _print_result(run)
     return 0
 
 
@@ -411,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         command = args.command
         progress.set_quiet(args.quiet)
+        if command != "compare":
+            distributed.refuse(command)
         return args.func(args)
     except HeadbenchError as e:
         if debug:

@@ -33,6 +33,7 @@ import torch
 
 from . import backbones as _backbones
 from . import data as _data
+from . import distributed as _distributed
 from . import evaluate as _evaluate
 from . import export as _export
 from . import features as _features
@@ -77,7 +78,7 @@ class _Work:
         return create_head(spec, c, len(self.scan.classes), (h, w))
 
 
-def compare(data: str | Path | CompareConfig, **options) -> Run:
+def compare(data: str | Path | CompareConfig, **options) -> Run | None:
     """Train and compare classification heads on the image folder `data`.
 
     `options` are the fields of `CompareConfig` (or pass a CompareConfig as `data`). Selection
@@ -90,6 +91,10 @@ def compare(data: str | Path | CompareConfig, **options) -> Run:
     of the same options: finished heads are reused (when the features are the same), the rest
     are trained. A complete run is never modified; a rerun of it makes a new one.
 
+    Under `torchrun` with several processes every rank calls this; they share the extraction
+    and the fine-tuning (`distributed`), rank 0 does the rest and returns the Run, the other
+    ranks return None.
+
     Example:
         >>> run = compare("images", heads=["gap", "flatten"], seeds=3)   # doctest: +SKIP
         >>> run.best_head, run.head("gap").summary.test_accuracy.mean    # doctest: +SKIP
@@ -97,6 +102,7 @@ def compare(data: str | Path | CompareConfig, **options) -> Run:
     started = time.perf_counter()
     config = _config(data, options)
     config.check_paths()
+    _distributed.init()
     t0 = time.perf_counter()
     bb = _backbones.create_backbone(config.backbone, config.weights, config.input_size)
     device = default_device()
@@ -104,15 +110,29 @@ def compare(data: str | Path | CompareConfig, **options) -> Run:
     _check_heads(config, bb)  # every head fits this backbone's map, before any file is read
     timing = Timing(backbone_s=time.perf_counter() - t0)
     digest = config.digest(weights_checksum=bb.weights_checksum, precision=precision)
+    if not _distributed.is_main():
+        return _follow(config, bb, device, precision, timing)
     committed: list[str] = []
     try:
         with _run_folder(config, digest) as run_dir:
             run = _compare(config, bb, device, precision, timing, run_dir, digest, committed)
+            _distributed.leave()  # the rest is rank 0's alone
             _finish(run, bb, device, started)
             mark_complete(run_dir)
             return run
     except OSError as e:
         raise HeadbenchError(_disk_error(e, committed)) from None
+
+
+def _follow(config: CompareConfig, bb, device, precision: str, timing: Timing) -> None:
+    """A rank other than 0 under torchrun: its part of every extraction, in the order rank 0
+    runs them, and of every fine-tuning; rank 0 trains the heads, writes the run, returns it."""
+    work = _prepare(config, bb, device, precision, timing)
+    if config.aug_views:
+        _augmented_views(work)
+    if config.finetune:
+        _finetune_heads(work, None, [])
+    _distributed.leave()
 
 
 @contextlib.contextmanager
@@ -172,13 +192,16 @@ def _compare(config: CompareConfig, bb, device, precision: str, timing: Timing, 
         _commit(run, head, predictions, states, committed)
 
     t0 = time.perf_counter()
+    views = _augmented_views(work) if config.aug_views else None  # on every rank, always
+    timing.extract_s += time.perf_counter() - t0
+    t0 = time.perf_counter()
     total = config.epochs * (len(todo) * _runs_per_head(config) - len(done))
     with _progress.progress("training heads", total=total, unit="epoch") as bar:
         for variant in (False, True):
             labels = {label: spec for label, (spec, v) in todo.items() if bool(v) == variant}
             if not labels:
                 continue
-            X_train = _augmented_views(work) if variant else work.F["train"]
+            X_train = views if variant else work.F["train"]
             _train.fit_heads({label: (lambda spec=spec: work.make_head(spec))
                               for label, spec in labels.items()},
                              X_train, work.y["train"], work.F["val"], work.y["val"],
@@ -229,34 +252,44 @@ def _augmented_views(work: _Work) -> "_train.Views":
     return _train.Views([fs.subset(np.arange(len(idx))) for fs in sets])
 
 
-def _finetune_heads(work: _Work, run: Run, committed: list[str]) -> None:
+def _finetune_heads(work: _Work, run: Run | None, committed: list[str]) -> None:
     """Fine-tune the best `finetune_top` frozen heads by val accuracy (each from its best seed)
     and commit each as `<head>+ft`; a fine-tuning an interrupted run began resumes from its
-    checkpoint."""
-    config, fcfg = work.config, work.config.finetune_config()
-    frozen = [h for h in run.heads if not h.finetuned]
-    ranked = []
-    while frozen and len(ranked) < config.finetune_top:  # select_head's order: val only
-        ranked.append(_evaluate.select_head(frozen))
-        frozen.remove(ranked[-1])
+    checkpoint. Under torchrun every rank trains (`run` is rank 0's; other ranks pass None and
+    are sent the work); rank 0 evaluates and commits."""
+    fcfg = work.config.finetune_config()
     images = {role: _images(work, role) for role in ROLES}
-    for base in ranked:
+    for base, state, checkpoint, key in _distributed.from_main(lambda: _finetune_jobs(run)):
         label = f"{base.head}+ft"
-        if any(h.head == label for h in run.heads):
-            continue  # committed by the interrupted run
         head = work.make_head(base.spec)
-        head.load_state_dict(run.states[base.head][base.best_seed])
-        model = HeadbenchModel(copy.deepcopy(work.backbone), head, class_names=run.classes,
-                               freeze=False)
-        _log_estimate(model, images["train"], fcfg, base, work)
-        checkpoint = run.run_dir / "heads" / label / _finetune.CHECKPOINT
+        head.load_state_dict(state)
+        model = HeadbenchModel(copy.deepcopy(work.backbone), head,
+                               class_names=work.scan.classes, freeze=False)
+        if _distributed.is_main():
+            _log_estimate(model, images["train"], fcfg, base, work)
         result = _finetune.finetune(model, images["train"], images["val"], fcfg,
                                     base.weight_decay, checkpoint, device=work.device,
                                     precision=_ft_precision(work), workers=_workers(work),
-                                    label=label, key=f"{run.feature_digest}|{base.best_seed}")
-        entry, predictions, states = _finetuned_result(work, run, base, label, result, images)
-        _commit(run, entry, predictions, states, committed)
-        checkpoint.unlink(missing_ok=True)  # the committed head replaces it
+                                    label=label, key=key)
+        if _distributed.is_main():
+            entry, predictions, states = _finetuned_result(work, run, base, label, result,
+                                                           images)
+            _commit(run, entry, predictions, states, committed)
+            checkpoint.unlink(missing_ok=True)  # the committed head replaces it
+
+
+def _finetune_jobs(run: Run) -> list[tuple[HeadResult, dict, Path, str]]:
+    """(frozen head, its best seed's weights, checkpoint, checkpoint key) of each head to
+    fine-tune: the best `finetune_top` by val accuracy not fine-tuned by an interrupted run."""
+    frozen = [h for h in run.heads if not h.finetuned]
+    ranked = []
+    while frozen and len(ranked) < run.options.finetune_top:  # select_head's order: val only
+        ranked.append(_evaluate.select_head(frozen))
+        frozen.remove(ranked[-1])
+    return [(base, run.states[base.head][base.best_seed],
+             run.run_dir / "heads" / f"{base.head}+ft" / _finetune.CHECKPOINT,
+             f"{run.feature_digest}|{base.best_seed}")
+            for base in ranked if not any(h.head == f"{base.head}+ft" for h in run.heads)]
 
 
 def _images(work: _Work, role: str) -> _finetune.Images:
@@ -375,7 +408,8 @@ def _check_heads(config: CompareConfig, bb: _backbones.Backbone) -> None:
 def _prepare(config: CompareConfig, bb, device, precision: str, timing: Timing) -> _Work:
     """Scan, extract (or reuse) features, split."""
     t0 = time.perf_counter()
-    scan = _data.scan_folder(config.data, follow_links=config.follow_links)
+    scan = _distributed.from_main(lambda: _data.scan_folder(config.data,
+                                                            follow_links=config.follow_links))
     _progress.log(f"{len(scan.items)} images in {len(scan.classes)} classes under {scan.root}"
                   + (f"; {len(scan.skipped)} files skipped" if scan.skipped else ""))
     if scan.links_outside:
@@ -385,7 +419,7 @@ def _prepare(config: CompareConfig, bb, device, precision: str, timing: Timing) 
     timing.scan_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     paths, digests = [it.path for it in scan.items], [it.digest for it in scan.items]
-    form = _cache_form(config, bb, digests, precision)
+    form = _distributed.from_main(lambda: _cache_form(config, bb, digests, precision))
     fs = _features.extract(bb, paths, digests, precision=precision, cache_dir=config.cache_dir,
                            workers=config.workers, device=device, form=form)
     timing.extract_s, timing.n_extracted = time.perf_counter() - t0, fs.n_extracted

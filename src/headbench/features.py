@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import io, progress
+from . import distributed, io, progress
 from .data import AUG_RECIPE, BadImage, View, draft_size, load_image, make_transform
 from .errors import HeadbenchError, unknown
 from .layers import global_stats
@@ -334,8 +334,8 @@ class _ChunkWriter:
     once `every_s` seconds have passed since the last commit (a kill loses at most that)."""
 
     def __init__(self, chunks: Path, first_number: int, chunk_size: int, shape: tuple,
-                 every_s: float | None = None):
-        self.chunks, self.number = chunks, first_number
+                 every_s: float | None = None, stride: int = 1):
+        self.chunks, self.number, self.stride = chunks, first_number, stride
         self.chunk_size, self.shape = chunk_size, shape
         self.every_s = COMMIT_EVERY_S if every_s is None else every_s
         self.arrays: list[np.ndarray] = []
@@ -361,7 +361,7 @@ class _ChunkWriter:
         n_rows = min(len(self.digests), limit)
         failed = dict(list(self.failures.items())[:limit - n_rows])
         _commit_chunk(self.chunks, self.number, rows[:n_rows], self.digests[:n_rows], failed)
-        self.number += 1
+        self.number += self.stride  # another rank writes the numbers in between
         self.arrays, self.digests = [rows[n_rows:]], self.digests[n_rows:]
         self.failures = {d: r for d, r in self.failures.items() if d not in failed}
         self.last_commit = time.monotonic()
@@ -385,11 +385,12 @@ def _ensure_meta(entry: Path, fields: dict[str, Any], backbone: Any, view: View)
     return meta
 
 
-def _run(backbone: Any, todo: list[tuple[str, Path]], view: View, precision: str,
-         device: torch.device, chunks: Path, index: _Index, shape: tuple, batch_size: int,
-         workers: int, chunk_size: int, description: str,
+def _run(backbone: Any, todo: list[tuple[str, Path]], first_chunk: int, stride: int,
+         shape: tuple, *, view: View, precision: str, device: torch.device, chunks: Path,
+         batch_size: int, workers: int, chunk_size: int, description: str,
          form: tuple[str, ...] | None = None) -> int:
-    """Extract the (digest, path) pairs in `todo` into new chunks; the number of rows written."""
+    """Extract the (digest, path) pairs in `todo` into new chunks numbered `first_chunk`,
+    `first_chunk + stride`, ...; the number of rows written."""
     dataset = ImageFiles([p for _, p in todo], make_transform(backbone.data_config, view),
                          draft_size(backbone.data_config, view), keys=[d for d, _ in todo])
     n_batches = -(-len(todo) // batch_size)
@@ -397,8 +398,8 @@ def _run(backbone: Any, todo: list[tuple[str, Path]], view: View, precision: str
     workers = 0 if n_batches == 1 else min(workers, n_batches)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, pin_memory=device.type == "cuda")
-    writer = _ChunkWriter(chunks, index.next_chunk, chunk_size, shape)
-    n_rows = 0
+    writer = _ChunkWriter(chunks, first_chunk, chunk_size, shape, stride=stride)
+    n_rows = n_bad = 0
     model = _inference_copy(backbone, device)
     with progress.progress(description, total=len(todo), unit="img") as bar, _flushed(writer):
         for images, good, bad, reasons in loader:
@@ -408,10 +409,10 @@ def _run(backbone: Any, todo: list[tuple[str, Path]], view: View, precision: str
                 raise RuntimeError(f"backbone produced {features.shape[1:]}, meta says {shape}")
             writer.add(features, [todo[i][0] for i in good],
                        {todo[i][0]: r for i, r in zip(bad, reasons)})
-            n_rows += len(good)
+            n_rows, n_bad = n_rows + len(good), n_bad + len(bad)
             bar.advance(len(good) + len(bad))
             if bad:
-                bar.set_postfix(f"{len(writer.failures) + len(index.failures)} unreadable")
+                bar.set_postfix(f"{n_bad} unreadable")
     return n_rows
 
 
@@ -472,23 +473,61 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
     key = cache_key(fields)
     entry = Path(cache_dir or default_cache_dir()) / key
     index = _Index.load(entry / "chunks")
+    work = functools.partial(_run, backbone, view=view, precision=precision, device=device,
+                             chunks=entry / "chunks", batch_size=batch_size,
+                             workers=_default_workers() if workers is None else workers,
+                             chunk_size=chunk_size, description=description, form=form)
     n_extracted = 0
-    if not all(index.knows(d) for d in digests):
+    if distributed.active():  # under torchrun: every rank calls extract, each does its part
+        n_extracted = _extract_shared(entry, fields, backbone, view, paths, digests, device,
+                                      work)
+    elif not all(index.knows(d) for d in digests):
         with _entry_lock(entry):
-            # under the lock no other process writes here: any temp file is a crash's leftover
-            io.sweep_temp_files(entry, older_than=0)
-            index = _Index.load(entry / "chunks")  # another process may have filled it meanwhile
-            todo = list({d: Path(p) for p, d in zip(paths, digests) if not index.knows(d)}.items())
+            todo, first = _plan(entry, fields, backbone, view, paths, digests, device)
             if todo:
-                resolve_precision(precision, device)
-                meta = _ensure_meta(entry, fields, backbone, view)
-                n_extracted = _run(backbone, todo, view, precision, device, entry / "chunks",
-                                   index, tuple(meta["feature_shape"]), batch_size,
-                                   _default_workers() if workers is None else workers,
-                                   chunk_size, description, form)
-                index = _Index.load(entry / "chunks")
+                n_extracted = work(todo, first, 1, _stored_shape(entry))
+    index = _Index.load(entry / "chunks")
     meta = _ensure_meta(entry, fields, backbone, view)
     return FeatureSet(key, meta, entry, list(digests), index, n_extracted)
+
+
+def _plan(entry: Path, fields: dict, backbone: Any, view: View, paths: Sequence,
+          digests: Sequence[str], device: torch.device) -> tuple[list[tuple[str, Path]], int]:
+    """Under the entry's lock: the (digest, path) of each content not cached yet (once per
+    digest) and the first free chunk number; meta.json is written before any chunk."""
+    # under the lock no other process writes here: any temp file is a crash's leftover
+    io.sweep_temp_files(entry, older_than=0)
+    index = _Index.load(entry / "chunks")  # another process may have filled it meanwhile
+    todo = list({d: Path(p) for p, d in zip(paths, digests) if not index.knows(d)}.items())
+    if todo:
+        resolve_precision(fields["precision"], device)
+        _ensure_meta(entry, fields, backbone, view)
+    return todo, index.next_chunk
+
+
+def _stored_shape(entry: Path) -> tuple[int, ...]:
+    return tuple(json.loads((entry / "meta.json").read_text())["feature_shape"])
+
+
+def _extract_shared(entry: Path, fields: dict, backbone: Any, view: View, paths: Sequence,
+                    digests: Sequence[str], device: torch.device, work: Any) -> int:
+    """`extract` under torchrun. Rank 0 holds the entry's lock for the group and finds what is
+    missing; rank r extracts every world-th image of it from the r-th into chunks numbered
+    first + r, first + r + world, ...: no image twice, no chunk number twice, and the chunks
+    a failed rank finished stay committed for the rerun. Returns the rows all ranks wrote."""
+    lock = _entry_lock(entry) if distributed.is_main() else contextlib.nullcontext()
+    with lock:
+        todo, first = distributed.from_main(
+            lambda: _plan(entry, fields, backbone, view, paths, digests, device))
+        mine, n, error = todo[distributed.rank()::distributed.world()], 0, None
+        try:
+            if mine:
+                n = work(mine, first + distributed.rank(), distributed.world(),
+                         _stored_shape(entry))
+        except Exception as e:  # every rank learns of it, so none waits for the others
+            error = e
+        distributed.check(error)
+        return int(distributed.total(n))
 
 
 def extract_views(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str], k: int,

@@ -18,6 +18,14 @@ learning rates, BatchNorm trainable), with both choices explicit:
   frozen whatever the policy;
 - channels_last, cuda when present, bf16 autocast where it pays (`finetune_precision`).
 
+Under torchrun (`distributed`) every rank runs this loop as DistributedDataParallel: each
+takes its contiguous part of every global batch (the single-process batches, except that a
+last batch smaller than the number of ranks joins the one before; so with frozen BatchNorm and
+no dropout the weights equal one process's to rounding), val is split between
+the ranks without padding (each image counted once), and rank 0 decides early stopping and
+writes the checkpoints. With `bn='train'` each rank normalises its own part of the batch, as
+DistributedDataParallel does without SyncBatchNorm.
+
 Nothing finished is lost: every epoch ends with a checkpoint (model, optimizer, best weights,
 history, epoch) written atomically. Each epoch's randomness (batch order, augmentation,
 dropout) is seeded by (seed, epoch) alone, so a run resumed from its checkpoint ends with the
@@ -41,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from . import io as _io
 from . import progress as _progress
 from . import data as _data
@@ -161,7 +170,7 @@ def prepare_backbone(backbone: nn.Module, unfreeze: str, bn: str) -> list[nn.Mod
     return frozen
 
 
-def set_mode(model: HeadbenchModel, training: bool, frozen: Sequence[nn.Module]) -> None:
+def set_mode(model: nn.Module, training: bool, frozen: Sequence[nn.Module]) -> None:
     """Train (or eval) mode, with the frozen modules always in eval mode: a frozen BatchNorm
     normalises with its running statistics and never updates them."""
     nn.Module.train(model, training)
@@ -208,9 +217,18 @@ def _loader(dataset: Dataset, batches: list[np.ndarray] | int, workers: int) -> 
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Epoch `epoch`'s batches of `n` images, seeded by (seed, epoch)."""
+    """Epoch `epoch`'s batches of `n` images, seeded by (seed, epoch). A last batch too small
+    to give every rank an image joins the one before."""
     g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-    return _batches(torch.randperm(n, generator=g).numpy(), batch_size)
+    batches = _batches(torch.randperm(n, generator=g).numpy(), batch_size)
+    if len(batches) > 1 and len(batches[-1]) < distributed.world():
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
+
+
+def _rank_part(batch: np.ndarray) -> np.ndarray:
+    """This rank's contiguous part of a global batch (all of it in one process)."""
+    return batch[distributed.part(len(batch))]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -256,17 +274,22 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def _step(model: HeadbenchModel, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-          y: torch.Tensor, device: torch.device, precision: str) -> tuple[float, int]:
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+          y: torch.Tensor, device: torch.device, precision: str,
+          batch: int | None = None) -> tuple[float, int]:
+    """One optimizer step on this rank's `x` of a global batch of `batch` images (default
+    len(x)); the summed loss and the number right."""
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     y = y.to(device)
     with _autocast(device, precision):
         logits = model(x)
-    loss = F.cross_entropy(logits.float(), y)
+    loss = F.cross_entropy(logits.float(), y, reduction="sum")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    # DistributedDataParallel averages the ranks' gradients: scaled so that the average is the
+    # gradient of the mean loss over the global batch, whatever each rank's share of it
+    (loss * (distributed.world() / (batch or len(y)))).backward()
     optimizer.step()
-    return float(loss.detach()) * len(y), int((logits.detach().argmax(1) == y).sum())
+    return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
 
 
 def logits_of(model: HeadbenchModel, images: Images, device: torch.device, precision: str,
@@ -293,7 +316,12 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _load_checkpoint(path: Path, key: str) -> dict | None:
-    """The checkpoint at `path` if it belongs to this fine-tuning (`key`), else None."""
+    """The checkpoint at `path` if it belongs to this fine-tuning (`key`), else None; under
+    torchrun rank 0's, sent to every rank."""
+    return distributed.from_main(lambda: _read_checkpoint(path, key))
+
+
+def _read_checkpoint(path: Path, key: str) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -377,6 +405,7 @@ def finetune(model: HeadbenchModel, train: Images, val: Images, config: Finetune
     for p in model.head.parameters():
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(_param_groups(model, config, weight_decay))
+    net = _parallel(model, device)
     n_steps = len(epoch_batches(len(train), config.batch_size, config.seed, 1))
     warmup, total = config.warmup_epochs * n_steps, config.epochs * n_steps
     data = _Decoded(train, model.data_config, config.augment, config.seed)
@@ -403,18 +432,19 @@ def finetune(model: HeadbenchModel, train: Images, val: Images, config: Finetune
                 if done:
                     break
                 started = time.perf_counter()
-                log = _epoch(model, optimizer, data, val, config, epoch, (n_steps, warmup, total),
+                log = _epoch(net, optimizer, data, val, config, epoch, (n_steps, warmup, total),
                              frozen, device, precision, workers, bar)
                 seconds += time.perf_counter() - started
                 history.append(log)
                 if log.val_loss < best["loss"]:
                     best = dict(state=_state(model), epoch=epoch, loss=log.val_loss)
-                done = _stopped(history, best["epoch"], config)
-                _save_checkpoint(checkpoint, dict(
-                    model=_state(model), optimizer=optimizer.state_dict(),
-                    history=[dataclasses.asdict(h) for h in history], best_state=best["state"],
-                    best_epoch=best["epoch"], best_loss=best["loss"], epoch=epoch,
-                    seconds=seconds, key=key))
+                done = distributed.broadcast(_stopped(history, best["epoch"], config))
+                if distributed.is_main():
+                    _save_checkpoint(checkpoint, dict(
+                        model=_state(model), optimizer=optimizer.state_dict(),
+                        history=[dataclasses.asdict(h) for h in history],
+                        best_state=best["state"], best_epoch=best["epoch"],
+                        best_loss=best["loss"], epoch=epoch, seconds=seconds, key=key))
                 if on_epoch is not None:
                     on_epoch(epoch, log)
     except KeyboardInterrupt:
@@ -439,23 +469,46 @@ def _stopped(history: list[EpochLog], best_epoch: int, config: FinetuneConfig) -
             and len(history) - best_epoch >= config.patience)
 
 
-def _epoch(model: HeadbenchModel, optimizer: torch.optim.Optimizer, data: _Decoded, val: Images,
+def _parallel(model: HeadbenchModel, device: torch.device) -> nn.Module:
+    """`model` itself, or under torchrun wrapped in DistributedDataParallel (made after
+    `prepare_backbone`: it syncs the gradients of what trains)."""
+    if not distributed.active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None)
+
+
+def _val_logits(model: HeadbenchModel, val: Images, device: torch.device, precision: str,
+                workers: int) -> torch.Tensor:
+    """Val logits, each rank computing its contiguous part (no image twice, none padded)."""
+    idx = distributed.part(len(val))
+    mine = Images([val.paths[i] for i in idx], [val.digests[i] for i in idx], val.labels[idx])
+    return torch.from_numpy(distributed.gather_rows(logits_of(model, mine, device, precision,
+                                                              workers)))
+
+
+def _epoch(net: nn.Module, optimizer: torch.optim.Optimizer, data: _Decoded, val: Images,
            config: FinetuneConfig, epoch: int, schedule: tuple[int, int, int],
            frozen: Sequence[nn.Module], device: torch.device, precision: str, workers: int,
            bar) -> EpochLog:
-    """One epoch (its randomness seeded by seed and epoch alone), then the val pass."""
+    """One epoch (its randomness seeded by seed and epoch alone), then the val pass. `net` is
+    the model or its DistributedDataParallel wrapper."""
     n_steps, warmup, total = schedule
+    model = getattr(net, "module", net)
     data.epoch = epoch
     batches = epoch_batches(len(data), config.batch_size, config.seed, epoch)
     loss_sum, correct, lr = 0.0, 0, 0.0
-    set_mode(model, True, frozen)
+    set_mode(net, True, frozen)
     with seeded(_epoch_seed(config.seed, epoch), device):
-        for i, (x, y) in enumerate(_loader(data, batches, workers)):
+        loader = _loader(data, [_rank_part(b) for b in batches], workers)
+        for i, ((x, y), batch) in enumerate(zip(loader, batches)):
             lr = _set_lr(optimizer, (epoch - 1) * n_steps + i, warmup, total)
-            loss, ok = _step(model, optimizer, x, y, device, precision)
+            loss, ok = _step(net, optimizer, x, y, device, precision, len(batch))
             loss_sum, correct = loss_sum + loss, correct + ok
-            bar.advance(len(y))
-    logits = torch.from_numpy(logits_of(model, val, device, precision, workers))
+            bar.advance(len(batch))
+    loss_sum, correct = distributed.total(loss_sum), distributed.total(correct)
+    logits = _val_logits(model, val, device, precision, workers)
     labels = torch.as_tensor(val.labels, dtype=torch.int64)
     val_loss = float(F.cross_entropy(logits, labels))
     val_acc = float((logits.argmax(1) == labels).float().mean())

@@ -26,8 +26,9 @@ _BACKBONE_FLOPS: dict[tuple[str, int, int], int] = {}
 
 
 def default_device() -> torch.device:
-    """cuda when available, else cpu."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """cuda when available (under torchrun, this rank's GPU), else cpu."""
+    from .distributed import device
+    return device()
 
 
 @dataclass
