@@ -18,13 +18,7 @@ from headbench.errors import HeadbenchError
 N_IMAGES = 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convolutions on a shared 2-core machine: a second OpenMP thread only spins (5x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,6 @@ def _need(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def hymenoptera_run(cache, tmp_path_factory) -> hb.Run:
     _need(HYMENOPTERA)
     return hb.compare(HYMENOPTERA, seeds=3, cache_dir=cache, out=tmp_path_factory.mktemp("out"),

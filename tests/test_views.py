@@ -23,13 +23,7 @@ CFG = {"input_size": [3, 32, 32], "mean": [0.485, 0.456, 0.406], "std": [0.229, 
 N_IMAGES = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convolutions on a shared 2-core machine: a second OpenMP thread only spins.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
