@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from headbench import features
+from headbench import backbones, features
 
 CPU = torch.device("cpu")
 CL = torch.channels_last
@@ -57,11 +57,11 @@ def channels_last(bb: nn.Module) -> ForwardPath:
 
 
 def headbench(bb: nn.Module, precision: str) -> ForwardPath:
-    """What `features.extract` runs per batch: its `_inference_copy` of the backbone (eval,
+    """What `features.extract` runs per batch: `backbones.inference_copy` of the backbone (eval,
     channels_last, BatchNorm folded when a probe agrees) through `_forward` (autocast when bf16,
     float16 storage)."""
     t0 = time.perf_counter()
-    m = features._inference_copy(bb, CPU)
+    m = backbones.inference_copy(bb, CPU)
     setup = time.perf_counter() - t0
     folded = _batchnorms(bb) - _batchnorms(m)
 

@@ -108,15 +108,17 @@ def export_backbone(backbone, path: Path, size: int = SIZE) -> None:
 def extractor_rows(tmp: Path, size: int = SIZE, batches: int = 3) -> list[dict]:
     """Per backbone: img/s of PyTorch fp32 eager NCHW, headbench's extraction path and
     onnxruntime fp32 at batch 32, and onnxruntime's max feature difference vs fp32."""
-    from headbench.features import _forward, _inference_copy, resolve_precision
+    from headbench.backbones import inference_copy
+    from headbench.features import _forward
+    from headbench.runtime import resolve_precision
     x = torch.randn(32, 3, size, size, generator=torch.Generator().manual_seed(0))
-    precision = resolve_precision("auto", "cpu")
+    precision = resolve_precision("auto", "cpu", "extract")
     rows = []
     for name, weights in (("resnet50", "none"), ("efficientnet_lite0", "embedded")):
         backbone = create_backbone(name, weights=weights, input_size=size).eval()
         path = tmp / f"{name}.onnx"
         export_backbone(backbone, path, size)
-        fast = _inference_copy(backbone, torch.device("cpu"))
+        fast = inference_copy(backbone, torch.device("cpu"))
         runs = {"fp32": torch_fn(backbone), "ort": ort_fn(session(path)),
                 "headbench": lambda b: _forward(fast, b, torch.device("cpu"), precision)}
         ref, got = runs["fp32"](x), runs["ort"](x)

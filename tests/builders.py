@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from headbench.heads import HeadSpec
-from headbench.run import HeadResult, HeadSummary, Metrics, SeedResult
+from headbench.results import HeadResult, HeadSummary, Metrics, SeedResult
 
 
 def placeholder_head(label: str, seeds: list[int], n_test: int = 1) -> HeadResult:

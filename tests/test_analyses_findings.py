@@ -8,8 +8,9 @@ from headbench.analyses.findings import PairedDiff, findings, holm_correct, pair
 from headbench.analyses.resolution import not_applicable
 from headbench.config import CompareConfig
 from headbench.heads import HeadSpec
-from headbench.run import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics,
-                           Predictions, Run, SeedResult, SplitItems)
+from headbench.results import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics,
+                               Predictions, SeedResult, SplitItems)
+from headbench.run import Run
 from headbench.train import TrainConfig
 
 
@@ -247,6 +248,26 @@ def test_findings_take_the_best_any_size_head_as_reference_without_gap():
              _head("flatten", [0.70, 0.72, 0.71], [1.0] * 3, 1003530)]
     overfit = [f for f in findings(_run(heads, best_head="gmp")) if f.kind == "overfitting"]
     assert [(f.a, f.b) for f in overfit] == [("flatten", "gmp")]
+
+
+def test_findings_read_opponent_by_opponent_with_each_analysis_in_registry_order():
+    heads = _gap_flatten([0.90, 0.91, 0.92], [0.80, 0.82, 0.81])
+    heads.insert(1, _head("avgpool", [0.85, 0.84, 0.86], [0.99] * 3, 200000))
+    heads.append(_head("gmp", [0.93, 0.92, 0.94], [0.95] * 3, 20490))
+    run = _run(heads, best_head="gmp")
+    section = _shifts_section()
+    section["heads"]["avgpool"] = section["heads"]["flatten"]
+    small = {"test_accuracy": _ci([0.5, 0.52, 0.5]), "overfit_gap": _ci([0.5, 0.5, 0.5])}
+    run.analyses = {"shots": {"shots": ["1"], "seed_ids": [0, 1, 2],
+                              "heads": {h: {"1": small} for h in ("gap", "avgpool", "flatten")}},
+                    "shifts": section}
+    pairs = [(f.kind, f.a, f.b) for f in findings(run) if "gmp" not in (f.a, f.b)]
+    # the named claims' head (gap) against each opponent in the run's order; per opponent the
+    # analyses follow the registry (shifts before shots), whatever order the run holds them in
+    assert pairs == [("accuracy", "gap", "avgpool"), ("overfitting", "avgpool", "gap"),
+                     ("translation", "gap", "avgpool"), ("small_data", "gap", "avgpool"),
+                     ("accuracy", "gap", "flatten"), ("overfitting", "flatten", "gap"),
+                     ("translation", "gap", "flatten"), ("small_data", "gap", "flatten")]
 
 
 def test_intervals_over_seeds_are_never_tested():

@@ -15,19 +15,21 @@ import pytest
 import torch
 from PIL import Image
 
-from headbench.analyses import (RunContext, analysis_info, analyze, list_analyses,
-                                register_analysis, run_analyses, unregister_analysis)
+from headbench.analyses import (RunContext, analysis_info, list_analyses, register_analysis,
+                                run_analyses, unregister_analysis)
 from headbench.analyses.cam import cam_analysis
 from headbench.analyses.resolution import resolution_analysis
 from headbench.analyses.shots import shots_analysis, stratified_subset
 from headbench.analyses.translation import shift_views, translation_analysis
+from headbench.analyze import analyze
 from headbench.config import CompareConfig
 from headbench.errors import HeadbenchError
 from headbench.evaluate import classification_metrics
 from headbench.export import save_head_weights
 from headbench.heads import HeadSpec, create_head
-from headbench.run import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics,
-                           Predictions, Run, SeedResult, SplitItems)
+from headbench.results import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics,
+                               Predictions, SeedResult, SplitItems)
+from headbench.run import Run
 from headbench.train import TrainConfig, predict_logits, seeded
 
 CLASSES = ["circle", "square"]

@@ -13,7 +13,8 @@ from headbench.analyses.context import RunContext
 from headbench.analyses.shots import shots_analysis
 from headbench.config import CompareConfig
 from headbench.heads import create_head
-from headbench.run import BackboneInfo, DatasetInfo, HeadResult, Run, SplitItems
+from headbench.results import BackboneInfo, DatasetInfo, HeadResult, SplitItems
+from headbench.run import Run
 from headbench.train import TrainConfig, seeded
 
 from builders import placeholder_head

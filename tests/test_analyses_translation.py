@@ -14,7 +14,8 @@ from headbench.analyses.translation import (DIRECTIONS, ZHANG_OFFSETS, ZHANG_PAI
                                             translation_analysis, zhang_offsets, zhang_pairs)
 from headbench.config import CompareConfig
 from headbench.heads import create_head
-from headbench.run import BackboneInfo, DatasetInfo, HeadResult, Run, SplitItems
+from headbench.results import BackboneInfo, DatasetInfo, HeadResult, SplitItems
+from headbench.run import Run
 from headbench.train import TrainConfig, seeded
 
 from builders import placeholder_head
@@ -64,7 +65,7 @@ def test_shift_consistency_counts_agreeing_pairs():
 
 
 def test_shift_views_move_real_image_content_by_the_shift():
-    from headbench.data import make_transform
+    from headbench.images import make_transform
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8))
     cfg = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3,
@@ -200,12 +201,15 @@ def test_without_a_margin_there_is_no_zhang_consistency(rolled):
 
 def test_report_shows_the_zhang_consistency_with_its_definition(rolled):
     from headbench.report.page import render
+    from headbench.report.plots import all_plots
     out = translation_analysis(rolled, [0, 2])
     rolled.run.analyses = {"shifts": out}
     try:
-        page = render(rolled.run, [])
+        page = render(rolled.run, all_plots(rolled.run))
     finally:
         rolled.run.analyses = {}
     line = page.split('<p id="zhang-consistency">')[1].split("</p>")[0]
+    # the reported figure stands next to the consistency curve
+    assert page.index('id="shift-consistency"') < page.index('id="zhang-consistency"')
     assert line.startswith("Zhang 2019 consistency: fraction of pairs")
     assert "By head: gap 100.0" in line and "flatten " in line

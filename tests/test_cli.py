@@ -154,6 +154,22 @@ def test_analyze_and_report_commands_on_a_cli_run(cli_run, capsys):
     assert code == 0 and out.strip() == str(run_dir / "report.html")
 
 
+def test_findings_of_the_headline_claims_are_printed_even_when_not_significant(capsys):
+    from headbench.heads import NAMED_CLAIMS
+    from headbench.run import Finding
+    assert [(c.head, c.versus) for c in NAMED_CLAIMS if c.headline] == [("gap", "flatten")]
+
+    def finding(a, b, significant=False):
+        return Finding(text=f"{a} vs {b}", kind="accuracy", a=a, b=b, diff=0.0, lo=None,
+                       hi=None, significant=significant)
+    cli._print_findings([finding("flatten", "gap"), finding("gap", "avgpool"),
+                         finding("gmp", "gem", significant=True)])
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["findings:", "- flatten vs gap", "- gmp vs gem",
+                   "- 1 more comparisons: no significant difference after the Holm correction, "
+                   "or not tested (results.json, report.html)"]
+
+
 # ----------------------------------------------------------------------------------------------
 # terminal output: names are shown, never obeyed
 

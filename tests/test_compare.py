@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import headbench as hb
-from headbench import features
+from headbench.cache import list_entries
 from headbench.errors import HeadbenchError
 from headbench.run import Run, results_schema
 from headbench.synthetic import make_shapes_dataset
@@ -215,8 +215,8 @@ def test_global_pool_heads_train_from_a_cache_of_statistics(shapes, cache, run, 
     gap's numbers match the run trained on the maps (float16 averages vs averaged float16)."""
     own_cache = tmp_path / "cache"
     pooled = hb.compare(shapes, cache_dir=own_cache, out=tmp_path, **{**OPTIONS, "heads": ["gap"]})
-    (entry,) = features.list_entries(own_cache)
-    (maps,) = features.list_entries(cache)
+    (entry,) = list_entries(own_cache)
+    (maps,) = list_entries(cache)
     c, h, w = pooled.backbone.feature_shape
     assert entry["form"] == "avg" and maps["form"] == "maps" and h * w >= 4
     assert entry["images"] == maps["images"] == sum(len(s.paths) for s in
@@ -226,4 +226,4 @@ def test_global_pool_heads_train_from_a_cache_of_statistics(shapes, cache, run, 
                                run.predictions["gap"].p_label, atol=2e-2)
     # a maps entry that already holds every image serves gap too: nothing is extracted
     again = hb.compare(shapes, cache_dir=cache, out=tmp_path, **{**OPTIONS, "heads": ["gap"]})
-    assert again.timing.n_extracted == 0 and len(features.list_entries(cache)) == 1
+    assert again.timing.n_extracted == 0 and len(list_entries(cache)) == 1

@@ -75,7 +75,7 @@ BAD_OPTIONS = [
     (["--batch-size", "1"], dict(batch_size=1), "batch_size", "--batch-size must be a whole"),
     (["--lr", "0"], dict(lr=0), "lr", "--lr must be a number > 0"),
     (["--weight-decays", "-1"], dict(weight_decays=[-1]), "weight_decays",
-     "--weight-decays takes comma-separated numbers ≥ 0"),
+     "--weight-decays must list one or more decays ≥ 0"),
     (["--split", "0.5,0.5"], dict(split=(0.5, 0.5)), "split", "--split (0.5, 0.5) must be three"),
     (["--val-fraction", "1.5"], dict(val_fraction=1.5), "val_fraction",
      "--val-fraction must be in [0, 1), got 1.5"),

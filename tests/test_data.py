@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from headbench.data import (IMAGE_EXTENSIONS, BadImage, View, draft_size, file_digest,
-                            find_leakage, is_image_file, load_image, make_splits, make_transform,
-                            scan_folder)
+from headbench.data import file_digest, find_leakage, make_splits, scan_folder
+from headbench.images import (IMAGE_EXTENSIONS, BadImage, View, draft_size, is_image_file,
+                              load_image, make_transform)
 from headbench.errors import HeadbenchError
 
 CFG = {"input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406],
@@ -192,8 +192,9 @@ def test_class_folder_linking_out_names_follow_links(tmp_path):
     data = make_classes(tmp_path / "data", {"a": 2, "b": 2})
     write_png(tmp_path / "elsewhere" / "o.png", value=77)
     (data / "c").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(HeadbenchError, match="--follow-links"):
+    with pytest.raises(HeadbenchError, match="follow_links") as e:
         scan_folder(data)
+    assert e.value.hints == ("follow_links",)  # the CLI shows --follow-links
 
 
 # --------------------------------------------------------------------------- splits

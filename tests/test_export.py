@@ -8,7 +8,7 @@ import pytest
 
 import headbench as hb
 from headbench.errors import HeadbenchError
-from headbench.export import expand_paths
+from headbench.images import image_files
 from headbench.synthetic import make_shapes_dataset
 
 
@@ -47,14 +47,14 @@ def test_model_json_names_everything_needed_to_rebuild(run):
 
 def test_global_pooling_head_predicts_at_another_input_size(run):
     model = hb.load_model(run.model_dir("gap"))
-    image = expand_paths([run.dataset.root])[0]
+    image = image_files([run.dataset.root])[0]
     rows = hb.predict(model, [image], topk=1, input_size=128)
     assert rows[0]["top"][0]["label"] in model.class_names
 
 
 def test_fixed_size_head_at_another_input_size_names_both_map_sizes(run):
     model = hb.load_model(run.model_dir("flatten"))
-    image = expand_paths([run.dataset.root])[0]
+    image = image_files([run.dataset.root])[0]
     with pytest.raises(HeadbenchError, match=r"2×2.*4×4.*gap"):
         hb.predict(model, [image], input_size=128)
 
@@ -93,7 +93,7 @@ def test_model_size_and_architecture_are_reported(run):
 def test_predict_command_prints_topk_and_json(run, capsys):
     from headbench.cli import main
     root = run.dataset.root
-    image = expand_paths([root])[0]
+    image = image_files([root])[0]
     assert main(["predict", str(run.model_dir("gap")), str(image), "--topk", "2"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(image)) and line.count(",") == 1  # two classes shown

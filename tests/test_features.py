@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from headbench import features
+from headbench import backbones, features, runtime
+from headbench.cache import list_entries, remove_entries
 from headbench.backbones import create_backbone
-from headbench.data import View, file_digest, load_image, make_transform
+from headbench.data import file_digest
+from headbench.images import View, load_image, make_transform
 from headbench.errors import HeadbenchError
 
 N_IMAGES = 10
@@ -149,10 +151,10 @@ def test_rows_are_committed_at_least_every_few_seconds(backbone, images, tmp_pat
 
 def test_temp_files_are_swept_under_the_lock_and_never_counted(backbone, images, tmp_path):
     fs = _extract(backbone, images[:4], tmp_path)
-    size = features.list_entries(tmp_path)[0]["size_bytes"]
+    size = list_entries(tmp_path)[0]["size_bytes"]
     stale = fs.path / "chunks" / ".000009.npy.abc123.tmp"
     stale.write_bytes(b"x" * 10_000)  # a crashed writer's leftover
-    assert features.list_entries(tmp_path)[0]["size_bytes"] == size
+    assert list_entries(tmp_path)[0]["size_bytes"] == size
     _extract(backbone, images, tmp_path)  # takes the entry's lock to extract the rest
     assert not stale.exists()
 
@@ -213,7 +215,7 @@ def test_extraction_leaves_backbone_as_it_was(backbone, images, tmp_path):
     assert conv.is_contiguous() and conv.device.type == "cpu" and not backbone.training
 
 
-@pytest.mark.skipif(features.resolve_precision("auto", "cpu") != "bf16",
+@pytest.mark.skipif(runtime.resolve_precision("auto", "cpu") != "bf16",
                     reason="this CPU has no native bf16 (avx512_bf16/amx_bf16)")
 def test_bf16_features_are_close_to_fp32(backbone, images, tmp_path):
     fp32 = _extract(backbone, images, tmp_path).take(np.arange(N_IMAGES)).astype(np.float32)
@@ -252,7 +254,7 @@ def test_list_and_remove_entries(backbone, images, tmp_path):
     (cache / "0123456789abcdef").mkdir()  # an entry whose extraction never got going
     (cache / "notes").mkdir()             # not an entry: never listed, never removed
 
-    entries = {e["key"]: e for e in features.list_entries(cache)}
+    entries = {e["key"]: e for e in list_entries(cache)}
     assert set(entries) == {a.key, b.key, "0123456789abcdef"}
     assert entries[a.key]["images"] == 2 and entries[b.key]["images"] == 3
     assert entries[b.key]["view"] == "size96" and entries[a.key]["backbone"] == "resnet18"
@@ -261,34 +263,19 @@ def test_list_and_remove_entries(backbone, images, tmp_path):
     assert entries["0123456789abcdef"]["backbone"] is None
 
     with pytest.raises(HeadbenchError, match="no cache entry 'ffff'"):
-        features.remove_entries(cache, ["ffff"])
-    assert features.remove_entries(cache, [a.key[:6]]) == 1
+        remove_entries(cache, ["ffff"])
+    assert remove_entries(cache, [a.key[:6]]) == 1
     assert not (cache / a.key).exists() and (cache / b.key).exists()
-    assert features.remove_entries(cache) == 2
-    assert features.list_entries(cache) == [] and (cache / "notes").is_dir()
+    assert remove_entries(cache) == 2
+    assert list_entries(cache) == [] and (cache / "notes").is_dir()
 
 
 def test_remove_entries_rejects_ambiguous_prefix(tmp_path):
     (tmp_path / "abc0000000000000").mkdir()
     (tmp_path / "abc1111111111111").mkdir()
     with pytest.raises(HeadbenchError, match="matches 2 entries"):
-        features.remove_entries(tmp_path, ["abc"])
-    assert len(features.list_entries(tmp_path)) == 2
-
-
-def test_resolve_precision_rejects_unknown_name():
-    with pytest.raises(HeadbenchError, match="precision 'fp16'.*auto, bf16, fp32"):
-        features.resolve_precision("fp16", "cpu")
-
-
-def test_resolve_precision_followscpu_flags(monkeypatch):
-    monkeypatch.setattr(features, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    assert features.resolve_precision("auto", "cpu") == "fp32"
-    with pytest.raises(HeadbenchError, match="'bf16' is not supported.*use precision 'fp32'"):
-        features.resolve_precision("bf16", "cpu")
-    monkeypatch.setattr(features, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
-    assert features.resolve_precision("auto", "cpu") == "bf16"
-    assert features.resolve_precision("fp32", "cpu") == "fp32"
+        remove_entries(tmp_path, ["abc"])
+    assert len(list_entries(tmp_path)) == 2
 
 
 def test_default_cache_dir_follows_environment(monkeypatch, tmp_path):
@@ -315,10 +302,10 @@ def test_half_removed_entries_are_swept_only_once_stale(tmp_path, monkeypatch):
     from headbench import io as hb_io
     trash = tmp_path / ".removing-0123456789abcdef-1a2b3c4d"
     (trash / "chunks").mkdir(parents=True)
-    features.list_entries(tmp_path)
+    list_entries(tmp_path)
     assert trash.exists()  # young: a live `cache rm` may still be deleting it
     monkeypatch.setattr(hb_io, "STALE_SECONDS", 0)
-    features.list_entries(tmp_path)
+    list_entries(tmp_path)
     assert not trash.exists()
 
 
@@ -334,7 +321,7 @@ def test_statistics_form_stores_the_pooled_rows_under_its_own_key(backbone, imag
     expected = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1).numpy()
     np.testing.assert_allclose(pooled.take(np.arange(N_IMAGES)).astype(np.float32), expected,
                                rtol=1e-2, atol=1e-2)
-    assert {e["form"] for e in features.list_entries(tmp_path)} == {"maps", "avg+max"}
+    assert {e["form"] for e in list_entries(tmp_path)} == {"maps", "avg+max"}
     data_bytes = [sum(p.stat().st_size - 128 for p in _chunk_files(fs, "npy"))
                   for fs in (maps, pooled)]  # .npy files less their 128-byte headers
     assert data_bytes[1] * h * w == data_bytes[0] * 2  # 2 numbers per channel instead of h·w
@@ -344,7 +331,7 @@ def test_statistics_form_stores_the_pooled_rows_under_its_own_key(backbone, imag
 
 
 def test_extraction_folds_batchnorm_into_the_convolutions_only_when_exact(backbone):
-    model = features._inference_copy(backbone, torch.device("cpu"))
+    model = backbones.inference_copy(backbone, torch.device("cpu"))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())  # untouched
     x = torch.rand(3, 3, 64, 64)
@@ -360,5 +347,5 @@ def test_extraction_folds_batchnorm_into_the_convolutions_only_when_exact(backbo
 
         def forward(self, x):
             return self.conv(self.bn(x))
-    assert isinstance(features._inference_copy(Reordered(), torch.device("cpu")).bn,
+    assert isinstance(backbones.inference_copy(Reordered(), torch.device("cpu")).bn,
                       torch.nn.BatchNorm2d)  # the probe disagreed: nothing folded

@@ -10,7 +10,7 @@ from headbench.backbones import create_backbone
 from headbench.errors import HeadbenchError
 from headbench.heads import HeadSpec
 from headbench.model import (backbone_flops, build_model, count_flops,
-                             count_params, default_device, param_table)
+                             count_params, param_table)
 
 RESNET50_PARAMS = 23_508_032  # timm resnet50 without its classifier
 
@@ -118,7 +118,3 @@ def test_count_params_skips_frozen_when_asked():
     layer = nn.Linear(4, 3)
     layer.bias.requires_grad_(False)
     assert count_params(layer) == 15 and count_params(layer, trainable_only=True) == 12
-
-
-def test_default_device_is_cuda_only_when_available():
-    assert default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")

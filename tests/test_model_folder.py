@@ -14,7 +14,8 @@ import headbench as hb
 from headbench.backbones import create_backbone
 from headbench.cli import main
 from headbench.errors import HeadbenchError
-from headbench.export import _MODEL_FIELDS, expand_paths
+from headbench.export import _MODEL_FIELDS
+from headbench.images import image_files
 from headbench.synthetic import make_shapes_dataset
 
 
@@ -67,7 +68,7 @@ def predict_fails_in_one_line(capsys, model_dir: Path, image: Path) -> str:
 
 
 def an_image(run) -> Path:
-    return expand_paths([run.dataset.root])[0]
+    return image_files([run.dataset.root])[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,11 +13,12 @@ onnx = pytest.importorskip("onnx", reason="the onnx extra: pip install 'headbenc
 pytest.importorskip("onnxruntime", reason="the onnx extra: pip install 'headbench[onnx]'")
 
 import headbench as hb  # noqa: E402
-from headbench import export  # noqa: E402
+from headbench import export, onnx as hb_onnx  # noqa: E402
 from headbench.backbones import create_backbone  # noqa: E402
 from headbench.cli import main  # noqa: E402
 from headbench.errors import HeadbenchError  # noqa: E402
-from headbench.export import expand_paths, save_model  # noqa: E402
+from headbench.export import save_model  # noqa: E402
+from headbench.images import image_files  # noqa: E402
 from headbench.heads import DEFAULT_HEADS, create_head, head_info  # noqa: E402
 from headbench.synthetic import make_shapes_dataset  # noqa: E402
 
@@ -49,7 +50,7 @@ def scrambled(head, backbone, images, seed: int = 0):
             elif tensor.is_floating_point() and not name.endswith(".p"):  # GeM keeps p = 3
                 tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.5)
         head.eval()
-        _, tensors = export.image_tensors(expand_paths([images])[:4], backbone.data_config)
+        _, tensors = export.image_tensors(image_files([images])[:4], backbone.data_config)
         logits = head(backbone.eval()(torch.stack(tensors)))
         [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1].weight.mul_(
             5 / logits.abs().max())
@@ -66,14 +67,14 @@ def model_folder(root, backbone, name, images, backbone_file=None):
 
 def check_export(model_dir, report, size, any_size):
     """The report on disk, the file it names, its axes, metadata and verification."""
-    assert json.loads((model_dir / export.ONNX_VERIFICATION).read_text()) == report
+    assert json.loads((model_dir / hb_onnx.ONNX_VERIFICATION).read_text()) == report
     path = model_dir / report["onnx_file"]
-    assert report["sha256"] == export._sha256(path)
-    sizes = export.verification_sizes(size, any_size)
+    assert report["sha256"] == hb_onnx._sha256(path)
+    sizes = hb_onnx.verification_sizes(size, any_size)
     assert report["passed"] and report["sizes"] == sizes and len(set(sizes)) == (3 if any_size else 1)
     assert set(report["max_abs_diff"]) == {str(s) for s in sizes}
     assert all(0 <= d <= 1e-4 for d in report["max_abs_diff"].values())
-    assert report["exporter"] == export.ONNX_EXPORTER and report["images"] == 8
+    assert report["exporter"] == hb_onnx.ONNX_EXPORTER and report["images"] == 8
     assert set(report["versions"]) >= {"torch", "onnx", "onnxruntime"}
     graph = onnx.load(str(path))
     dims = [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
@@ -127,7 +128,7 @@ def test_onnx_engine_gives_the_torch_top_k(gap_dir, images, input_size):
     assert len(onnx_rows) == 9 and all(len(r["top"]) == 3 for r in onnx_rows)
     assert len({r["top"][0]["label"] for r in torch_rows}) > 1  # the head is not constant
     assert_same_predictions(torch_rows, onnx_rows)
-    (one,) = hb.predict_onnx(gap_dir, [expand_paths([images])[0]], topk=1)  # batch of 1
+    (one,) = hb.predict_onnx(gap_dir, [image_files([images])[0]], topk=1)  # batch of 1
     assert one["top"][0]["label"] == onnx_rows[0]["top"][0]["label"]
 
 
@@ -173,12 +174,12 @@ def test_changed_onnx_file_is_refused(tiny, images, tmp_path):
 
 
 def test_failed_verification_is_an_error_and_recorded(tiny, images, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "ONNX_TOLERANCE", -1.0)  # no difference can pass
+    monkeypatch.setattr(hb_onnx, "ONNX_TOLERANCE", -1.0)  # no difference can pass
     model_dir = model_folder(tmp_path, tiny, "gap", images)
     with pytest.raises(HeadbenchError, match="failed verification.*do not deploy") as e:
         hb.export_onnx(model_dir, images=[images])
     assert "\n" not in str(e.value)
-    record = json.loads((model_dir / export.ONNX_VERIFICATION).read_text())
+    record = json.loads((model_dir / hb_onnx.ONNX_VERIFICATION).read_text())
     assert record["passed"] is False and (model_dir / "model.onnx").exists()
     with pytest.raises(HeadbenchError, match="failed verification"):
         hb.predict_onnx(model_dir, [images])
@@ -203,9 +204,12 @@ def test_fine_tuned_backbone_file_is_exported(tiny, images, tmp_path):
                for a, b in zip(tuned_rows, base_rows))  # the tuned weights were exported
 
 
-def test_model_folder_outside_a_run_needs_images(gap_dir):
-    with pytest.raises(HeadbenchError, match="not in a run folder.*--images"):
+def test_model_folder_outside_a_run_needs_images(gap_dir, capsys):
+    with pytest.raises(HeadbenchError, match="not in a run folder.*pass images") as e:
         hb.export_onnx(gap_dir)
+    assert e.value.param == "images"
+    assert main(["export", str(gap_dir)]) == 2
+    assert capsys.readouterr().err.startswith("error: --images: ")  # the flag of export's option
 
 
 def test_missing_onnxruntime_is_one_line(gap_dir, images, monkeypatch, capsys):
@@ -237,7 +241,7 @@ def test_export_command_verifies_on_the_runs_images(run, capsys):
     assert main(["export", str(model_dir), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "dynamic batch, height and width" in out and ": passed" in out
-    record = json.loads((model_dir / export.ONNX_VERIFICATION).read_text())
+    record = json.loads((model_dir / hb_onnx.ONNX_VERIFICATION).read_text())
     assert record["passed"] and record["images"] == 8 and len(record["sizes"]) == 3
     test_images = [str(run.dataset.path("test", i)) for i in range(len(run.dataset.splits["test"]))]
     assert main(["predict", str(model_dir), *test_images, "--json", "--engine", "onnx"]) == 0

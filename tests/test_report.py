@@ -21,8 +21,9 @@ from headbench.config import CompareConfig
 from headbench.errors import HeadbenchError
 from headbench.heads import HeadSpec, list_heads
 from headbench.report import SUMMARY_COLUMNS, summary_rows, summary_table, write_report
-from headbench.run import (CI, BackboneInfo, DatasetInfo, Finding, HeadResult, HeadSummary,
-                           Metrics, Predictions, Run, SeedResult, SplitItems, Timing)
+from headbench.results import (CI, BackboneInfo, DatasetInfo, Finding, HeadResult, HeadSummary,
+                               Metrics, Predictions, SeedResult, SplitItems, Timing)
+from headbench.run import Run
 from headbench.train import EpochLog, TrainConfig
 
 ALL_PLOTS = ["accuracy-vs-params", "learning-curves", "shift-accuracy", "shift-consistency",

@@ -14,7 +14,7 @@ import pytest
 
 import headbench as hb
 from headbench import io as hb_io
-from headbench import train
+from headbench.train import protocol
 from headbench.cli import main
 from headbench.errors import HeadbenchError
 from headbench.run import INCOMPLETE, MEMBERS, Run, is_complete
@@ -54,12 +54,12 @@ def _same_numbers(a: Run, b: Run) -> bool:
 def _counting_members(monkeypatch) -> list:
     """Record the training runs (head × decay × seed) `compare` trains."""
     trained = []
-    original = train.train_members
+    original = protocol.train_members
 
     def spy(make_heads, members, *args, **kwargs):
         trained.extend(members)
         return original(make_heads, members, *args, **kwargs)
-    monkeypatch.setattr(train, "train_members", spy)
+    monkeypatch.setattr(protocol, "train_members", spy)
     return trained
 
 
@@ -153,20 +153,20 @@ def test_the_cli_turns_a_disk_error_into_one_line_and_exit_code(shapes, cache, t
 
 def test_ctrl_c_keeps_finished_training_runs_and_the_rerun_resumes(shapes, cache, uninterrupted,
                                                                    tmp_path, monkeypatch):
-    original, calls = train.train_members, []
+    original, calls = protocol.train_members, []
 
     def interrupt_second_pass(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:  # the sweep is done and committed
             raise KeyboardInterrupt
         return original(*args, **kwargs)
-    monkeypatch.setattr(train, "train_members", interrupt_second_pass)
+    monkeypatch.setattr(protocol, "train_members", interrupt_second_pass)
     with pytest.raises(KeyboardInterrupt):
         hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / INCOMPLETE).exists()
     assert len(list((run_dir / MEMBERS).glob("*/*.safetensors"))) == 12
-    monkeypatch.setattr(train, "train_members", original)
+    monkeypatch.setattr(protocol, "train_members", original)
     trained = _counting_members(monkeypatch)
     assert _same_numbers(hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS),
                          uninterrupted)

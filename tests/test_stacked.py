@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from headbench import train
+from headbench.train import inputs, protocol
 from headbench.heads import DEFAULT_HEADS, create_head
 from headbench.layers import global_stats
 from headbench.train import Features, Member, TrainConfig, fit_heads, predict_logits, train_members
@@ -73,23 +74,23 @@ def test_reading_rows_per_block_trains_like_holding_them_in_memory(data, monkeyp
     make = makers(["gap", "flatten", "gem", "attention"])
     members = [Member(name, 1e-3, s) for name in make for s in (0, 1)]
     in_memory = train_members(make, members, *data, CONFIG)
-    monkeypatch.setattr(train, "MEMORY_BYTES", 0)
+    monkeypatch.setattr(inputs, "MEMORY_BYTES", 0)
     lazy = train_members(make, members, *data, CONFIG)
     for member in members:
         assert_same_result(lazy[member], in_memory[member])
     # blocks smaller than the training set: a different (shared) order, still one member
     # alone equals the same member stacked, and every epoch sees every row once
-    monkeypatch.setattr(train, "BLOCK_BYTES", 4 * C * MAP * MAP * 40)
+    monkeypatch.setattr(inputs, "BLOCK_BYTES", 4 * C * MAP * MAP * 40)
     blocks = train_members(make, members, *data, CONFIG)
     for member in members[:2]:
         assert_same_result(blocks[member], train_members(make, [member], *data, CONFIG)[member])
     seen = []
-    original = train._Inputs.batch
+    original = inputs.Inputs.batch
 
     def spy(self, key, index, block):
         seen.append(block.rows[index].flatten().tolist() if block.rows is not None else [])
         return original(self, key, index, block)
-    monkeypatch.setattr(train._Inputs, "batch", spy)
+    monkeypatch.setattr(inputs.Inputs, "batch", spy)
     one_epoch = TrainConfig(epochs=1, batch_size=16, lr=1e-2, device="cpu")
     train_members(makers(["gap"]), [Member("gap", 0.0, 0)], *data, one_epoch)
     assert sorted(sum(seen, [])) == list(range(len(data[1])))
@@ -131,12 +132,12 @@ def test_fit_heads_chooses_each_decay_on_val_then_trains_the_other_seeds(data, m
     config = TrainConfig(epochs=5, batch_size=16, lr=1e-2, weight_decays=(0.0, 50.0),
                          device="cpu")
     calls, fits = [], {}
-    original = train.train_members
+    original = protocol.train_members
 
     def spy(make, members, *args, **kwargs):
         calls.append(list(members))
         return original(make, members, *args, **kwargs)
-    monkeypatch.setattr(train, "train_members", spy)
+    monkeypatch.setattr(protocol, "train_members", spy)
     data = (*separable(90, 1, noise=0.5), *separable(40, 2, noise=0.5))
     result = fit_heads(makers(["gap", "flatten"]), *data, config, seeds=[0, 1, 2],
                        on_fit=lambda label, fit: fits.setdefault(label, fit))
@@ -182,14 +183,14 @@ def reference_fit(head, data, config: TrainConfig, weight_decay: float, seed: in
                                    {"params": [p for p in params if p.ndim <= 1],
                                     "weight_decay": 0.0}], lr=config.lr)
     order_rng = torch.Generator().manual_seed(seed)
-    steps = len(train._batches(np.arange(len(y)), config.batch_size))
+    steps = len(train.batches(np.arange(len(y)), config.batch_size))
     total = config.epochs * steps
     warmup = min(config.warmup_epochs * steps, total)
     best, best_loss, best_epoch = None, float("inf"), 0
     for epoch in range(1, config.epochs + 1):
         head.train()
         order = torch.randperm(len(y), generator=order_rng).numpy()
-        for i, index in enumerate(train._batches(order, config.batch_size)):
+        for i, index in enumerate(train.batches(order, config.batch_size)):
             for group in optimizer.param_groups:
                 group["lr"] = train.lr_at((epoch - 1) * steps + i, config.lr, warmup, total)
             loss = torch.nn.functional.cross_entropy(head(X[index]), y[index])

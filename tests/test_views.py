@@ -10,12 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from headbench import data, features, train
+from headbench import features, train
+from headbench import images as hb_images
 from headbench.backbones import create_backbone
-from headbench.data import (AugTransform, EvalTransform, View, aug_seed, draft_size, file_digest,
-                            load_image, make_transform, recipe_hash)
+from headbench.data import file_digest
+from headbench.images import (AugTransform, EvalTransform, View, aug_seed, draft_size, load_image,
+                              make_transform, recipe_hash)
 from headbench.errors import HeadbenchError
 from headbench.heads import create_head
+from headbench.train import inputs, protocol
 from headbench.train import Member, TrainConfig, Views, fit_heads, train_head, train_members
 
 CFG = {"input_size": [3, 32, 32], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
@@ -78,12 +81,12 @@ def test_make_transform_gives_every_view_one_calling_convention(picture):
 
 
 def test_the_crop_falls_back_to_the_centre_at_the_nearest_allowed_ratio():
-    low, high = data.AUG_RECIPE["ratio"]
+    low, high = hb_images.AUG_RECIPE["ratio"]
     rng = np.random.default_rng(0)
-    left, top, right, bottom = data._crop_box((400, 4), rng)  # far too wide for any draw
+    left, top, right, bottom = hb_images._crop_box((400, 4), rng)  # far too wide for any draw
     assert (right - left) / (bottom - top) == pytest.approx(high) and bottom - top == 4
     assert left == pytest.approx(400 / 2 - (right - left) / 2)
-    left, top, right, bottom = data._crop_box((4, 400), rng)
+    left, top, right, bottom = hb_images._crop_box((4, 400), rng)
     assert (right - left) / (bottom - top) == pytest.approx(low) and right - left == 4
 
 
@@ -97,7 +100,7 @@ def test_view_keys_keep_old_entries_and_name_recipe_and_index(monkeypatch):
     assert len(h) == 8 and View(aug=3).key == f"aug{h}-v3"
     assert View(size=96, aug=0).key == f"size96_aug{h}-v0"
     assert View(aug=2.0) == View(aug=2) and View(aug=np.int64(2)).aug == 2
-    monkeypatch.setitem(data.AUG_RECIPE, "jitter", 0.2)  # another recipe: other entries
+    monkeypatch.setitem(hb_images.AUG_RECIPE, "jitter", 0.2)  # another recipe: other entries
     assert recipe_hash() != h and View(aug=3).key != f"aug{h}-v3"
 
 
@@ -140,7 +143,7 @@ def test_views_extract_incrementally_and_the_same_in_any_cache(backbone, images,
     two = _views(backbone, images, 2, tmp_path / "a")
     assert [fs.n_extracted for fs in two] == [N_IMAGES] * 2
     assert [fs.meta["view"] for fs in two] == [View(aug=0).key, View(aug=1).key]
-    assert two[0].meta["aug_recipe"] == data.AUG_RECIPE and len({fs.key for fs in two}) == 2
+    assert two[0].meta["aug_recipe"] == hb_images.AUG_RECIPE and len({fs.key for fs in two}) == 2
     four = _views(backbone, images, 4, tmp_path / "a")
     assert [fs.n_extracted for fs in four] == [0, 0, N_IMAGES, N_IMAGES]  # only the new views
     assert all(np.array_equal(_rows(a), _rows(b)) for a, b in zip(two, four))
@@ -227,8 +230,8 @@ def test_views_index_rows_view_by_view(split):
 def test_one_view_trains_exactly_as_its_features_alone(split, lazy, monkeypatch):
     (X0, _), y, X_va, y_va = split
     if lazy:  # inputs computed per batch from rows read in blocks smaller than the set
-        monkeypatch.setattr(train, "MEMORY_BYTES", 0)
-        monkeypatch.setattr(train, "BLOCK_BYTES", 4 * C * MAP * MAP * 16)
+        monkeypatch.setattr(inputs, "MEMORY_BYTES", 0)
+        monkeypatch.setattr(inputs, "BLOCK_BYTES", 4 * C * MAP * MAP * 16)
     make = _makers(["gap", "flatten"])
     members = [Member(name, 1e-3, s) for name in make for s in (0, 1)]
     on_views = train_members(make, members, Views([X0]), y, X_va, y_va, CONFIG)
@@ -255,8 +258,8 @@ def test_a_stacked_member_on_views_equals_it_trained_alone(split, hidden, dropou
                                                            monkeypatch):
     views, y, X_va, y_va = split
     if lazy:
-        monkeypatch.setattr(train, "MEMORY_BYTES", 0)
-        monkeypatch.setattr(train, "BLOCK_BYTES", 4 * C * MAP * MAP * 16)
+        monkeypatch.setattr(inputs, "MEMORY_BYTES", 0)
+        monkeypatch.setattr(inputs, "BLOCK_BYTES", 4 * C * MAP * MAP * 16)
     make = _makers(["gap", "gem"], hidden, dropout)
     members = [Member(name, wd, s) for name in make for wd, s in ((1e-4, 0), (0.3, 0), (1e-2, 1))]
     together = train_members(make, members, Views(views), y, X_va, y_va, CONFIG)
@@ -272,14 +275,14 @@ def test_each_epoch_shows_every_image_once_in_a_view_drawn_per_epoch(split, monk
     views, y, X_va, y_va = split
     n = len(y)
     drawn: list[np.ndarray] = []
-    original = train._blocks
+    original = protocol.blocks
 
     def spy(*args, **kwargs):
         blocks = list(original(*args, **kwargs))
         if blocks[0].rows is not None:  # None: plain features, every row in order
             drawn.append(np.sort(np.concatenate([b.rows.cpu().numpy() for b in blocks])))
         yield from blocks
-    monkeypatch.setattr(train, "_blocks", spy)
+    monkeypatch.setattr(protocol, "blocks", spy)
     config = TrainConfig(epochs=4, batch_size=8, lr=5e-2, patience=None, device="cpu")
     member = Member("gap", 1e-3, 0)
     first = train_members(_makers(["gap"]), [member], Views(views), y, X_va, y_va, config)[member]

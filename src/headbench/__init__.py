@@ -6,17 +6,17 @@
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: F401
 from .errors import HeadbenchError  # noqa: E402
 from .heads import HeadSpec, create_head, list_heads, register_head  # noqa: E402
 from .backbones import create_backbone, list_backbones  # noqa: E402
 from .model import HeadbenchModel, build_model  # noqa: E402
-from .export import export_onnx, load_model, predict, predict_onnx, save_model  # noqa: E402
+from .export import load_model, predict, save_model  # noqa: E402
+from .onnx import export_onnx, predict_onnx  # noqa: E402
 from .config import AnalyzeConfig, CompareConfig  # noqa: E402
 from .run import Run  # noqa: E402
 from .compare import compare  # noqa: E402
-from .analyses import analyze  # noqa: E402
+from .analyze import analyze  # noqa: E402
 from .report import write_report  # noqa: E402
 
 __all__ = ["HeadbenchError", "HeadSpec", "create_head", "list_heads", "register_head",

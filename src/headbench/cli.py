@@ -32,8 +32,10 @@ from . import distributed
 from . import io as _io
 from . import progress
 from .progress import printable
-from .config import MIN_SIZE, AnalysisOptions, AnalyzeConfig, CompareConfig, fields_of, flag_of
+from .config import AnalysisOptions, AnalyzeConfig, CompareConfig, fields_of, flag_of
 from .errors import HeadbenchError
+from .heads import NAMED_CLAIMS
+from .images import MIN_SIZE
 
 # parameter name -> flag, for the errors (head options such as pool_size have no flag)
 FLAGS = {f.name: flag_of(f) for cls in (CompareConfig, AnalyzeConfig) for f in fields_of(cls)
@@ -52,20 +54,32 @@ class _Parser(argparse.ArgumentParser):
         raise HeadbenchError(f"{self.prog}: {message}")
 
 
-def with_flag(error: HeadbenchError) -> str:
-    """The error's message with the option's flag for its parameter name.
+def with_flag(error: HeadbenchError, flags: dict[str, str] = FLAGS) -> str:
+    """The error's message with the flags of its parameter and of the parameters it advises on.
 
     >>> with_flag(HeadbenchError("dropout must be in [0, 1), got 1.5", param="dropout"))
     '--dropout must be in [0, 1), got 1.5'
     >>> with_flag(HeadbenchError("unknown precision 'fp8'", param="precision"))
     "--precision: unknown precision 'fp8'"
+    >>> with_flag(HeadbenchError("fails at 8x8 px; is input_size too small?", hints=["input_size"]))
+    'fails at 8x8 px; is --input-size too small?'
     """
-    text, flag = str(error), FLAGS.get(error.param)
+    text = str(error)
+    for name in error.hints:
+        if name in flags:
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flags[name], text)
+    flag = flags.get(error.param)
     if flag is None:
         return text
     if re.match(rf"{re.escape(error.param)}\b", text):
         return flag + text[len(error.param):]
     return f"{flag}: {text}"
+
+
+def parser_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """parameter name -> flag of every option of `parser` (its long form)."""
+    return {a.dest: max(a.option_strings, key=len) for a in parser._actions
+            if a.option_strings and a.dest not in ("help", argparse.SUPPRESS)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,10 +197,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _print_findings(findings: list) -> None:
-    """Significant findings, gap vs flatten (the question headbench answers) and the heads that
-    cannot change resolution; the rest are counted (all are in the report)."""
-    headline = {"gap", "flatten"}
-    shown = [f for f in findings if f.significant or {f.a, f.b} == headline
+    """Significant findings, those of the headline claims (gap vs flatten: the question headbench
+    answers) and the heads that cannot change resolution; the rest are counted (all are in the
+    report)."""
+    headline = [{c.head, c.versus} for c in NAMED_CLAIMS if c.headline]
+    shown = [f for f in findings if f.significant or {f.a, f.b} in headline
              or (f.kind == "resolution" and f.a is None)]
     if findings:
         print("findings:")
@@ -225,7 +240,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analyses import analyze
+    from .analyze import analyze
     options = config_values(args, AnalyzeConfig)
     analyses = fields_of(AnalysisOptions)
     if not {f.name for f in analyses} & set(options):  # said with flags, before the run is read
@@ -244,7 +259,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .export import load_model, predict, predict_onnx
+    from .export import load_model, predict
+    from .onnx import predict_onnx
     if args.engine == "onnx":
         rows = predict_onnx(args.model_dir, args.paths, topk=args.topk,
                             input_size=args.input_size)
@@ -264,7 +280,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import ONNX_VERIFICATION, export_onnx
+    from .onnx import ONNX_VERIFICATION, export_onnx
     report = export_onnx(args.model_dir, args.onnx, dynamic_size=args.dynamic_size,
                          images=args.images, opset=args.opset)
     axes = "batch, height and width" if report["dynamic_size"] else "batch"
@@ -279,7 +295,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .features import default_cache_dir, list_entries, remove_entries
+    from .cache import list_entries, remove_entries
+    from .features import default_cache_dir
     cache_dir = args.cache_dir or default_cache_dir()
     if args.action == "ls":
         entries = list_entries(cache_dir)
@@ -396,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true")
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=cmd_cache)
+    parser.subcommands = sub.choices  # for the flags of an error's parameters
     return parser
 
 
@@ -410,8 +428,9 @@ _INTERRUPTED = {"compare": _RESUMES, "demo": _RESUMES,
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug, command = "--debug" in argv, None
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
         command = args.command
         progress.set_quiet(args.quiet)
         if command != "compare":
@@ -420,7 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HeadbenchError as e:
         if debug:
             raise
-        say(f"error: {with_flag(e)}", file=sys.stderr)
+        sub = parser.subcommands.get(command)
+        flags = FLAGS | parser_flags(sub) if sub is not None else FLAGS
+        say(f"error: {with_flag(e, flags)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `headbench ... | head`: the reader left, nothing to report
         with contextlib.suppress(OSError, ValueError):  # no flush error at exit either

@@ -16,17 +16,12 @@ One `compare(data, **options)` call:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import datetime as _dt
 import hashlib
-import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -43,15 +38,19 @@ from . import layers as _layers
 from . import progress as _progress
 from . import run as _run
 from . import train as _train
+from .analyses import RunContext, run_analyses
+from .analyses.findings import findings
 from .config import CompareConfig
 from .errors import HeadbenchError
 from .heads import Head, HeadSpec, create_head
-from .model import HeadbenchModel, count_flops, count_params, default_device
-from .run import (LOCK, BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics, Predictions,
-                  Run, SeedResult, SplitItems, Timing, Variant, incomplete_runs, mark_complete,
-                  start_run_dir)
-
-ROLES = ("train", "val", "test")
+from .images import default_workers
+from .model import HeadbenchModel, count_flops, count_params
+from .runtime import Runtime
+from .data import ROLES
+from .results import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics, Predictions,
+                      SeedResult, SplitItems, Timing, Variant)
+from .report import write_report
+from .run import Run, default_run_name, mark_complete, run_folder
 
 
 @dataclass
@@ -60,13 +59,16 @@ class _Work:
 
     config: CompareConfig
     backbone: _backbones.Backbone
-    device: torch.device
-    precision: str
+    runtime: Runtime   # the device and each stage's precision, decided once
     scan: _data.Scan
     splits: _data.Splits
     features: _features.FeatureSet
     F: dict            # role -> train.Features, read once and shared by every head
     y: dict            # role -> labels
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
     @property
     def map_shape(self) -> tuple[int, int, int]:
@@ -105,29 +107,29 @@ def compare(data: str | Path | CompareConfig, **options) -> Run | None:
     _distributed.init()
     t0 = time.perf_counter()
     bb = _backbones.create_backbone(config.backbone, config.weights, config.input_size)
-    device = default_device()
-    precision = _features.resolve_precision(config.precision, device)
+    rt = Runtime.resolve(config.precision)
     _check_heads(config, bb)  # every head fits this backbone's map, before any file is read
     timing = Timing(backbone_s=time.perf_counter() - t0)
-    digest = config.digest(weights_checksum=bb.weights_checksum, precision=precision)
+    digest = config.digest(weights_checksum=bb.weights_checksum, precision=rt.extract)
     if not _distributed.is_main():
-        return _follow(config, bb, device, precision, timing)
+        return _follow(config, bb, rt, timing)
     committed: list[str] = []
     try:
-        with _run_folder(config, digest) as run_dir:
-            run = _compare(config, bb, device, precision, timing, run_dir, digest, committed)
+        with run_folder(config.out, config.run_name or default_run_name(config.data, config.backbone),
+                        digest, resume=not config.restart) as run_dir:
+            run = _compare(config, bb, rt, timing, run_dir, digest, committed)
             _distributed.leave()  # the rest is rank 0's alone
-            _finish(run, bb, device, started)
+            _finish(run, bb, rt.device, started)
             mark_complete(run_dir)
             return run
     except OSError as e:
         raise HeadbenchError(_disk_error(e, committed)) from None
 
 
-def _follow(config: CompareConfig, bb, device, precision: str, timing: Timing) -> None:
+def _follow(config: CompareConfig, bb, rt: Runtime, timing: Timing) -> None:
     """A rank other than 0 under torchrun: its part of every extraction, in the order rank 0
     runs them, and of every fine-tuning; rank 0 trains the heads, writes the run, returns it."""
-    work = _prepare(config, bb, device, precision, timing)
+    work = _prepare(config, bb, rt, timing)
     if config.aug_views:
         _augmented_views(work)
     if config.finetune:
@@ -135,37 +137,12 @@ def _follow(config: CompareConfig, bb, device, precision: str, timing: Timing) -
     _distributed.leave()
 
 
-@contextlib.contextmanager
-def _run_folder(config: CompareConfig, digest: str) -> Iterator[Path]:
-    """The folder this compare writes, its lock held throughout: the newest incomplete run of
-    the same options that no other process holds, else a new one."""
-    for candidate in [] if config.restart else incomplete_runs(config.out, digest):
-        try:
-            with _io.locked(candidate / LOCK, wait=False):
-                _progress.log(f"resuming the interrupted run {candidate}")
-                yield candidate
-                return
-        except _io.Busy:
-            continue
-    run_dir = start_run_dir(config.out, config.run_name or _run_name(config), digest)
-    try:
-        with _io.locked(run_dir / LOCK):
-            yield run_dir
-    except BaseException:
-        if not any((run_dir / name).exists() for name in ("results.json", _run.MEMBERS)):
-            # nothing committed: leave no empty folder
-            shutil.rmtree(run_dir, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                run_dir.parent.rmdir()  # runs/ too, when this run was its only one
-        raise
-
-
-def _compare(config: CompareConfig, bb, device, precision: str, timing: Timing, run_dir: Path,
+def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Path,
              digest: str, committed: list[str]) -> Run:
     """Prepare the features, then train and commit every head (reusing finished ones)."""
-    work = _prepare(config, bb, device, precision, timing)
+    work = _prepare(config, bb, rt, timing)
     run = Run(options=config, dataset=_dataset_info(work), backbone=_backbone_info(work),
-              precision=precision, device=str(device), train_config=config.train_config(),
+              precision=rt.extract, device=str(rt.device), train_config=config.train_config(),
               timing=timing, options_digest=digest, feature_digest=_feature_digest(work),
               run_dir=run_dir)
     prior = _finished_heads(run)
@@ -242,7 +219,7 @@ def _augmented_views(work: _Work) -> "_train.Views":
     paths = [work.scan.items[i].path for i in idx]
     digests = [work.scan.items[i].digest for i in idx]
     sets = _features.extract_views(work.backbone, paths, digests, work.config.aug_views,
-                                   precision=work.precision, cache_dir=work.config.cache_dir,
+                                   precision=work.runtime.extract, cache_dir=work.config.cache_dir,
                                    workers=work.config.workers, device=work.device,
                                    form=work.features.form)
     lost = sorted({i for fs in sets for i in fs.failures})
@@ -269,7 +246,7 @@ def _finetune_heads(work: _Work, run: Run | None, committed: list[str]) -> None:
             _log_estimate(model, images["train"], fcfg, base, work)
         result = _finetune.finetune(model, images["train"], images["val"], fcfg,
                                     base.weight_decay, checkpoint, device=work.device,
-                                    precision=_ft_precision(work), workers=_workers(work),
+                                    precision=work.runtime.finetune, workers=_workers(work),
                                     label=label, key=key)
         if _distributed.is_main():
             entry, predictions, states = _finetuned_result(work, run, base, label, result,
@@ -298,20 +275,16 @@ def _images(work: _Work, role: str) -> _finetune.Images:
 
 
 def _workers(work: _Work) -> int:
-    return _features._default_workers() if work.config.workers is None else work.config.workers
-
-
-def _ft_precision(work: _Work) -> str:
-    return _finetune.finetune_precision(work.config.precision, work.device)
+    return default_workers() if work.config.workers is None else work.config.workers
 
 
 def _log_estimate(model: HeadbenchModel, train: _finetune.Images, fcfg, base: HeadResult,
                   work: _Work) -> None:
     rate = _finetune.measure_throughput(model, train, fcfg, base.weight_decay, work.device,
-                                        _ft_precision(work))
+                                        work.runtime.finetune)
     seconds = len(train) * fcfg.epochs / rate
     _progress.log(f"fine-tuning {base.head} (seed {base.best_seed}, unfreeze {fcfg.unfreeze}, "
-                  f"BatchNorm {fcfg.bn}, {_ft_precision(work)}): {len(train)} images × up to {fcfg.epochs} epochs at "
+                  f"BatchNorm {fcfg.bn}, {work.runtime.finetune}): {len(train)} images × up to {fcfg.epochs} epochs at "
                   f"{rate:.1f} img/s measured ≈ {seconds / 60:.1f} min at most, plus validation")
 
 
@@ -320,7 +293,7 @@ def _finetuned_result(work: _Work, run: Run, base: HeadResult, label: str,
                       ) -> tuple[HeadResult, Predictions, dict]:
     """The fine-tuned model evaluated once per split, its model folder written."""
     model, k = result.model, len(run.classes)
-    logits = {role: _finetune.logits_of(model, images[role], work.device, _ft_precision(work),
+    logits = {role: _finetune.logits_of(model, images[role], work.device, work.runtime.finetune,
                                         _workers(work)) for role in ROLES}
     metrics = {role: Metrics(**_evaluate.classification_metrics(logits[role], work.y[role], k))
                for role in ROLES}
@@ -332,7 +305,7 @@ def _finetuned_result(work: _Work, run: Run, base: HeadResult, label: str,
         summary=HeadSummary.of(seeds),
         variant=Variant("finetune", base.head, from_seed=base.best_seed,
                         settings=dict(work.config.finetune_config().to_dict(),
-                                      precision=_ft_precision(work)),
+                                      precision=work.runtime.finetune),
                         resumed_from=result.resumed_from))
     states = {seed: {k: v.cpu() for k, v in model.head.state_dict().items()}}
     entry.model_size_bytes = _finetune.save_finetuned(run.run_dir / entry.model_dir, model,
@@ -405,7 +378,7 @@ def _check_heads(config: CompareConfig, bb: _backbones.Backbone) -> None:
 # ----------------------------------------------------------------------------------------------
 # steps
 
-def _prepare(config: CompareConfig, bb, device, precision: str, timing: Timing) -> _Work:
+def _prepare(config: CompareConfig, bb, rt: Runtime, timing: Timing) -> _Work:
     """Scan, extract (or reuse) features, split."""
     t0 = time.perf_counter()
     scan = _distributed.from_main(lambda: _data.scan_folder(config.data,
@@ -419,9 +392,9 @@ def _prepare(config: CompareConfig, bb, device, precision: str, timing: Timing) 
     timing.scan_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     paths, digests = [it.path for it in scan.items], [it.digest for it in scan.items]
-    form = _distributed.from_main(lambda: _cache_form(config, bb, digests, precision))
-    fs = _features.extract(bb, paths, digests, precision=precision, cache_dir=config.cache_dir,
-                           workers=config.workers, device=device, form=form)
+    form = _distributed.from_main(lambda: _cache_form(config, bb, digests, rt.extract))
+    fs = _features.extract(bb, paths, digests, precision=rt.extract, cache_dir=config.cache_dir,
+                           workers=config.workers, device=rt.device, form=form)
     timing.extract_s, timing.n_extracted = time.perf_counter() - t0, fs.n_extracted
     if fs.failures:
         _progress.warn(f"{len(fs.failures)} images could not be decoded and are skipped "
@@ -433,9 +406,9 @@ def _prepare(config: CompareConfig, bb, device, precision: str, timing: Timing) 
     F, y = {}, {}
     for role in ROLES:
         idx = getattr(splits, role)
-        F[role] = _train.Features(fs.subset(idx), device)  # lazy rows of the memory maps
+        F[role] = _train.Features(fs.subset(idx), rt.device)  # lazy rows of the memory maps
         y[role] = np.array([scan.items[i].label for i in idx], dtype=np.int64)
-    return _Work(config, bb, device, precision, scan, splits, fs, F, y)
+    return _Work(config, bb, rt, scan, splits, fs, F, y)
 
 
 def _cache_form(config: CompareConfig, bb, digests: list[str],
@@ -530,19 +503,16 @@ def _save_head(work: _Work, run: Run, entry: HeadResult, states: dict[int, dict]
 
 
 def _finish(run: Run, bb: _backbones.Backbone, device: torch.device, started: float) -> None:
-    """Analyses (imported only when asked for), findings, report; results rewritten after."""
+    """Analyses (when asked for), findings, report; results rewritten after."""
     requested = run.options.requested()
     if requested:
-        from .analyses import RunContext, run_analyses
         ctx = RunContext(run=run, backbone=bb, states=run.states, cache_dir=_cache_dir(run.options),
                          device=device)
         run.analyses.update(run_analyses(ctx, requested))
-    from .analyses.findings import findings
     run.findings = findings(run)
     run.timing.total_s = time.perf_counter() - started
     run.save_results()
     if run.options.report:
-        from .report import write_report
         write_report(run)
 
 
@@ -556,15 +526,9 @@ def _cache_dir(config: CompareConfig) -> Path | None:
 def _latency(module: torch.nn.Module, shape: tuple, work: _Work) -> dict:
     """Latency at batch 1 and throughput at batch 32, with the precision used for extraction."""
     m = _evaluate.measure_latency(module, shape, device=work.device, batch_sizes=(1, 32),
-                                  autocast_dtype=torch.bfloat16 if work.precision == "bf16" else None,
+                                  autocast_dtype=work.runtime.autocast_dtype("extract"),
                                   channels_last=True)
     return dict(latency_ms_b1=m[1]["ms_per_image"], throughput_b32=m[32]["images_per_s"])
-
-
-def _run_name(config: CompareConfig) -> str:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = Path(config.data).resolve().name or "data"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{stamp}-{name}-{config.backbone}")
 
 
 def _log_splits(scan: _data.Scan, splits: _data.Splits) -> None:

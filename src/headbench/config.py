@@ -13,17 +13,24 @@ are `HeadbenchError`s whose `param` is the field name; the CLI shows the flag in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from .backbones import resolve_name, resolve_weights
+from .data import check_fractions
+from .checks import items, numbers, positive, real, whole
 from .errors import HeadbenchError, unknown
-from .heads import DEFAULT_HEADS
+from .finetune import BN_POLICIES, FinetuneConfig, parse_unfreeze
+from .heads import DEFAULT_HEADS, HeadSpec, list_heads
+from .images import MIN_SIZE
+from .runtime import PRECISIONS
+from .train import TrainConfig
 
-PRECISIONS = ("auto", "fp32", "bf16")
-MIN_SIZE = 32  # smallest input size in pixels: smaller maps vanish in a 32-stride backbone
 
 
 def option(default: Any, help: str, flag: str | None = None, **metadata: Any) -> Any:
@@ -36,31 +43,6 @@ def option(default: Any, help: str, flag: str | None = None, **metadata: Any) ->
 
 # ----------------------------------------------------------------------------------------------
 # value parsers: each turns a comma list (or a sequence) into checked values, naming the option
-
-def _items(value: str | int | float | Iterable | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, (str, int, float)):
-        value = str(value).split(",")
-    return [str(v).strip() for v in value if str(v).strip()]
-
-
-def numbers(value: Any, param: str, kind: type = int, low: float | None = None,
-            example: str = "") -> tuple:
-    """A comma list of numbers of `kind`, each ≥ `low`, as a tuple."""
-    parts = _items(value)
-    try:
-        values = tuple(kind(p) for p in parts)
-    except ValueError:
-        values = None
-    if values is None or (low is not None and any(v < low for v in values)):
-        word = "whole numbers" if kind is int else "numbers"
-        bound = f" ≥ {low:g}" if low is not None else ""
-        raise HeadbenchError(f"{param} takes comma-separated {word}{bound}"
-                             + (f", e.g. {example}" if example else "")
-                             + f" (got {','.join(parts) or value!r})", param=param)
-    return values
-
 
 def parse_shifts(value: Any) -> tuple[int, ...]:
     """Sorted distinct pixel offsets, 0 always included (the reference view); () for none.
@@ -87,7 +69,7 @@ def parse_shots(value: Any) -> tuple[int | str, ...]:
     >>> parse_shots("all,5,1")
     (1, 5, 'all')
     """
-    parts = _items(value)
+    parts = items(value)
     counts = [p for p in parts if p.lower() != "all"]
     if any(not p.isdigit() or int(p) < 1 for p in counts):
         raise HeadbenchError(f"shots must be images per class ≥ 1 or 'all', separated by commas, "
@@ -95,43 +77,13 @@ def parse_shots(value: Any) -> tuple[int | str, ...]:
     return tuple(sorted({int(p) for p in counts})) + (("all",) if len(counts) < len(parts) else ())
 
 
-def _whole(value: Any, param: str, low: int | None = None, none_ok: bool = False) -> int | None:
-    if value is None and none_ok:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        value = repr(value)
-    try:
-        number = int(value)
-        ok = number == float(value) and (low is None or number >= low)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        bound = f" ≥ {low}" if low is not None else ""
-        raise HeadbenchError(f"{param} must be a whole number{bound}, got {value}", param=param)
-    return number
+def parse_cam(value: Any) -> int:
+    """Overlays per head, a whole number ≥ 0 (0: none).
 
-
-def _real(value: Any, param: str, low: float, high: float, closed_high: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    inside = low <= number <= high if closed_high else low <= number < high
-    if not inside:
-        bracket = "]" if closed_high else ")"
-        raise HeadbenchError(f"{param} must be in [{low:g}, {high:g}{bracket}, got {value}",
-                             param=param)
-    return number
-
-
-def _positive(value: Any, param: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not 0 < number < float("inf"):
-        raise HeadbenchError(f"{param} must be a number > 0, got {value}", param=param)
-    return number
+    >>> parse_cam("4")
+    4
+    """
+    return whole(value, "cam", 0)
 
 
 def _absolute(path: str | Path) -> str:
@@ -164,25 +116,34 @@ def _writable(path: str | Path, param: str) -> None:
 class AnalysisOptions:
     """The analyses a run can add (`compare` runs them at the end, `analyze` on a finished run)."""
 
-    shifts: tuple[int, ...] = option((), "translations in pixels, e.g. 0,8,16,32", list=True)
-    sizes: tuple[int, ...] = option((), "test input sizes, e.g. 160,224,288,384", list=True)
+    # Each field is the option of the built-in analysis of that name (its registry entry takes
+    # it with `analysis_option`): declared here because compare records it in config.json.
+    shifts: tuple[int, ...] = option((), "translations in pixels, e.g. 0,8,16,32", list=True,
+                                     parse=parse_shifts)
+    sizes: tuple[int, ...] = option((), "test input sizes, e.g. 160,224,288,384", list=True,
+                                    parse=parse_sizes)
     shots: tuple[int | str, ...] = option((), "training images per class, e.g. 1,2,5,10,25,all",
-                                          list=True)
-    cam: int = option(0, "class activation map overlays per head (correct and wrong)")
+                                          list=True, parse=parse_shots)
+    cam: int = option(0, "class activation map overlays per head (correct and wrong)",
+                      parse=parse_cam)
 
     def __post_init__(self) -> None:
-        self.shifts, self.sizes = parse_shifts(self.shifts), parse_sizes(self.sizes)
-        self.shots = parse_shots(self.shots)
-        self.cam = _whole(self.cam, "cam", 0)
+        for f in dataclasses.fields(AnalysisOptions):
+            setattr(self, f.name, f.metadata["parse"](getattr(self, f.name)))
 
     @property
     def any(self) -> bool:
-        return bool(self.shifts or self.sizes or self.shots or self.cam)
+        return bool(self.requested())
 
     def requested(self) -> dict[str, Any]:
         """{analysis name: its option} for the analyses asked for."""
-        return {name: getattr(self, name) for name in ("shifts", "sizes", "shots", "cam")
-                if getattr(self, name)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(AnalysisOptions)
+                if getattr(self, f.name)}
+
+
+def analysis_option(name: str) -> dataclasses.Field:
+    """The `AnalysisOptions` field of built-in analysis `name`: its default, help and parser."""
+    return next(f for f in dataclasses.fields(AnalysisOptions) if f.name == name)
 
 
 @dataclass
@@ -243,7 +204,6 @@ class CompareConfig(AnalysisOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from .backbones import resolve_name
         if not str(self.data).strip():
             raise HeadbenchError("data must name an image folder", param="data")
         # absolute paths: config.json must reproduce the run from any working directory
@@ -253,45 +213,40 @@ class CompareConfig(AnalysisOptions):
         self.weights = str(self.weights)
         self.hidden = numbers(self.hidden, "hidden", int, 1, "1024,512")
         if self.dropout is not None:
-            self.dropout = _real(self.dropout, "dropout", 0.0, 1.0)
+            self.dropout = real(self.dropout, "dropout", 0.0, 1.0)
         self.heads = tuple(self.head_specs())
-        self.seeds = _whole(self.seeds, "seeds", 1)
-        self.epochs = _whole(self.epochs, "epochs", 1)
-        self.batch_size = _whole(self.batch_size, "batch_size", 2)
-        self.patience = _whole(self.patience if self.patience is not None else 0, "patience", 0)
-        self.lr = _positive(self.lr, "lr")
-        self.weight_decays = numbers(self.weight_decays, "weight_decays", float, 0, "1e-4,1e-2")
-        if not self.weight_decays:
-            raise HeadbenchError("weight_decays must list one or more decays ≥ 0",
-                                 param="weight_decays")
-        self.input_size = _whole(self.input_size, "input_size", MIN_SIZE, none_ok=True)
+        self.seeds = whole(self.seeds, "seeds", 1)
+        # the training options are checked once, by TrainConfig (a comma list parsed first)
+        self.weight_decays = numbers(self.weight_decays, "weight_decays", float,
+                                     example="1e-4,1e-2")
+        train = self.train_config()
+        self.epochs, self.batch_size, self.lr = train.epochs, train.batch_size, train.lr
+        self.weight_decays, self.patience = train.weight_decays, train.patience or 0
+        self.input_size = whole(self.input_size, "input_size", MIN_SIZE, none_ok=True)
         if self.precision not in PRECISIONS:
             raise unknown("precision", str(self.precision), PRECISIONS, param="precision")
         self.split = numbers(self.split, "split", float, 0, "0.7,0.15,0.15")
-        self.val_fraction = _real(self.val_fraction, "val_fraction", 0.0, 1.0)
-        from .data import check_fractions
+        self.val_fraction = real(self.val_fraction, "val_fraction", 0.0, 1.0)
         check_fractions(self.split, self.val_fraction)
-        self.split_seed = _whole(self.split_seed, "split_seed", 0)
-        self.workers = _whole(self.workers, "workers", 0, none_ok=True)
+        self.split_seed = whole(self.split_seed, "split_seed", 0)
+        self.workers = whole(self.workers, "workers", 0, none_ok=True)
         self.report, self.follow_links = bool(self.report), bool(self.follow_links)
-        self.aug_views = _whole(self.aug_views, "aug_views", 0)
+        self.aug_views = whole(self.aug_views, "aug_views", 0)
         self.finetune, self.restart = bool(self.finetune), bool(self.restart)
-        self.finetune_top = _whole(self.finetune_top, "finetune_top", 1)
-        from .finetune import BN_POLICIES, parse_unfreeze
+        self.finetune_top = whole(self.finetune_top, "finetune_top", 1)
         self.unfreeze = parse_unfreeze(self.unfreeze)
         if self.bn not in BN_POLICIES:
             raise unknown("bn", str(self.bn), BN_POLICIES, param="bn")
-        self.finetune_epochs = _whole(self.finetune_epochs, "finetune_epochs", 1)
-        self.finetune_lr = _positive(self.finetune_lr, "finetune_lr")
-        self.backbone_lr = _real(self.backbone_lr, "backbone_lr", 0.0, 1.0, closed_high=True)
-        self.finetune_batch_size = _whole(self.finetune_batch_size, "finetune_batch_size", 2)
-        self.finetune_patience = _whole(self.finetune_patience, "finetune_patience", 0)
+        self.finetune_epochs = whole(self.finetune_epochs, "finetune_epochs", 1)
+        self.finetune_lr = positive(self.finetune_lr, "finetune_lr")
+        self.backbone_lr = real(self.backbone_lr, "backbone_lr", 0.0, 1.0, closed_high=True)
+        self.finetune_batch_size = whole(self.finetune_batch_size, "finetune_batch_size", 2)
+        self.finetune_patience = whole(self.finetune_patience, "finetune_patience", 0)
 
     def head_specs(self) -> list:
         """The heads as HeadSpecs (names get this config's hidden and dropout); checked for
         emptiness and duplicates."""
-        from .heads import HeadSpec, list_heads
-        heads = _items(self.heads) if isinstance(self.heads, str) else list(self.heads)
+        heads = items(self.heads) if isinstance(self.heads, str) else list(self.heads)
         specs = []
         for h in heads:
             if isinstance(h, dict):
@@ -311,15 +266,13 @@ class CompareConfig(AnalysisOptions):
                                  "head once", param="heads")
         return specs
 
-    def train_config(self):
-        """The training protocol these options give (`train.TrainConfig`)."""
-        from .train import TrainConfig
+    def train_config(self) -> TrainConfig:
+        """The training protocol these options give."""
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            patience=self.patience or None, weight_decays=self.weight_decays)
 
     def finetune_config(self):
         """The fine-tuning protocol these options give (`finetune.FinetuneConfig`)."""
-        from .finetune import FinetuneConfig
         return FinetuneConfig(epochs=self.finetune_epochs, batch_size=self.finetune_batch_size,
                               lr=self.finetune_lr, backbone_lr=self.backbone_lr,
                               patience=self.finetune_patience or None, unfreeze=self.unfreeze,
@@ -329,8 +282,6 @@ class CompareConfig(AnalysisOptions):
         """A digest of what determines the trained heads: every option but where results go,
         how fast they come and which analyses follow, plus `resolved` facts (the weights'
         checksum, the precision used). A rerun with the same digest may resume a run."""
-        import hashlib
-        import json
         kept = {k: v for k, v in self.to_dict().items()
                 if k not in _NOT_IN_DIGEST and _NEW_DEFAULTS.get(k, _UNSET) != v
                 and (self.finetune or k not in _FINETUNE_OPTIONS)}
@@ -339,7 +290,6 @@ class CompareConfig(AnalysisOptions):
 
     def check_paths(self) -> None:
         """The disk side of the options: data folder, weights file, writable out and cache."""
-        from .backbones import resolve_name, resolve_weights
         data = Path(self.data).expanduser()
         if not data.is_dir():
             what = "is a file, not a folder" if data.exists() else "does not exist"
@@ -407,5 +357,5 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-__all__ = ["AnalysisOptions", "AnalyzeConfig", "CompareConfig", "parse_shifts", "parse_sizes",
-           "parse_shots", "option", "fields_of", "flag_of"]
+__all__ = ["AnalysisOptions", "AnalyzeConfig", "CompareConfig", "analysis_option", "parse_cam",
+           "parse_shifts", "parse_sizes", "parse_shots", "option", "fields_of", "flag_of"]

@@ -71,13 +71,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def device() -> torch.device:
-    """This rank's device: its own GPU when there are GPUs, else the CPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank()) if launched() > 1 else torch.device("cuda")
-
-
 def broadcast(obj: T) -> T:
     """Rank 0's `obj` on every rank (pickled); other ranks' argument is ignored."""
     if not active():

@@ -14,11 +14,15 @@ class HeadbenchError(Exception):
 
     `param` names the parameter at fault as the Python API spells it (`dropout`, `pool_size`);
     messages about a parameter start with its name, and the CLI swaps that name for its flag.
+    `hints` names the other parameters the message advises on ("is input_size too small?"):
+    the CLI shows their flags instead. Messages never spell a command-line flag themselves,
+    so a library user reads the names they pass.
     """
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, hints: Iterable[str] = ()):
         super().__init__(message)
         self.param = param
+        self.hints = tuple(hints)
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:

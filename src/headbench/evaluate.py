@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from headbench.errors import HeadbenchError, unknown
+from headbench.runtime import resolve_device
 
 ECE_BINS = 15
 
@@ -427,8 +428,6 @@ def measure_latency(module: nn.Module, input_shape: Sequence[int],
         batch size -> {`ms_per_batch`, `ms_per_image`, `images_per_s`}, e.g.
         `measure_latency(head, (1280, 7, 7))[32]["images_per_s"]`.
     """
-    from headbench.train import resolve_device
-
     if repeats < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
         raise HeadbenchError("latency needs repeats >= 1, warmup >= 0 and batch sizes >= 1")
     device = resolve_device(device)

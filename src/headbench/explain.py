@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .layers import AvgPool2d, GlobalAvgPool2d
+from .model import param_table
 
 
 def _fmt(t: torch.Tensor) -> str:
@@ -33,15 +34,15 @@ def pooling_examples() -> list[tuple[str, str]]:
 def head_arithmetic(backbone: str, num_classes: int, hidden: tuple[int, ...],
                     input_size: int) -> list[str]:
     """The parameter count of flatten and gap heads on `backbone`, written out term by term."""
-    from .model import param_table
     rows = param_table(backbone, num_classes, heads=("flatten", "gap"), hidden=hidden or None,
                        input_size=input_size)  # built on the meta device: no weights allocated
     c, h, w = (int(v) for v in rows[0]["feature_map"].split("×"))
     lines = [f"{backbone} at {input_size}×{input_size} px outputs a {c}×{h}×{w} feature map."]
-    for row, name, width in zip(rows, ("flatten", "gap"), (c * h * w, c)):
+    inputs = {"flatten": (c * h * w, f"{c}·{h}·{w} = {c * h * w:,} inputs"),  # every position
+              "gap": (c, f"{c} inputs (one per channel)")}                     # one per channel
+    for row, (name, (width, what)) in zip(rows, inputs.items()):
         sizes = [width, *hidden, num_classes]
         terms = [f"{a}·{b} + {b}" for a, b in zip(sizes, sizes[1:])]
-        what = f"{c}·{h}·{w} = {width:,} inputs" if name == "flatten" else f"{c} inputs (one per channel)"
         lines.append(f"  {name:<8} {what}: {' + '.join(terms)} = {row['head_params']:,} parameters")
     return lines
 

@@ -13,7 +13,7 @@ Rows are stored as float16 in memory-mappable `.npy` chunks:
 
 The key hashes everything that changes the numbers: backbone, weights checksum, data config,
 input size, view (resize / shift / margin, or an augmented view: the recipe hash and the view
-index, `data.View.aug`), precision and the format version. Rows are found by
+index, `images.View.aug`), precision and the format version. Rows are found by
 the image's content digest, so a new or changed file is extracted alone and an unchanged one
 never again; decode failures are cached with their reason the same way.
 
@@ -24,16 +24,12 @@ finished chunk, and a half-written `.npy` without its `.json` is ignored and lat
 from __future__ import annotations
 
 import contextlib
-import copy
-import ctypes
 import functools
 import hashlib
 import json
 import os
 import re
-import shutil
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,18 +37,19 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from . import distributed, io, progress
-from .data import AUG_RECIPE, BadImage, View, draft_size, load_image, make_transform
-from .errors import HeadbenchError, unknown
+from .images import AUG_RECIPE, ImageDataset, View, collate, default_workers
+from .errors import HeadbenchError
+from .backbones import inference_copy
 from .layers import global_stats
+from .runtime import resolve_device, resolve_precision, tune_allocator
 
 FORMAT_VERSION = 1
-PRECISIONS = ("auto", "fp32", "bf16")
 FP16_MAX = 65504.0  # largest finite float16; larger activations would be stored as inf
 _CHUNK_RE = re.compile(r"^(\d+)\.(npy|json)$")
-_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
+KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 COMMIT_EVERY_S = 30.0  # extracted rows are committed at least this often
 _OPEN_CHUNKS = 128  # memory maps kept open per FeatureSet (each holds a file descriptor)
 
@@ -67,70 +64,6 @@ def default_cache_dir() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "headbench"
     return Path.home() / ".cache" / "headbench"
-
-
-# --------------------------------------------------------------------------- precision
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:  # not Linux: no way to tell cheaply, assume no native bf16
-        return frozenset()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-    return frozenset(flags)
-
-
-@functools.lru_cache(maxsize=1)
-def tune_allocator() -> bool:
-    """Let glibc keep freed memory for reuse (large-block threshold 256 MiB, trim at 1 GiB).
-
-    torch's CPU temporaries of a few MB are otherwise mapped and page-faulted anew by every op:
-    training GeM on cached maps ran 3× faster with this on a 2-core EPYC (bench/RESULTS.md).
-    Called by training and extraction; a no-op (False) where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, 256 << 20) and mallopt(M_TRIM_THRESHOLD, 1 << 30))
-
-
-def _bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        try:  # emulated bf16 (pre-Ampere) is slower than fp32, so it does not count
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:
-            return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    return False
-
-
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """The inference precision actually used: 'fp32' or 'bf16'.
-
-    'auto' picks bf16 only where the hardware runs it natively (CUDA with bf16 support, or a CPU
-    with avx512_bf16 / amx_bf16) and fp32 elsewhere; 'bf16' on other hardware is an error
-    rather than a silent, slow emulation.
-    """
-    device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise unknown("precision", str(precision), PRECISIONS)
-    if precision == "fp32":
-        return "fp32"
-    supported = _bf16_supported(device)
-    if precision == "bf16" and not supported:
-        raise HeadbenchError(f"precision 'bf16' is not supported natively on {device.type} "
-                             "(needs a CUDA GPU with bf16 or a CPU with avx512_bf16/amx_bf16): "
-                             "use precision 'fp32' or 'auto'")
-    return "bf16" if supported else "fp32"
 
 
 # --------------------------------------------------------------------------- cache key
@@ -177,16 +110,16 @@ def _npy_rows(path: Path) -> int | None:
 
 
 @dataclass
-class _Index:
+class ChunkIndex:
     """What the committed chunks of one cache entry hold."""
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # digest -> (chunk, row)
     failures: dict[str, str] = field(default_factory=dict)  # digest -> reason
     next_chunk: int = 0
 
     @classmethod
-    def load(cls, chunks: Path) -> "_Index":
+    def load(cls, chunks: Path) -> "ChunkIndex":
         index = cls()
-        numbers = sorted(int(m[1]) for p in _listdir(chunks)
+        numbers = sorted(int(m[1]) for p in listdir(chunks)
                          if (m := _CHUNK_RE.match(p.name)) and m[2] == "json")
         for number in numbers:
             index.next_chunk = number + 1
@@ -205,7 +138,7 @@ class _Index:
         return digest in self.rows or digest in self.failures
 
 
-def _listdir(path: Path) -> list[Path]:
+def listdir(path: Path) -> list[Path]:
     try:
         return list(path.iterdir())
     except OSError:
@@ -229,89 +162,7 @@ def _entry_lock(entry: Path):
     return io.locked(entry / "lock", f"waiting for another headbench process extracting into {entry}")
 
 
-# --------------------------------------------------------------------------- decoding
-
-
-class ImageFiles(Dataset):
-    """Decodes and transforms image files; a file that fails to decode yields its reason.
-
-    Item `i` is `(tensor (3, S, S), i, "")`, or `(empty tensor, i, reason)` for a file that
-    cannot be decoded, so one corrupt file never stops a DataLoader worker. With `keys` (the
-    content digests) the transform is called `transform(image, keys[i])`: an augmented view's
-    draw is seeded by the image's content (`data.AugTransform`); else `transform(image)`.
-    """
-
-    def __init__(self, paths: Sequence[str | Path], transform: Any,
-                 draft: tuple[int, int] | None = None, keys: Sequence[str] | None = None):
-        self.paths, self.transform, self.draft = list(paths), transform, draft
-        self.keys = list(keys) if keys is not None else None  # content digests, for aug views
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
-        try:
-            image = load_image(self.paths[i], draft=self.draft)
-            if self.keys is None:
-                return self.transform(image), i, ""
-            return self.transform(image, self.keys[i]), i, ""
-        except BadImage as e:
-            return torch.empty(0), i, str(e) or type(e).__name__
-        except OSError as e:  # unreadable file, PIL decoder error
-            return torch.empty(0), i, f"{type(e).__name__}: {e}"
-
-
-def _collate(items: list[tuple[torch.Tensor, int, str]]
-             ) -> tuple[torch.Tensor | None, list[int], list[int], list[str]]:
-    """(stacked good images, their indices, failed indices, failure reasons)."""
-    good = [(x, i) for x, i, reason in items if not reason]
-    bad = [(i, reason) for _, i, reason in items if reason]
-    images = torch.stack([x for x, _ in good]) if good else None
-    return images, [i for _, i in good], [i for i, _ in bad], [r for _, r in bad]
-
-
-def _default_workers() -> int:
-    cores = os.cpu_count() or 1
-    return 0 if cores <= 1 else min(4, cores)
-
-
 # --------------------------------------------------------------------------- extraction
-
-
-def _fold_batchnorm(model: torch.nn.Module) -> int:
-    """Fold every eval BatchNorm that directly follows a Conv2d (registration order, as in
-    timm's CNNs) into the conv's weight and bias; timm's BatchNormAct2d keeps its activation.
-    Returns how many were folded."""
-    import timm.layers
-    folded = 0
-    for parent in list(model.modules()):
-        children = list(parent.named_children())
-        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
-            if (type(conv) is torch.nn.Conv2d and isinstance(bn, torch.nn.BatchNorm2d)
-                    and bn.track_running_stats and bn.num_features == conv.out_channels):
-                setattr(parent, conv_name, torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn))
-                rest = (torch.nn.Sequential(bn.drop, bn.act)
-                        if isinstance(bn, timm.layers.BatchNormAct2d) else torch.nn.Identity())
-                setattr(parent, bn_name, rest)
-                folded += 1
-    return folded
-
-
-def _inference_copy(backbone: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The backbone for extraction: a copy on `device`, eval, channels_last, with BatchNorm
-    folded into the convolutions (1.3× faster for efficientnet_lite0 on a 2-core CPU, exact to
-    1e-5 of the logits: bench/RESULTS.md (b)); the fold is kept only when a probe batch gives
-    the same output, so an unusual module order never changes the features."""
-    plain = copy.deepcopy(backbone).eval().to(device=device, memory_format=torch.channels_last)
-    folded = copy.deepcopy(plain)
-    if not _fold_batchnorm(folded):
-        return plain
-    size = backbone.data_config["input_size"]
-    probe = torch.rand(2, *size, device=device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        want, got = plain(probe).float(), folded(probe).float()
-    same = torch.allclose(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()))
-    return folded if same else plain
 
 
 def _forward(backbone: torch.nn.Module, images: torch.Tensor, device: torch.device,
@@ -391,16 +242,16 @@ def _run(backbone: Any, todo: list[tuple[str, Path]], first_chunk: int, stride: 
          form: tuple[str, ...] | None = None) -> int:
     """Extract the (digest, path) pairs in `todo` into new chunks numbered `first_chunk`,
     `first_chunk + stride`, ...; the number of rows written."""
-    dataset = ImageFiles([p for _, p in todo], make_transform(backbone.data_config, view),
-                         draft_size(backbone.data_config, view), keys=[d for d, _ in todo])
+    dataset = ImageDataset([p for _, p in todo], backbone.data_config, view,
+                           keys=[d for d, _ in todo])
     n_batches = -(-len(todo) // batch_size)
     # With a single batch a worker only adds start-up time: decoding is serial either way.
     workers = 0 if n_batches == 1 else min(workers, n_batches)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, pin_memory=device.type == "cuda")
+                        collate_fn=collate, pin_memory=device.type == "cuda")
     writer = _ChunkWriter(chunks, first_chunk, chunk_size, shape, stride=stride)
     n_rows = n_bad = 0
-    model = _inference_copy(backbone, device)
+    model = inference_copy(backbone, device)
     with progress.progress(description, total=len(todo), unit="img") as bar, _flushed(writer):
         for images, good, bad, reasons in loader:
             features = (_forward(model, images, device, precision, form) if images is not None
@@ -444,7 +295,7 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
         cache_dir: cache root; default `default_cache_dir()`.
         batch_size: images per forward pass.
         workers: decoding processes; default min(4, cores), 0 on a single core.
-        device: default `headbench.model.default_device()`.
+        device: default `runtime.resolve_device()` (cuda when available, else cpu).
         chunk_size: images per committed chunk (the unit an interrupted run resumes from).
         description: progress bar label.
         form: store only these global statistics of each map ('avg', 'max'; see
@@ -462,20 +313,17 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
             raise HeadbenchError(f"{name} must be at least 1, got {value}")
     if workers is not None and workers < 0:
         raise HeadbenchError(f"workers must be 0 or more, got {workers}")
-    if device is None:
-        from .model import default_device
-        device = default_device()
-    device = torch.device(device)
+    device = resolve_device(device)
     # an explicit precision names the cache entry even on a device that cannot compute it, so a
     # bf16 run's cached features can be read anywhere; support is checked only before computing
     precision = precision if precision in ("fp32", "bf16") else resolve_precision(precision, device)
     fields = key_fields(backbone, view, precision, form)
     key = cache_key(fields)
     entry = Path(cache_dir or default_cache_dir()) / key
-    index = _Index.load(entry / "chunks")
+    index = ChunkIndex.load(entry / "chunks")
     work = functools.partial(_run, backbone, view=view, precision=precision, device=device,
                              chunks=entry / "chunks", batch_size=batch_size,
-                             workers=_default_workers() if workers is None else workers,
+                             workers=default_workers() if workers is None else workers,
                              chunk_size=chunk_size, description=description, form=form)
     n_extracted = 0
     if distributed.active():  # under torchrun: every rank calls extract, each does its part
@@ -486,7 +334,7 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
             todo, first = _plan(entry, fields, backbone, view, paths, digests, device)
             if todo:
                 n_extracted = work(todo, first, 1, _stored_shape(entry))
-    index = _Index.load(entry / "chunks")
+    index = ChunkIndex.load(entry / "chunks")
     meta = _ensure_meta(entry, fields, backbone, view)
     return FeatureSet(key, meta, entry, list(digests), index, n_extracted)
 
@@ -497,7 +345,7 @@ def _plan(entry: Path, fields: dict, backbone: Any, view: View, paths: Sequence,
     digest) and the first free chunk number; meta.json is written before any chunk."""
     # under the lock no other process writes here: any temp file is a crash's leftover
     io.sweep_temp_files(entry, older_than=0)
-    index = _Index.load(entry / "chunks")  # another process may have filled it meanwhile
+    index = ChunkIndex.load(entry / "chunks")  # another process may have filled it meanwhile
     todo = list({d: Path(p) for p, d in zip(paths, digests) if not index.knows(d)}.items())
     if todo:
         resolve_precision(fields["precision"], device)
@@ -536,7 +384,7 @@ def extract_views(backbone: Any, paths: Sequence[str | Path], digests: Sequence[
 
     Each view index is its own cache entry (the key holds the recipe hash and the index), so
     asking for views 0..7 after 0..3 extracts only 4..7. View i of an image is drawn with
-    `data.aug_seed(digest, i)`: the same features for the same content, in any cache.
+    `images.aug_seed(digest, i)`: the same features for the same content, in any cache.
 
     Args:
         k: how many views (0 gives []).
@@ -559,7 +407,7 @@ def is_cached(backbone: Any, digests: Sequence[str], view: View = View(), precis
               cache_dir: str | Path | None = None, form: tuple[str, ...] | None = None) -> bool:
     """Whether every digest already has a row (or a failure) in that cache entry."""
     key = cache_key(key_fields(backbone, view, precision, form))
-    index = _Index.load(Path(cache_dir or default_cache_dir()) / key / "chunks")
+    index = ChunkIndex.load(Path(cache_dir or default_cache_dir()) / key / "chunks")
     return all(index.knows(d) for d in digests)
 
 
@@ -584,7 +432,7 @@ class FeatureSet:
         (8, 512, 2, 2)
     """
 
-    def __init__(self, key: str, meta: dict, entry: Path, digests: list[str], index: _Index,
+    def __init__(self, key: str, meta: dict, entry: Path, digests: list[str], index: ChunkIndex,
                  n_extracted: int):
         self.key, self.meta, self.path, self.digests = key, meta, entry, digests
         self.shape = tuple(meta["feature_shape"])
@@ -680,95 +528,3 @@ class FeatureRows:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         rows = self.features.take(self.indices)
         return rows if dtype is None else rows.astype(dtype)
-
-
-# --------------------------------------------------------------------------- management
-
-
-def _entry_dirs(cache_dir: Path) -> list[Path]:
-    """Entry directories (named like a key, so nothing else under the root is ever touched)."""
-    return sorted(p for p in _listdir(cache_dir) if p.is_dir() and _KEY_RE.match(p.name))
-
-
-def _size_bytes(path: Path) -> int:
-    """Bytes of the entry's files; temporary files of unfinished writes do not count."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            if not io.is_temp_file(Path(name)):
-                with contextlib.suppress(OSError):
-                    total += os.path.getsize(os.path.join(root, name))
-    return total
-
-
-def _sweep_removed(cache_dir: Path) -> None:
-    """Delete `.removing-*` folders an interrupted `cache rm` left, once older than
-    `io.STALE_SECONDS` (a younger one may still be being deleted by a live process)."""
-    now = time.time()
-    for trash in cache_dir.glob(".removing-*"):
-        with contextlib.suppress(OSError):
-            if now - trash.lstat().st_ctime >= io.STALE_SECONDS:
-                shutil.rmtree(trash, ignore_errors=True)
-
-
-def list_entries(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """One dict per cache entry, oldest first: key, backbone, weights, view, precision, form
-    ('maps' or the statistics, 'avg+max'), images (cached feature rows), failures,
-    size_bytes, path, created.
-
-    Entries whose meta.json is missing or unreadable (an extraction that never got going) are
-    listed with None for the fields it would have held, so they can still be removed.
-    """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    _sweep_removed(cache_dir)
-    entries = []
-    for entry in _entry_dirs(cache_dir):
-        try:
-            meta = json.loads((entry / "meta.json").read_text())
-        except (OSError, ValueError):
-            meta = {}
-        index = _Index.load(entry / "chunks")
-        entries.append({"key": entry.name, "backbone": meta.get("backbone_name"),
-                        "weights": meta.get("weights"), "view": meta.get("view"),
-                        "precision": meta.get("precision"),
-                        "form": "+".join(meta["form"]) if meta.get("form") else
-                        ("maps" if meta else None), "images": len(index.rows),
-                        "failures": len(index.failures), "size_bytes": _size_bytes(entry),
-                        "path": str(entry), "created": meta.get("created")})
-    return sorted(entries, key=lambda e: (e["created"] or "", e["key"]))
-
-
-def remove_entries(cache_dir: str | Path | None = None,
-                   keys: Sequence[str] | None = None) -> int:
-    """Delete cache entries; `keys` None deletes all. Returns how many were removed.
-
-    Each key may be a unique prefix; an unknown or ambiguous one is an error and then nothing
-    is deleted.
-    """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    _sweep_removed(cache_dir)
-    entries = _entry_dirs(cache_dir)
-    if keys is None:
-        chosen = entries
-    else:
-        chosen = list({e.name: e for e in (_match(entries, k, cache_dir) for k in keys)}.values())
-    for entry in chosen:
-        # Rename first so readers never see a half-deleted entry, then delete.
-        trash = entry.with_name(f".removing-{entry.name}-{uuid.uuid4().hex[:8]}")
-        try:
-            os.replace(entry, trash)
-        except OSError as e:
-            raise HeadbenchError(f"cannot remove cache entry '{entry}': {e.strerror}")
-        shutil.rmtree(trash, ignore_errors=True)
-    return len(chosen)
-
-
-def _match(entries: list[Path], prefix: str, cache_dir: Path) -> Path:
-    hits = [e for e in entries if prefix and e.name.startswith(prefix.lower())]
-    if len(hits) == 1:
-        return hits[0]
-    if not hits:
-        raise HeadbenchError(f"no cache entry '{prefix}' in {cache_dir}: "
-                             "list the keys with `headbench cache ls`")
-    raise HeadbenchError(f"cache key '{prefix}' matches {len(hits)} entries "
-                         f"({', '.join(e.name for e in hits[:4])}): give more characters")

@@ -10,13 +10,13 @@ learning rates, BatchNorm trainable), with both choices explicit:
 - discriminative learning rates: the backbone learns at `backbone_lr` × the head's rate;
 - AdamW (decay on matrices and kernels only, as in `train`), per-step linear warm-up then
   cosine to 0 at `epochs`, early stopping on val loss, the best epoch's weights restored;
-- augmentation on the fly (`data.AugTransform`, seeded by image, epoch and seed); val and
+- augmentation on the fly (`images.AugTransform`, seeded by image, epoch and seed); val and
   test are never augmented;
 - the BatchNorm policy `bn`: 'frozen' keeps every normalisation layer of the backbone in
   inference mode with its statistics and affine parameters fixed; 'train' lets them update.
   A head's own BatchNorm (fastai's head) always trains. Layers of stages left frozen stay
   frozen whatever the policy;
-- channels_last, cuda when present, bf16 autocast where it pays (`finetune_precision`).
+- channels_last, cuda when present, bf16 autocast where it pays (`runtime.resolve_precision(..., "finetune")`).
 
 Under torchrun (`distributed`) every rank runs this loop as DistributedDataParallel: each
 takes its contiguous part of every global batch (the single-process batches, except that a
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -47,16 +48,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from . import distributed
 from . import io as _io
 from . import progress as _progress
-from . import data as _data
-from .data import draft_size, load_image, make_transform
+from .backbones import state_dict_checksum
 from .errors import HeadbenchError
+from .export import model_size_bytes, save_head_weights, save_model
+from .images import ImageDataset, View, collate
 from .model import HeadbenchModel
-from .train import EpochLog, _batches, lr_at, seeded
+from .train import EpochLog, batches, lr_at, seeded
 
 BN_POLICIES = ("frozen", "train")
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -149,7 +151,7 @@ def trainable_modules(backbone: nn.Module, unfreeze: str) -> set[str]:
     boundary = stages[-int(unfreeze) - 1]
     if boundary not in names:
         raise HeadbenchError(f"backbone '{backbone.name}' has no module '{boundary}' named by "
-                             "its feature_info; use --unfreeze all")
+                             "its feature_info; use unfreeze all", param="unfreeze")
     end = max(i for i, n in enumerate(names) if n == boundary or n.startswith(boundary + "."))
     return set(names[end + 1:])
 
@@ -186,44 +188,47 @@ def _image_seed(digest: str, seed: int, epoch: int) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
-class _Decoded(Dataset):
-    """Images of a split, decoded and transformed; training items are augmented with their
-    own seed for the current `epoch` (set before each epoch's loader starts)."""
-
-    def __init__(self, images: Images, data_config: dict, augment: bool, seed: int):
-        self.images, self.seed, self.epoch = images, seed, 0
-        self.transform = (_data.AugTransform(data_config) if augment
-                          else make_transform(data_config))
-        self.augment = augment
-        self.draft = draft_size(data_config)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = load_image(self.images.paths[i], draft=self.draft)
-        if self.augment:
-            x = self.transform(img, _image_seed(self.images.digests[i], self.seed, self.epoch))
-        else:
-            x = self.transform(img)
-        return x, int(self.images.labels[i])
+def _dataset(images: Images, data_config: dict, augment: bool = False, seed: int = 0,
+             epoch: int = 0) -> ImageDataset:
+    """A split as fine-tuning reads it: centre views, or training views augmented with each
+    image's own seed for (`seed`, `epoch`)."""
+    if not augment:
+        return ImageDataset(images.paths, data_config)
+    keys = [_image_seed(d, seed, epoch) for d in images.digests]
+    return ImageDataset(images.paths, data_config, View(aug=0), keys=keys)
 
 
-def _loader(dataset: Dataset, batches: list[np.ndarray] | int, workers: int) -> DataLoader:
-    """Batches in the given order (training) or in order of `batches` images (evaluation)."""
+def _labelled(labels: np.ndarray, dataset: ImageDataset, items: list) -> tuple[torch.Tensor,
+                                                                               torch.Tensor]:
+    """A batch and its labels; the split was decoded once already, so a failure now means the
+    file changed or vanished during the run."""
+    x, index, failed, reasons = collate(items)
+    if failed:
+        raise HeadbenchError(f"image '{dataset.paths[failed[0]]}' can no longer be decoded "
+                             f"({reasons[0]}); restore it or rerun compare")
+    return x, torch.as_tensor(labels[index])
+
+
+def _loader(dataset: ImageDataset, labels: np.ndarray, batches: list[np.ndarray] | int,
+            workers: int) -> DataLoader:
+    """(images, labels) batches in the given order (training) or in order of `batches` images
+    (evaluation)."""
+    collate_fn = functools.partial(_labelled, labels, dataset)
     if isinstance(batches, int):
-        return DataLoader(dataset, batch_size=batches, num_workers=workers, shuffle=False)
-    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers)
+        return DataLoader(dataset, batch_size=batches, num_workers=workers, shuffle=False,
+                          collate_fn=collate_fn)
+    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
+                      collate_fn=collate_fn)
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     """Epoch `epoch`'s batches of `n` images, seeded by (seed, epoch). A last batch too small
     to give every rank an image joins the one before."""
     g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-    batches = _batches(torch.randperm(n, generator=g).numpy(), batch_size)
-    if len(batches) > 1 and len(batches[-1]) < distributed.world():
-        batches[-2:] = [np.concatenate(batches[-2:])]
-    return batches
+    cut = batches(torch.randperm(n, generator=g).numpy(), batch_size)
+    if len(cut) > 1 and len(cut[-1]) < distributed.world():
+        cut[-2:] = [np.concatenate(cut[-2:])]
+    return cut
 
 
 def _rank_part(batch: np.ndarray) -> np.ndarray:
@@ -236,19 +241,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 # ----------------------------------------------------------------------------- optimisation
-
-def finetune_precision(requested: str, device: torch.device) -> str:
-    """The precision fine-tuning computes in: an explicit 'fp32' or 'bf16' as asked; 'auto'
-    takes bf16 autocast on cuda where supported and on CPUs with AMX, fp32 elsewhere. On a CPU
-    with AVX-512 bf16 but no AMX the backward pass runs slower in bf16 than in fp32 (23.9 vs
-    28.7 img/s, bench/RESULTS.md (g)), so auto does not pick it there."""
-    from .features import cpu_flags, resolve_precision
-    if requested != "auto":
-        return resolve_precision(requested, device)
-    if device.type == "cpu" and "amx_bf16" not in cpu_flags():
-        return "fp32"
-    return resolve_precision("auto", device)
-
 
 def _param_groups(model: HeadbenchModel, config: FinetuneConfig,
                   weight_decay: float) -> list[dict]:
@@ -295,13 +287,14 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
 def logits_of(model: HeadbenchModel, images: Images, device: torch.device, precision: str,
               workers: int = 0, batch_size: int = 64) -> np.ndarray:
     """Float32 logits (N, K) of `model` on the centre views of `images`, in eval mode."""
-    dataset = _Decoded(images, model.data_config, augment=False, seed=0)
+    dataset = _dataset(images, model.data_config)
     was_training = model.training
     model.eval()
     out = []
     try:
         with torch.inference_mode(), _autocast(device, precision):
-            for x, _ in _loader(dataset, batch_size, workers if len(images) > batch_size else 0):
+            for x, _ in _loader(dataset, images.labels, batch_size,
+                                workers if len(images) > batch_size else 0):
                 x = x.to(device).contiguous(memory_format=torch.channels_last)
                 out.append(model(x).float().cpu())
     finally:
@@ -343,8 +336,6 @@ def save_finetuned(model_dir: Path, model: HeadbenchModel, class_names: Sequence
     fine-tuned backbone (`backbone.safetensors`, which model.json points at, with its
     checksum) and model.json; `export.load_model` and `predict` read it like any other.
     Returns its bytes on disk."""
-    from .backbones import state_dict_checksum
-    from .export import model_size_bytes, save_head_weights, save_model
     model_dir = Path(model_dir)
     backbone = copy.copy(model.backbone)  # the same modules, its own description
     backbone.weights = "finetuned"
@@ -373,14 +364,14 @@ def measure_throughput(model: HeadbenchModel, train: Images, config: FinetuneCon
     set_mode(probe, True, frozen)
     optimizer = torch.optim.AdamW(_param_groups(probe, config, weight_decay))
     size = min(config.batch_size, len(train))
-    dataset = _Decoded(train, model.data_config, config.augment, config.seed)
+    dataset = _dataset(train, model.data_config, config.augment, config.seed)
     batch = [np.arange(size)]
-    x, y = next(iter(_loader(dataset, batch, 0)))
+    x, y = next(iter(_loader(dataset, train.labels, batch, 0)))
     with seeded(config.seed):
         _step(probe, optimizer, x, y, device, precision)
         started = time.perf_counter()
         for _ in range(steps):
-            for x, y in _loader(dataset, batch, 0):
+            for x, y in _loader(dataset, train.labels, batch, 0):
                 _step(probe, optimizer, x, y, device, precision)
     return steps * size / (time.perf_counter() - started)
 
@@ -408,7 +399,6 @@ def finetune(model: HeadbenchModel, train: Images, val: Images, config: Finetune
     net = _parallel(model, device)
     n_steps = len(epoch_batches(len(train), config.batch_size, config.seed, 1))
     warmup, total = config.warmup_epochs * n_steps, config.epochs * n_steps
-    data = _Decoded(train, model.data_config, config.augment, config.seed)
     history: list[EpochLog] = []
     best = dict(state=_state(model), epoch=0, loss=math.inf)
     seconds, start_epoch = 0.0, 1
@@ -432,7 +422,7 @@ def finetune(model: HeadbenchModel, train: Images, val: Images, config: Finetune
                 if done:
                     break
                 started = time.perf_counter()
-                log = _epoch(net, optimizer, data, val, config, epoch, (n_steps, warmup, total),
+                log = _epoch(net, optimizer, train, val, config, epoch, (n_steps, warmup, total),
                              frozen, device, precision, workers, bar)
                 seconds += time.perf_counter() - started
                 history.append(log)
@@ -454,7 +444,8 @@ def finetune(model: HeadbenchModel, train: Images, val: Images, config: Finetune
         raise
     if not best["epoch"]:
         raise HeadbenchError(f"fine-tuning {label} diverged (val loss "
-                             f"{history[0].val_loss if history else 'nan'}): lower --finetune-lr")
+                             f"{history[0].val_loss if history else 'nan'}): lower finetune_lr",
+                             hints=["finetune_lr"])
     model.load_state_dict(best["state"])
     model.eval()
     return FinetuneResult(model, best["epoch"], float(best["loss"]), len(history), seconds,
@@ -488,7 +479,7 @@ def _val_logits(model: HeadbenchModel, val: Images, device: torch.device, precis
                                                               workers)))
 
 
-def _epoch(net: nn.Module, optimizer: torch.optim.Optimizer, data: _Decoded, val: Images,
+def _epoch(net: nn.Module, optimizer: torch.optim.Optimizer, train: Images, val: Images,
            config: FinetuneConfig, epoch: int, schedule: tuple[int, int, int],
            frozen: Sequence[nn.Module], device: torch.device, precision: str, workers: int,
            bar) -> EpochLog:
@@ -496,12 +487,12 @@ def _epoch(net: nn.Module, optimizer: torch.optim.Optimizer, data: _Decoded, val
     the model or its DistributedDataParallel wrapper."""
     n_steps, warmup, total = schedule
     model = getattr(net, "module", net)
-    data.epoch = epoch
-    batches = epoch_batches(len(data), config.batch_size, config.seed, epoch)
+    data = _dataset(train, model.data_config, config.augment, config.seed, epoch)
+    batches = epoch_batches(len(train), config.batch_size, config.seed, epoch)
     loss_sum, correct, lr = 0.0, 0, 0.0
     set_mode(net, True, frozen)
     with seeded(_epoch_seed(config.seed, epoch), device):
-        loader = _loader(data, [_rank_part(b) for b in batches], workers)
+        loader = _loader(data, train.labels, [_rank_part(b) for b in batches], workers)
         for i, ((x, y), batch) in enumerate(zip(loader, batches)):
             lr = _set_lr(optimizer, (epoch - 1) * n_steps + i, warmup, total)
             loss, ok = _step(net, optimizer, x, y, device, precision, len(batch))

@@ -45,6 +45,31 @@ Factory = Callable[["HeadSpec", int, int, tuple[int, int]], Layers]
 
 
 @dataclass(frozen=True)
+class NamedClaim:
+    """A forum claim about two heads, by name, that headbench tests: `head` beats `versus`.
+
+    The findings take `head` as their reference head (the best of its specs on val) and compare
+    it with `versus` (and with every fixed-size head) on accuracy, overfitting and each analysis;
+    the CLI always prints the findings of a `headline` claim, significant or not.
+    """
+
+    head: str
+    versus: str
+    says: str
+    headline: bool = False
+
+
+# The claims headbench was written to test; the only place that pairs heads by name.
+NAMED_CLAIMS = (
+    NamedClaim("gap", "flatten", "use GlobalAveragePooling2D instead of Flatten: far fewer "
+               "parameters, less overfitting, robust to translation, any input size",
+               headline=True),
+    NamedClaim("gap", "avgpool", "global average pooling beats AveragePooling2D + Flatten, which "
+               "still has many parameters and one input size"),
+)
+
+
+@dataclass(frozen=True)
 class HeadInfo:
     """What a registered head is and can do; everything outside this file asks here, never the name.
 
@@ -454,5 +479,6 @@ def _fastai(spec: HeadSpec, c: int, k: int, map_size: tuple[int, int]) -> Layers
     return layers
 
 
-__all__ = ["DEFAULT_HEADS", "Head", "HeadInfo", "HeadSpec", "TrainingSplit", "create_head",
-           "head_info", "list_heads", "register_head", "training_split", "unregister_head"]
+__all__ = ["DEFAULT_HEADS", "NAMED_CLAIMS", "Head", "HeadInfo", "HeadSpec", "NamedClaim",
+           "TrainingSplit", "create_head", "head_info", "list_heads", "register_head",
+           "training_split", "unregister_head"]

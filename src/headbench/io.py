@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import json
 import os
@@ -19,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from . import progress
+from .errors import HeadbenchError
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 TEMP_SUFFIX = ".tmp"
@@ -124,7 +128,6 @@ def unescape_cell(value: str) -> str:
 def read_json(folder: str | Path, name: str, kind: str, fix: str) -> Any:
     """`folder/name` parsed; one-line errors when the folder is missing, is not a `kind` folder
     (no such file) or the file cannot be read, each ending with `fix`."""
-    from .errors import HeadbenchError
     folder = Path(folder)
     path = folder / name
     if not folder.is_dir():
@@ -171,7 +174,6 @@ def locked(lock_file: str | Path, waiting: str = "", wait: bool = True) -> Itera
             if not wait:
                 raise Busy(str(lock_file)) from None
             if waiting:
-                from . import progress
                 progress.log(waiting)
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError:
@@ -229,7 +231,6 @@ def os_error_text(e: OSError) -> str:
 
 def _jsonable(obj: Any) -> Any:
     """JSON fallback for numpy scalars/arrays, paths and dataclasses."""
-    import dataclasses
     if dataclasses.is_dataclass(obj):
         return dataclasses.asdict(obj)
     if isinstance(obj, Path):

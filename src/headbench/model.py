@@ -25,12 +25,6 @@ from .heads import DEFAULT_HEADS, Head, HeadSpec, create_head
 _BACKBONE_FLOPS: dict[tuple[str, int, int], int] = {}
 
 
-def default_device() -> torch.device:
-    """cuda when available (under torchrun, this rank's GPU), else cpu."""
-    from .distributed import device
-    return device()
-
-
 @dataclass
 class ModelSummary:
     """Sizes and cost of a model at its input size (FLOPs at batch 1, a multiply-add = 2)."""

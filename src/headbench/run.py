@@ -8,312 +8,39 @@ reader. Test predictions are held as arrays per head (seeds × test images), so 
 JSON Schema ships with the package (`results_schema()`, generated from these dataclasses, see
 docs/DESIGN.md).
 
+The parts (head results, metrics, predictions, dataset) are the dataclasses of `results.py`.
 Model weights are not tables: `heads/<head>/` is written and read by `export`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
-import platform
+import re
+import shutil
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Iterator, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
 from . import io as _io
+from . import progress
 from .config import CompareConfig
+from .data import ROLES
 from .errors import HeadbenchError
 from .heads import HeadSpec
+from .results import (CI, BackboneInfo, DatasetInfo, Finding, HeadResult, HeadSummary, Metrics,
+                      Predictions, SeedResult, SplitItems, Timing, Variant)
+from .runtime import machine
 from .train import EpochLog, Member, TrainConfig, TrainResult
+from .version import __version__
 
 SCHEMA = "headbench-run"
 SCHEMA_VERSION = 1
-ROLES = ("train", "val", "test")
 PREDICTION_COLUMNS = ["head", "seed", "index", "path", "label", "pred", "p_pred", "p_label", "loss"]
-
-
-# ----------------------------------------------------------------------------------------------
-# the parts of a run
-
-@dataclass
-class CI:
-    """A mean over seeds with its 95% Student-t interval (`lo`/`hi` None with one seed) and the
-    per-seed `values`, in seed order."""
-
-    mean: float
-    lo: float | None
-    hi: float | None
-    values: list[float]
-
-    @classmethod
-    def of(cls, values: list[float | None], bounds: tuple[float, float] | None = None) -> CI | None:
-        """The interval of `values` (None values dropped; None when none is left), clipped to
-        `bounds`."""
-        from .evaluate import ci_summary
-        summary = ci_summary(values, bounds=bounds)
-        return cls(**summary) if summary else None
-
-
-@dataclass
-class Metrics:
-    """Classification metrics on one split (see `evaluate.classification_metrics`)."""
-
-    accuracy: float
-    top5: float | None
-    macro_f1: float
-    nll: float
-    ece: float
-    n: int
-
-
-@dataclass
-class SeedResult:
-    """One trained seed of a head: how it trained and its metrics on every split."""
-
-    seed: int
-    best_epoch: int
-    epochs_run: int
-    train_time_s: float
-    train: Metrics
-    val: Metrics
-    test: Metrics
-    history: list[EpochLog]
-
-
-_UNIT = (0.0, 1.0)
-
-
-@dataclass
-class HeadSummary:
-    """A head's metrics over its seeds."""
-
-    test_accuracy: CI
-    train_accuracy: CI
-    val_accuracy: CI
-    overfit_gap: CI
-    macro_f1: CI
-    nll: CI
-    ece: CI
-    top5: CI | None
-    train_time_s: float
-
-    @classmethod
-    def of(cls, seeds: list[SeedResult]) -> "HeadSummary":
-        def over(role: str, key: str, bounds=_UNIT) -> CI | None:
-            return CI.of([getattr(getattr(s, role), key) for s in seeds], bounds)
-        return cls(test_accuracy=over("test", "accuracy"), train_accuracy=over("train", "accuracy"),
-                   val_accuracy=over("val", "accuracy"),
-                   overfit_gap=CI.of([s.train.accuracy - s.test.accuracy for s in seeds], (-1.0, 1.0)),
-                   macro_f1=over("test", "macro_f1"), nll=over("test", "nll", None),
-                   ece=over("test", "ece"), top5=over("test", "top5"),
-                   train_time_s=float(np.mean([s.train_time_s for s in seeds])))
-
-
-@dataclass
-class Variant:
-    """How a head entry varies a frozen head of the run (`of`): trained on cached augmented
-    views (`kind` 'aug', label `<of>+aug<K>`) or fine-tuned end to end (`kind` 'finetune',
-    label `<of>+ft`, starting from `of`'s seed `from_seed`; `settings` is its
-    `finetune.FinetuneConfig`, `resumed_from` the epochs a checkpoint held when it resumed)."""
-
-    kind: str
-    of: str
-    aug_views: int = 0
-    from_seed: int | None = None
-    settings: dict | None = None
-    resumed_from: int = 0
-
-
-@dataclass
-class HeadResult:
-    """One head of the run: what it is, what it costs, and how every seed did."""
-
-    head: str                      # the spec's label: the key in tables, file names, findings
-    spec: HeadSpec
-    any_size: bool
-    exact_cam: bool
-    head_params: int
-    total_params: int
-    head_flops: int
-    total_flops: int
-    weight_decay: float
-    wd_sweep: dict[str, float]     # decay -> best val loss at the first seed
-    best_seed: int                 # lowest val loss, never test
-    model_dir: str                 # relative to the run folder
-    model_size_bytes: int | None
-    latency_ms_b1: float
-    throughput_b32: float
-    architecture: str
-    seeds: list[SeedResult]
-    summary: HeadSummary
-    variant: Variant | None = None  # None for a frozen head trained on the base view
-
-    @property
-    def fixed_size(self) -> bool:
-        return not self.any_size
-
-    @property
-    def finetuned(self) -> bool:
-        """Whether its backbone was fine-tuned (then it runs on its own backbone, not the run's)."""
-        return self.variant is not None and self.variant.kind == "finetune"
-
-    def seed_metric(self, role: str, key: str = "accuracy") -> dict[int, float]:
-        """{seed: metric} on split `role` (metrics that are None are left out)."""
-        out = {s.seed: getattr(getattr(s, role), key) for s in self.seeds}
-        return {k: float(v) for k, v in out.items() if v is not None}
-
-    def overfit(self) -> dict[int, float]:
-        """{seed: train accuracy − test accuracy}."""
-        return {s.seed: s.train.accuracy - s.test.accuracy for s in self.seeds}
-
-
-@dataclass
-class Predictions:
-    """Test-split predictions of one head: one row per seed, one column per test image."""
-
-    seeds: list[int]
-    pred: np.ndarray     # (S, N) predicted class
-    p_pred: np.ndarray   # (S, N) its probability
-    p_label: np.ndarray  # (S, N) probability of the true class
-    loss: np.ndarray     # (S, N) cross-entropy
-
-    @classmethod
-    def of_logits(cls, seeds: list[int], logits: list[np.ndarray], labels: np.ndarray) -> "Predictions":
-        logp = np.stack([_log_softmax(np.asarray(x, dtype=np.float64)) for x in logits])
-        pred = logp.argmax(2)
-        cols = np.arange(len(labels))
-        p_pred = np.exp(np.take_along_axis(logp, pred[..., None], 2)[..., 0])
-        lp_label = logp[:, cols, labels]
-        return cls(list(seeds), pred, p_pred, np.exp(lp_label), -lp_label)
-
-    def correct(self, labels: np.ndarray) -> np.ndarray:
-        """(S, N) booleans: seed s got test image n right."""
-        return self.pred == np.asarray(labels)[None]
-
-    def of_seed(self, seed: int) -> int:
-        """The row of `seed`."""
-        return self.seeds.index(seed)
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
-@dataclass
-class SplitItems:
-    """The images of one split in split order: paths relative to the dataset root, labels,
-    content digests."""
-
-    paths: list[str]
-    labels: np.ndarray
-    digests: list[str]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
-@dataclass
-class DatasetInfo:
-    """The image folder as the run saw it: classes, splits, what was skipped, what leaked."""
-
-    root: str
-    name: str
-    layout: str
-    classes: list[str]
-    split_description: str
-    counts: dict[str, dict[str, int]]
-    leakage: list[dict]
-    skipped: list[tuple[str, str]]  # (path relative to root, reason)
-    splits: dict[str, SplitItems]
-    links_outside: int = 0          # symlinks leading out of root: used only with follow_links
-    follow_links: bool = False
-
-    @property
-    def n_skipped(self) -> int:
-        return len(self.skipped)
-
-    def path(self, role: str, i: int) -> Path:
-        """Absolute path of image `i` of split `role`."""
-        return Path(self.root) / self.splits[role].paths[i]
-
-    def summary(self) -> dict:
-        """The dataset section of results.json (no per-image lists)."""
-        return dict(root=self.root, name=self.name, layout=self.layout, classes=self.classes,
-                    split_description=self.split_description, counts=self.counts,
-                    n_skipped=self.n_skipped, leakage=self.leakage,
-                    links_outside=self.links_outside, follow_links=self.follow_links)
-
-
-@dataclass
-class BackboneInfo:
-    """The backbone of the run: how to re-create it and what it costs."""
-
-    name: str
-    timm_name: str
-    weights: str
-    weights_checksum: str | None
-    data_config: dict
-    feature_shape: list[int]
-    params: int
-    flops: int
-    latency_ms_b1: float
-    throughput_b32: float
-
-
-@dataclass
-class Timing:
-    """Seconds spent per step (`n_extracted`: images that went through the backbone)."""
-
-    scan_s: float = 0.0
-    backbone_s: float = 0.0
-    extract_s: float = 0.0
-    n_extracted: int = 0
-    train_s: float = 0.0
-    total_s: float | None = None
-
-
-@dataclass
-class Finding:
-    """A plain-words statement the numbers support, with the interval(s) behind it."""
-
-    text: str
-    kind: str
-    a: str | None
-    b: str | None
-    diff: float | None
-    lo: float | None
-    hi: float | None
-    significant: bool
-    n_seeds: int | None = None
-    seed_ci: list[float] | None = None
-    bootstrap_ci: list[float] | None = None
-    test: str | None = None          # the per-image test behind `p_value`, e.g. "paired bootstrap"
-    p_value: float | None = None     # raw two-sided p-value of that test
-    p_adjusted: float | None = None  # Holm–Bonferroni over every tested finding of the run
-
-
-def machine() -> dict:
-    """What the numbers were measured on: platform, CPU model and flags, GPU, versions."""
-    import timm
-    import torch
-    from .features import cpu_flags
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return dict(platform=platform.platform(), cpu=cpu, cpu_flags=flags,
-                cores=torch.get_num_threads(), gpu=gpu, python=platform.python_version(),
-                torch=torch.__version__, timm=timm.__version__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,7 +73,6 @@ class Run:
     states: dict[str, dict] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from . import __version__
         self.headbench_version = self.headbench_version or __version__
         self.created = self.created or _dt.datetime.now().isoformat(timespec="seconds")
 
@@ -575,7 +301,6 @@ def load_members(run_dir: str | Path, feature_digest: str) -> dict[Member, Train
 
 def drop_members(run_dir: str | Path) -> None:
     """Remove the member checkpoints once every head is committed."""
-    import shutil
     shutil.rmtree(Path(run_dir) / MEMBERS, ignore_errors=True)
 
 
@@ -589,6 +314,40 @@ def incomplete_runs(out: str | Path, options_digest: str) -> list[Path]:
         except OSError:
             continue
     return sorted(found, key=lambda d: (d / INCOMPLETE).stat().st_mtime, reverse=True)
+
+
+@contextlib.contextmanager
+def run_folder(out: str | Path, name: str, options_digest: str,
+               resume: bool = True) -> Iterator[Path]:
+    """The folder a compare writes, its lock held throughout: the newest incomplete run of the
+    same options that no other process holds (`resume`), else a new one `out/runs/<name>`,
+    removed again if the compare fails before it committed anything."""
+    for candidate in incomplete_runs(out, options_digest) if resume else []:
+        try:
+            with _io.locked(candidate / LOCK, wait=False):
+                progress.log(f"resuming the interrupted run {candidate}")
+                yield candidate
+                return
+        except _io.Busy:
+            continue
+    run_dir = start_run_dir(out, name, options_digest)
+    try:
+        with _io.locked(run_dir / LOCK):
+            yield run_dir
+    except BaseException:
+        if not any((run_dir / f).exists() for f in ("results.json", MEMBERS)):
+            # nothing committed: leave no empty folder
+            shutil.rmtree(run_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                run_dir.parent.rmdir()  # runs/ too, when this run was its only one
+        raise
+
+
+def default_run_name(data: str | Path, backbone: str) -> str:
+    """<date>-<time>-<data folder>-<backbone>, with only file-name-safe characters."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = Path(data).resolve().name or "data"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{stamp}-{name}-{backbone}")
 
 
 # ----------------------------------------------------------------------------------------------

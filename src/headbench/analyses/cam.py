@@ -3,7 +3,7 @@
 Exact CAMs (Zhou et al. 2016) for heads whose logits are linear in the average-pooled features
 (`Head.exact_cam`: gap, dense_map without hidden layers), Grad-CAM (Selvaraju et al. 2017) on
 the feature map for the others; PNG overlays of the most confidently right and wrong test
-images of each head's best seed.
+images of each head's best seed, shown in each head's section of the report (`cam_gallery`).
 """
 from __future__ import annotations
 
@@ -18,9 +18,14 @@ import torch.nn.functional as F
 from .. import io as _io
 from .. import progress as _progress
 from .. import train as _train
+from ..config import analysis_option
 from ..errors import HeadbenchError
+from ..figures import Gallery
 from ..heads import Head
+from ..images import View, load_image, make_transform
+from ..run import Run
 from .context import RunContext
+from .registry import register_analysis
 
 CAM_ALPHA = 0.45
 CAM_COLORMAP = "jet"
@@ -115,7 +120,6 @@ def overlay_cam(image: np.ndarray, cam: torch.Tensor, alpha: float = CAM_ALPHA,
 def seen_image(path: Path, data_config: dict) -> np.ndarray:
     """The image as the backbone saw it at the base view: resized, center-cropped, as
     (S, S, 3) uint8 RGB."""
-    from ..data import View, load_image, make_transform
     x = make_transform(data_config, View())(load_image(path))
     mean = torch.tensor(data_config["mean"], dtype=torch.float32)[:, None, None]
     std = torch.tensor(data_config["std"], dtype=torch.float32)[:, None, None]
@@ -193,5 +197,21 @@ def _png_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["CAM_ALPHA", "CAM_COLORMAP", "exact_cam", "grad_cam", "overlay_cam", "seen_image",
-           "safe_name", "cam_analysis"]
+def cam_gallery(run: Run, label: str, section: dict) -> Gallery | None:
+    """The overlays of head `label`, shown in its section of the report."""
+    heads = section.get("heads")
+    entry = heads.get(label) if isinstance(heads, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
+        return None
+    # File names read ok_3_true-ants_pred-ants.png: right or wrong, index, classes.
+    images = [(str(rel), Path(str(rel)).stem.replace("_true-", " · true ")
+               .replace("_pred-", " · pred ")) for rel in entry["files"]]
+    return Gallery(f"Class activation maps ({entry.get('method', '?')})", images, alt="CAM")
+
+
+register_analysis("cam", cam_analysis, "class activation maps", option=analysis_option("cam"),
+                  head_report=cam_gallery)
+
+
+__all__ = ["CAM_ALPHA", "CAM_COLORMAP", "cam_analysis", "cam_gallery", "exact_cam", "grad_cam",
+           "overlay_cam", "seen_image", "safe_name"]

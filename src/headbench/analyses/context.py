@@ -17,9 +17,16 @@ import numpy as np
 import torch
 
 from .. import train as _train
+from ..backbones import create_backbone
+from ..data import file_digest
+from ..export import load_head_weights
+from ..features import extract
+from ..images import View
 from ..errors import HeadbenchError
 from ..heads import Head, create_head
-from ..run import HeadResult, Run, SplitItems
+from ..results import HeadResult, SplitItems
+from ..run import Run
+from ..runtime import resolve_device, resolve_precision
 
 UNIT = (0.0, 1.0)  # accuracies and consistencies: their intervals are clipped to it
 
@@ -114,7 +121,6 @@ class RunContext:
     # --- features -----------------------------------------------------------------------------
     def view_features(self, role: str, view: Any = None) -> Any:
         """Features (N, C, H, W) of split `role` at `view` (default: the base view), cached."""
-        from ..data import View
         view = view or View()
         if view == View() and role in self.features:
             return self.features[role]
@@ -124,7 +130,6 @@ class RunContext:
         return X
 
     def _extract(self, role: str, view: Any) -> Any:
-        from ..features import extract
         split, paths = self.items(role), self.paths(role)
         if self.verify_digests and role not in self._verified:
             _verify_digests(paths, split.digests)
@@ -150,10 +155,9 @@ class RunContext:
         if not Path(run.dataset.root).is_dir():
             raise HeadbenchError(f"dataset folder '{run.dataset.root}' of this run is missing; "
                                  "the analyses need its images: restore it or re-run compare")
-        device = _train.resolve_device(None)
+        device = resolve_device(None)
         if precision is not None:
-            from ..features import resolve_precision
-            precision = resolve_precision(precision, device)
+            precision = resolve_precision(precision, device, "extract")
         cache_dir = cache_dir or run.options.cache_dir
         states = {h.head: _load_states(run, h) for h in run.heads if not h.finetuned}
         return cls(run, _load_backbone(run), states, cache_dir=cache_dir, device=device,
@@ -162,7 +166,6 @@ class RunContext:
 
 def _load_backbone(run: Run) -> Any:
     """The run's backbone, from its saved copy when there is one, checked against its checksum."""
-    from ..backbones import create_backbone
     info = run.backbone
     saved = Path(run.run_dir) / "backbone.safetensors"
     weights = str(saved.resolve()) if saved.is_file() else info.weights
@@ -178,7 +181,6 @@ def _load_backbone(run: Run) -> Any:
 
 def _load_states(run: Run, head: HeadResult) -> dict[int, dict[str, torch.Tensor]]:
     """{seed: state_dict} from heads/<label>/seed<k>.safetensors."""
-    from ..export import load_head_weights
     states = {}
     for s in head.seeds:
         path = run.model_dir(head.head) / f"seed{s.seed}.safetensors"
@@ -190,7 +192,6 @@ def _load_states(run: Run, head: HeadResult) -> dict[int, dict[str, torch.Tensor
 
 
 def _verify_digests(paths: list[Path], digests: list[str]) -> None:
-    from ..data import file_digest
     for path, digest in zip(paths, digests):
         if not path.is_file() or file_digest(path) != digest:
             raise HeadbenchError(f"image '{path}' is missing or changed since the run; the "

@@ -1,27 +1,30 @@
 """Findings: plain-words statements of what a run's numbers support, each with its evidence.
 
-- ``accuracy``: every head against the selected head (`run.best_head`, chosen on val, so the
-  test split never picks the reference), and the reference head against each fixed-size head;
-  per test image: correctness averaged over seeds (`run.correct(label).mean(axis=0)`).
-- ``translation``: the reference head (gap, else the best any-size head on val) against each
-  fixed-size head on Zhang's consistency (in older sections: consistency at the largest shift);
-  per test image: that consistency averaged over seeds.
-- ``small_data``: test accuracy at the smallest shot count; per test image: correctness
-  averaged over seeds.
-- ``overfitting``: train − test gap. It has no per-image values (a gap is a difference of two
-  splits), so it is reported with its interval over seeds only and never tested.
-- ``resolution``: which heads run at other input sizes and how accuracy changes there; tested
-  per image when the sizes section keeps per-image values (`per_image` in a size's entry).
+The heads they are about: the selected head (`run.best_head`, chosen on val, so the test split
+never picks it), and the reference head of the named claims (`heads.NAMED_CLAIMS`: gap, else
+the best any-size head on val) against each head a claim pits against it and each fixed-size
+head (its opponents). In order:
+
+- ``accuracy``: every head against the selected head; per opponent, the reference against it
+  on accuracy and ``overfitting`` (train − test gap: no per-image values, a gap is a
+  difference of two splits, so it is reported with its interval over seeds only and never
+  tested), then each analysis's `pair_findings` on it (translation, small data);
+- each analysis's `findings` on its whole section (resolution);
+- ``augmentation`` / ``finetune``: every variant against the frozen head it varies.
+
+An analysis writes its findings with the tools of this module (`paired_difference`, `Draft`,
+`verdict`, `per_seed`, `per_image_values`, `mean_of`); see the analysis registry.
 
 When a difference is called significant: every finding with per-image values of both sides
 gets a two-sided paired test over the test images (`evaluate.paired_test`: McNemar's exact test
 when every value is 0 or 1, e.g. correctness with one seed; otherwise a sign-flip randomisation
-test on values averaged over seeds). The p-values of ALL tested findings of the run are adjusted together by
-Holm–Bonferroni (`evaluate.holm`): a difference is significant when its adjusted p < 0.05, in
-the direction of its sign. That keeps the chance of claiming any difference between heads that
-are in truth equal at most 5%, however many heads and metrics are compared. The paired t
-interval over seeds is reported alongside but not tested (with 3 seeds a corrected t-test could
-never pass); a finding without per-image values says "not tested" and claims nothing.
+test on values averaged over seeds). The p-values of ALL tested findings of the run, the
+analyses' included, are adjusted together by Holm–Bonferroni (`evaluate.holm`): a difference
+is significant when its adjusted p < 0.05, in the direction of its sign. That keeps the chance
+of claiming any difference between heads that are in truth equal at most 5%, however many heads
+and metrics are compared. The paired t interval over seeds is reported alongside but not tested
+(with 3 seeds a corrected t-test could never pass); a finding without per-image values says
+"not tested" and claims nothing.
 """
 from __future__ import annotations
 
@@ -31,14 +34,17 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..evaluate import bootstrap_diff_ci, holm, paired_diff_ci, paired_test, select_head
-from ..run import Finding, HeadResult, Run
+from ..heads import NAMED_CLAIMS
+from ..results import Finding, HeadResult
+from ..run import Run
+from .registry import list_analyses
 
 ALPHA = 0.05  # family-wise error rate of one run's findings
 
 
 def findings(run: Run) -> list[Finding]:
-    """The run's findings, in order: accuracy against the selected head, the reference head
-    against each fixed-size head, resolution; every test Holm-adjusted over all of them."""
+    """The run's findings, in the order of the module's docstring; every test Holm-adjusted
+    over all of them."""
     heads = [h for h in run.heads if h.seeds]
     if not heads:
         return []
@@ -47,18 +53,17 @@ def findings(run: Run) -> list[Finding]:
     correct = {h.head: run.correct(h.head).mean(axis=0) for h in heads if h.head in run.predictions}
     best = _selected_head(run, heads)
     out = [_accuracy_finding(best, h, correct) for h in heads if h is not best]
-    analyses = run.analyses
-    ref = _reference_head(heads)
-    for other in [h for h in heads if h.fixed_size] if ref else []:
+    ran = [(a, run.analyses[a.name]) for a in list_analyses()
+           if isinstance(run.analyses.get(a.name), dict)]
+    ref = reference_head(heads)
+    for other in _opponents(heads, ref):
         if ref is not best and other is not best:  # the forum question, whatever won
             out.append(_accuracy_finding(ref, other, correct))
         out.append(_overfit_finding(ref, other))
-        if "shifts" in analyses:
-            out.append(_translation_finding(ref, other, analyses["shifts"]))
-        if "shots" in analyses:
-            out.append(_shots_finding(ref, other, analyses["shots"]))
-    if "sizes" in analyses:
-        out += _resolution_findings(analyses["sizes"], [h for h in (ref, best) if h])
+        out += [f for a, section in ran if a.pair_findings
+                for f in a.pair_findings(section, ref, other)]
+    about = [h for h in (ref, best) if h]
+    out += [f for a, section in ran if a.findings for f in a.findings(section, about)]
     out += [_variant_finding(run, h) for h in heads if h.variant and h.variant.of in correct]
     out = [f for f in out if f]
     holm_correct([f.d for f in out if isinstance(f, Draft)])
@@ -71,15 +76,27 @@ def _selected_head(run: Run, heads: list[HeadResult]) -> HeadResult:
     return named[0] if named else select_head(heads)
 
 
-def _reference_head(heads: list[HeadResult]) -> HeadResult | None:
-    """gap (the best of its specs on val) if present, else the best any-size head on val;
-    frozen heads on the base view only (the analyses compare those)."""
+def reference_head(heads: list[HeadResult]) -> HeadResult | None:
+    """The head the named claims are about (gap; the best of its specs on val) if present, else
+    the best any-size head on val; frozen heads on the base view only (the analyses compare
+    those)."""
     pool = [h for h in heads if h.any_size and h.variant is None]
-    gap = [h for h in pool if h.spec.name == "gap"]  # the head the forum question is about
-    return select_head(gap or pool) if pool else None
+    claimed = {c.head for c in NAMED_CLAIMS}
+    named = [h for h in pool if h.spec.name in claimed]
+    return select_head(named or pool) if pool else None
 
 
-def _mean(values: dict[int, float]) -> float:
+def _opponents(heads: list[HeadResult], ref: HeadResult | None) -> list[HeadResult]:
+    """The heads a named claim pits against the reference, and every fixed-size head (the
+    input-size question), in the run's order."""
+    if ref is None:
+        return []
+    versus = {c.versus for c in NAMED_CLAIMS if c.head == ref.spec.name}
+    return [h for h in heads if h is not ref and (h.fixed_size or h.spec.name in versus)]
+
+
+def mean_of(values: dict[int, float]) -> float:
+    """The mean of {seed: value}; nan without values."""
     return float(np.mean(list(values.values()))) if values else float("nan")
 
 
@@ -203,7 +220,8 @@ class Draft:
         return self.d.finding(self.kind, self.a, self.b, self.text(self.d))
 
 
-def _verdict(d: PairedDiff, better: str, worse: str, claim: str = "more accurate") -> str:
+def verdict(d: PairedDiff, better: str, worse: str, claim: str = "more accurate") -> str:
+    """The end of a finding's text: which head is `claim`, or why no difference is claimed."""
     if d.significant:
         return f"{better if d.image_diff > 0 else worse} is {claim}"
     if d.p_value is None:
@@ -211,7 +229,7 @@ def _verdict(d: PairedDiff, better: str, worse: str, claim: str = "more accurate
     return "no significant difference after the Holm correction"
 
 
-def _values(x: Any) -> np.ndarray | None:
+def per_image_values(x: Any) -> np.ndarray | None:
     """Per-image values of an analysis section as an array; None when absent."""
     return np.asarray(x, dtype=np.float64) if isinstance(x, list) and x else None
 
@@ -221,9 +239,9 @@ def _accuracy_finding(best: HeadResult, other: HeadResult, correct: dict) -> Dra
     va, vb = best.seed_metric("test"), other.seed_metric("test")
     d = paired_difference(va, vb, correct.get(a), correct.get(b))
     return Draft(d, "accuracy", a, b, lambda d: (
-        f"{a} vs {b}: test accuracy {_mean(va):.3f} vs {_mean(vb):.3f} {d.phrase()}"
-        f"{_params_phrase(best, other)}; {b}'s train − test gap {_mean(other.overfit()):.3f}"
-        f" vs {_mean(best.overfit()):.3f} — {_verdict(d, a, b)}"))
+        f"{a} vs {b}: test accuracy {mean_of(va):.3f} vs {mean_of(vb):.3f} {d.phrase()}"
+        f"{_params_phrase(best, other)}; {b}'s train − test gap {mean_of(other.overfit()):.3f}"
+        f" vs {mean_of(best.overfit()):.3f} — {verdict(d, a, b)}"))
 
 
 def _variant_finding(run: Run, v: HeadResult) -> Draft:
@@ -245,7 +263,7 @@ def _variant_finding(run: Run, v: HeadResult) -> Draft:
     d = paired_difference(va, vb, ia, ib)
     chosen = select_head([base, v]).head  # which of the two val prefers
     return Draft(d, kind, v.head, base.head, lambda d: (
-        f"{what}: test accuracy {_mean(va):.3f} vs {_mean(vb):.3f} frozen "
+        f"{what}: test accuracy {mean_of(va):.3f} vs {mean_of(vb):.3f} frozen "
         f"{d.phrase('change')} — " + _helps(d) + f"; val selects {chosen}"))
 
 
@@ -272,98 +290,16 @@ def _overfit_finding(ref: HeadResult, other: HeadResult) -> Draft:
     va, vb = other.overfit(), ref.overfit()
     d = paired_difference(va, vb)
     return Draft(d, "overfitting", a, b, lambda d: (
-        f"overfitting: {a}'s train − test gap {_mean(va):.3f} vs {b}'s {_mean(vb):.3f} "
-        f"{d.phrase()} — {_verdict(d, a, b, 'more overfit')}"))
+        f"overfitting: {a}'s train − test gap {mean_of(va):.3f} vs {b}'s {mean_of(vb):.3f} "
+        f"{d.phrase()} — {verdict(d, a, b, 'more overfit')}"))
 
 
-def _per_seed(ci: dict | None, seeds: Sequence[int]) -> dict[int, float]:
+def per_seed(ci: dict | None, seeds: Sequence[int]) -> dict[int, float]:
     """An analysis cell's per-seed values as {seed: value} (seeds from its `seed_ids`)."""
     if not ci or "values" not in ci:
         return {}
     return {int(s): float(v) for s, v in zip(seeds, ci["values"])}
 
 
-def _translation_finding(ref: HeadResult, other: HeadResult, shifts: dict) -> Draft | None:
-    a, b = ref.head, other.head
-    heads, seeds = shifts.get("heads", {}), shifts.get("seed_ids", [])
-    s = str(max(shifts["shifts"]))
-    if a not in heads or b not in heads or s == "0":
-        return None
-    ha, hb = heads[a], heads[b]
-    acc_a, acc_b = (h["accuracy"][s]["mean"] for h in (ha, hb))
-    at_s = [_mean(_per_seed(h["consistency"].get(s), seeds)) for h in (ha, hb)]
-    if "zhang_consistency" in ha and "zhang_consistency" in hb:  # the reported figure
-        what = f"Zhang consistency within ±{shifts.get('margin', s)} px"
-        va, vb = (_per_seed(h["zhang_consistency"], seeds) for h in (ha, hb))
-        ia, ib = (_values(h.get("per_image", {}).get("zhang_consistency")) for h in (ha, hb))
-        curve = f"; at {s} px from unshifted {at_s[0]:.3f} vs {at_s[1]:.3f}"
-    else:
-        what, curve = f"consistency at {s} px from unshifted", ""
-        va, vb = (_per_seed(h["consistency"].get(s), seeds) for h in (ha, hb))
-        ia, ib = (_values(h.get("per_image", {}).get("consistency", {}).get(s))
-                  for h in (ha, hb))
-    d = paired_difference(va, vb, ia, ib)
-    return Draft(d, "translation", a, b, lambda d: (
-        f"translation: {what} {a} {_mean(va):.3f} vs {b} {_mean(vb):.3f} {d.phrase()}{curve}, "
-        f"accuracy at {s} px {acc_a:.3f} vs {acc_b:.3f} — "
-        f"{_verdict(d, a, b, 'more consistent under shifts')}"))
-
-
-def _shots_finding(ref: HeadResult, other: HeadResult, shots: dict) -> Draft | None:
-    a, b = ref.head, other.head
-    heads, seeds = shots.get("heads", {}), shots.get("seed_ids", [])
-    if a not in heads or b not in heads or not shots.get("shots"):
-        return None
-    k = shots["shots"][0]
-    va, vb = (_per_seed(heads[h][k]["test_accuracy"], seeds) for h in (a, b))
-    ia, ib = (_values(heads[h][k].get("per_image", {}).get("test_accuracy")) for h in (a, b))
-    ga, gb = (heads[h][k]["overfit_gap"]["mean"] for h in (a, b))
-    per = ("the whole training split" if k == "all"
-           else f"{k} image{'s' if k != '1' else ''} per class")
-    d = paired_difference(va, vb, ia, ib)
-    return Draft(d, "small_data", a, b, lambda d: (
-        f"small data ({per}): test accuracy {a} {_mean(va):.3f} vs {b} {_mean(vb):.3f} "
-        f"{d.phrase()}; train − test gap {ga:.3f} vs {gb:.3f} — "
-        f"{_verdict(d, a, b, 'more accurate with this little data')}"))
-
-
-def _resolution_findings(sizes: dict, refs: list[HeadResult]) -> list[Finding | Draft]:
-    heads, base, seeds = sizes.get("heads", {}), str(sizes.get("base")), sizes.get("seed_ids", [])
-    others = [str(s) for s in sizes.get("sizes", []) if str(s) != base]
-    out: list[Finding | Draft] = []
-    fixed = sorted(h for h, per in heads.items()
-                   if any("not_applicable" in per.get(s, {}) for s in others))
-    if fixed and others:
-        reason = next(heads[fixed[0]][s]["not_applicable"] for s in others
-                      if "not_applicable" in heads[fixed[0]].get(s, {}))
-        text = (f"resolution: {', '.join(fixed)} cannot run at {', '.join(others)} px ({reason});"
-                f" the other heads run at every size")
-        out.append(Finding(text=text, kind="resolution", a=None, b=None, diff=None, lo=None,
-                           hi=None, significant=False))
-    for label in dict.fromkeys(r.head for r in refs):
-        if label not in heads or "values" not in heads[label].get(base, {}):
-            continue
-        at_base = _per_seed(heads[label][base], seeds)
-        for s in others:
-            at_s = _per_seed(heads[label].get(s), seeds)
-            if not at_s:
-                continue
-            d = paired_difference(at_s, at_base, _values(heads[label][s].get("per_image")),
-                                  _values(heads[label][base].get("per_image")))
-            out.append(_resolution_change(d, label, s, base, at_s, at_base))
-    return out
-
-
-def _resolution_change(d: PairedDiff, label: str, s: str, base: str, at_s: dict[int, float],
-                       at_base: dict[int, float]) -> Draft:
-    def text(d: PairedDiff) -> str:
-        verdict = ("accuracy changes significantly" if d.significant else
-                   "not tested per image, so no change is claimed" if d.p_value is None else
-                   "no significant change after the Holm correction")
-        return (f"resolution: {label} at {s} px {_mean(at_s):.3f} vs {_mean(at_base):.3f} at "
-                f"{base} px {d.phrase('change')} — {verdict}")
-    return Draft(d, "resolution", f"{label}@{s}", f"{label}@{base}", text)
-
-
-__all__ = ["ALPHA", "Draft", "PairedDiff", "findings", "holm_correct", "p_text",
-           "paired_difference"]
+__all__ = ["ALPHA", "Draft", "PairedDiff", "findings", "holm_correct", "mean_of", "p_text",
+           "paired_difference", "per_image_values", "per_seed", "reference_head", "verdict"]

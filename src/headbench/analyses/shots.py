@@ -5,7 +5,8 @@ that seed and trained with `train.train_head` at the weight decay its sweep chos
 (no new sweep), early stopping on the unchanged val split, evaluated on the full test split.
 'all' (or a k that takes every image) reuses the run's own head of that seed: same data, same
 protocol. Per test image, the section keeps each head's correctness averaged over seeds, so
-findings can test a difference between heads image by image.
+findings can test a difference between heads image by image (`shots_finding`: at the smallest
+k); the report plots accuracy against k.
 """
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ import torch
 
 from .. import progress as _progress
 from .. import train as _train
-from ..config import parse_shots
+from ..config import analysis_option, parse_shots
 from ..evaluate import ci_summary
+from ..figures import Plot, ci_lines, keyed_series, per_head
 from ..heads import Head
+from ..runtime import resolve_device
+from ..results import HeadResult
+from ..run import Run
 from .context import UNIT, RunContext
+from .findings import Draft, mean_of, paired_difference, per_image_values, per_seed, verdict
+from .registry import register_analysis
 
 
 def stratified_subset(labels: np.ndarray, per_class: int | str, seed: int
@@ -62,7 +69,7 @@ def shots_analysis(ctx: RunContext, shots: Sequence[int | str],
     shots = parse_shots(shots)
     seeds = list(ctx.seeds if seeds is None else seeds)
     X_train, y_train = ctx.view_features("train"), ctx.labels("train")
-    device = _train.resolve_device(ctx.run.train_config.device)
+    device = resolve_device(ctx.run.train_config.device)
     X_val = _train.Features(ctx.view_features("val"), device)
     X_test = _train.Features(ctx.view_features("test"), device)
     y_val, y_test = ctx.labels("val"), ctx.labels("test")
@@ -124,4 +131,49 @@ def _correct(head: Head, X: Any, y: np.ndarray, device: torch.device) -> np.ndar
     return _train.predict_logits(head, X, device=device).argmax(1) == y
 
 
-__all__ = ["stratified_subset", "shots_analysis"]
+# ----------------------------------------------------------------------------------------------
+# findings and report section
+
+def shots_finding(section: dict, ref: HeadResult, other: HeadResult) -> list[Draft]:
+    """The reference head against `other` on test accuracy at the smallest shot count; per test
+    image: correctness averaged over seeds."""
+    a, b = ref.head, other.head
+    heads, seeds = section.get("heads", {}), section.get("seed_ids", [])
+    if a not in heads or b not in heads or not section.get("shots"):
+        return []
+    k = section["shots"][0]
+    va, vb = (per_seed(heads[h][k]["test_accuracy"], seeds) for h in (a, b))
+    ia, ib = (per_image_values(heads[h][k].get("per_image", {}).get("test_accuracy"))
+              for h in (a, b))
+    ga, gb = (heads[h][k]["overfit_gap"]["mean"] for h in (a, b))
+    per = ("the whole training split" if k == "all"
+           else f"{k} image{'s' if k != '1' else ''} per class")
+    d = paired_difference(va, vb, ia, ib)
+    return [Draft(d, "small_data", a, b, lambda d: (
+        f"small data ({per}): test accuracy {a} {mean_of(va):.3f} vs {b} {mean_of(vb):.3f} "
+        f"{d.phrase()}; train − test gap {ga:.3f} vs {gb:.3f} — "
+        f"{verdict(d, a, b, 'more accurate with this little data')}"))]
+
+
+def shots_accuracy_plot(run: Run, section: dict) -> Plot | None:
+    """Test accuracy vs training images per class, one line per head."""
+    if not isinstance(section.get("shots"), list):
+        return None
+    keys = [str(k) for k in section["shots"]]
+    series = {n: keyed_series(d, keys, lambda v: v.get("test_accuracy"))
+              for n, d in per_head(section).items()}
+    series = {n: ([keys.index(k) for k in xs], cis) for n, (xs, cis) in series.items() if xs}
+    if not series:
+        return None
+    fig = ci_lines(run, series, "training images per class", "test accuracy (%)",
+                   xticks=list(range(len(keys))), xticklabels=keys)
+    caption = (f"Each head retrained on the given number of training images per class "
+               f"({section.get('seeds', '?')} seeds); same test split.")
+    return Plot("shots-accuracy", "Test accuracy vs shots per class", caption, fig)
+
+
+register_analysis("shots", shots_analysis, "shots per class", option=analysis_option("shots"),
+                  pair_findings=shots_finding, report=(shots_accuracy_plot,))
+
+
+__all__ = ["stratified_subset", "shots_accuracy_plot", "shots_analysis", "shots_finding"]

@@ -21,7 +21,8 @@ consistency figures:
 Because every view comes from the larger resize, accuracy at shift 0 can differ slightly from
 the run's test accuracy (standard resize). Per test image, the section also keeps each head's
 consistency averaged over seeds (and directions or pairs), so findings can test a difference
-between heads image by image.
+between heads image by image (`translation_finding`). The report shows the accuracy and
+consistency curves and, next to them, the Zhang consistency per head.
 """
 from __future__ import annotations
 
@@ -30,9 +31,15 @@ from typing import Sequence
 import numpy as np
 
 from .. import progress as _progress
-from ..config import parse_shifts
+from ..config import analysis_option, parse_shifts
 from ..evaluate import ci_summary
+from ..images import View
+from ..figures import Paragraph, Plot, as_ci, ci_lines, ci_note, finite, keyed_series, pct, per_head
+from ..results import HeadResult
+from ..run import Run
 from .context import UNIT, RunContext
+from .findings import Draft, mean_of, paired_difference, per_image_values, per_seed, verdict
+from .registry import register_analysis
 
 DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))
 ZHANG_OFFSETS = 16  # distinct shift positions (one feature extraction each)
@@ -61,7 +68,6 @@ def shift_views(shifts: Sequence[int], directions: Sequence[tuple[int, int]] = D
         >>> sorted(k for k in shift_views([0, 8]) if k[0] == 8)
         [(8, (-1, 0)), (8, (0, -1)), (8, (0, 1)), (8, (1, 0))]
     """
-    from ..data import View
     margin = max(shifts)
     views = {(0, None): View(margin=margin)}
     for s in shifts:
@@ -156,7 +162,6 @@ def translation_analysis(ctx: RunContext, shifts: Sequence[int],
     `zhang_offsets` [[dx, dy], ...], and per head `zhang_consistency` (ci over seeds) and
     `per_image["zhang_consistency"]` [N] (averaged over seeds and pairs).
     """
-    from ..data import View
     shifts = list(parse_shifts(shifts))
     directions = [tuple(int(v) for v in d) for d in directions]
     if not shifts or not directions or any(d == (0, 0) for d in directions):
@@ -208,6 +213,86 @@ def translation_analysis(ctx: RunContext, shifts: Sequence[int],
     return section
 
 
+# ----------------------------------------------------------------------------------------------
+# findings and report section
+
+def translation_finding(section: dict, ref: HeadResult, other: HeadResult) -> list[Draft]:
+    """The reference head against `other` on Zhang's consistency (in older sections:
+    consistency at the largest shift); per test image: that consistency averaged over seeds."""
+    a, b = ref.head, other.head
+    heads, seeds = section.get("heads", {}), section.get("seed_ids", [])
+    s = str(max(section["shifts"]))
+    if a not in heads or b not in heads or s == "0":
+        return []
+    ha, hb = heads[a], heads[b]
+    acc_a, acc_b = (h["accuracy"][s]["mean"] for h in (ha, hb))
+    at_s = [mean_of(per_seed(h["consistency"].get(s), seeds)) for h in (ha, hb)]
+    if "zhang_consistency" in ha and "zhang_consistency" in hb:  # the reported figure
+        what = f"Zhang consistency within ±{section.get('margin', s)} px"
+        va, vb = (per_seed(h["zhang_consistency"], seeds) for h in (ha, hb))
+        ia, ib = (per_image_values(h.get("per_image", {}).get("zhang_consistency"))
+                  for h in (ha, hb))
+        curve = f"; at {s} px from unshifted {at_s[0]:.3f} vs {at_s[1]:.3f}"
+    else:
+        what, curve = f"consistency at {s} px from unshifted", ""
+        va, vb = (per_seed(h["consistency"].get(s), seeds) for h in (ha, hb))
+        ia, ib = (per_image_values(h.get("per_image", {}).get("consistency", {}).get(s))
+                  for h in (ha, hb))
+    d = paired_difference(va, vb, ia, ib)
+    return [Draft(d, "translation", a, b, lambda d: (
+        f"translation: {what} {a} {mean_of(va):.3f} vs {b} {mean_of(vb):.3f} {d.phrase()}{curve}, "
+        f"accuracy at {s} px {acc_a:.3f} vs {acc_b:.3f} — "
+        f"{verdict(d, a, b, 'more consistent under shifts')}"))]
+
+
+def _curve_plot(run: Run, section: dict, metric: str) -> Plot | None:
+    keys = [k for k in section.get("shifts") or [] if finite(k)]
+    series = {name: keyed_series(d.get(metric), keys) for name, d in per_head(section).items()}
+    series = {k: v for k, v in series.items() if v[0]}
+    if not series:
+        return None
+    ylabel = {"accuracy": "test accuracy (%)",
+              "consistency": "same prediction as unshifted (%)"}[metric]
+    fig = ci_lines(run, series, "shift (pixels)", ylabel)
+    directions = section.get("directions")
+    how = (f"Test images shifted by the given number of pixels in "
+           f"{len(directions) if isinstance(directions, list) else '?'} directions "
+           f"(margin {section.get('margin', '?')} px); bars: {ci_note(len(run.seeds))}.")
+    if metric == "accuracy":
+        return Plot("shift-accuracy", "Test accuracy vs translation", how, fig)
+    definition = section.get("consistency_definition") or (
+        "share of test images whose prediction equals the prediction on the unshifted image")
+    return Plot("shift-consistency", "Consistency vs translation",
+                f"{how} Consistency: {definition}.", fig)
+
+
+def shift_accuracy_plot(run: Run, section: dict) -> Plot | None:
+    """Test accuracy vs shift, one line per head."""
+    return _curve_plot(run, section, "accuracy")
+
+
+def shift_consistency_plot(run: Run, section: dict) -> Plot | None:
+    """Consistency with the unshifted view vs shift, one line per head."""
+    return _curve_plot(run, section, "consistency")
+
+
+def zhang_paragraph(run: Run, section: dict) -> Paragraph | None:
+    """The Zhang 2019 consistency per head, after its definition; None when the section has
+    none. It is the reported figure, so it stands next to the consistency curve."""
+    values = [f"{name} {pct(as_ci(d.get('zhang_consistency')))}"
+              for name, d in per_head(section).items() if as_ci(d.get("zhang_consistency"))]
+    definition = section.get("zhang_consistency_definition")
+    if not values or not isinstance(definition, str):
+        return None
+    return Paragraph("zhang-consistency", f"{definition}. By head: {', '.join(values)}.")
+
+
+register_analysis("shifts", translation_analysis, "translation", option=analysis_option("shifts"),
+                  pair_findings=translation_finding,
+                  report=(shift_accuracy_plot, shift_consistency_plot, zhang_paragraph))
+
+
 __all__ = ["DIRECTIONS", "ZHANG_OFFSETS", "ZHANG_PAIRS", "pair_agreement", "shift_consistency",
-           "shift_views", "translation_analysis", "zhang_definition", "zhang_offsets",
-           "zhang_pairs"]
+           "shift_accuracy_plot", "shift_consistency_plot", "shift_views", "translation_analysis",
+           "translation_finding", "zhang_definition", "zhang_offsets", "zhang_pairs",
+           "zhang_paragraph"]

@@ -2,9 +2,11 @@
 
 `write_report(run)` writes `report.html` into the run folder: one file with inline CSS, plots as
 base64 SVG, JPEG thumbnails and CAM overlays, readable without JavaScript. It reads the run
-through `Run.load` only. `plots.py` draws the figures (one function per plot), `page.py`
-assembles the HTML, `format.py` writes numbers as text; `summary_table(run)` is the report's
-summary as a rich Table.
+through `Run.load` only. `plots.py` draws the run's own figures (one function per plot) and
+collects each registered analysis's section (its report parts, `analyses/registry.py`),
+`page.py` assembles the HTML, `format.py` writes numbers as text; `summary_table(run)` is the
+report's summary as a rich Table. The blocks a section is made of (`Plot`, `Paragraph`,
+`Gallery`) are in `figures.py`, below the analyses and this package.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import io as _io
+from ..figures import ci_note
 from ..progress import printable
 from ..run import Run
-from .format import SUMMARY_COLUMNS, ci_note, summary_rows
+from .format import SUMMARY_COLUMNS, summary_rows
 
 # The summary's headers on two lines, so the terminal table fits in 80 columns.
 _TERMINAL_HEADERS = ["head", "test acc\n± 95% CI", "train − test\ngap", "head\nparams",

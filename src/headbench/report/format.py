@@ -1,53 +1,16 @@
-"""Text of numbers for the report and the terminal: accuracies with intervals, counts, times,
-and the summary table's rows (the page and `summary_table` show the same rows)."""
+"""Text of numbers for the report and the terminal: counts, times, the findings' note, and the
+summary table's rows (the page and `summary_table` show the same rows). Accuracies with
+intervals (`pct`, `pp`) are in `figures.py`, which the analyses use too."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from ..run import CI, HeadResult, Run
+from ..figures import finite, pct, pp
+from ..results import HeadResult
+from ..run import Run
 
 SUMMARY_COLUMNS = ["head", "test acc ± 95% CI", "train − test gap", "head params",
                    "train time / seed", "latency b1", "throughput b32"]
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def as_ci(value: Any) -> CI | None:
-    """A CI from a run field or an analysis entry (`{"mean", "lo", "hi", ...}`); None when
-    `value` is not one (analysis sections are plain dicts written by each analysis)."""
-    if isinstance(value, CI):
-        return value if finite(value.mean) else None
-    if not isinstance(value, dict) or not finite(value.get("mean")):
-        return None
-    lo, hi = value.get("lo"), value.get("hi")
-    return CI(float(value["mean"]), float(lo) if finite(lo) else None,
-              float(hi) if finite(hi) else None, list(value.get("values") or []))
-
-
-def pct(ci: CI | None) -> str:
-    """An accuracy as '91.2 ± 2.2%' (95% CI), '91.2%' with one seed."""
-    return _ci_text(ci, "{:.1f}", "%")
-
-
-def pp(ci: CI | None) -> str:
-    """A difference of accuracies in percentage points: '+3.1 ± 1.0 pp'."""
-    return _ci_text(ci, "{:+.1f}", " pp")
-
-
-def _ci_text(ci: CI | None, fmt: str, unit: str) -> str:
-    """Mean ± half-width in percent; [lo, hi] when the interval is not symmetric (clipped)."""
-    if ci is None:
-        return "—"
-    mean = 100 * ci.mean
-    if ci.lo is None or ci.hi is None:
-        return fmt.format(mean) + unit
-    lo, hi = 100 * ci.lo, 100 * ci.hi
-    if math.isclose(hi - mean, mean - lo, rel_tol=1e-6, abs_tol=1e-9):
-        return f"{fmt.format(mean)} ± {hi - mean:.1f}{unit}"
-    return f"{fmt.format(mean)}{unit} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
 def count(n: Any) -> str:
@@ -76,12 +39,6 @@ def rate(x: Any) -> str:
     return f"{x:,.0f} img/s" if finite(x) else "—"
 
 
-def ci_note(seeds: int) -> str:
-    if seeds > 1:
-        return f"±: 95% Student-t interval of the mean over {seeds} seeds"
-    return "one seed: no interval (run more seeds for one)"
-
-
 def findings_note(run: Run) -> str:
     """How the findings decide significance: per-image tests, Holm–Bonferroni over all."""
     n = sum(f.p_adjusted is not None for f in run.findings)
@@ -97,25 +54,6 @@ def findings_note(run: Run) -> str:
             f"only when its adjusted p < 0.05, which keeps the chance of any false claim among "
             f"them at most 5%. Intervals over seeds are shown alongside but not tested; "
             f"findings marked \"not tested\" have no per-image values and claim nothing.")
-
-
-def zhang_text(shifts: Any) -> str | None:
-    """The shifts section's Zhang 2019 consistency per head, after its definition; None when
-    the section has none."""
-    if not isinstance(shifts, dict) or not isinstance(shifts.get("heads"), dict):
-        return None
-    values = [f"{name} {pct(as_ci(d.get('zhang_consistency')))}"
-              for name, d in shifts["heads"].items()
-              if isinstance(d, dict) and as_ci(d.get("zhang_consistency"))]
-    definition = shifts.get("zhang_consistency_definition")
-    if not values or not isinstance(definition, str):
-        return None
-    return f"{definition}. By head: {', '.join(values)}."
-
-
-def mpl(x: Any) -> str:
-    """Text for matplotlib: '$' would start mathtext."""
-    return str(x).replace("$", r"\$")
 
 
 def heads_by_accuracy(run: Run) -> list[HeadResult]:

@@ -4,8 +4,9 @@ The page is one file: plots as base64 SVG `<img class="plot">`, dataset images a
 JPEG data URLs, no external URL. It reads completely without JavaScript; a few lines of inline
 JS only sort the summary table and expand/collapse the head sections. Everything that comes from
 the run (class, head and file names) is HTML-escaped. Images the run points at that cannot be
-read are skipped; CAM files outside the run folder are ignored (results.json is data, not a
-path to anywhere).
+read are skipped; gallery files outside the run folder are ignored (results.json is data, not
+a path to anywhere). Each registered analysis that ran draws its own section (`plots.py` builds
+its blocks, this module only renders them); an analysis without one gets a generic section.
 """
 from __future__ import annotations
 
@@ -22,22 +23,23 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
+from ..analyses import list_analyses
 from ..analyses.findings import p_text
 from ..evaluate import select_head
-from ..run import HeadResult, Run, Timing
-from .format import (SUMMARY_COLUMNS, ci_note, count, findings_note, finite, heads_by_accuracy,
-                     ms, pct, rate, seconds, summary_rows, zhang_text)
-from .plots import Plot
+from ..figures import Gallery, Paragraph, Plot, ci_note, finite, pct
+from ..results import HeadResult, Timing
+from ..run import Run
+from .format import (SUMMARY_COLUMNS, count, findings_note, heads_by_accuracy, ms, rate, seconds,
+                     summary_rows)
+from .plots import head_galleries
 
 TOP_LOSS_IMAGES = 6
 THUMB_PX = 128
-CAM_PX = 224
-KNOWN_ANALYSES = {"shifts": "translation (shifts)", "sizes": "input size (sizes)",
-                  "shots": "shots per class (shots)", "cam": "class activation maps (cam)"}
+GALLERY_PX = 224
 JSON_CHARS = 20_000  # an unknown analysis's JSON shown on the page, at most
 
 
-def render(run: Run, plots: list[Plot]) -> str:
+def render(run: Run, plots: list[Plot | Paragraph]) -> str:
     """The whole page of `run` with `plots` (from `plots.all_plots`)."""
     title = f"headbench · {run.dataset.name} · {run.backbone.name}"
     sections = [("run", "Run", _run_facts(run)),
@@ -46,7 +48,8 @@ def render(run: Run, plots: list[Plot]) -> str:
                 ("plots", "Plots", _plots_html(run, plots))]
     if any(h.variant for h in run.heads):
         sections.insert(2, ("variants", "Augmented views and fine-tuning", _variants_html(run)))
-    others = [name for name in run.analyses if name not in KNOWN_ANALYSES]
+    drawn = {a.name for a in list_analyses() if a.has_report}
+    others = [name for name in run.analyses if name not in drawn]
     if others:
         sections.append(("analyses", "More analyses",
                          "".join(_other_analysis_html(n, run.analyses[n]) for n in others)))
@@ -253,24 +256,22 @@ def _findings_html(run: Run) -> str:
     return f'<ul>{items}</ul><p class="note">{_e(findings_note(run))}</p>'
 
 
-def _plots_html(run: Run, plots: list[Plot]) -> str:
-    zhang = zhang_text(run.analyses.get("shifts"))
-    figures = []
-    for p in plots:
-        figures.append(f'<figure id="{p.id}"><figcaption><strong>{_e(p.title)}</strong>'
-                       f'</figcaption><img class="plot" alt="{p.id}: {_e(p.title)}" '
-                       f'src="{svg_data(p.figure)}"><p>{_e(p.caption)}</p></figure>')
-        if p.id == "shift-consistency" and zhang:  # the reported figure, next to the curve
-            figures.append(f'<p id="zhang-consistency">{_e(zhang)}</p>')
-            zhang = None
-    if zhang:
-        figures.append(f'<p id="zhang-consistency">{_e(zhang)}</p>')
-    missing = [text for name, text in KNOWN_ANALYSES.items() if name not in run.analyses]
+def _plots_html(run: Run, blocks: list[Plot | Paragraph]) -> str:
+    parts = []
+    for block in blocks:
+        if isinstance(block, Paragraph):
+            parts.append(f'<p id="{_e(block.id)}">{_e(block.text)}</p>')
+            continue
+        id_ = _e(block.id)
+        parts.append(f'<figure id="{id_}"><figcaption><strong>{_e(block.title)}</strong>'
+                     f'</figcaption><img class="plot" alt="{id_}: {_e(block.title)}" '
+                     f'src="{svg_data(block.figure)}"><p>{_e(block.caption)}</p></figure>')
+    missing = [f"{a.title} ({a.name})" for a in list_analyses() if a.name not in run.analyses]
     note = ""
     if missing:
         note = (f"<p>Analyses not in this run: {', '.join(missing)}; add them with "
                 "<code>headbench analyze RUN_DIR</code> (see <code>--help</code>).</p>")
-    return "\n".join(figures) + note
+    return "\n".join(parts) + note
 
 
 def _other_analysis_html(name: str, section: Any) -> str:
@@ -307,7 +308,7 @@ def _head_html(run: Run, head: HeadResult) -> str:
              f"<h4>Parameters and cost</h4>{_cost_html(run, head)}",
              f"<h4>Seeds</h4>{_seeds_html(head)}",
              _top_loss_html(run, head),
-             _cam_html(run, head.head)]
+             *(_gallery_html(run, g) for g in head_galleries(run, head.head))]
     return (f'<details class="head" id="head-{_slug(head.head)}"><summary>'
             f"<strong>{_e(head.head)}</strong> — test accuracy "
             f"{_e(pct(head.summary.test_accuracy))}{badge}</summary>{''.join(parts)}</details>")
@@ -375,27 +376,20 @@ def _top_loss_html(run: Run, head: HeadResult) -> str:
             f'<div class="thumbs">{"".join(figures)}</div>{note}')
 
 
-def _cam_html(run: Run, label: str) -> str:
-    """The CAM overlays of head `label` (analyses["cam"]), files inside the run folder only."""
-    cam = run.analyses.get("cam")
-    heads = cam.get("heads") if isinstance(cam, dict) else None
-    entry = heads.get(label) if isinstance(heads, dict) else None
-    if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
-        return ""
+def _gallery_html(run: Run, gallery: Gallery) -> str:
+    """The gallery's images as thumbnails, files inside the run folder only."""
     figures = []
-    for rel in entry["files"]:
+    for rel, caption in gallery.images:
         path = _inside(Path(run.run_dir), str(rel))
-        src = jpeg_data(path, CAM_PX) if path else None
+        src = jpeg_data(path, GALLERY_PX) if path else None
         if src is None:
             continue
-        # File names read ok_3_true-ants_pred-ants.png: right or wrong, index, classes.
-        text = Path(str(rel)).stem.replace("_true-", " · true ").replace("_pred-", " · pred ")
-        figures.append(f'<figure class="cam"><img src="{src}" alt="CAM {_e(text)}">'
-                       f"<figcaption>{_e(text)}</figcaption></figure>")
+        alt = f"{gallery.alt} {caption}" if gallery.alt else caption
+        figures.append(f'<figure class="{_e(gallery.css)}"><img src="{src}" alt="{_e(alt)}">'
+                       f"<figcaption>{_e(caption)}</figcaption></figure>")
     if not figures:
         return ""
-    return (f"<h4>Class activation maps ({_e(entry.get('method', '?'))})</h4>"
-            f'<div class="thumbs">{"".join(figures)}</div>')
+    return f'<h4>{_e(gallery.title)}</h4><div class="thumbs">{"".join(figures)}</div>'
 
 
 _CSS = """

@@ -5,8 +5,8 @@ module runs its matmuls in a layout whose gradient is slow (3× for a wide Linea
 functions run the layers heads are made of — Linear, ReLU, Dropout, BatchNorm1d and the GeM and
 attention pools after their `prepare` step — on parameters stacked along a first axis of size M,
 each member with its own weights, dropout mask, normalisation statistics and (optionally) own
-input rows. `supported(body)` says whether a body is made only of these; `train` falls back to
-vmap for any other module (a plugin head, dense_map with hidden layers).
+input rows. `supported(body)` says whether a body is made only of these; `engine.Stack` falls
+back to vmap for any other module (a plugin head, dense_map with hidden layers).
 
 Activations are (M, b, F): member, row, feature. An input shared by every member is (b, F).
 """
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import AttentionPool2d, GeM, _GeMOfLogs, _gem_from_logs
+from ..layers import AttentionPool2d, GeM, _GeMOfLogs, _gem_from_logs
 
 _SIMPLE = (nn.Linear, nn.ReLU, nn.Dropout, nn.BatchNorm1d)
 

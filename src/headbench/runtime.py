@@ -1,0 +1,165 @@
+"""The machine a job runs on: its device, the precision of each stage, CPU flags, the allocator.
+
+Every decision about hardware is made here, once per job, and carried (`Runtime`) rather than
+re-read from the options by each stage:
+
+- the device: cuda when available (under torchrun, this rank's GPU), else cpu;
+- the precision of each stage, from the one `precision` option ('auto' | 'fp32' | 'bf16'):
+
+  ========== ==================================================================================
+  stage      rule
+  ========== ==================================================================================
+  extract    'auto': bf16 where the device runs it natively (CUDA with bf16, a CPU with
+             avx512_bf16 or amx_bf16), else fp32. Part of the feature cache key.
+  heads      fp32 always: heads train on the cached (fp16-stored) features; their matmuls are
+             small and bf16 would change the selected decay and epoch for little time.
+  finetune   'auto': as extract, except on a CPU without AMX, where the backward pass ran
+             slower in bf16 than in fp32 (23.9 vs 28.7 img/s, bench/RESULTS.md (g)).
+  ========== ==================================================================================
+
+  An explicit 'bf16' on hardware without native bf16 is an error, not a slow emulation;
+- the CPU's flags (recorded with every run and benchmark) and the C allocator's settings.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .errors import HeadbenchError, unknown
+
+PRECISIONS = ("auto", "fp32", "bf16")
+STAGES = ("extract", "heads", "finetune")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The flags of /proc/cpuinfo (empty where there is none: no native bf16 is assumed)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return frozenset(flags)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """What the numbers were measured on: platform, CPU model and flags, threads, GPU, versions."""
+    import timm  # only for its version; timm imports much of torch's ecosystem
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return dict(platform=platform.platform(), cpu=cpu_name(), cpu_flags=flags,
+                cores=torch.get_num_threads(), gpu=gpu, python=platform.python_version(),
+                torch=torch.__version__, timm=timm.__version__)
+
+
+@functools.lru_cache(maxsize=1)
+def tune_allocator() -> bool:
+    """Let glibc keep freed memory for reuse (large-block threshold 256 MiB, trim at 1 GiB).
+
+    torch's CPU temporaries of a few MB are otherwise mapped and page-faulted anew by every op:
+    training GeM on cached maps ran 3× faster with this on a 2-core EPYC (bench/RESULTS.md).
+    Called by training and extraction; a no-op (False) where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 256 << 20) and mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` as a torch.device; None means cuda when available (under torchrun, this rank's
+    GPU), else cpu. An unknown name or cuda without CUDA is one line."""
+    if device is None:
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        several = distributed.launched() > 1
+        return torch.device("cuda", distributed.local_rank()) if several else torch.device("cuda")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise HeadbenchError(f"unknown device '{device}': use cpu, cuda or cuda:N",
+                             param="device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HeadbenchError(f"device '{device}' asked for but CUDA is not available: use cpu",
+                             param="device")
+    return device
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively (emulated bf16 is slower than fp32: not counted)."""
+    if device.type == "cuda":
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:
+            return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def resolve_precision(requested: str, device: str | torch.device, stage: str = "extract") -> str:
+    """The precision `stage` computes in on `device`: 'fp32' or 'bf16' (the table above)."""
+    device = torch.device(device)
+    if requested not in PRECISIONS:
+        raise unknown("precision", str(requested), PRECISIONS, param="precision")
+    if stage not in STAGES:
+        raise unknown("stage", str(stage), STAGES)
+    if stage == "heads" or requested == "fp32":
+        return "fp32"
+    native = bf16_native(device)
+    if requested == "bf16" and not native:
+        raise HeadbenchError(f"precision 'bf16' is not supported natively on {device.type} "
+                             "(needs a CUDA GPU with bf16 or a CPU with avx512_bf16/amx_bf16): "
+                             "use 'fp32' or 'auto'", param="precision")
+    if requested == "auto" and stage == "finetune" and device.type == "cpu":
+        native = "amx_bf16" in cpu_flags()
+    return "bf16" if native else "fp32"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A job's device and the precision of each of its stages, decided once (`Runtime.resolve`)
+    and passed to every stage.
+
+    Example:
+        >>> rt = Runtime.resolve("fp32", "cpu")
+        >>> rt.device.type, rt.extract, rt.heads, rt.finetune
+        ('cpu', 'fp32', 'fp32', 'fp32')
+    """
+    device: torch.device
+    extract: str
+    heads: str
+    finetune: str
+
+    @classmethod
+    def resolve(cls, precision: str = "auto",
+                device: str | torch.device | None = None) -> "Runtime":
+        device = resolve_device(device)
+        return cls(device, *(resolve_precision(precision, device, s) for s in STAGES))
+
+    def autocast_dtype(self, stage: str) -> torch.dtype | None:
+        """bf16 when `stage` computes in bf16, else None (no autocast)."""
+        return torch.bfloat16 if getattr(self, stage) == "bf16" else None

@@ -1,0 +1,285 @@
+"""The stacked engine: the members of one head trained as one model, and the epochs that drive it.
+
+A `Stack` holds its members' parameters stacked on a first axis and runs one forward
+(`stacked.forward`, or `torch.func.vmap` over the module for layers it does not know), one summed
+loss and one AdamW update (`adamw`) with a weight decay per member. Each member keeps its own
+batch order and dropout masks (generators of its own, seeded by its seed), its own early
+stopping and best weights, so its result does not depend on which members train beside it.
+
+`train_epoch` and `validate` run every stack over one pass of the features.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from ..errors import HeadbenchError
+from ..heads import TrainingSplit, training_split
+from . import stacked
+from .inputs import Block, Inputs, batches
+from .results import EpochLog, Member, TrainResult
+
+
+def split_of(head: nn.Module) -> TrainingSplit:
+    """The head as its parameter-free `prepare` and its trained body."""
+    return head.training_split() if hasattr(head, "training_split") else training_split(head)
+
+
+def _stream(seed: int, purpose: int) -> torch.Generator:
+    """A generator of its own for one purpose of one seed (0: batch order, 1: dropout)."""
+    if purpose == 0:  # the batch order keeps 0.1's stream: torch.Generator seeded by the seed
+        return torch.Generator().manual_seed(seed)
+    state = np.random.SeedSequence([seed, purpose]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+# ----------------------------------------------------------------------------- dropout and AdamW
+
+class _MaskedDropout(nn.Module):
+    """Dropout whose mask is given (buffer `mask`, already scaled by 1/(1-p)): under vmap each
+    member's mask comes from its own generator, so a member never depends on the others."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.register_buffer("mask", None, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask if self.training else x
+
+
+def _masked_copy(body: nn.Module) -> tuple[nn.Module, dict[str, float]]:
+    """A copy of `body` on the meta device with every Dropout a `_MaskedDropout`."""
+    base = copy.deepcopy(body).to("meta")
+    drops = {}
+    for name, module in list(base.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.modules.dropout._DropoutNd):
+                setattr(module, child_name, _MaskedDropout(child.p))
+                drops[f"{name}.{child_name}" if name else child_name] = child.p
+    return base, drops
+
+
+def _input_shape(body: nn.Module, name: str, probe: torch.Tensor) -> tuple[int, ...]:
+    """Shape (without the batch axis) of what the dropout `name` of `body` sees."""
+    seen = []
+    handle = body.get_submodule(name).register_forward_hook(
+        lambda module, args, out: seen.append(tuple(args[0].shape[1:])))
+    try:
+        body.eval()
+        with torch.no_grad():
+            body(probe)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def adamw(params: dict[str, torch.Tensor], grads: Sequence[torch.Tensor], state: dict,
+          lr: float, decay: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999),
+          eps: float = 1e-8) -> None:
+    """torch.optim.AdamW's update on stacked parameters, with one weight decay per member
+    (`decay`, shape (M,)), applied to matrices and kernels only (member ndim > 1)."""
+    state["step"] += 1
+    step, (b1, b2) = state["step"], betas
+    bias1, bias2_sqrt = 1 - b1 ** step, math.sqrt(1 - b2 ** step)
+    with torch.no_grad():
+        for (name, p), g in zip(params.items(), grads):
+            m, v = state["m"][name], state["v"][name]
+            if p.ndim > 2:
+                p.mul_(1 - lr * decay.view(-1, *[1] * (p.ndim - 1)))
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, (v.sqrt() / bias2_sqrt).add_(eps), value=-lr / bias1)
+
+
+# ----------------------------------------------------------------------------- one head's members
+
+class Stack:
+    """The members of one head, trained as one model with parameters stacked on a first axis:
+    one forward (`stacked.forward`, or `torch.func.vmap` over the module for layers it does
+    not know), one summed loss, one AdamW update with each member's own decay.
+
+    `heads` are the members' heads (built under their seeds), `split` the first head's
+    `TrainingSplit` and `probe` its prepared inputs for two rows (to size the dropout masks).
+    """
+
+    def __init__(self, label: str, members: list[Member], heads: list[nn.Module],
+                 split: TrainingSplit, probe: torch.Tensor, device: torch.device):
+        self.label, self.members, self.heads = label, members, heads
+        self.split, self.key = split, split.key
+        self.bodies = [split.body] + [split_of(h).body for h in heads[1:]]
+        self.explicit = stacked.supported(split.body)  # else vmap over the module
+        self.base, drops = _masked_copy(self.bodies[0])
+        drops = {name: (p, _input_shape(self.bodies[0], name, probe)) for name, p in drops.items()}
+        for body in self.bodies:
+            body.train()
+        self.params, self.buffers = stack_module_state(self.bodies)
+        self.decay = torch.tensor([m.weight_decay for m in members], device=device)
+        self.adam = {"step": 0, "m": {k: torch.zeros_like(v) for k, v in self.params.items()},
+                     "v": {k: torch.zeros_like(v) for k, v in self.params.items()}}
+        self.drops = drops
+        self.order_rng = [_stream(m.seed, 0) for m in members]
+        self.drop_rng = [_stream(m.seed, 1) for m in members]
+        self.best = {k: v.detach().clone() for k, v in {**self.params, **self.buffers}.items()}
+        n = len(members)
+        self.best_loss = torch.full((n,), math.inf, dtype=torch.float64)
+        self.best_epoch = [0] * n
+        self.history: list[list[EpochLog]] = [[] for _ in members]
+        self.seconds = [0.0] * n
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def _masks(self, batch: int) -> dict[str, torch.Tensor]:
+        """Each Dropout's mask (M, b, ...), scaled, from each member's own generator."""
+        masks = {}
+        for name, (p, shape) in self.drops.items():
+            keep = [torch.empty(batch, *shape).bernoulli_(1 - p, generator=g) for g in self.drop_rng]
+            masks[name] = (torch.stack(keep) / (1 - p)).to(self.device)
+        return masks
+
+    def _logits(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def _forward(self, x: torch.Tensor, shared: bool, training: bool,
+                 masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (M, b, K) of every member: x (b, ...) shared by all, or (M, b, ...)."""
+        if self.explicit:
+            return stacked.forward(self.split.body, self.params, self.buffers, x, training, masks)
+        self.base.train(training)
+        buffers = {**self.buffers, **{f"{name}.mask": m for name, m in masks.items()}}
+        in_dims = (0, 0, None) if shared else (0, 0, 0)
+        return vmap(self._logits, in_dims, randomness="error")(self.params, buffers, x)
+
+    def orders(self, size: int, batch_size: int) -> list[torch.Tensor]:
+        """Each member's own order of `size` positions, cut into batches: (M, b) indices per
+        step, or (b,) when every member drew the same order (the sweep, all at one seed)."""
+        per_member = [batches(torch.randperm(size, generator=g).numpy(), batch_size)
+                      for g in self.order_rng]
+        if all(all(np.array_equal(a, b) for a, b in zip(order, per_member[0]))
+               for order in per_member[1:]):
+            return [torch.as_tensor(index, device=self.device) for index in per_member[0]]
+        return [torch.as_tensor(np.stack(step), device=self.device)
+                for step in zip(*per_member)]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, shared: bool,
+             lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of every member on its own batch (`shared`: one batch for all);
+        (loss, correct) per member."""
+        logits = self._forward(x, shared, True, self._masks(y.shape[-1])).float()
+        target = y.expand(len(self), -1)
+        losses = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+        losses = losses.view(len(self), -1).mean(dim=1)
+        grads = torch.autograd.grad(losses.sum(), list(self.params.values()))
+        adamw(self.params, grads, self.adam, lr, self.decay)
+        return losses.detach(), (logits.detach().argmax(-1) == target).sum(dim=1)
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed cross-entropy, correct) per member on shared inputs, in eval mode."""
+        with torch.no_grad():
+            logits = self._forward(x, True, False, {}).float()
+            target = y.expand(len(self), -1)
+            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+            return loss.view(len(self), -1).sum(1), (logits.argmax(-1) == target).sum(1)
+
+    def end_epoch(self, epoch: int, logs: list[EpochLog], patience: int | None) -> list[int]:
+        """Record the epoch; keep improved members' weights; the members that stop now."""
+        val = torch.tensor([log.val_loss for log in logs], dtype=torch.float64)
+        improved = val < self.best_loss  # NaN never improves
+        if improved.any():
+            where = improved.to(self.device)
+            with torch.no_grad():
+                for k, v in {**self.params, **self.buffers}.items():
+                    self.best[k][where] = v.detach()[where]
+            self.best_loss = torch.where(improved, val, self.best_loss)
+        stop = []
+        for i, log in enumerate(logs):
+            self.history[i].append(log)
+            if improved[i]:
+                self.best_epoch[i] = epoch
+            elif patience is not None and epoch - self.best_epoch[i] >= patience:
+                stop.append(i)
+        return stop
+
+    def result(self, i: int) -> TrainResult:
+        """Member i with its best weights loaded into its head."""
+        member = self.members[i]
+        if not self.best_epoch[i]:
+            raise HeadbenchError(
+                f"training head '{member.head}' diverged (validation loss is "
+                f"{self.history[i][0].val_loss}) at weight decay {member.weight_decay:g}: lower lr")
+        body = self.bodies[i]
+        with torch.no_grad():
+            for name, t in {**dict(body.named_parameters()), **dict(body.named_buffers())}.items():
+                t.copy_(self.best[name][i])
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self.heads[i].state_dict().items()}
+        return TrainResult(state, self.best_epoch[i], float(self.best_loss[i]),
+                           member.weight_decay, member.seed, len(self.history[i]),
+                           self.seconds[i], self.history[i])
+
+    def keep(self, keep: list[int]) -> None:
+        """Go on with members `keep` only (the others stopped and were taken out)."""
+        index = torch.as_tensor(keep, device=self.device)
+
+        def take(d: dict, grad: bool = False) -> dict:
+            return {k: v.detach()[index].clone().requires_grad_(grad) for k, v in d.items()}
+
+        self.params = take(self.params, grad=True)
+        self.buffers, self.best = take(self.buffers), take(self.best)
+        self.adam["m"], self.adam["v"] = take(self.adam["m"]), take(self.adam["v"])
+        self.decay = self.decay[index]
+        for name in ("members", "heads", "bodies", "order_rng", "drop_rng", "best_epoch",
+                     "history", "seconds"):
+            setattr(self, name, [getattr(self, name)[i] for i in keep])
+        self.best_loss = self.best_loss[index.cpu()]
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+def train_epoch(stacks: list[Stack], blocks: Iterator[Block], inputs: Inputs, y: torch.Tensor,
+                batch_size: int, step: int, rate: Callable[[int], float]
+                ) -> dict[int, list[torch.Tensor]]:
+    """One epoch of every stack, block by block, from global step `step` at learning rate
+    `rate(step)`; id(stack) -> [summed loss, correct]."""
+    stats = {id(s): [torch.zeros(len(s)), torch.zeros(len(s))] for s in stacks}
+    for block in blocks:
+        for stack in stacks:
+            started = time.perf_counter()
+            for i, index in enumerate(stack.orders(block.size, batch_size)):
+                x = inputs.batch(stack.key, index, block)
+                target = y[block.rows[index] if block.rows is not None else index]
+                loss, correct = stack.step(x, target, index.dim() == 1, rate(step + i))
+                stats[id(stack)][0] += loss.cpu() * index.shape[-1]
+                stats[id(stack)][1] += correct.cpu()
+            _share(stack, time.perf_counter() - started)
+        step += len(batches(np.arange(block.size), batch_size))
+    return stats
+
+
+def validate(stacks: list[Stack], inputs: Inputs,
+             y: torch.Tensor) -> dict[int, list[torch.Tensor]]:
+    """Every stack on every validation row once; id(stack) -> [summed loss, correct]."""
+    stats = {id(s): [torch.zeros(len(s)), torch.zeros(len(s))] for s in stacks}
+    for where, x in inputs.chunks():
+        for stack in stacks:
+            started = time.perf_counter()
+            loss, correct = stack.evaluate(x[stack.key], y[where])
+            stats[id(stack)][0] += loss.cpu()
+            stats[id(stack)][1] += correct.cpu()
+            _share(stack, time.perf_counter() - started)
+    return stats
+
+
+def _share(stack: Stack, seconds: float) -> None:
+    """A stack's time, shared evenly by the members in it."""
+    for i in range(len(stack)):
+        stack.seconds[i] += seconds / len(stack)

@@ -1,0 +1,394 @@
+"""One training protocol for every head, run on cached backbone features, all heads at once.
+
+Every head is trained the same way, so that differences between heads are differences between
+heads and not between recipes:
+
+- AdamW, cross-entropy, no label smoothing; weight decay on weights only (biases and other
+  1-d parameters such as norm scales and GeM's `p` are not decayed).
+- Learning rate: per-step linear warm-up over `warmup_epochs`, then cosine decay to 0 at the end
+  of `epochs`. The schedule is fixed by `epochs`, whether or not early stopping ends training.
+- Early stopping on validation loss with `patience`; the best epoch's weights are restored.
+- Weight decay is chosen per head by a sweep on validation loss at the first seed
+  (`fit_heads`), never on the test split; the other seeds are then trained at the chosen decay.
+
+A *member* is one training run: a head at one decay and one seed. `train_members` trains many
+together: the members of a head are one stacked model (`engine.Stack`), every head fed from the
+same pass over the features (`inputs`). Each member keeps its own head initialisation (built
+under `seeded(seed)`), batch order, dropout masks, early stopping and best epoch, so its result
+does not depend on which members trained beside it: `train_head`, one member alone, is the
+reference it equals.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checks import positive, whole
+from ..errors import HeadbenchError
+from ..runtime import resolve_device, tune_allocator
+from .engine import Stack, split_of, train_epoch, validate
+from .inputs import (Features, Inputs, Views, as_features, batches, block_bounds, blocks, labels,
+                     plan_memory)
+from .results import EpochLog, FitResult, Member, TrainResult
+
+
+@dataclass
+class TrainConfig:
+    """The training protocol shared by all heads (serialised to the run folder as JSON).
+
+    Every field is checked here, once; an error names the field (`HeadbenchError.param`).
+    Numbers may come as strings (the CLI's values).
+
+    Args:
+        epochs: maximum number of passes over the training features; also the length of the
+            cosine schedule.
+        batch_size: mini-batch size (at least 2, so BatchNorm heads always see 2 samples).
+        lr: peak learning rate, reached at the end of warm-up.
+        weight_decays: AdamW decoupled weight decays swept per head on validation loss.
+        warmup_epochs: epochs of per-step linear warm-up.
+        patience: epochs without a validation-loss improvement before stopping; None (or 0)
+            disables early stopping (the best epoch is still restored).
+        device: 'cpu', 'cuda', 'cuda:1', ...; None picks cuda when available.
+    """
+
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    warmup_epochs: int = 2
+    patience: int | None = 8
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        self.epochs = whole(self.epochs, "epochs", 1)
+        self.batch_size = whole(self.batch_size, "batch_size", 2)
+        self.lr = positive(self.lr, "lr")
+        self.weight_decays = _decays(self.weight_decays)
+        self.warmup_epochs = whole(self.warmup_epochs, "warmup_epochs", 0)
+        if self.patience is not None:  # 0 is the CLI's way of saying None
+            self.patience = whole(self.patience, "patience", 0) or None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["weight_decays"] = list(self.weight_decays)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _decays(values: Any) -> tuple[float, ...]:
+    try:
+        decays = tuple(float(wd) for wd in values)
+    except (TypeError, ValueError):
+        decays = (math.nan,)
+    if not decays or not all(wd >= 0 for wd in decays):  # NaN is not ≥ 0
+        shown = ",".join(map(str, values)) if isinstance(values, (list, tuple)) else values
+        raise HeadbenchError("weight_decays must list one or more decays ≥ 0, got "
+                             f"{shown or 'none'}", param="weight_decays")
+    return decays
+
+
+def _cuda_devices(device: torch.device | None = None) -> list[int]:
+    """The CUDA devices whose RNG state a fork must save and restore."""
+    if device is not None and device.type == "cuda":
+        return [device.index if device.index is not None else torch.cuda.current_device()]
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run the block with torch's RNG forked and seeded by `seed`; global state is restored.
+
+    Example:
+        >>> with seeded(0):
+        ...     a = torch.nn.Linear(4, 2).weight.clone()
+        >>> with seeded(0):
+        ...     b = torch.nn.Linear(4, 2).weight.clone()
+        >>> bool((a == b).all())
+        True
+    """
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        torch.manual_seed(seed)
+        yield
+
+
+def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Learning rate for 0-based `step`: linear warm-up to `lr`, then cosine decay to 0."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Member],
+                  X_train: Any, y_train: Any, X_val: Any, y_val: Any, config: TrainConfig,
+                  on_done: Callable[[Member, TrainResult], None] | None = None,
+                  on_epochs: Callable[[int], None] | None = None) -> dict[Member, TrainResult]:
+    """Train every member together, in one pass over the features per epoch.
+
+    The members of a head form one stacked model; every head is fed from the same pass. Each
+    member has its own head (built by `make_heads[label]()` inside `seeded(seed)`), its own
+    batch order and dropout streams (seeded by its seed), its own early stopping and best
+    epoch: its result does not depend on which members trained beside it.
+
+    Args:
+        make_heads: head label -> builds a fresh head.
+        members: the runs; each member's head must be in `make_heads`.
+        X_train, y_train, X_val, y_val: as for `train_head`. The test split never enters here.
+        on_done: called with each member's result as soon as it finishes (to commit it).
+        on_epochs: called with the member-epochs just done (for a progress bar).
+    """
+    tune_allocator()
+    device = resolve_device(config.device)
+    train, val = as_features(X_train, device), as_features(X_val, device)
+    if isinstance(val.X, Views):
+        raise HeadbenchError("validation features must be one view of each image, not Views")
+    views = train.X.views if isinstance(train.X, Views) else 1  # K rows per image
+    n_train = len(train) // views
+    y_tr = labels(y_train, n_train, "y_train", device).repeat(views)
+    y_va = labels(y_val, len(val), "y_val", device)
+    if n_train < 2 or len(val) < 1:
+        raise HeadbenchError(f"training needs at least 2 training and 1 validation images, got "
+                             f"{n_train} and {len(val)}: add images or change the split")
+    stacks = _stacks(make_heads, members, train, device,
+                     int(max(y_tr.max().item(), y_va.max().item())))
+    splits = {s.key: s.split for s in stacks}
+    memory = plan_memory(splits, [train, val])
+    inputs_tr, inputs_va = Inputs(train, splits, memory), Inputs(val, splits, memory)
+    bounds = block_bounds(train, bool(inputs_tr.lazy), n_train)
+    steps = sum(len(batches(np.arange(stop - start), config.batch_size))
+                for start, stop in bounds)
+    schedule = (config.lr, min(config.warmup_epochs * steps, config.epochs * steps),
+                config.epochs * steps)
+    results: dict[Member, TrainResult] = {}
+    for epoch in range(1, config.epochs + 1):
+        epoch_blocks = blocks(train, bounds, bool(inputs_tr.lazy), epoch, device, views)
+        trained = train_epoch(stacks, epoch_blocks, inputs_tr, y_tr, config.batch_size,
+                              (epoch - 1) * steps, lambda step: lr_at(step, *schedule))
+        validated = validate(stacks, inputs_va, y_va)
+        lr = lr_at(epoch * steps - 1, *schedule)
+        for stack in list(stacks):
+            (tr_loss, tr_ok), (va_loss, va_ok) = trained[id(stack)], validated[id(stack)]
+            logs = [EpochLog(epoch, float(tr_loss[i]) / n_train, float(tr_ok[i]) / n_train,
+                             float(va_loss[i]) / len(val), float(va_ok[i]) / len(val), lr)
+                    for i in range(len(stack))]
+            stop = stack.end_epoch(epoch, logs, config.patience)
+            if epoch == config.epochs:
+                stop = list(range(len(stack)))
+            if on_epochs is not None:
+                on_epochs(len(stack) + len(stop) * (config.epochs - epoch))
+            for i in stop:
+                results[stack.members[i]] = result = stack.result(i)
+                if on_done is not None:
+                    on_done(stack.members[i], result)
+            if len(stop) == len(stack):
+                stacks.remove(stack)
+            elif stop:
+                stack.keep([i for i in range(len(stack)) if i not in stop])
+        if not stacks:
+            break
+    return results
+
+
+def _stacks(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Member],
+            train: Features, device: torch.device, y_max: int) -> list[Stack]:
+    """One stack per head label, its members' heads built under their seeds."""
+    by_label: dict[str, list[Member]] = {}
+    for member in members:
+        by_label.setdefault(member.head, []).append(member)
+    probe_rows = train.get(np.arange(2))
+    stacks = []
+    for label, group in by_label.items():
+        heads = []
+        for member in group:
+            with seeded(member.seed):
+                heads.append(make_heads[label]().to(device))
+        split = split_of(heads[0])
+        with torch.no_grad():
+            probe = split.apply(probe_rows, train.form)
+            k = split.body.eval()(probe).shape[-1]
+        if y_max >= k:
+            raise HeadbenchError(f"labels go up to class {y_max} but head '{label}' outputs {k} "
+                                 "classes: build the head with num_classes equal to the number "
+                                 "of classes")
+        stacks.append(Stack(label, group, heads, split, probe, device))
+    return stacks
+
+
+def train_head(head: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val: Any,
+               config: TrainConfig, weight_decay: float, seed: int) -> TrainResult:
+    """Train one `head` with the shared protocol; the head ends with its best weights.
+
+    The single-member case of `train_members` (the reference a stacked member must equal).
+
+    Args:
+        head: module mapping (N, C, H, W) float32 features to (N, K) logits; moved to the
+            training device in place. Initialise it under `seeded(seed)` for reproducible runs.
+        X_train, X_val: features of shape (N, C, H, W) (array, memmap or `Features`);
+            X_train may be `Views` (K views per image: each epoch shows one per image).
+        y_train, y_val: integer class indices, shape (N,) (one per image, also with Views).
+        config: the protocol (epochs, batch size, lr, warm-up, patience, device).
+        weight_decay: AdamW decay for this run.
+        seed: seeds mini-batch order, dropout and any other draw during training.
+
+    Returns:
+        TrainResult with the best epoch's state_dict (on CPU) and the per-epoch history.
+    """
+    member = Member("head", float(weight_decay), int(seed))
+    results = train_members({"head": lambda: head}, [member], X_train, y_train, X_val, y_val,
+                            config)
+    return results[member]
+
+
+# ----------------------------------------------------------------------------- the decay sweep
+
+def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_train: Any,
+              X_val: Any, y_val: Any, config: TrainConfig, seeds: Sequence[int] = (0, 1, 2), *,
+              stacked: bool = True, done: dict[Member, TrainResult] | None = None,
+              on_member: Callable[[Member, TrainResult], None] | None = None,
+              on_fit: Callable[[str, FitResult], None] | None = None,
+              on_epochs: Callable[[int], None] | None = None) -> dict[str, FitResult]:
+    """Every head fitted: the decay chosen on validation loss at the first seed, then the other
+    seeds at the chosen decay, in two stacked passes.
+
+    Pass 1 trains every head × every decay at `seeds[0]`; pass 2 every head × the other seeds
+    at its chosen decay (ties: the first decay listed). Each member's head is built by
+    `make_heads[label]()` inside `seeded(seed)`.
+
+    Args:
+        make_heads: head label -> builds a fresh, untrained head.
+        X_train, y_train, X_val, y_val: as for `train_head`. The test split never enters here.
+        config: the protocol; `config.weight_decays` is the sweep.
+        seeds: one run per seed at the chosen decay.
+        stacked: False trains every member alone, one after the other (the reference).
+        done: members already trained (a resumed run): not trained again.
+        on_member: called with each member as soon as it finishes (to commit it).
+        on_fit: called with each head's FitResult as soon as all its seeds are trained.
+        on_epochs: called with the member-epochs just done (for a progress bar).
+
+    Returns:
+        label -> FitResult with the sweep (decay -> best val loss at seeds[0]) and one run per
+        seed, first seed first.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise HeadbenchError("seeds must list at least one seed", param="seeds")
+    device = resolve_device(config.device)
+    train, val = as_features(X_train, device), as_features(X_val, device)
+    results = dict(done or {})
+    fits: dict[str, FitResult] = {}
+
+    def fitted(label: str) -> None:
+        fit = _fit_of(label, results, config, seeds)
+        if fit is not None and label not in fits:
+            fits[label] = fit
+            if on_fit is not None:
+                on_fit(label, fit)
+
+    def finished(member: Member, result: TrainResult) -> None:
+        results[member] = result
+        if on_member is not None:
+            on_member(member, result)
+        fitted(member.head)
+
+    def run(members: list[Member]) -> None:
+        todo = [m for m in members if m not in results]
+        groups = [todo] if stacked else [[m] for m in todo]
+        for group in groups:
+            if group:
+                train_members(make_heads, group, train, y_train, val, y_val, config,
+                              on_done=finished, on_epochs=on_epochs)
+
+    run([Member(label, wd, seeds[0]) for label in make_heads for wd in config.weight_decays])
+    chosen = {label: _chosen_decay(label, results, config, seeds[0]) for label in make_heads}
+    for label in make_heads:  # heads whose every member was done before this call
+        fitted(label)
+    run([Member(label, chosen[label], s) for label in make_heads for s in seeds[1:]])
+    return {label: fits[label] for label in make_heads}
+
+
+def _sweep(label: str, results: dict[Member, TrainResult], config: TrainConfig,
+           seed: int) -> dict[float, float]:
+    """Decay -> best validation loss of the head's members at `seed`."""
+    return {wd: results[Member(label, wd, seed)].best_val_loss for wd in config.weight_decays}
+
+
+def _chosen_decay(label: str, results: dict[Member, TrainResult], config: TrainConfig,
+                  seed: int) -> float:
+    sweep = _sweep(label, results, config, seed)
+    return min(sweep, key=sweep.get)  # ties: the first decay listed
+
+
+def _fit_of(label: str, results: dict[Member, TrainResult], config: TrainConfig,
+            seeds: list[int]) -> FitResult | None:
+    """The head's FitResult once its sweep and every seed at the chosen decay are done."""
+    if any(Member(label, wd, seeds[0]) not in results for wd in config.weight_decays):
+        return None
+    chosen = _chosen_decay(label, results, config, seeds[0])
+    runs = [results.get(Member(label, chosen, s)) for s in seeds]
+    if any(r is None for r in runs):
+        return None
+    return FitResult(chosen, _sweep(label, results, config, seeds[0]), runs)
+
+
+def fit_head(make_head: Callable[[], nn.Module], X_train: Any, y_train: Any, X_val: Any,
+             y_val: Any, config: TrainConfig, seeds: Sequence[int] = (0, 1, 2),
+             on_run: Callable[[int, int], None] | None = None) -> FitResult:
+    """`fit_heads` for one head: the decay chosen on validation loss at the first seed, then
+    the other seeds. `on_run(done, total)` is called after each training run."""
+    total, count = len(config.weight_decays) + len(seeds) - 1, 0
+
+    def on_member(member: Member, result: TrainResult) -> None:
+        nonlocal count
+        count += 1
+        if on_run is not None:
+            on_run(count, total)
+
+    return fit_heads({"head": make_head}, X_train, y_train, X_val, y_val, config, seeds,
+                     on_member=on_member)["head"]
+
+
+# ----------------------------------------------------------------------------- inference
+
+def predict_logits(head: nn.Module, X: Any, batch_size: int = 256,
+                   device: str | torch.device | None = None) -> np.ndarray:
+    """Float32 logits (N, K) of `head` on features X, in eval mode, read batch by batch.
+
+    X holds feature maps, or the global statistics of a pooled cache (`Features.form`; the
+    head then runs as its `TrainingSplit`). The head runs where its parameters are unless
+    `device` is given (it is then moved there). Its train/eval mode is restored afterwards.
+    """
+    if device is None:
+        param = next(head.parameters(), None)
+        device = param.device if param is not None else resolve_device(None)
+    else:
+        device = resolve_device(device)
+        head.to(device)
+    feats = as_features(X, device)
+    split = split_of(head) if feats.form is not None else None
+    was_training = head.training
+    head.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(feats), batch_size):
+                rows = feats.get(np.arange(start, min(len(feats), start + batch_size)))
+                logits = head(rows) if split is None else split.body(split.apply(rows, feats.form))
+                out.append(logits.float().cpu())
+    finally:
+        head.train(was_training)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()
