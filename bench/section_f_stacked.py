@@ -1,87 +1,111 @@
-"""(f) Stacked vs one-at-a-time head training on the default job's cached features.
+"""(f) Head training against the backbone pass, per head type, beside its arithmetic floor.
 
     python bench/section_f_stacked.py [--quick] [--out DIR] [--data DIR] [--results FILE]
 
-After (e) in the same run it reuses (e)'s fp32 job and its feature cache; alone it runs that job
-first (cold cache: its extraction time is the reference stacked training is held against).
+Runs the default job (`compare` with the library's defaults, cold feature cache) and holds its
+head training (`timing.train_s`: `fit_heads` alone) against the same run's extraction; then
+trains each head type alone on that cache (every decay × seed member, stacked, as compare does)
+and sets its time beside its floor: the matmul FLOPs of its training (forward and backward of
+every member-epoch that ran, plus validation) over this machine's measured fp32 matmul peak.
 """
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+import extract_paths as P
 import harness as H
 import headbench as hb
 from headbench import backbones, features, train
 from headbench.heads import create_head
+from headbench.model import count_flops
 
-KEY, TITLE = "f", "Stacked vs one-at-a-time head training"
-ESTIMATE_S = {"quick": 20, "full": 90}  # rough seconds on a 2-core AVX2 CPU
+KEY, TITLE = "f", "Head training against the backbone pass, per head type"
+ESTIMATE_S = {"quick": 30, "full": 90}  # rough seconds on a 2-core CPU
+
+# Seconds per head type (1 thread, every member of the default job) measured before issue 19's
+# changes, on the AMX machine of that session (bench/profile_heads.py at commit 7e7859d).
+BEFORE_1T = {"gap": 0.33, "flatten": 2.15, "avgpool": 0.84, "dense_map": 0.30, "gmp": 0.30,
+             "gem": 12.21, "catavgmax": 0.34, "attention": 5.24, "fastai": 9.37}
 
 
-def cached_features(run: hb.Run, cache: Path):
-    """(X, y) per split from the run's feature cache (nothing is extracted again)."""
+def cached_features(run: hb.Run) -> tuple[dict, tuple]:
+    """(Features, labels) per split from the run's feature cache (nothing is extracted again)."""
     bb = backbones.create_backbone(run.backbone.name, run.backbone.weights,
                                    run.options.input_size)
-    root = Path(run.dataset.root)
-    out = {}
-    for role in ("train", "val", "test"):
+    root, out = Path(run.dataset.root), {}
+    for role in ("train", "val"):
         split = run.dataset.splits[role]
         fs = features.extract(bb, [root / p for p in split.paths], split.digests,
-                              precision=run.precision, cache_dir=cache)
+                              precision=run.precision, cache_dir=run.options.cache_dir)
         assert fs.n_extracted == 0, "the default job's cache should hold every image"
-        out[role] = (fs.subset(np.arange(len(fs))), np.asarray(split.labels))
-    return out, fs.shape
+        out[role] = (train.Features(fs.subset(np.arange(len(fs))), torch.device("cpu")),
+                     np.asarray(split.labels))
+    return out, tuple(fs.meta.get("map_shape") or fs.shape)
+
+
+def per_head(run: hb.Run, peak: float) -> list[dict]:
+    """Each head type trained alone on the run's cache: seconds, member-epochs, floor."""
+    F, (c, h, w) = cached_features(run)
+    k, cfg, seeds = len(run.classes), run.train_config, list(range(run.options.seeds))
+    rows_per_epoch = 3 * len(F["train"][1]) + len(F["val"][1])  # forward + backward, val
+    rows = []
+    for spec in run.options.heads:
+        make = {spec.label: lambda s=spec: create_head(s, c, k, (h, w))}
+        epochs: list[int] = []
+        started = time.perf_counter()
+        fit = train.fit_heads(make, F["train"][0], F["train"][1], F["val"][0], F["val"][1], cfg,
+                              seeds=seeds, on_member=lambda m, r: epochs.append(r.epochs_run))
+        seconds = time.perf_counter() - started
+        flops = count_flops(make[spec.label](), torch.zeros(1, c, h, w)) * rows_per_epoch
+        flops *= sum(epochs)
+        rows.append(dict(head=spec.label, seconds=seconds, member_epochs=sum(epochs),
+                         gflop=flops / 1e9, floor_s=flops / peak, decay=fit.weight_decay))
+    return rows
 
 
 def run(ctx: H.Ctx) -> tuple[str, dict]:
-    if "default_run" not in ctx.shared:
-        H.log("  default job (fp32) for its cached features")
-        H.cold_default_run(ctx)
-    job = ctx.shared["default_run"]
-    F, (c, h, w) = cached_features(job, ctx.out / "work" / "default-cache")
-    k = len(job.classes)
-    specs = list(job.options.heads)
-    heads = {s.label: (lambda s=s: create_head(s, c, k, (h, w))) for s in specs}
-    cfg, seeds = job.train_config, list(range(job.options.seeds))
-    args = (F["train"][0], F["train"][1], F["val"][0], F["val"][1], cfg)
-    members = len(specs) * (len(cfg.weight_decays) + len(seeds) - 1)
-    H.log(f"  stacked ({members} members)")
-    stacked_s, stacked = H.timed(lambda: train.fit_heads(heads, *args, seeds=seeds, stacked=True))
-    H.log("  one at a time")
-    alone_s, alone = H.timed(lambda: train.fit_heads(heads, *args, seeds=seeds, stacked=False))
-    diff = max(abs(a.best_val_loss - b.best_val_loss) for label in stacked
-               for a, b in zip(stacked[label].runs, alone[label].runs))
-    same_decay = sum(stacked[l].weight_decay == alone[l].weight_decay for l in stacked)
+    folder, options = ctx.job()
+    H.log("  default job (cold cache)")
+    work = ctx.fresh("default-f")
+    job = hb.compare(folder, cache_dir=work / "cache", out=work, **options)
     t = job.timing
-    raw = dict(heads=[s.label for s in specs], members=members, extract_s=t.extract_s,
-               compare_train_s=t.train_s, n_extracted=t.n_extracted, stacked_s=stacked_s,
-               alone_s=alone_s, speedup=alone_s / stacked_s, max_val_loss_diff=diff,
-               same_decay=same_decay)
-    sizes = (len(specs), len(cfg.weight_decays), len(seeds), len(F["train"][1]), len(F["val"][1]))
-    return report(raw, t, sizes), raw
+    peak = P.matmul_rate(torch.float32, 2048)
+    H.log("  each head type alone on the job's cache")
+    rows = per_head(job, peak)
+    raw = dict(extract_s=t.extract_s, train_s=t.train_s, evaluate_s=t.evaluate_s,
+               n_extracted=t.n_extracted, threads=torch.get_num_threads(),
+               peak_gflop_s=peak / 1e9, heads=rows, before_1thread=BEFORE_1T)
+    return report(raw), raw
 
 
-def report(raw: dict, t, sizes: tuple[int, ...]) -> str:
-    n_heads, n_decays, n_seeds, n_train, n_val = sizes
-    alone_s, stacked_s = raw["alone_s"], raw["stacked_s"]
-    rows = [["one at a time (`stacked=False`: every member alone, the reference)", H.fmt(alone_s)],
-            ["stacked (`stacked=True`)", H.fmt(stacked_s)],
-            [f"default job's extraction (cold cache, {t.n_extracted} images, includes "
-             "decoding)", H.fmt(t.extract_s)],
-            ["default job's head training inside `compare` (timing.train_s)", H.fmt(t.train_s)]]
-    return (f"`train.fit_heads` on the default job's cached features ({n_heads} heads × "
-            f"{n_decays} decays at the first seed, then {n_seeds - 1} more seeds "
-            f"at each head's chosen decay = {raw['members']} members, {n_train} train / "
-            f"{n_val} val images), both ways in this process.\n\n"
-            + H.table(["training", "seconds"], rows)
-            + f"\n\n**Stacked is {alone_s / stacked_s:.1f}× faster** than one at a time (target "
-              f"≥ 6×). Stacked head training is {stacked_s / t.extract_s:.2f}× the extraction "
-              f"time (target ≤ 1). Same chosen decay for {raw['same_decay']} of {n_heads} heads; "
-              f"largest difference of a member's best val loss, stacked vs alone: "
-              f"{raw['max_val_loss_diff']:.2g}.")
+def report(raw: dict) -> str:
+    ratio = raw["train_s"] / raw["extract_s"]
+    summary = H.table(["default job (same run)", "seconds"], [
+        [f"extraction ({raw['n_extracted']} images, decoding included)", H.fmt(raw["extract_s"])],
+        ["head training (`timing.train_s`: `fit_heads` alone)", H.fmt(raw["train_s"])],
+        ["evaluation, latency, FLOPs, run writes (`timing.evaluate_s`)",
+         H.fmt(raw["evaluate_s"])]])
+    rows = [[r["head"], H.fmt(raw["before_1thread"].get(r["head"]), 2), H.fmt(r["seconds"], 2),
+             f"{r['gflop']:.1f}", H.fmt(r["floor_s"], 2),
+             f"{r['seconds'] / r['floor_s']:.1f}×" if r["floor_s"] > 1e-3 else "—"]
+            for r in raw["heads"]]
+    total = sum(r["seconds"] for r in raw["heads"])
+    return ("The default job (hymenoptera, 9 heads × 4 decays at the first seed, then 2 more "
+            "seeds at each head's chosen decay) from a cold cache, then each head type trained "
+            f"alone on its cache with {raw['threads']} threads. Floor: matmul FLOPs of the "
+            "member-epochs that ran (forward + backward ≈ 3 forwards per train row, one per val "
+            f"row) over the measured fp32 matmul peak, {raw['peak_gflop_s']:.0f} GFLOP/s "
+            "(2048², this run).\n\n" + summary
+            + f"\n\n**Head training is {ratio:.2f}× the same run's extraction** (target ≤ 1).\n\n"
+            + H.table(["head", "before (1 thread)", "now", "GFLOP", "floor s", "now / floor"],
+                      rows)
+            + f"\n\nEach head alone: {total:.1f} s in all. 'Before' is the same job's heads on "
+              "this machine before issue 19 (1 thread, `bench/profile_heads.py` at 7e7859d).")
 
 
 def main() -> None:

@@ -105,6 +105,12 @@ def test_splits_never_share_an_image(run):
     assert all(len(splits[role]) for role in ("train", "val", "test"))
 
 
+def test_train_time_is_head_training_alone_and_evaluation_is_its_own(run):
+    t = Run.load(run.run_dir).timing
+    assert t.train_s > 0 and t.evaluate_s > 0  # heads evaluated, saved and timed apart
+    assert t.extract_s + t.train_s + t.evaluate_s <= t.total_s
+
+
 def test_rerun_reuses_the_cache_and_reproduces_every_number(run, shapes, cache, tmp_path):
     again = hb.compare(shapes, cache_dir=cache, out=tmp_path, **OPTIONS)
     assert again.timing.n_extracted == 0

@@ -61,8 +61,16 @@ def test_auto_finetunes_in_bf16_with_amx(amx):
     assert resolve_precision("auto", "cpu", "finetune") == "bf16"
 
 
-def test_heads_always_train_in_fp32(amx):
-    assert resolve_precision("bf16", "cpu", "heads") == "fp32"
+def test_heads_train_in_fp32_unless_bf16_is_asked_for(amx):
+    assert Runtime.resolve("auto", "cpu").heads == "fp32"  # head_precision defaults to fp32
+    assert Runtime.resolve("auto", "cpu", head_precision="auto").heads == "bf16"
+    assert resolve_precision("bf16", "cpu", "heads") == "bf16"
+
+
+def test_bf16_heads_without_native_bf16_is_an_error_naming_the_option(avx2_only):
+    assert Runtime.resolve("auto", "cpu", head_precision="auto").heads == "fp32"
+    with pytest.raises(HeadbenchError, match="'bf16' is not supported"):
+        Runtime.resolve("fp32", "cpu", head_precision="bf16")
 
 
 def test_runtime_resolves_every_stage_once(avx512_bf16):

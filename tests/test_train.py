@@ -264,3 +264,42 @@ def test_pooling_once_per_fit_trains_exactly_like_pooling_every_step(data):
     assert a.best_epoch == b.best_epoch
     for k, v in a.state_dict.items():
         torch.testing.assert_close(v, b.state_dict[f"head.{k}"], atol=1e-5, rtol=1e-5)
+
+
+def test_a_head_that_trains_identically_to_another_is_trained_once_and_reported_twice(data,
+                                                                                      monkeypatch):
+    from headbench.heads import HeadSpec, create_head
+    from headbench.train import fit_heads, protocol
+    heads = {name: (lambda name=name: create_head(HeadSpec(name), C, K, (MAP, MAP)))
+             for name in ("gap", "dense_map", "gmp")}
+    assert protocol.twin_heads(heads, [0, 1]) == {"dense_map": "gap"}  # Dense of the average
+    trained, real = [], protocol.train_members
+    monkeypatch.setattr(protocol, "train_members",
+                        lambda make, members, *a, **k: trained.extend(members) or real(make, members, *a, **k))
+    fits = fit_heads(heads, *data, FAST, seeds=[0, 1])
+    assert {m.head for m in trained} == {"gap", "gmp"}
+    monkeypatch.setattr(protocol, "twin_heads", lambda make, seeds: {})  # train dense_map too
+    alone = fit_heads({"dense_map": heads["dense_map"]}, *data, FAST, seeds=[0, 1])["dense_map"]
+    copied = fits["dense_map"]
+    assert (copied.weight_decay, copied.sweep) == (alone.weight_decay, alone.sweep)
+    for a, b in zip(copied.runs, alone.runs):
+        assert (a.best_epoch, a.epochs_run) == (b.best_epoch, b.epochs_run)
+        assert_same_state(a.state_dict, b.state_dict)
+
+
+@pytest.mark.skipif(not __import__("headbench.runtime").runtime.bf16_native(torch.device("cpu")),
+                    reason="this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
+def test_bf16_head_training_is_asked_for_and_stays_close_to_fp32(data):
+    bf16 = TrainConfig(**{**FAST.to_dict(), "precision": "bf16"})
+    with seeded(0):
+        a, b = gap_head(), gap_head()
+    fp32_run = train_head(a, *data, FAST, 1e-3, 0)
+    bf16_run = train_head(b, *data, bf16, 1e-3, 0)
+    assert bf16_run.best_val_loss == pytest.approx(fp32_run.best_val_loss, rel=0.15)
+    assert bf16_run.best_val_loss != fp32_run.best_val_loss  # the matmuls did run in bf16
+
+
+def test_head_precision_is_checked_naming_its_option():
+    with pytest.raises(HeadbenchError, match="precision 'fp16'") as e:
+        TrainConfig(precision="fp16")
+    assert e.value.param == "head_precision"

@@ -107,7 +107,7 @@ def compare(data: str | Path | CompareConfig, **options) -> Run | None:
     _distributed.init()
     t0 = time.perf_counter()
     bb = _backbones.create_backbone(config.backbone, config.weights, config.input_size)
-    rt = Runtime.resolve(config.precision)
+    rt = Runtime.resolve(config.precision, head_precision=config.head_precision)
     _check_heads(config, bb)  # every head fits this backbone's map, before any file is read
     timing = Timing(backbone_s=time.perf_counter() - t0)
     digest = config.digest(weights_checksum=bb.weights_checksum, precision=rt.extract)
@@ -162,16 +162,24 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
         _progress.log(f"reusing {len(done)} finished training run(s) of the interrupted run")
 
     def on_fit(label: str, fit: _train.FitResult) -> None:
+        started = time.perf_counter()
         spec, variant = todo[label]
         head, predictions = _evaluate_fit(work, spec, fit, run.backbone, label, variant)
         states = {tr.seed: tr.state_dict for tr in fit.runs}
         _save_head(work, run, head, states, backbone_file)
         _commit(run, head, predictions, states, committed)
+        timing.evaluate_s += time.perf_counter() - started
+
+    def on_member(member: _train.Member, result: _train.TrainResult) -> None:
+        started = time.perf_counter()
+        _run.save_member(run_dir, member, result, run.feature_digest)
+        timing.evaluate_s += time.perf_counter() - started
 
     t0 = time.perf_counter()
     views = _augmented_views(work) if config.aug_views else None  # on every rank, always
     timing.extract_s += time.perf_counter() - t0
     t0 = time.perf_counter()
+    train_config = dataclasses.replace(config.train_config(), precision=rt.heads)  # resolved
     total = config.epochs * (len(todo) * _runs_per_head(config) - len(done))
     with _progress.progress("training heads", total=total, unit="epoch") as bar:
         for variant in (False, True):
@@ -182,11 +190,10 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
             _train.fit_heads({label: (lambda spec=spec: work.make_head(spec))
                               for label, spec in labels.items()},
                              X_train, work.y["train"], work.F["val"], work.y["val"],
-                             config.train_config(), seeds=list(range(config.seeds)), done=done,
-                             on_member=lambda m, r: _run.save_member(run_dir, m, r,
-                                                                     run.feature_digest),
-                             on_fit=on_fit, on_epochs=bar.advance)
-    timing.train_s = time.perf_counter() - t0
+                             train_config, seeds=list(range(config.seeds)), done=done,
+                             on_member=on_member, on_fit=on_fit, on_epochs=bar.advance)
+    # fit_heads calls on_fit / on_member as members finish: their time is evaluate_s
+    timing.train_s = time.perf_counter() - t0 - timing.evaluate_s
     _sort_heads(run)
     run.save()
     _run.drop_members(run_dir)  # every head is committed: its training runs are not needed

@@ -172,6 +172,8 @@ class CompareConfig(AnalysisOptions):
                                               list=True)
     input_size: int | None = option(None, "input side in pixels (default: the backbone's)")
     precision: str = option("auto", "extraction precision: auto | fp32 | bf16")
+    head_precision: str = option("fp32", "head-training matmul precision: fp32 | bf16 | auto "
+                                         "(bf16 only on CPUs/GPUs with native bf16)")
     cache_dir: str | None = option(None, "feature cache folder (default: the user cache dir)")
     out: str = option(".", "runs/ is created here")
     val_fraction: float = option(0.15, "fraction of train held out for selection when the "
@@ -269,7 +271,8 @@ class CompareConfig(AnalysisOptions):
     def train_config(self) -> TrainConfig:
         """The training protocol these options give."""
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           patience=self.patience or None, weight_decays=self.weight_decays)
+                           patience=self.patience or None, weight_decays=self.weight_decays,
+                           precision=self.head_precision)
 
     def finetune_config(self):
         """The fine-tuning protocol these options give (`finetune.FinetuneConfig`)."""
@@ -326,7 +329,7 @@ _NOT_IN_DIGEST = {"out", "run_name", "report", "workers", "cache_dir", "shifts",
 # interrupted run of an older version still resumes
 _NEW_DEFAULTS = {"aug_views": 0, "finetune": False, "finetune_top": 1, "unfreeze": "all",
                  "bn": "frozen", "finetune_epochs": 10, "finetune_lr": 1e-4, "backbone_lr": 0.1,
-                 "finetune_batch_size": 32, "finetune_patience": 3}
+                 "finetune_batch_size": 32, "finetune_patience": 3, "head_precision": "fp32"}
 _FINETUNE_OPTIONS = set(_NEW_DEFAULTS) - {"aug_views", "finetune"}  # moot without fine-tuning
 _UNSET = object()
 

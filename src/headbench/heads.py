@@ -25,6 +25,7 @@ torch.Size([2, 10])
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -295,10 +296,13 @@ class TrainingSplit:
     """A head cut in two for training on cached features: ``body(prepare(x)) == head(x)``.
 
     `prepare` has no parameters and no randomness, so training computes it once per image
-    rather than once per epoch (a global pool, GeM's logarithms, attention's tokens); heads with
+    rather than once per epoch (a global pool, GeM's moments, attention's tokens); heads with
     the same `key` share it. `body` shares the head's parameters: training it trains the head.
     `stats` names the global statistics `prepare` is a function of (('avg',) for gap), or is
     empty when it needs the whole map; `from_stats` then computes it from a cache of them.
+    `prepare_at(x, c)`, where set, is `prepare` taken at another expansion point c (GeM's
+    moments, exact only near their point: the stacked engine asks for the point each member's
+    p needs, see `train.stacked`).
     """
 
     prepare: Callable[[torch.Tensor], torch.Tensor]
@@ -306,6 +310,7 @@ class TrainingSplit:
     body: nn.Module
     stats: tuple[str, ...] = ()
     pool: nn.Module | None = None
+    prepare_at: Callable[[torch.Tensor, float], torch.Tensor] | None = None
 
     def apply(self, x: torch.Tensor, form: tuple[str, ...] | None = None) -> torch.Tensor:
         """`prepare` of feature rows stored as maps (form None) or as the statistics `form`."""
@@ -329,6 +334,37 @@ class _FromPrepared(nn.Module):
         return self.pool.from_prepared(prepared)
 
 
+class _FromMoments(nn.Module):
+    """The trainable rest of a GeM trained from its moments at expansion point `centre`
+    (`GeM.moments`); shares its p."""
+
+    def __init__(self, pool: GeM, centre: float):
+        super().__init__()
+        self.pool, self.centre = pool, centre
+
+    def forward(self, moments: torch.Tensor) -> torch.Tensor:
+        return self.pool.from_moments(moments, self.centre)
+
+
+# The layers the stacked engine runs itself (`train.stacked`), which GeM trains from moments
+# before: a member whose p leaves the moments' window is moved to other moments per step,
+# which needs every member's p at hand (not so under vmap, the engine's way for other layers).
+_STACKED_LAYERS = (nn.Linear, nn.ReLU, nn.Dropout, nn.BatchNorm1d)
+
+
+def _moments_split(layers: list[nn.Module]) -> TrainingSplit | None:
+    """A learnable GeM before stacked layers only, trained from its moments around its p
+    (`GeM.moments`); else None."""
+    pool = layers[0]
+    if not (isinstance(pool, GeM) and isinstance(pool.p, nn.Parameter) and not pool.keepdims
+            and all(isinstance(m, _STACKED_LAYERS) for m in layers[1:])):
+        return None
+    centre = float(pool.p.detach())
+    body = nn.Sequential(_FromMoments(pool, centre), *layers[1:])
+    return TrainingSplit(functools.partial(pool.moments, centre=centre),
+                         pool.moments_key(centre), body, prepare_at=pool.moments)
+
+
 def _fixed(module: nn.Module) -> bool:
     """No parameters, no buffers, no randomness: the output never changes during training."""
     return not (any(True for _ in module.parameters()) or any(True for _ in module.buffers())
@@ -344,7 +380,8 @@ def training_split(head: nn.Module) -> TrainingSplit:
     """Cut a head (any Sequential) into `prepare` and `body`, the longest exact way.
 
     - leading layers without parameters (global pools, AvgPool2d, Flatten) go to `prepare`;
-    - else a pool with a `prepare` step (GeM, attention) gives it to `prepare`;
+    - else a learnable GeM gives its moments to `prepare` (`_moments_split`), and another
+      pool with a `prepare` step (GeM, attention) that step;
     - a Dense applied at every position and then averaged is the Dense of the average
       (mean(W·x + b) = W·mean(x) + b: dense_map without hidden layers and dropout).
     """
@@ -361,6 +398,9 @@ def training_split(head: nn.Module) -> TrainingSplit:
         pool = layers[0] if n == 1 and getattr(layers[0], "stats", ()) else None
         stats = pool.stats if pool is not None and not pool.keepdims else ()
         return TrainingSplit(prepare, repr(prepare), nn.Sequential(*layers[n:]), stats, pool)
+    moments = _moments_split(layers)
+    if moments is not None:
+        return moments
     if hasattr(layers[0], "from_prepared") and not layers[0].keepdims:
         body = nn.Sequential(_FromPrepared(layers[0]), *layers[1:])
         return TrainingSplit(layers[0].prepare, layers[0].prepare_key, body)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headbench import errors
+from headbench import errors, gem_moments
 from headbench.errors import HeadbenchError
 
 DATA_FORMATS = ("channels_first", "channels_last")
@@ -177,8 +177,12 @@ class GeM(_GlobalPool):
     Input shape: (N, C, H, W), or (N, H, W, C) for channels_last.
     Output shape: (N, C).
 
+    Training on cached features can take the map's moments around an expansion point instead
+    of the map (`moments`, `from_moments`): exact to fp32 while p stays near that point, and
+    nothing per position left to compute per step. The layer itself always pools exactly.
+
     Example:
-        >>> GeM(p=2.0, learnable=False)(torch.tensor([[[[1., 7.]]]]))  # sqrt((1 + 49) / 2)
+        >>> GeM(p=2.0, learnable=False)(torch.tensor([[[[1., 7.]]]])).round(decimals=4)
         tensor([[5.]])
     """
 
@@ -210,6 +214,26 @@ class GeM(_GlobalPool):
         if prepared.requires_grad or not isinstance(self.p, nn.Parameter):
             return _gem_from_logs(logs, high, low, self.p)[0]  # autograd through every op
         return _GeMOfLogs.apply(logs, high, low, self.p)[0]
+
+    def moments_key(self, centre: float) -> str:
+        """Names `moments(x, centre)`, as `prepare_key` names `prepare`."""
+        return (f"GeM.moments(p0={centre:.9g}, K={gem_moments.ORDER}, eps={self.eps:g}, "
+                f"{self.data_format})")
+
+    def moments(self, x: torch.Tensor, centre: float) -> torch.Tensor:
+        """What GeM needs of x for any p in the window of the expansion point `centre`, per
+        image: the moments M_0..M_K and the anchor (see `gem_moments`), (N, K+2, C). Computed
+        in place: no gradient to x (training's cached features)."""
+        return gem_moments.moments_of(to_channels_first(x, self.data_format), self.eps, centre)
+
+    def from_moments(self, moments: torch.Tensor, centre: float) -> torch.Tensor:
+        """GeM (N, C) from `moments(x, centre)` at this layer's p, which must lie in the window
+        of `centre` (the stacked engine moves a member whose p leaves it: `expansion_point`)."""
+        p = float(self.p.detach())
+        if gem_moments.expansion_point(p, centre) != centre:
+            raise HeadbenchError(f"GeM's p = {p:.4g} is outside the range the moments taken at "
+                                 f"p = {centre:.4g} are exact in; take them nearer p")
+        return gem_moments.gem_from_moments(moments, self.p, torch.full_like(self.p, centre))[0]
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_prepared(self._prepare(x))

@@ -245,13 +245,19 @@ class BackboneInfo:
 
 @dataclass
 class Timing:
-    """Seconds spent per step (`n_extracted`: images that went through the backbone)."""
+    """Seconds spent per step (`n_extracted`: images that went through the backbone).
+
+    `train_s` is head training alone (`train.fit_heads`: every member of the decay sweep and
+    the seeds, selection on val included), so its ratio to `extract_s` is the cost of the heads
+    against the backbone pass; evaluating each trained head on every split, its latency and
+    FLOPs, and writing heads and members to the run folder are `evaluate_s`."""
 
     scan_s: float = 0.0
     backbone_s: float = 0.0
     extract_s: float = 0.0
     n_extracted: int = 0
     train_s: float = 0.0
+    evaluate_s: float = 0.0
     total_s: float | None = None
 
 

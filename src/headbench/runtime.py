@@ -11,8 +11,9 @@ re-read from the options by each stage:
   ========== ==================================================================================
   extract    'auto': bf16 where the device runs it natively (CUDA with bf16, a CPU with
              avx512_bf16 or amx_bf16), else fp32. Part of the feature cache key.
-  heads      fp32 always: heads train on the cached (fp16-stored) features; their matmuls are
-             small and bf16 would change the selected decay and epoch for little time.
+  heads      as extract, from its own option (`head_precision`, default 'fp32'): bf16 matmuls
+             in head training change the members' losses in the third digit, and with them
+             which decay and epoch are chosen (bench/RESULTS.md (f)); opt in where it pays.
   finetune   'auto': as extract, except on a CPU without AMX, where the backward pass ran
              slower in bf16 than in fp32 (23.9 vs 28.7 img/s, bench/RESULTS.md (g)).
   ========== ==================================================================================
@@ -127,7 +128,7 @@ def resolve_precision(requested: str, device: str | torch.device, stage: str = "
         raise unknown("precision", str(requested), PRECISIONS, param="precision")
     if stage not in STAGES:
         raise unknown("stage", str(stage), STAGES)
-    if stage == "heads" or requested == "fp32":
+    if requested == "fp32":
         return "fp32"
     native = bf16_native(device)
     if requested == "bf16" and not native:
@@ -155,10 +156,13 @@ class Runtime:
     finetune: str
 
     @classmethod
-    def resolve(cls, precision: str = "auto",
-                device: str | torch.device | None = None) -> "Runtime":
+    def resolve(cls, precision: str = "auto", device: str | torch.device | None = None,
+                head_precision: str = "fp32") -> "Runtime":
+        """`precision` rules extraction and fine-tuning; head training has its own option."""
         device = resolve_device(device)
-        return cls(device, *(resolve_precision(precision, device, s) for s in STAGES))
+        return cls(device, resolve_precision(precision, device, "extract"),
+                   resolve_precision(head_precision, device, "heads"),
+                   resolve_precision(precision, device, "finetune"))
 
     def autocast_dtype(self, stage: str) -> torch.dtype | None:
         """bf16 when `stage` computes in bf16, else None (no autocast)."""

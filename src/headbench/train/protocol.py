@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from ..checks import positive, whole
-from ..errors import HeadbenchError
-from ..runtime import resolve_device, tune_allocator
+from ..errors import HeadbenchError, unknown
+from ..runtime import PRECISIONS, resolve_device, resolve_precision, tune_allocator
 from .engine import Stack, split_of, train_epoch, validate
 from .inputs import (Features, Inputs, Views, as_features, batches, block_bounds, blocks, labels,
                      plan_memory)
@@ -56,6 +56,8 @@ class TrainConfig:
         patience: epochs without a validation-loss improvement before stopping; None (or 0)
             disables early stopping (the best epoch is still restored).
         device: 'cpu', 'cuda', 'cuda:1', ...; None picks cuda when available.
+        precision: the heads' matmuls: 'fp32', 'bf16' or 'auto' (`runtime.resolve_precision`,
+            stage 'heads': bf16 only where the hardware has it natively).
     """
 
     epochs: int = 40
@@ -65,6 +67,7 @@ class TrainConfig:
     warmup_epochs: int = 2
     patience: int | None = 8
     device: str | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.epochs = whole(self.epochs, "epochs", 1)
@@ -72,6 +75,8 @@ class TrainConfig:
         self.lr = positive(self.lr, "lr")
         self.weight_decays = _decays(self.weight_decays)
         self.warmup_epochs = whole(self.warmup_epochs, "warmup_epochs", 0)
+        if self.precision not in PRECISIONS:
+            raise unknown("precision", str(self.precision), PRECISIONS, param="head_precision")
         if self.patience is not None:  # 0 is the CLI's way of saying None
             self.patience = whole(self.patience, "patience", 0) or None
 
@@ -152,6 +157,7 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
     """
     tune_allocator()
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device, "heads")
     train, val = as_features(X_train, device), as_features(X_val, device)
     if isinstance(val.X, Views):
         raise HeadbenchError("validation features must be one view of each image, not Views")
@@ -163,7 +169,7 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
         raise HeadbenchError(f"training needs at least 2 training and 1 validation images, got "
                              f"{n_train} and {len(val)}: add images or change the split")
     stacks = _stacks(make_heads, members, train, device,
-                     int(max(y_tr.max().item(), y_va.max().item())))
+                     int(max(y_tr.max().item(), y_va.max().item())), precision)
     splits = {s.key: s.split for s in stacks}
     memory = plan_memory(splits, [train, val])
     inputs_tr, inputs_va = Inputs(train, splits, memory), Inputs(val, splits, memory)
@@ -203,7 +209,8 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
 
 
 def _stacks(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Member],
-            train: Features, device: torch.device, y_max: int) -> list[Stack]:
+            train: Features, device: torch.device, y_max: int,
+            precision: str = "fp32") -> list[Stack]:
     """One stack per head label, its members' heads built under their seeds."""
     by_label: dict[str, list[Member]] = {}
     for member in members:
@@ -223,7 +230,7 @@ def _stacks(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Me
             raise HeadbenchError(f"labels go up to class {y_max} but head '{label}' outputs {k} "
                                  "classes: build the head with num_classes equal to the number "
                                  "of classes")
-        stacks.append(Stack(label, group, heads, split, probe, device))
+        stacks.append(Stack(label, group, heads, split, probe, device, precision))
     return stacks
 
 
@@ -289,6 +296,7 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
     train, val = as_features(X_train, device), as_features(X_val, device)
     results = dict(done or {})
     fits: dict[str, FitResult] = {}
+    twins = twin_heads(make_heads, seeds)  # trained once, reported under both labels
 
     def fitted(label: str) -> None:
         fit = _fit_of(label, results, config, seeds)
@@ -302,9 +310,18 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
         if on_member is not None:
             on_member(member, result)
         fitted(member.head)
+        copy_to_twins(member, result)
+
+    def copy_to_twins(member: Member, result: TrainResult) -> None:
+        for twin in [t for t, original in twins.items() if original == member.head]:
+            copy = Member(twin, member.weight_decay, member.seed)
+            if copy not in results:
+                finished(copy, _twin_result(make_heads, twin, member, result))
 
     def run(members: list[Member]) -> None:
-        todo = [m for m in members if m not in results]
+        for member in [m for m in members if m in results]:  # done before this call
+            copy_to_twins(member, results[member])
+        todo = [m for m in members if m not in results and m.head not in twins]
         groups = [todo] if stacked else [[m] for m in todo]
         for group in groups:
             if group:
@@ -317,6 +334,46 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
         fitted(label)
     run([Member(label, chosen[label], s) for label in make_heads for s in seeds[1:]])
     return {label: fits[label] for label in make_heads}
+
+
+def twin_heads(make_heads: dict[str, Callable[[], nn.Module]],
+               seeds: Sequence[int]) -> dict[str, str]:
+    """label -> an earlier label whose head trains identically: the same prepared input, the
+    same body and the same initial weights at every seed (dense_map without hidden layers is
+    gap's Dense on the average). Such a head is trained once and reported under both labels."""
+    signatures: dict[tuple, str] = {}
+    twins = {}
+    for label in make_heads:
+        signature = tuple(_signature(make_heads[label], seed) for seed in seeds)
+        if signature in signatures:
+            twins[label] = signatures[signature]
+        else:
+            signatures[signature] = label
+    return twins
+
+
+def _signature(make_head: Callable[[], nn.Module], seed: int) -> tuple:
+    with seeded(seed):
+        split = split_of(make_head())
+    # layers and tensors in order, not their names: gap's Dense is '0', dense_map's 'fc'
+    layers = tuple(f"{type(m).__name__}({m.extra_repr()})" for m in split.body.modules()
+                   if not list(m.children()))
+    state = tuple((v.dtype, tuple(v.shape), v.detach().cpu().numpy().tobytes())
+                  for v in split.body.state_dict().values())
+    return split.key, layers, state
+
+
+def _twin_result(make_heads: dict[str, Callable[[], nn.Module]], twin: str, member: Member,
+                 result: TrainResult) -> TrainResult:
+    """`result` of `member` as the result of head `twin`: its trained body in the twin's head."""
+    with seeded(member.seed):
+        trained, copy = make_heads[member.head](), make_heads[twin]()
+    trained.load_state_dict(result.state_dict)
+    target = split_of(copy).body.state_dict()  # the same tensors in order, named the twin's way
+    target.update(zip(target, split_of(trained).body.state_dict().values()))
+    split_of(copy).body.load_state_dict(target)
+    state = {k: v.detach().to("cpu", copy=True) for k, v in copy.state_dict().items()}
+    return dataclasses.replace(result, state_dict=state)
 
 
 def _sweep(label: str, results: dict[Member, TrainResult], config: TrainConfig,

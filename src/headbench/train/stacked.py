@@ -18,9 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import HeadbenchError
+from ..gem_moments import expansion_point, gem_from_moments
+from ..heads import _FromMoments
 from ..layers import AttentionPool2d, GeM, _GeMOfLogs, _gem_from_logs
 
 _SIMPLE = (nn.Linear, nn.ReLU, nn.Dropout, nn.BatchNorm1d)
+# An attention pool and the Linear after it run as one step (`_attention_linear`) when the
+# Linear has at most this many outputs: its matmuls grow with heads × (1 + outputs) columns,
+# and on one CPU thread (64 rows of 49×1280 tokens; 4 members on them, or 2 with their own)
+# it is as fast as pooling first at 8 outputs with one head (2 heads: 1.5-2.7× faster at 8).
+FUSED_OUTPUTS = 8
 
 
 def _pool_of(module: nn.Module) -> nn.Module | None:
@@ -41,6 +49,17 @@ def supported(body: nn.Module) -> bool:
                for i, m in enumerate(body))
 
 
+def _fuses(body: nn.Sequential) -> bool:
+    """Whether `body` starts with an attention pool and a narrow Linear, run as one step."""
+    return (len(body) > 1 and isinstance(_pool_of(body[0]), AttentionPool2d)
+            and isinstance(body[1], nn.Linear) and body[1].out_features <= FUSED_OUTPUTS)
+
+
+def _scope(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The tensors of layer `name`, by their names inside it."""
+    return {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+
+
 def forward(body: nn.Sequential, params: dict[str, torch.Tensor],
             buffers: dict[str, torch.Tensor], x: torch.Tensor, training: bool,
             masks: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -51,9 +70,14 @@ def forward(body: nn.Sequential, params: dict[str, torch.Tensor],
     Dropout's scaled mask (M, b, F) by layer name.
     """
     m = next(iter(params.values())).shape[0]
-    h = x
-    for name, layer in body.named_children():
-        p = {k[len(name) + 1:]: v for k, v in params.items() if k.startswith(name + ".")}
+    h, layers = x, list(body.named_children())
+    if _fuses(body):
+        (pool, _), (linear, _) = layers[:2]
+        h = _attention_linear(_pool_of(body[0]), _scope(params, pool)["pool.query"],
+                              _scope(params, linear), x)
+        layers = layers[2:]
+    for name, layer in layers:
+        p = _scope(params, name)
         if isinstance(layer, nn.Linear):
             out = torch.matmul(p["weight"], h.transpose(-1, -2))  # (M, out, b): fast gradient
             if "bias" in p:
@@ -67,7 +91,7 @@ def forward(body: nn.Sequential, params: dict[str, torch.Tensor],
             h = _batch_norm(layer, p, {k[len(name) + 1:]: v for k, v in buffers.items()
                                        if k.startswith(name + ".")}, h, training)
         elif isinstance(_pool_of(layer), GeM):
-            h = _gem(p["pool.p"], x, m)
+            h = _gem(layer, p["pool.p"], x, m)
         else:
             h = _attention(_pool_of(layer), p["pool.query"], x)
     return h
@@ -75,31 +99,66 @@ def forward(body: nn.Sequential, params: dict[str, torch.Tensor],
 
 def _batch_norm(layer: nn.BatchNorm1d, p: dict, stats: dict, h: torch.Tensor,
                 training: bool) -> torch.Tensor:
-    """nn.BatchNorm1d per member over its b rows; running statistics as torch keeps them."""
-    if training:
-        mean, var = h.mean(dim=-2), h.var(dim=-2, unbiased=False)
-        with torch.no_grad():
-            n = h.shape[-2]
-            momentum = layer.momentum
-            stats["running_mean"].lerp_(mean.detach(), momentum)
-            stats["running_var"].lerp_(var.detach() * n / max(1, n - 1), momentum)
-            stats["num_batches_tracked"].add_(1)
-    else:
-        mean, var = stats["running_mean"], stats["running_var"]
-    scale = torch.rsqrt(var + layer.eps)
-    if layer.affine:
-        scale = scale * p["weight"]
-    out = (h - mean.unsqueeze(-2)) * scale.unsqueeze(-2)
-    return out + p["bias"].unsqueeze(-2) if layer.affine else out
+    """nn.BatchNorm1d per member over its b rows: torch's own batch_norm over every member's
+    features side by side (M·F channels), with the stacked running statistics and affine
+    parameters viewed flat, so that it updates them in place as the module would."""
+    b, f = h.shape[-2:]
+    m = max([t.shape[0] for t in (*p.values(), *stats.values())] + [len(h) if h.dim() == 3 else 1])
+    if h.dim() == 3 and len(h) == m and h.transpose(-1, -2).is_contiguous():
+        # a stacked Linear's output, (M, F, b) in memory: channels of a (1, M·F, b) input, no copy
+        x = h.transpose(-1, -2).reshape(1, m * f, b)
+        out = _native_batch_norm(layer, p, stats, x, training)
+        return out.view(m, f, b).transpose(-1, -2)
+    x = h.expand(m, b, f).transpose(0, 1).reshape(b, m * f)  # rows: torch's fastest layout
+    return _native_batch_norm(layer, p, stats, x, training).view(b, m, f).transpose(0, 1)
 
 
-def _gem(p: torch.Tensor, prepared: torch.Tensor, m: int) -> torch.Tensor:
-    """GeM from prepared logs, (M, b, C), with each member's own p (M, 1)."""
+def _native_batch_norm(layer: nn.BatchNorm1d, p: dict, stats: dict, x: torch.Tensor,
+                       training: bool) -> torch.Tensor:
+    """F.batch_norm as nn.BatchNorm1d calls it (batch statistics in training or when it keeps
+    no running ones; momentum None: a cumulative average) on the flattened stacked tensors."""
+    def flat(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.view(-1)  # a view: in-place updates reach the stack
+
+    momentum, count = layer.momentum, stats.get("num_batches_tracked")
+    if training and count is not None:
+        count.add_(1)
+        if momentum is None:
+            momentum = 1.0 / float(count[0])
+    return F.batch_norm(x, flat(stats.get("running_mean")), flat(stats.get("running_var")),
+                        flat(p.get("weight")), flat(p.get("bias")),
+                        training or "running_mean" not in stats, momentum or 0.0, layer.eps)
+
+
+def _gem(layer: nn.Module, p: torch.Tensor, prepared: torch.Tensor, m: int) -> torch.Tensor:
+    """GeM, (M, b, C), with each member's own p (M, 1), from its moments where the split
+    trains it from them (`_FromMoments`), else from prepared logs.
+
+    The moments are exact while p is in the window of their expansion point: a member whose p
+    left it takes the moments at the point `expansion_point` gives (the inputs' `recentred`),
+    as exact as the others, so the window never changes what a member learns."""
+    if isinstance(layer, _FromMoments):
+        centres = [expansion_point(v, layer.centre) for v in p.detach().flatten().tolist()]
+        if any(c != layer.centre for c in centres):
+            prepared = _moved(prepared, centres, layer.centre)
+        centre = torch.tensor(centres, dtype=p.dtype, device=p.device).view_as(p)
+        return gem_from_moments(prepared, p, centre)
     logs, high, low = prepared[..., :-2, :], prepared[..., -2, :], prepared[..., -1, :]
     p = p.view(m, 1, 1)
     if prepared.requires_grad:
         return _gem_from_logs(logs, high, low, p)[0]
     return _GeMOfLogs.apply(logs, high, low, p)[0]
+
+
+def _moved(moments: torch.Tensor, centres: list[float], base: float) -> torch.Tensor:
+    """Each member's moments (M, b, K+2, C) at its expansion point in `centres`, from moments
+    (b, ...) or (M, b, ...) taken at `base`."""
+    moved = getattr(moments, "recentred", None)
+    if moved is None:
+        raise HeadbenchError("GeM's p left the window of its training moments, and these inputs "
+                             "cannot be taken at another point (not from train.inputs.Inputs)")
+    at = {c: moments if c == base else moved(c) for c in set(centres)}
+    return torch.stack([at[c] if moments.dim() == 3 else at[c][i] for i, c in enumerate(centres)])
 
 
 def _attention(pool: AttentionPool2d, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -116,3 +175,48 @@ def _attention(pool: AttentionPool2d, query: torch.Tensor, tokens: torch.Tensor)
         weights = ((heads @ q).squeeze(-1) * scale).softmax(dim=-1)  # M, b, h, P
         out = (weights.unsqueeze(-2) @ heads).squeeze(-2)          # M, b, h, d
     return out.flatten(-2)
+
+
+def _attention_linear(pool: AttentionPool2d, query: torch.Tensor, linear: dict[str, torch.Tensor],
+                      tokens: torch.Tensor) -> torch.Tensor:
+    """Attention pooling then a Linear (`linear`: its stacked weight, bias), (M, b, K), on
+    tokens (b, P, C) or (M, b, P, C), from one matmul over the tokens (and one in the gradient).
+
+    Per head, W·(Σ_P a_P x_P) = Σ_P a_P (W x_P): one matmul of the tokens with every member's
+    query and Linear rows gives each token's score and logits, and the scores' softmax sums the
+    logits. The parameters' gradient is then one matmul with the same tokens: a step reads them
+    twice rather than four times (scores, pooling and their gradients), in wider matmuls.
+    The tokens stay dense even when mostly zeros (ReLU maps): every step gathers a new batch,
+    and making it sparse costs more than both matmuls at any density (one CPU thread, 64 rows of
+    49×1280: to_sparse_csr 17-57 ms, even `!= 0` 6 ms, against 3 ms for both matmuls)."""
+    rows = _head_rows(query, linear["weight"])                       # M, h, 1+K, C
+    m, h, width = rows.shape[:3]
+    if tokens.dim() == 3:
+        z = _products(rows.flatten(0, 2), tokens.flatten(0, 1))      # M·h·(1+K), b·P
+    else:  # a matmul per member: CPU bmm runs these shapes 2-3× slower
+        z = torch.stack([_products(r.flatten(0, 1), t.flatten(0, 1))
+                         for r, t in zip(rows, tokens)])             # M, h·(1+K), b·P
+    z = z.reshape(m, h, width, *tokens.shape[-3:-1])                 # M, h, 1+K, b, P
+    weights = (z[:, :, 0] * (1.0 / math.sqrt(pool.head_dim))).softmax(dim=-1)  # M, h, b, P
+    out = (weights.unsqueeze(2) * z[:, :, 1:]).sum(dim=(1, 4)).transpose(1, 2)  # M, b, K
+    return out + linear["bias"].unsqueeze(1) if "bias" in linear else out
+
+
+def _products(rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Rows (r, C) times tokens (n, C): (r, n), with the gradient of rows as (grad)·tokens.
+    MKL runs rows·tokensᵀ faster up to 6 rows and tokens·rowsᵀ beyond (one thread, 3136 tokens
+    of 1280, forward and gradient: 1.5 against 2.3 ms at 3 rows, 3.7 against 2.8 at 12)."""
+    if len(rows) <= 6:
+        return rows @ tokens.t()
+    return (tokens @ rows.t()).t()  # rowsᵀ a view: autograd still takes (grad)·tokens
+
+
+def _head_rows(query: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Each member's query (M, h, d) and Linear rows (M, K, C) per head, zero outside the head's
+    channels: (M, h, 1+K, C), so that a token times a row sums over that head's channels."""
+    m, h, d = query.shape
+    rows = torch.cat([query.unsqueeze(2), weight.unflatten(-1, (h, d)).transpose(1, 2)], dim=2)
+    if h == 1:
+        return rows
+    own = torch.eye(h, dtype=rows.dtype, device=rows.device)[:, None, :, None]  # j, 1, l, 1
+    return (rows.unsqueeze(-2) * own).flatten(-2)
