@@ -26,7 +26,7 @@ import PIL
 import torch
 
 import headbench as hb
-from headbench import progress, runtime
+from headbench import backbones, features, progress, runtime, train
 from headbench.images import ImageDataset
 from headbench.runtime import cpu_flags, tune_allocator
 
@@ -329,6 +329,22 @@ def default_job(ctx: Ctx, precision: str) -> tuple[float, hb.Run]:
     shutil.rmtree(work, ignore_errors=True)
     return timed(lambda: hb.compare(folder, precision=precision, cache_dir=ctx.out / "work" /
                                     "default-cache", out=work, **options))
+
+
+def cached_features(run: hb.Run) -> tuple[dict, tuple]:
+    """(train.Features, labels) of the train and val splits from a finished run's feature cache
+    (nothing is extracted again), and the feature map's (C, H, W)."""
+    bb = backbones.create_backbone(run.backbone.name, run.backbone.weights,
+                                   run.options.input_size)
+    root, out = Path(run.dataset.root), {}
+    for role in ("train", "val"):
+        split = run.dataset.splits[role]
+        fs = features.extract(bb, [root / p for p in split.paths], split.digests,
+                              precision=run.precision, cache_dir=run.options.cache_dir)
+        assert fs.n_extracted == 0, f"the cache of {run.run_dir} should hold every image"
+        out[role] = (train.Features(fs.subset(np.arange(len(fs))), torch.device("cpu")),
+                     np.asarray(split.labels))
+    return out, tuple(fs.meta.get("map_shape") or fs.shape)
 
 
 def cold_default_run(ctx: Ctx) -> tuple[float, hb.Run]:

@@ -17,24 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+import harness as H
 import headbench as hb
-from headbench import backbones, features, runtime, train
+from headbench import runtime, train
 from headbench.heads import create_head
-
-
-def cached(run: hb.Run) -> tuple[dict, tuple]:
-    bb = backbones.create_backbone(run.backbone.name, run.backbone.weights, run.options.input_size)
-    root, out = Path(run.dataset.root), {}
-    for role in ("train", "val"):
-        split = run.dataset.splits[role]
-        fs = features.extract(bb, [root / p for p in split.paths], split.digests,
-                              precision=run.precision, cache_dir=run.options.cache_dir)
-        out[role] = (train.Features(fs.subset(np.arange(len(fs))), torch.device("cpu")),
-                     np.asarray(split.labels))
-    return out, tuple(fs.meta.get("map_shape") or fs.shape)
 
 
 def summary(fit) -> dict:
@@ -65,7 +53,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     runtime.tune_allocator()
     run = hb.Run.load(args.run_dir)
-    F, (c, h, w) = cached(run)
+    F, (c, h, w) = H.cached_features(run)
     k = len(run.classes)
     cfg = dataclasses.replace(run.train_config, precision=args.head_precision)
     seeds = list(range(run.options.seeds))

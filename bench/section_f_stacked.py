@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
 import extract_paths as P
 import harness as H
 import headbench as hb
-from headbench import backbones, features, train
+from headbench import train
 from headbench.heads import create_head
 from headbench.model import count_flops
 
@@ -33,26 +31,11 @@ BEFORE_1T = {"gap": 0.33, "flatten": 2.15, "avgpool": 0.84, "dense_map": 0.30, "
              "gem": 12.21, "catavgmax": 0.34, "attention": 5.24, "fastai": 9.37}
 
 
-def cached_features(run: hb.Run) -> tuple[dict, tuple]:
-    """(Features, labels) per split from the run's feature cache (nothing is extracted again)."""
-    bb = backbones.create_backbone(run.backbone.name, run.backbone.weights,
-                                   run.options.input_size)
-    root, out = Path(run.dataset.root), {}
-    for role in ("train", "val"):
-        split = run.dataset.splits[role]
-        fs = features.extract(bb, [root / p for p in split.paths], split.digests,
-                              precision=run.precision, cache_dir=run.options.cache_dir)
-        assert fs.n_extracted == 0, "the default job's cache should hold every image"
-        out[role] = (train.Features(fs.subset(np.arange(len(fs))), torch.device("cpu")),
-                     np.asarray(split.labels))
-    return out, tuple(fs.meta.get("map_shape") or fs.shape)
-
-
 def per_head(run: hb.Run, peak: float, threads: int) -> list[dict]:
     """Each head type trained alone on the run's cache with `threads` torch threads: seconds,
     member-epochs, floor."""
     torch.set_num_threads(threads)
-    F, (c, h, w) = cached_features(run)
+    F, (c, h, w) = H.cached_features(run)
     k, cfg, seeds = len(run.classes), run.train_config, list(range(run.options.seeds))
     rows_per_epoch = 3 * len(F["train"][1]) + len(F["val"][1])  # forward + backward, val
     rows = []

@@ -69,8 +69,9 @@ def test_heads_train_in_fp32_unless_bf16_is_asked_for(amx):
 
 def test_bf16_heads_without_native_bf16_is_an_error_naming_the_option(avx2_only):
     assert Runtime.resolve("auto", "cpu", head_precision="auto").heads == "fp32"
-    with pytest.raises(HeadbenchError, match="'bf16' is not supported"):
+    with pytest.raises(HeadbenchError, match="'bf16' is not supported") as e:
         Runtime.resolve("fp32", "cpu", head_precision="bf16")
+    assert e.value.param == "head_precision"  # the CLI names --head-precision
 
 
 def test_runtime_resolves_every_stage_once(avx512_bf16):

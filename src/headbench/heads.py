@@ -334,7 +334,7 @@ class _FromPrepared(nn.Module):
         return self.pool.from_prepared(prepared)
 
 
-class _FromMoments(nn.Module):
+class FromMoments(nn.Module):
     """The trainable rest of a GeM trained from its moments at expansion point `centre`
     (`GeM.moments`); shares its p."""
 
@@ -360,7 +360,7 @@ def _moments_split(layers: list[nn.Module]) -> TrainingSplit | None:
             and all(isinstance(m, _STACKED_LAYERS) for m in layers[1:])):
         return None
     centre = float(pool.p.detach())
-    body = nn.Sequential(_FromMoments(pool, centre), *layers[1:])
+    body = nn.Sequential(FromMoments(pool, centre), *layers[1:])
     return TrainingSplit(functools.partial(pool.moments, centre=centre),
                          pool.moments_key(centre), body, prepare_at=pool.moments)
 

@@ -124,8 +124,9 @@ def bf16_native(device: torch.device) -> bool:
 def resolve_precision(requested: str, device: str | torch.device, stage: str = "extract") -> str:
     """The precision `stage` computes in on `device`: 'fp32' or 'bf16' (the table above)."""
     device = torch.device(device)
+    option = "head_precision" if stage == "heads" else "precision"  # the option that asked
     if requested not in PRECISIONS:
-        raise unknown("precision", str(requested), PRECISIONS, param="precision")
+        raise unknown("precision", str(requested), PRECISIONS, param=option)
     if stage not in STAGES:
         raise unknown("stage", str(stage), STAGES)
     if requested == "fp32":
@@ -134,7 +135,7 @@ def resolve_precision(requested: str, device: str | torch.device, stage: str = "
     if requested == "bf16" and not native:
         raise HeadbenchError(f"precision 'bf16' is not supported natively on {device.type} "
                              "(needs a CUDA GPU with bf16 or a CPU with avx512_bf16/amx_bf16): "
-                             "use 'fp32' or 'auto'", param="precision")
+                             "use 'fp32' or 'auto'", param=option)
     if requested == "auto" and stage == "finetune" and device.type == "cpu":
         native = "amx_bf16" in cpu_flags()
     return "bf16" if native else "fp32"

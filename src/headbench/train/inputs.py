@@ -247,7 +247,7 @@ class Inputs:
             self.moved[key, centre] = torch.cat([prepare(rows, centre)
                                                  for _, rows in self._rows(4 * CHUNK_ROWS)])
         if (key, centre) in self.moved:
-            return self.moved[key, centre][where]
+            return _rows(self.moved[key, centre], where)
         index = (np.arange(len(self.feats))[where] if isinstance(where, slice)
                  else where.cpu().numpy())
         rows = self.feats.get(index.reshape(-1))

@@ -342,7 +342,9 @@ def twin_heads(make_heads: dict[str, Callable[[], nn.Module]],
     same body and the same initial weights at every seed (dense_map without hidden layers is
     gap's Dense on the average). Such a head is trained once and reported under both labels."""
     signatures: dict[tuple, str] = {}
-    twins = {}
+    twins: dict[str, str] = {}
+    if len(make_heads) < 2:
+        return twins
     for label in make_heads:
         signature = tuple(_signature(make_heads[label], seed) for seed in seeds)
         if signature in signatures:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import HeadbenchError
 from ..gem_moments import expansion_point, gem_from_moments
-from ..heads import _FromMoments
+from ..heads import FromMoments
 from ..layers import AttentionPool2d, GeM, _GeMOfLogs, _gem_from_logs
 
 _SIMPLE = (nn.Linear, nn.ReLU, nn.Dropout, nn.BatchNorm1d)
@@ -88,8 +88,7 @@ def forward(body: nn.Sequential, params: dict[str, torch.Tensor],
         elif isinstance(layer, nn.Dropout):
             h = h * masks[name] if training else h
         elif isinstance(layer, nn.BatchNorm1d):
-            h = _batch_norm(layer, p, {k[len(name) + 1:]: v for k, v in buffers.items()
-                                       if k.startswith(name + ".")}, h, training)
+            h = _batch_norm(layer, p, _scope(buffers, name), h, training)
         elif isinstance(_pool_of(layer), GeM):
             h = _gem(layer, p["pool.p"], x, m)
         else:
@@ -132,12 +131,12 @@ def _native_batch_norm(layer: nn.BatchNorm1d, p: dict, stats: dict, x: torch.Ten
 
 def _gem(layer: nn.Module, p: torch.Tensor, prepared: torch.Tensor, m: int) -> torch.Tensor:
     """GeM, (M, b, C), with each member's own p (M, 1), from its moments where the split
-    trains it from them (`_FromMoments`), else from prepared logs.
+    trains it from them (`FromMoments`), else from prepared logs.
 
     The moments are exact while p is in the window of their expansion point: a member whose p
     left it takes the moments at the point `expansion_point` gives (the inputs' `recentred`),
     as exact as the others, so the window never changes what a member learns."""
-    if isinstance(layer, _FromMoments):
+    if isinstance(layer, FromMoments):
         centres = [expansion_point(v, layer.centre) for v in p.detach().flatten().tolist()]
         if any(c != layer.centre for c in centres):
             prepared = _moved(prepared, centres, layer.centre)
