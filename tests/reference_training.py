@@ -4,8 +4,9 @@ One member at a time: the head's own forward on the float32 feature maps (no pre
 no stacking), `torch.optim.AdamW` with decay on matrices only, torch's own BatchNorm, and the
 protocol written out from its specification: the batch order from `torch.Generator` seeded by
 the seed, sorted batches with a last batch of one joined to the one before, one dropout mask per
-Dropout layer and step from the member's dropout stream, per-step linear warm-up then cosine
-decay, early stopping on validation loss with the best epoch restored.
+Dropout layer and step from the member's dropout stream, per-step linear warm-up then a constant
+rate or cosine decay, early stopping on validation loss (an improvement: below the best by more
+than `min_delta` of it) with the best epoch restored.
 """
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ def cut(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [np.sort(p) for p in parts]
 
 
-def learning_rate(step: int, lr: float, warmup: int, total: int) -> float:
+def learning_rate(step: int, lr: float, warmup: int, total: int, schedule: str) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
     done = (step - warmup) / max(1, total - warmup)
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
@@ -84,7 +87,7 @@ class _GivenMasks:
 def train_plain(head: nn.Module, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
                 y_val: np.ndarray, *, epochs: int, batch_size: int, lr: float,
                 warmup_epochs: int, patience: int | None, weight_decay: float,
-                seed: int) -> PlainResult:
+                seed: int, schedule: str, min_delta: float) -> PlainResult:
     x_tr, x_va = torch.from_numpy(X_train).float(), torch.from_numpy(X_val).float()
     y_tr, y_va = torch.as_tensor(y_train), torch.as_tensor(y_val)
     decayed = [p for p in head.parameters() if p.ndim > 1]
@@ -101,7 +104,7 @@ def train_plain(head: nn.Module, X_train: np.ndarray, y_train: np.ndarray, X_val
         order = torch.randperm(len(x_tr), generator=order_rng).numpy()
         for i, batch in enumerate(cut(order, batch_size)):
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate((epoch - 1) * steps + i, lr, warmup, total)
+                group["lr"] = learning_rate((epoch - 1) * steps + i, lr, warmup, total, schedule)
             masks.draw(len(batch))
             loss = F.cross_entropy(head(x_tr[batch]), y_tr[batch])
             optimizer.zero_grad()
@@ -111,7 +114,7 @@ def train_plain(head: nn.Module, X_train: np.ndarray, y_train: np.ndarray, X_val
         with torch.no_grad():
             val = float(F.cross_entropy(head(x_va), y_va, reduction="sum")) / len(x_va)
         losses.append(val)
-        if val < best:
+        if val < best * (1 - min_delta):
             best, best_epoch = val, epoch
         elif patience is not None and epoch - best_epoch >= patience:
             break

@@ -210,9 +210,10 @@ def test_training_from_moments_equals_a_plain_loop_over_the_formula(data, memory
             head = gem_head()
         head.pool = PlainGeM(head.pool)
         ref = train_plain(head, *data, epochs=CONFIG.epochs, batch_size=CONFIG.batch_size,
-                          lr=CONFIG.lr, warmup_epochs=CONFIG.warmup_epochs,
+                          lr=CONFIG.lr[0], warmup_epochs=CONFIG.warmup_epochs,
                           patience=CONFIG.patience, weight_decay=member.weight_decay,
-                          seed=member.seed)
+                          seed=member.seed, schedule=CONFIG.schedule,
+                          min_delta=CONFIG.min_delta)
         run = results[member]
         assert (run.epochs_run, run.best_epoch) == (ref.epochs_run, ref.best_epoch)
         assert [log.val_loss for log in run.history] == pytest.approx(ref.val_losses, rel=1e-5)

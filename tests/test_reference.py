@@ -1,7 +1,8 @@
 """The stacked engine trains every default head as a plain PyTorch loop would (tests/
 reference_training.py: the head's own forward, torch.optim.AdamW, torch's BatchNorm, the same
-batch order and dropout masks): same epochs run, best epoch and chosen decay, best validation
-losses equal to float tolerance."""
+batch order and dropout masks): same epochs run, best epoch and chosen setting (learning rate
+and decay), best validation losses equal to float tolerance; under the default protocol
+(constant rate, early stopping with a minimum improvement) and the cosine one."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,10 @@ from headbench.train import TrainConfig, fit_heads, seeded
 from reference_training import train_plain
 
 C, K, MAP = 32, 3, 4
-CONFIG = TrainConfig(epochs=8, batch_size=16, lr=3e-3, weight_decays=(1e-4, 1e-1),
+CONFIG = TrainConfig(epochs=8, batch_size=16, lr=(3e-3, 1e-2), weight_decays=(1e-4, 1e-1),
                      warmup_epochs=1, patience=3, device="cpu")
+COSINE = TrainConfig(epochs=8, batch_size=16, lr=3e-3, weight_decays=(1e-4, 1e-1),
+                     warmup_epochs=1, patience=3, min_delta=0.0, schedule="cosine", device="cpu")
 SEEDS = [0, 1]
 REL = 1e-5  # best validation losses: float32 sums in another order
 
@@ -40,28 +43,38 @@ def head_of(name: str, dropout: float | None = None):
     return create_head(HeadSpec(name, dropout=dropout), C, K, (MAP, MAP))
 
 
+@pytest.fixture(scope="module", params=["default", "cosine"])
+def protocol(request):
+    return CONFIG if request.param == "default" else COSINE
+
+
 @pytest.fixture(scope="module")
-def stacked(data):
+def stacked(data, protocol):
     heads = {name: (lambda name=name: head_of(name)) for name in DEFAULT_HEADS}
-    return fit_heads(heads, *data, CONFIG, seeds=SEEDS)
+    return fit_heads(heads, *data, protocol, seeds=SEEDS)
 
 
-def plain(name: str, data, weight_decay: float, seed: int):
+def plain(name: str, data, config: TrainConfig, lr: float, weight_decay: float, seed: int):
     with seeded(seed):
         head = head_of(name)
-    return train_plain(head, *data, epochs=CONFIG.epochs, batch_size=CONFIG.batch_size,
-                       lr=CONFIG.lr, warmup_epochs=CONFIG.warmup_epochs,
-                       patience=CONFIG.patience, weight_decay=weight_decay, seed=seed)
+    return train_plain(head, *data, epochs=config.epochs, batch_size=config.batch_size, lr=lr,
+                       warmup_epochs=config.warmup_epochs, patience=config.patience,
+                       weight_decay=weight_decay, seed=seed, schedule=config.schedule,
+                       min_delta=config.min_delta)
+
+
+def settings(config: TrainConfig) -> list[tuple[float, float]]:
+    return [(lr, wd) for lr in config.lr for wd in config.weight_decays]
 
 
 @pytest.mark.parametrize("name", DEFAULT_HEADS)
-def test_every_member_trains_as_the_plain_loop(name, data, stacked):
+def test_every_member_trains_as_the_plain_loop(name, data, stacked, protocol):
     fit = stacked[name]
-    for wd in CONFIG.weight_decays:
-        ref = plain(name, data, wd, SEEDS[0])
-        assert fit.sweep[wd] == pytest.approx(ref.best_val_loss, rel=REL), (name, wd)
+    for lr, wd in settings(protocol):
+        ref = plain(name, data, protocol, lr, wd, SEEDS[0])
+        assert fit.sweep[lr, wd] == pytest.approx(ref.best_val_loss, rel=REL), (name, lr, wd)
     for run in fit.runs:
-        ref = plain(name, data, fit.weight_decay, run.seed)
+        ref = plain(name, data, protocol, fit.lr, fit.weight_decay, run.seed)
         assert (run.epochs_run, run.best_epoch) == (ref.epochs_run, ref.best_epoch), run.seed
         assert run.best_val_loss == pytest.approx(ref.best_val_loss, rel=REL)
         history = [log.val_loss for log in run.history]
@@ -69,8 +82,11 @@ def test_every_member_trains_as_the_plain_loop(name, data, stacked):
 
 
 @pytest.mark.parametrize("name", DEFAULT_HEADS)
-def test_the_decay_chosen_is_the_plain_loops_unless_the_losses_tie(name, data, stacked):
-    losses = {wd: plain(name, data, wd, SEEDS[0]).best_val_loss for wd in CONFIG.weight_decays}
+def test_the_setting_chosen_is_the_plain_loops_unless_the_losses_tie(name, data, stacked,
+                                                                     protocol):
+    losses = {s: plain(name, data, protocol, *s, SEEDS[0]).best_val_loss
+              for s in settings(protocol)}
     best = min(losses, key=losses.get)
-    tie = abs(losses[best] - losses[stacked[name].weight_decay]) <= 1e-6 * abs(losses[best])
-    assert stacked[name].weight_decay == best or tie
+    chosen = (stacked[name].lr, stacked[name].weight_decay)
+    tie = abs(losses[best] - losses[chosen]) <= 1e-6 * abs(losses[best])
+    assert chosen == best or tie

@@ -146,17 +146,15 @@ def test_fit_heads_chooses_each_decay_on_val_then_trains_the_other_seeds(data, m
     assert {m.seed for m in calls[0]} == {0} and {m.seed for m in calls[1]} == {1, 2}
     for label, fit in result.items():
         assert fits[label] is fit and fit.weight_decay == 0.0  # a huge decay loses on val
-        assert fit.sweep[0.0] < fit.sweep[50.0]
+        assert fit.sweep[1e-2, 0.0] < fit.sweep[1e-2, 50.0]
         assert [r.seed for r in fit.runs] == [0, 1, 2]
         assert {r.weight_decay for r in fit.runs} == {0.0}
 
     # members already done are not trained again, and the fits are the same
-    done = {Member("gap", wd, 0): result["gap"].runs[0] if wd == 0.0 else None
-            for wd in (0.0, 50.0)}
-    done = {m: r for m, r in done.items() if r is not None}
+    done = {Member("gap", 0.0, 0, 1e-2): result["gap"].runs[0]}
     calls.clear()
     again = fit_heads(makers(["gap", "flatten"]), *data, config, seeds=[0, 1, 2], done=done)
-    assert Member("gap", 0.0, 0) not in calls[0] and len(calls[0]) == 3
+    assert Member("gap", 0.0, 0, 1e-2) not in calls[0] and len(calls[0]) == 3
     for label in result:
         assert_same_result(again[label].runs[2], result[label].runs[2])
 
@@ -181,7 +179,7 @@ def reference_fit(head, data, config: TrainConfig, weight_decay: float, seed: in
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1],
                                     "weight_decay": weight_decay},
                                    {"params": [p for p in params if p.ndim <= 1],
-                                    "weight_decay": 0.0}], lr=config.lr)
+                                    "weight_decay": 0.0}], lr=config.lr[0])
     order_rng = torch.Generator().manual_seed(seed)
     steps = len(train.batches(np.arange(len(y)), config.batch_size))
     total = config.epochs * steps
@@ -192,7 +190,8 @@ def reference_fit(head, data, config: TrainConfig, weight_decay: float, seed: in
         order = torch.randperm(len(y), generator=order_rng).numpy()
         for i, index in enumerate(train.batches(order, config.batch_size)):
             for group in optimizer.param_groups:
-                group["lr"] = train.lr_at((epoch - 1) * steps + i, config.lr, warmup, total)
+                group["lr"] = train.lr_at((epoch - 1) * steps + i, config.lr[0], warmup, total,
+                                          config.schedule)
             loss = torch.nn.functional.cross_entropy(head(X[index]), y[index])
             optimizer.zero_grad()
             loss.backward()
@@ -200,7 +199,7 @@ def reference_fit(head, data, config: TrainConfig, weight_decay: float, seed: in
         head.eval()
         with torch.no_grad():
             val = torch.nn.functional.cross_entropy(head(Xv), yv).item()
-        if val < best_loss:
+        if val < best_loss * (1 - config.min_delta):
             best = {k: v.clone() for k, v in head.state_dict().items()}
             best_loss, best_epoch = val, epoch
         elif epoch - best_epoch >= config.patience:

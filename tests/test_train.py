@@ -1,6 +1,7 @@
 """The shared head-training protocol on cached features (tiny synthetic feature maps, CPU)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -134,12 +135,12 @@ def test_fit_head_picks_decay_with_lowest_val_loss_and_trains_every_seed(data):
     fit = fit_head(gap_head, *data, config, seeds=(0, 5),
                    on_run=lambda done, total: calls.append((done, total)))
 
-    assert set(fit.sweep) == {0.0, 30.0}
-    assert fit.weight_decay == min(fit.sweep, key=fit.sweep.get)
-    assert fit.sweep[0.0] != fit.sweep[30.0]
+    assert set(fit.sweep) == {(1e-2, 0.0), (1e-2, 30.0)}
+    assert (fit.lr, fit.weight_decay) == min(fit.sweep, key=fit.sweep.get)
+    assert fit.sweep[1e-2, 0.0] != fit.sweep[1e-2, 30.0]
     assert [r.seed for r in fit.runs] == [0, 5]
-    assert all(r.weight_decay == fit.weight_decay for r in fit.runs)
-    assert fit.runs[0].best_val_loss == fit.sweep[fit.weight_decay]
+    assert all((r.lr, r.weight_decay) == (fit.lr, fit.weight_decay) for r in fit.runs)
+    assert fit.runs[0].best_val_loss == fit.sweep[fit.lr, fit.weight_decay]
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
@@ -148,7 +149,7 @@ def test_fit_head_initialises_each_seed_like_seeded(data):
     fit = fit_head(gap_head, *data, config, seeds=(2,))
     with seeded(2):
         head = gap_head()
-    alone = train_head(head, *data, config, weight_decay=1e-3, seed=2)
+    alone = train_head(head, *data, config, weight_decay=1e-3, seed=2, lr=fit.lr)
     assert_same_state(fit.runs[0].state_dict, alone.state_dict)
 
 
@@ -190,11 +191,16 @@ def test_lr_warms_up_per_step_then_decays_to_zero():
 
 
 def test_history_records_the_schedule(data):
-    _, result = train_gap(data)
     steps = math.ceil(96 / FAST.batch_size)
     total = FAST.epochs * steps
-    assert result.history[0].lr == pytest.approx(lr_at(steps - 1, FAST.lr, steps, total))
-    assert result.history[-1].lr == pytest.approx(lr_at(total - 1, FAST.lr, steps, total))
+    for config in (FAST, dataclasses.replace(FAST, schedule="cosine")):
+        _, result = train_gap(data, config=config)
+        lr = FAST.lr[0]
+        assert result.history[0].lr == pytest.approx(lr_at(steps - 1, lr, steps, total))
+        assert result.history[-1].lr == pytest.approx(
+            lr_at(total - 1, lr, steps, total, config.schedule))
+        final = result.history[-1].lr
+        assert final == lr if config.schedule == "constant" else final < 0.01 * lr
 
 
 def test_predict_logits_returns_float32_and_restores_train_mode(data):
@@ -303,3 +309,39 @@ def test_head_precision_is_checked_naming_its_option():
     with pytest.raises(HeadbenchError, match="precision 'fp16'") as e:
         TrainConfig(precision="fp16")
     assert e.value.param == "head_precision"
+
+
+def test_an_improvement_must_beat_the_best_by_min_delta(data):
+    """Val loss still creeping down by less than min_delta of the best is not an improvement:
+    training stops `patience` epochs after the last real one (Keras' EarlyStopping rule)."""
+    creeping = dataclasses.replace(FAST, epochs=30, lr=3e-3, patience=2)
+    _, every = train_gap(data, config=dataclasses.replace(creeping, min_delta=0.0))
+    _, meaningful = train_gap(data, config=dataclasses.replace(creeping, min_delta=0.1))
+    losses = [e.val_loss for e in every.history]
+    assert every.epochs_run == 30 and all(b < a for a, b in zip(losses, losses[1:]))
+    assert meaningful.epochs_run < 30
+    best, at = math.inf, 0
+    for epoch, loss in enumerate(losses, 1):  # the rule, by hand, on the same trajectory
+        if loss < best * 0.9:
+            best, at = loss, epoch
+        elif epoch - at >= 2:
+            break
+    assert (meaningful.best_epoch, meaningful.epochs_run) == (at, epoch)
+    assert meaningful.best_val_loss == pytest.approx(best)
+
+
+def test_a_diverging_learning_rate_loses_the_sweep_without_stopping_the_run(data):
+    config = dataclasses.replace(FAST, epochs=3, lr=(1e-2, 1e12))
+    fit = fit_head(gap_head, *data, config, seeds=(0, 1))
+    assert fit.lr == 1e-2 and fit.sweep[1e12, fit.weight_decay] == math.inf
+    assert all(r.lr == 1e-2 and not r.diverged for r in fit.runs)
+    with pytest.raises(HeadbenchError, match="diverged .* learning rate 1e\\+12 .*lower lr"):
+        fit_head(gap_head, *data, dataclasses.replace(config, lr=1e12), seeds=(0,))
+
+
+def test_a_run_written_before_the_lr_sweep_keeps_its_protocol():
+    old = {"epochs": 40, "batch_size": 64, "lr": 1e-3, "weight_decays": [1e-4, 1e-1],
+           "warmup_epochs": 2, "patience": 8, "device": None, "precision": "fp32"}
+    config = TrainConfig.from_dict(old)
+    assert (config.lr, config.schedule, config.min_delta) == ((1e-3,), "cosine", 0.0)
+    assert TrainConfig().schedule == "constant" and TrainConfig().min_delta == 0.01

@@ -48,7 +48,7 @@ from .model import HeadbenchModel, count_flops, count_params
 from .runtime import Runtime
 from .data import ROLES
 from .results import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics, Predictions,
-                      SeedResult, SplitItems, Timing, Variant)
+                      SeedResult, SplitItems, Timing, Variant, sweeps_of)
 from .report import write_report
 from .run import Run, default_run_name, mark_complete, run_folder
 
@@ -308,7 +308,8 @@ def _finetuned_result(work: _Work, run: Run, base: HeadResult, label: str,
     seeds = [SeedResult(seed, result.best_epoch, result.epochs_run, result.train_time_s,
                         history=result.history, **metrics)]
     entry = dataclasses.replace(
-        base, head=label, model_dir=f"heads/{label}", best_seed=seed, wd_sweep={}, seeds=seeds,
+        base, head=label, model_dir=f"heads/{label}", best_seed=seed, wd_sweep={}, sweep={},
+        seeds=seeds,
         summary=HeadSummary.of(seeds),
         variant=Variant("finetune", base.head, from_seed=base.best_seed,
                         settings=dict(work.config.finetune_config().to_dict(),
@@ -333,7 +334,7 @@ def _commit(run: Run, head: HeadResult, predictions: Predictions, states: dict,
 
 
 def _runs_per_head(config: CompareConfig) -> int:
-    return len(config.weight_decays) + config.seeds - 1
+    return len(config.lr) * len(config.weight_decays) + config.seeds - 1
 
 
 def _finished_heads(run: Run) -> dict[str, tuple]:
@@ -455,10 +456,10 @@ def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult, bb: Backbo
                                 history=tr.history, **metrics))
     predictions = Predictions.of_logits([s.seed for s in seeds], logits, work.y["test"])
     best = min(fit.runs, key=lambda r: r.best_val_loss).seed  # val, never test
-    head = _head_result(work, spec, seeds, bb, label, best, fit.weight_decay,
-                        {f"{k:g}": v for k, v in fit.sweep.items()})
+    head = _head_result(work, spec, seeds, bb, label, best, fit)
     head.variant = variant
     return head, predictions
+
 
 
 def _backbone_info(work: _Work) -> BackboneInfo:
@@ -479,17 +480,18 @@ def _feature_digest(work: _Work) -> str:
 
 
 def _head_result(work: _Work, spec: HeadSpec, seeds: list[SeedResult], bb: BackboneInfo,
-                 label: str, best_seed: int, weight_decay: float,
-                 wd_sweep: dict[str, float]) -> HeadResult:
+                 label: str, best_seed: int, fit: _train.FitResult) -> HeadResult:
     head = work.make_head(spec)
     c, h, w = work.map_shape
     head_flops = count_flops(head.eval(), torch.zeros(1, c, h, w))
     cost = _latency(head, (c, h, w), work)
     params = count_params(head)
+    sweep, wd_sweep = sweeps_of(fit)
     return HeadResult(
         head=label, spec=spec, any_size=head.any_size, exact_cam=head.exact_cam,
         head_params=params, total_params=params + bb.params, head_flops=head_flops,
-        total_flops=bb.flops + head_flops, weight_decay=weight_decay, wd_sweep=wd_sweep,
+        total_flops=bb.flops + head_flops, weight_decay=fit.weight_decay, wd_sweep=wd_sweep,
+        lr=fit.lr, sweep=sweep,
         best_seed=best_seed, model_dir=f"heads/{label}", model_size_bytes=None,
         latency_ms_b1=bb.latency_ms_b1 + cost["latency_ms_b1"],
         throughput_b32=1.0 / (1.0 / bb.throughput_b32 + 1.0 / cost["throughput_b32"]),

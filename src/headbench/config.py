@@ -29,7 +29,7 @@ from .finetune import BN_POLICIES, FinetuneConfig, parse_unfreeze
 from .heads import DEFAULT_HEADS, HeadSpec, list_heads
 from .images import MIN_SIZE
 from .runtime import PRECISIONS
-from .train import TrainConfig
+from .train import LRS, TrainConfig
 
 
 
@@ -165,11 +165,15 @@ class CompareConfig(AnalysisOptions):
     seeds: int = option(3, "seeds per head (intervals are over seeds)")
     epochs: int = option(40, "maximum epochs (early stopping on val)")
     batch_size: int = option(64, "mini-batch size")
-    lr: float = option(1e-3, "peak learning rate (AdamW, warm-up then cosine)")
-    patience: int = option(8, "early-stopping patience in epochs on val loss (0: off)")
-    weight_decays: tuple[float, ...] = option((1e-4, 1e-3, 1e-2, 1e-1),
-                                              "weight decays swept per head, chosen on val",
+    lr: tuple[float, ...] = option(LRS, "peak learning rates swept per head (AdamW after a "
+                                        "warm-up), chosen on val", list=True)
+    weight_decays: tuple[float, ...] = option((1e-2,), "weight decays swept with them",
                                               list=True)
+    patience: int = option(5, "early stopping: epochs without a val-loss improvement (0: off)")
+    min_delta: float = option(0.01, "early stopping: the relative val-loss decrease that counts "
+                                    "as an improvement")
+    schedule: str = option("constant", "learning rate after warm-up: constant | cosine (to 0 "
+                                       "at --epochs)")
     input_size: int | None = option(None, "input side in pixels (default: the backbone's)")
     precision: str = option("auto", "extraction precision: auto | fp32 | bf16")
     head_precision: str = option("fp32", "head-training matmul precision: fp32 | bf16 | auto "
@@ -219,11 +223,13 @@ class CompareConfig(AnalysisOptions):
         self.heads = tuple(self.head_specs())
         self.seeds = whole(self.seeds, "seeds", 1)
         # the training options are checked once, by TrainConfig (a comma list parsed first)
+        self.lr = numbers(self.lr, "lr", float, example="1e-3,1e-2")
         self.weight_decays = numbers(self.weight_decays, "weight_decays", float,
                                      example="1e-4,1e-2")
         train = self.train_config()
         self.epochs, self.batch_size, self.lr = train.epochs, train.batch_size, train.lr
         self.weight_decays, self.patience = train.weight_decays, train.patience or 0
+        self.min_delta, self.schedule = train.min_delta, train.schedule
         self.input_size = whole(self.input_size, "input_size", MIN_SIZE, none_ok=True)
         if self.precision not in PRECISIONS:
             raise unknown("precision", str(self.precision), PRECISIONS, param="precision")
@@ -272,6 +278,7 @@ class CompareConfig(AnalysisOptions):
         """The training protocol these options give."""
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            patience=self.patience or None, weight_decays=self.weight_decays,
+                           min_delta=self.min_delta, schedule=self.schedule,
                            precision=self.head_precision)
 
     def finetune_config(self):
@@ -318,10 +325,14 @@ class CompareConfig(AnalysisOptions):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CompareConfig":
+        """From `to_dict` (config.json); options a run was written without take the value that
+        was then in force (`_NEW_DEFAULTS`, `_OLD_PROTOCOL`)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{**_OLD_PROTOCOL, **{k: v for k, v in d.items() if k in names}})
 
 
+# the training protocol before `schedule` and `min_delta` existed (runs that lack them)
+_OLD_PROTOCOL = {"schedule": "cosine", "min_delta": 0.0}
 # options that change neither the heads nor their numbers (the analyses are added to a run)
 _NOT_IN_DIGEST = {"out", "run_name", "report", "workers", "cache_dir", "shifts", "sizes", "shots",
                   "cam", "restart"}
@@ -329,7 +340,8 @@ _NOT_IN_DIGEST = {"out", "run_name", "report", "workers", "cache_dir", "shifts",
 # interrupted run of an older version still resumes
 _NEW_DEFAULTS = {"aug_views": 0, "finetune": False, "finetune_top": 1, "unfreeze": "all",
                  "bn": "frozen", "finetune_epochs": 10, "finetune_lr": 1e-4, "backbone_lr": 0.1,
-                 "finetune_batch_size": 32, "finetune_patience": 3, "head_precision": "fp32"}
+                 "finetune_batch_size": 32, "finetune_patience": 3, "head_precision": "fp32",
+                 **_OLD_PROTOCOL}
 _FINETUNE_OPTIONS = set(_NEW_DEFAULTS) - {"aug_views", "finetune"}  # moot without fine-tuning
 _UNSET = object()
 

@@ -8,14 +8,15 @@ augmented or fine-tuned twin), test predictions as arrays (`Predictions`), the d
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .evaluate import ci_summary
 from .heads import HeadSpec
-from .train import EpochLog
+from .train import EpochLog, FitResult
 
 
 @dataclass
@@ -106,6 +107,15 @@ class Variant:
     resumed_from: int = 0
 
 
+def sweeps_of(fit: FitResult) -> tuple[dict[str, float | None], dict[str, float]]:
+    """A head's sweep as results.json keeps it (`HeadResult.sweep`, `wd_sweep`): every setting
+    by "lr=…,wd=…" (None: diverged), and the decays at the chosen learning rate."""
+    every = {f"lr={lr:g},wd={wd:g}": v if math.isfinite(v) else None
+             for (lr, wd), v in fit.sweep.items()}
+    decays = {f"{wd:g}": v for (lr, wd), v in fit.sweep.items() if lr == fit.lr}
+    return every, decays
+
+
 @dataclass
 class HeadResult:
     """One head of the run: what it is, what it costs, and how every seed did."""
@@ -119,7 +129,7 @@ class HeadResult:
     head_flops: int
     total_flops: int
     weight_decay: float
-    wd_sweep: dict[str, float]     # decay -> best val loss at the first seed
+    wd_sweep: dict[str, float]     # decay -> best val loss at the first seed (at the chosen lr)
     best_seed: int                 # lowest val loss, never test
     model_dir: str                 # relative to the run folder
     model_size_bytes: int | None
@@ -129,6 +139,9 @@ class HeadResult:
     seeds: list[SeedResult]
     summary: HeadSummary
     variant: Variant | None = None  # None for a frozen head trained on the base view
+    lr: float | None = None        # the peak learning rate chosen on val (None: before schema 2)
+    # "lr=0.01,wd=0.01" -> best val loss at the first seed (None: that run diverged)
+    sweep: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def fixed_size(self) -> bool:

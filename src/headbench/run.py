@@ -39,7 +39,8 @@ from .train import EpochLog, Member, TrainConfig, TrainResult
 from .version import __version__
 
 SCHEMA = "headbench-run"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS = (1, 2)  # schema 2 added each head's `lr` and `sweep` (the learning-rate sweep)
 PREDICTION_COLUMNS = ["head", "seed", "index", "path", "label", "pred", "p_pred", "p_label", "loss"]
 
 
@@ -261,7 +262,9 @@ MEMBERS = "members"  # finished training runs of an incomplete run, until their 
 
 
 def _member_file(run_dir: Path, member: Member) -> Path:
-    return Path(run_dir) / MEMBERS / member.head / f"wd{member.weight_decay:g}-seed{member.seed}.safetensors"
+    lr = "" if member.lr is None else f"lr{member.lr:g}-"
+    name = f"{lr}wd{member.weight_decay:g}-seed{member.seed}.safetensors"
+    return Path(run_dir) / MEMBERS / member.head / name
 
 
 def save_member(run_dir: str | Path, member: Member, result: TrainResult,
@@ -412,10 +415,11 @@ def _read_json(run_dir: Path, name: str) -> dict:
     if not isinstance(data, dict) or data.get("schema_version") is None:
         raise HeadbenchError(f"'{path}' was written by headbench 0.1 (no schema_version), whose "
                              "run folders this version does not read; re-run compare")
-    if data.get("schema") != SCHEMA or data["schema_version"] != SCHEMA_VERSION:
+    if data.get("schema") != SCHEMA or data["schema_version"] not in READS:
+        versions = " or ".join(map(str, READS))
         raise HeadbenchError(f"'{path}' has schema {data.get('schema')} version "
                              f"{data['schema_version']}; this headbench reads {SCHEMA} version "
-                             f"{SCHEMA_VERSION}: use the headbench that wrote it or re-run compare")
+                             f"{versions}: use the headbench that wrote it or re-run compare")
     return data
 
 

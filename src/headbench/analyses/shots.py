@@ -121,8 +121,9 @@ def _shot_head(ctx: RunContext, label: str, seed: int, X: Any, y: np.ndarray, X_
         return ctx.make_head(label, seed)
     with _train.seeded(seed):
         head = ctx.make_head(label)
-    _train.train_head(head, X, y, X_val, y_val, ctx.run.train_config,
-                      ctx.run.head(label).weight_decay, seed)
+    chosen = ctx.run.head(label)  # the head's setting from its sweep (lr None: schema 1)
+    _train.train_head(head, X, y, X_val, y_val, ctx.run.train_config, chosen.weight_decay, seed,
+                      chosen.lr)
     return head.eval()
 
 

@@ -316,7 +316,8 @@ def _head_html(run: Run, head: HeadResult) -> str:
 
 def _cost_html(run: Run, head: HeadResult) -> str:
     sweep = ", ".join(f"{k}: {v:.4f}" if finite(v) else f"{k}: —"
-                      for k, v in head.wd_sweep.items())
+                      for k, v in (head.sweep or head.wd_sweep).items())
+    chosen = (f"lr {head.lr:g}, " if head.lr is not None else "") + f"wd {head.weight_decay:g}"
     size = head.model_size_bytes
     pairs = [("head params", count(head.head_params)),
              ("backbone params", count(run.backbone.params)),
@@ -326,8 +327,8 @@ def _cost_html(run: Run, head: HeadResult) -> str:
              ("model size on disk", count(size) + "B" if finite(size) else "—"),
              ("latency b1 / throughput b32",
               f"{ms(head.latency_ms_b1)} / {rate(head.throughput_b32)}"),
-             ("weight decay (chosen on val)", _e(head.weight_decay)
-              + (f" — val loss per weight decay: {_e(sweep)}" if sweep else "")),
+             ("setting (chosen on val)", _e(chosen)
+              + (f" — best val loss of each: {_e(sweep)}" if sweep else "")),
              ("fixed input size", "yes" if head.fixed_size else "no"),
              ("saved model", f"<code>{_e(head.model_dir)}</code>")]
     return _kv_table(pairs)

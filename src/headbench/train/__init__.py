@@ -15,10 +15,10 @@ Members import each other directly; this file only re-exports the public names.
 from __future__ import annotations
 
 from .inputs import Features, Views, batches
-from .protocol import (TrainConfig, fit_head, fit_heads, lr_at, predict_logits, seeded,
+from .protocol import (LRS, TrainConfig, fit_head, fit_heads, lr_at, predict_logits, seeded,
                        train_head, train_members)
 from .results import EpochLog, FitResult, Member, TrainResult
 
-__all__ = ["EpochLog", "Features", "FitResult", "Member", "TrainConfig", "TrainResult", "Views",
+__all__ = ["LRS", "EpochLog", "Features", "FitResult", "Member", "TrainConfig", "TrainResult", "Views",
            "batches", "fit_head", "fit_heads", "lr_at", "predict_logits", "seeded", "train_head",
            "train_members"]

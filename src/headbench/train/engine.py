@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..errors import HeadbenchError
 from ..heads import TrainingSplit, training_split
 from . import stacked
 from .inputs import Block, Inputs, batches
@@ -129,8 +128,8 @@ class Stack:
 
     def __init__(self, label: str, members: list[Member], heads: list[nn.Module],
                  split: TrainingSplit, probe: torch.Tensor, device: torch.device,
-                 precision: str = "fp32"):
-        self.label, self.members, self.heads = label, members, heads
+                 precision: str = "fp32", lr: float = 1e-3):
+        self.label, self.members, self.heads, self.lr = label, members, heads, lr
         # bf16 autocast of the matmuls (`runtime.resolve_precision(..., "heads")`), else none
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                                        enabled=precision == "bf16")
@@ -218,10 +217,12 @@ class Stack:
             loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
             return loss.view(len(self), -1).sum(1), (logits.argmax(-1) == target).sum(1)
 
-    def end_epoch(self, epoch: int, logs: list[EpochLog], patience: int | None) -> list[int]:
-        """Record the epoch; keep improved members' weights; the members that stop now."""
+    def end_epoch(self, epoch: int, logs: list[EpochLog], patience: int | None,
+                  min_delta: float = 0.0) -> list[int]:
+        """Record the epoch; keep the weights of members whose val loss fell below their best by
+        more than `min_delta` of it (relative); the members that stop now."""
         val = torch.tensor([log.val_loss for log in logs], dtype=torch.float64)
-        improved = val < self.best_loss  # NaN never improves
+        improved = val < self.best_loss * (1 - min_delta)  # NaN never improves
         if improved.any():
             where = improved.to(self.device)
             with torch.no_grad():
@@ -238,12 +239,9 @@ class Stack:
         return stop
 
     def result(self, i: int) -> TrainResult:
-        """Member i with its best weights loaded into its head."""
+        """Member i with its best weights loaded into its head; a member whose val loss never
+        was a number keeps its initial weights, best epoch 0 and best val loss inf (`diverged`)."""
         member = self.members[i]
-        if not self.best_epoch[i]:
-            raise HeadbenchError(
-                f"training head '{member.head}' diverged (validation loss is "
-                f"{self.history[i][0].val_loss}) at weight decay {member.weight_decay:g}: lower lr")
         body = self.bodies[i]
         with torch.no_grad():
             for name, t in {**dict(body.named_parameters()), **dict(body.named_buffers())}.items():
@@ -251,7 +249,7 @@ class Stack:
         state = {k: v.detach().to("cpu", copy=True) for k, v in self.heads[i].state_dict().items()}
         return TrainResult(state, self.best_epoch[i], float(self.best_loss[i]),
                            member.weight_decay, member.seed, len(self.history[i]),
-                           self.seconds[i], self.history[i])
+                           self.seconds[i], self.history[i], self.lr)
 
     def keep(self, keep: list[int]) -> None:
         """Go on with members `keep` only (the others stopped and were taken out)."""
@@ -273,10 +271,10 @@ class Stack:
 # ----------------------------------------------------------------------------- one epoch
 
 def train_epoch(stacks: list[Stack], blocks: Iterator[Block], inputs: Inputs, y: torch.Tensor,
-                batch_size: int, step: int, rate: Callable[[int], float]
+                batch_size: int, step: int, rate: Callable[[int, float], float]
                 ) -> dict[int, list[torch.Tensor]]:
     """One epoch of every stack, block by block, from global step `step` at learning rate
-    `rate(step)`; id(stack) -> [summed loss, correct]."""
+    `rate(step, stack.lr)`; id(stack) -> [summed loss, correct]."""
     stats = {id(s): [torch.zeros(len(s)), torch.zeros(len(s))] for s in stacks}
     for block in blocks:
         for stack in stacks:
@@ -284,7 +282,7 @@ def train_epoch(stacks: list[Stack], blocks: Iterator[Block], inputs: Inputs, y:
             for i, index in enumerate(stack.orders(block.size, batch_size)):
                 x = inputs.batch(stack.key, index, block)
                 target = y[block.rows[index] if block.rows is not None else index]
-                loss, correct = stack.step(x, target, index.dim() == 1, rate(step + i))
+                loss, correct = stack.step(x, target, index.dim() == 1, rate(step + i, stack.lr))
                 stats[id(stack)][0] += loss.cpu() * index.shape[-1]
                 stats[id(stack)][1] += correct.cpu()
             _share(stack, time.perf_counter() - started)

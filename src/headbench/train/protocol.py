@@ -5,13 +5,17 @@ heads and not between recipes:
 
 - AdamW, cross-entropy, no label smoothing; weight decay on weights only (biases and other
   1-d parameters such as norm scales and GeM's `p` are not decayed).
-- Learning rate: per-step linear warm-up over `warmup_epochs`, then cosine decay to 0 at the end
-  of `epochs`. The schedule is fixed by `epochs`, whether or not early stopping ends training.
-- Early stopping on validation loss with `patience`; the best epoch's weights are restored.
-- Weight decay is chosen per head by a sweep on validation loss at the first seed
-  (`fit_heads`), never on the test split; the other seeds are then trained at the chosen decay.
+- Learning rate: per-step linear warm-up over `warmup_epochs`, then constant (`schedule`
+  'constant', the default: training ends when the head has converged, not when a schedule says
+  so) or cosine decay to 0 at the end of `epochs` ('cosine').
+- Early stopping on validation loss: an epoch improves only when its val loss is below the best
+  so far by more than `min_delta` of it (relative); training stops after `patience` epochs
+  without an improvement, and the best epoch's weights are restored.
+- The peak learning rate and the weight decay are chosen per head by a sweep over `lr` ×
+  `weight_decays` on validation loss at the first seed (`fit_heads`), never on the test split;
+  the other seeds are then trained at the chosen setting.
 
-A *member* is one training run: a head at one decay and one seed. `train_members` trains many
+A *member* is one training run: a head at one learning rate, one decay and one seed. `train_members` trains many
 together: the members of a head are one stacked model (`engine.Stack`), every head fed from the
 same pass over the features (`inputs`). Each member keeps its own head initialisation (built
 under `seeded(seed)`), batch order, dropout masks, early stopping and best epoch, so its result
@@ -30,13 +34,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import positive, whole
+from ..checks import real, whole
 from ..errors import HeadbenchError, unknown
 from ..runtime import PRECISIONS, resolve_device, resolve_precision, tune_allocator
 from .engine import Stack, split_of, train_epoch, validate
 from .inputs import (Features, Inputs, Views, as_features, batches, block_bounds, blocks, labels,
                      plan_memory)
-from .results import EpochLog, FitResult, Member, TrainResult
+from .results import EpochLog, FitResult, Member, TrainResult, diverged_error
+
+# The default sweep of peak learning rates (bench/RESULTS.md (i): the learning rate changes
+# what a head learns in a 40-epoch budget; weight decays up to 1 barely do).
+LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -47,14 +56,18 @@ class TrainConfig:
     Numbers may come as strings (the CLI's values).
 
     Args:
-        epochs: maximum number of passes over the training features; also the length of the
-            cosine schedule.
+        epochs: maximum number of passes over the training features (and the length of the
+            cosine schedule).
         batch_size: mini-batch size (at least 2, so BatchNorm heads always see 2 samples).
-        lr: peak learning rate, reached at the end of warm-up.
-        weight_decays: AdamW decoupled weight decays swept per head on validation loss.
+        lr: peak learning rates swept per head on validation loss (one number: no sweep),
+            each reached at the end of warm-up.
+        weight_decays: AdamW decoupled weight decays swept with them.
         warmup_epochs: epochs of per-step linear warm-up.
         patience: epochs without a validation-loss improvement before stopping; None (or 0)
             disables early stopping (the best epoch is still restored).
+        min_delta: the relative decrease of the best validation loss that counts as an
+            improvement (0.01: 1 %).
+        schedule: the learning rate after warm-up, 'constant' or 'cosine' (to 0 at `epochs`).
         device: 'cpu', 'cuda', 'cuda:1', ...; None picks cuda when available.
         precision: the heads' matmuls: 'fp32', 'bf16' or 'auto' (`runtime.resolve_precision`,
             stage 'heads': bf16 only where the hardware has it natively).
@@ -62,19 +75,24 @@ class TrainConfig:
 
     epochs: int = 40
     batch_size: int = 64
-    lr: float = 1e-3
-    weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    lr: tuple[float, ...] = LRS
+    weight_decays: tuple[float, ...] = (1e-2,)
     warmup_epochs: int = 2
-    patience: int | None = 8
+    patience: int | None = 5
+    min_delta: float = 0.01
+    schedule: str = "constant"
     device: str | None = None
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.epochs = whole(self.epochs, "epochs", 1)
         self.batch_size = whole(self.batch_size, "batch_size", 2)
-        self.lr = positive(self.lr, "lr")
-        self.weight_decays = _decays(self.weight_decays)
+        self.lr = _grid(self.lr, "lr", "> 0")
+        self.weight_decays = _grid(self.weight_decays, "weight_decays", "≥ 0")
         self.warmup_epochs = whole(self.warmup_epochs, "warmup_epochs", 0)
+        self.min_delta = real(self.min_delta, "min_delta", 0.0, 1.0)
+        if self.schedule not in SCHEDULES:
+            raise unknown("schedule", str(self.schedule), SCHEDULES, param="schedule")
         if self.precision not in PRECISIONS:
             raise unknown("precision", str(self.precision), PRECISIONS, param="head_precision")
         if self.patience is not None:  # 0 is the CLI's way of saying None
@@ -82,25 +100,32 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["weight_decays"] = list(self.weight_decays)
+        d["lr"], d["weight_decays"] = list(self.lr), list(self.weight_decays)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """From `to_dict`; a dict written before `schedule` and `min_delta` existed means
+        the protocol of then: cosine, every decrease an improvement."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{"schedule": "cosine", "min_delta": 0.0,
+                      **{k: v for k, v in d.items() if k in names}})
 
 
-def _decays(values: Any) -> tuple[float, ...]:
+def _grid(values: Any, name: str, bound: str) -> tuple[float, ...]:
+    """One or more numbers (a number alone is one) each `bound` ('> 0' or '≥ 0')."""
+    if isinstance(values, (int, float, str)) and not isinstance(values, bool):
+        values = str(values).split(",") if isinstance(values, str) else [values]
     try:
-        decays = tuple(float(wd) for wd in values)
+        grid = tuple(float(v) for v in values)
     except (TypeError, ValueError):
-        decays = (math.nan,)
-    if not decays or not all(wd >= 0 for wd in decays):  # NaN is not ≥ 0
+        grid = (math.nan,)
+    ok = (lambda v: v > 0) if bound == "> 0" else (lambda v: v >= 0)  # NaN fails both
+    if not grid or not all(ok(v) and math.isfinite(v) for v in grid):
         shown = ",".join(map(str, values)) if isinstance(values, (list, tuple)) else values
-        raise HeadbenchError("weight_decays must list one or more decays ≥ 0, got "
-                             f"{shown or 'none'}", param="weight_decays")
-    return decays
+        raise HeadbenchError(f"{name} must list one or more numbers {bound}, got "
+                             f"{shown or 'none'}", param=name)
+    return grid
 
 
 def _cuda_devices(device: torch.device | None = None) -> list[int]:
@@ -127,10 +152,14 @@ def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
         yield
 
 
-def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Learning rate for 0-based `step`: linear warm-up to `lr`, then cosine decay to 0."""
+def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int,
+          schedule: str = "cosine") -> float:
+    """Learning rate for 0-based `step`: linear warm-up to `lr`, then constant or cosine decay
+    to 0 at `total_steps`."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -169,28 +198,31 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
         raise HeadbenchError(f"training needs at least 2 training and 1 validation images, got "
                              f"{n_train} and {len(val)}: add images or change the split")
     stacks = _stacks(make_heads, members, train, device,
-                     int(max(y_tr.max().item(), y_va.max().item())), precision)
+                     int(max(y_tr.max().item(), y_va.max().item())), precision, config.lr[0])
     splits = {s.key: s.split for s in stacks}
     memory = plan_memory(splits, [train, val])
     inputs_tr, inputs_va = Inputs(train, splits, memory), Inputs(val, splits, memory)
     bounds = block_bounds(train, bool(inputs_tr.lazy), n_train)
     steps = sum(len(batches(np.arange(stop - start), config.batch_size))
                 for start, stop in bounds)
-    schedule = (config.lr, min(config.warmup_epochs * steps, config.epochs * steps),
-                config.epochs * steps)
+    warmup, total = min(config.warmup_epochs * steps, config.epochs * steps), config.epochs * steps
+
+    def rate(step: int, peak: float) -> float:
+        return lr_at(step, peak, warmup, total, config.schedule)
+
     results: dict[Member, TrainResult] = {}
     for epoch in range(1, config.epochs + 1):
         epoch_blocks = blocks(train, bounds, bool(inputs_tr.lazy), epoch, device, views)
         trained = train_epoch(stacks, epoch_blocks, inputs_tr, y_tr, config.batch_size,
-                              (epoch - 1) * steps, lambda step: lr_at(step, *schedule))
+                              (epoch - 1) * steps, rate)
         validated = validate(stacks, inputs_va, y_va)
-        lr = lr_at(epoch * steps - 1, *schedule)
         for stack in list(stacks):
             (tr_loss, tr_ok), (va_loss, va_ok) = trained[id(stack)], validated[id(stack)]
+            lr = rate(epoch * steps - 1, stack.lr)
             logs = [EpochLog(epoch, float(tr_loss[i]) / n_train, float(tr_ok[i]) / n_train,
                              float(va_loss[i]) / len(val), float(va_ok[i]) / len(val), lr)
                     for i in range(len(stack))]
-            stop = stack.end_epoch(epoch, logs, config.patience)
+            stop = stack.end_epoch(epoch, logs, config.patience, config.min_delta)
             if epoch == config.epochs:
                 stop = list(range(len(stack)))
             if on_epochs is not None:
@@ -209,15 +241,17 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
 
 
 def _stacks(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Member],
-            train: Features, device: torch.device, y_max: int,
-            precision: str = "fp32") -> list[Stack]:
-    """One stack per head label, its members' heads built under their seeds."""
-    by_label: dict[str, list[Member]] = {}
+            train: Features, device: torch.device, y_max: int, precision: str,
+            default_lr: float) -> list[Stack]:
+    """One stack per head label and learning rate (one fused AdamW step each), its members'
+    heads built under their seeds."""
+    by_label: dict[tuple[str, float], list[Member]] = {}
     for member in members:
-        by_label.setdefault(member.head, []).append(member)
+        lr = default_lr if member.lr is None else member.lr
+        by_label.setdefault((member.head, lr), []).append(member)
     probe_rows = train.get(np.arange(2))
     stacks = []
-    for label, group in by_label.items():
+    for (label, lr), group in by_label.items():
         heads = []
         for member in group:
             with seeded(member.seed):
@@ -230,12 +264,13 @@ def _stacks(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Me
             raise HeadbenchError(f"labels go up to class {y_max} but head '{label}' outputs {k} "
                                  "classes: build the head with num_classes equal to the number "
                                  "of classes")
-        stacks.append(Stack(label, group, heads, split, probe, device, precision))
+        stacks.append(Stack(label, group, heads, split, probe, device, precision, lr))
     return stacks
 
 
 def train_head(head: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val: Any,
-               config: TrainConfig, weight_decay: float, seed: int) -> TrainResult:
+               config: TrainConfig, weight_decay: float, seed: int,
+               lr: float | None = None) -> TrainResult:
     """Train one `head` with the shared protocol; the head ends with its best weights.
 
     The single-member case of `train_members` (the reference a stacked member must equal).
@@ -249,17 +284,20 @@ def train_head(head: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val: A
         config: the protocol (epochs, batch size, lr, warm-up, patience, device).
         weight_decay: AdamW decay for this run.
         seed: seeds mini-batch order, dropout and any other draw during training.
+        lr: the peak learning rate (None: `config.lr[0]`).
 
     Returns:
         TrainResult with the best epoch's state_dict (on CPU) and the per-epoch history.
     """
-    member = Member("head", float(weight_decay), int(seed))
-    results = train_members({"head": lambda: head}, [member], X_train, y_train, X_val, y_val,
-                            config)
-    return results[member]
+    member = Member("head", float(weight_decay), int(seed), None if lr is None else float(lr))
+    result = train_members({"head": lambda: head}, [member], X_train, y_train, X_val, y_val,
+                           config)[member]
+    if result.diverged:
+        raise diverged_error("head", result)
+    return result
 
 
-# ----------------------------------------------------------------------------- the decay sweep
+# ----------------------------------------------------------------------------- the sweep
 
 def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_train: Any,
               X_val: Any, y_val: Any, config: TrainConfig, seeds: Sequence[int] = (0, 1, 2), *,
@@ -267,17 +305,18 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
               on_member: Callable[[Member, TrainResult], None] | None = None,
               on_fit: Callable[[str, FitResult], None] | None = None,
               on_epochs: Callable[[int], None] | None = None) -> dict[str, FitResult]:
-    """Every head fitted: the decay chosen on validation loss at the first seed, then the other
-    seeds at the chosen decay, in two stacked passes.
+    """Every head fitted: the learning rate and decay chosen on validation loss at the first
+    seed, then the other seeds at the chosen setting, in two stacked passes.
 
-    Pass 1 trains every head × every decay at `seeds[0]`; pass 2 every head × the other seeds
-    at its chosen decay (ties: the first decay listed). Each member's head is built by
-    `make_heads[label]()` inside `seeded(seed)`.
+    Pass 1 trains every head × every (lr, decay) of `config` at `seeds[0]`; pass 2 every head ×
+    the other seeds at its chosen setting (ties: the first listed, lr first; a run that
+    diverged never wins). Each member's head is built by `make_heads[label]()` inside
+    `seeded(seed)`.
 
     Args:
         make_heads: head label -> builds a fresh, untrained head.
         X_train, y_train, X_val, y_val: as for `train_head`. The test split never enters here.
-        config: the protocol; `config.weight_decays` is the sweep.
+        config: the protocol; `config.lr` × `config.weight_decays` is the sweep.
         seeds: one run per seed at the chosen decay.
         stacked: False trains every member alone, one after the other (the reference).
         done: members already trained (a resumed run): not trained again.
@@ -286,8 +325,8 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
         on_epochs: called with the member-epochs just done (for a progress bar).
 
     Returns:
-        label -> FitResult with the sweep (decay -> best val loss at seeds[0]) and one run per
-        seed, first seed first.
+        label -> FitResult with the sweep ((lr, decay) -> best val loss at seeds[0]) and one
+        run per seed, first seed first.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -314,7 +353,7 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
 
     def copy_to_twins(member: Member, result: TrainResult) -> None:
         for twin in [t for t, original in twins.items() if original == member.head]:
-            copy = Member(twin, member.weight_decay, member.seed)
+            copy = dataclasses.replace(member, head=twin)
             if copy not in results:
                 finished(copy, _twin_result(make_heads, twin, member, result))
 
@@ -328,11 +367,12 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
                 train_members(make_heads, group, train, y_train, val, y_val, config,
                               on_done=finished, on_epochs=on_epochs)
 
-    run([Member(label, wd, seeds[0]) for label in make_heads for wd in config.weight_decays])
-    chosen = {label: _chosen_decay(label, results, config, seeds[0]) for label in make_heads}
+    run([Member(label, wd, seeds[0], lr) for label in make_heads for lr, wd in _settings(config)])
+    chosen = {label: _chosen(label, results, config, seeds[0]) for label in make_heads}
     for label in make_heads:  # heads whose every member was done before this call
         fitted(label)
-    run([Member(label, chosen[label], s) for label in make_heads for s in seeds[1:]])
+    run([Member(label, chosen[label][1], s, chosen[label][0])
+         for label in make_heads for s in seeds[1:]])
     return {label: fits[label] for label in make_heads}
 
 
@@ -378,28 +418,37 @@ def _twin_result(make_heads: dict[str, Callable[[], nn.Module]], twin: str, memb
     return dataclasses.replace(result, state_dict=state)
 
 
+def _settings(config: TrainConfig) -> list[tuple[float, float]]:
+    """The sweep's (lr, weight decay) pairs, in the order ties are broken."""
+    return [(lr, wd) for lr in config.lr for wd in config.weight_decays]
+
+
 def _sweep(label: str, results: dict[Member, TrainResult], config: TrainConfig,
-           seed: int) -> dict[float, float]:
-    """Decay -> best validation loss of the head's members at `seed`."""
-    return {wd: results[Member(label, wd, seed)].best_val_loss for wd in config.weight_decays}
+           seed: int) -> dict[tuple[float, float], float]:
+    """(lr, decay) -> best validation loss of the head's members at `seed` (inf: diverged)."""
+    return {(lr, wd): results[Member(label, wd, seed, lr)].best_val_loss
+            for lr, wd in _settings(config)}
 
 
-def _chosen_decay(label: str, results: dict[Member, TrainResult], config: TrainConfig,
-                  seed: int) -> float:
+def _chosen(label: str, results: dict[Member, TrainResult], config: TrainConfig,
+            seed: int) -> tuple[float, float]:
     sweep = _sweep(label, results, config, seed)
-    return min(sweep, key=sweep.get)  # ties: the first decay listed
+    return min(sweep, key=sweep.get)  # ties: the first listed
 
 
 def _fit_of(label: str, results: dict[Member, TrainResult], config: TrainConfig,
             seeds: list[int]) -> FitResult | None:
-    """The head's FitResult once its sweep and every seed at the chosen decay are done."""
-    if any(Member(label, wd, seeds[0]) not in results for wd in config.weight_decays):
+    """The head's FitResult once its sweep and every seed at the chosen setting are done."""
+    if any(Member(label, wd, seeds[0], lr) not in results for lr, wd in _settings(config)):
         return None
-    chosen = _chosen_decay(label, results, config, seeds[0])
-    runs = [results.get(Member(label, chosen, s)) for s in seeds]
+    lr, wd = _chosen(label, results, config, seeds[0])
+    runs = [results.get(Member(label, wd, s, lr)) for s in seeds]
     if any(r is None for r in runs):
         return None
-    return FitResult(chosen, _sweep(label, results, config, seeds[0]), runs)
+    for run in runs:
+        if run.diverged:
+            raise diverged_error(label, run)
+    return FitResult(lr, wd, _sweep(label, results, config, seeds[0]), runs)
 
 
 def fit_head(make_head: Callable[[], nn.Module], X_train: Any, y_train: Any, X_val: Any,
@@ -407,7 +456,7 @@ def fit_head(make_head: Callable[[], nn.Module], X_train: Any, y_train: Any, X_v
              on_run: Callable[[int, int], None] | None = None) -> FitResult:
     """`fit_heads` for one head: the decay chosen on validation loss at the first seed, then
     the other seeds. `on_run(done, total)` is called after each training run."""
-    total, count = len(config.weight_decays) + len(seeds) - 1, 0
+    total, count = len(_settings(config)) + len(seeds) - 1, 0
 
     def on_member(member: Member, result: TrainResult) -> None:
         nonlocal count
