@@ -4,7 +4,8 @@
 
 Runs the default job (`compare` with the library's defaults, cold feature cache) and holds its
 head training (`timing.train_s`: `fit_heads` alone) against the same run's extraction; then
-trains each head type alone on that cache (every decay × seed member, stacked, as compare does)
+trains each head type alone on that cache (every member of the sweep and the seeds, stacked, as
+compare does)
 and sets its time beside its floor: the matmul FLOPs of its training (forward and backward of
 every member-epoch that ran, plus validation) over this machine's measured fp32 matmul peak.
 """
@@ -82,21 +83,26 @@ def report(raw: dict) -> str:
         ["evaluation, latency, FLOPs, run writes (`timing.evaluate_s`)",
          H.fmt(raw["evaluate_s"])]])
     rows = [[r["head"], H.fmt(raw["before_1thread"].get(r["head"]), 2),
-             H.fmt(r["seconds_1thread"], 2), H.fmt(r["seconds"], 2), f"{r['gflop']:.1f}",
+             H.fmt(r["seconds_1thread"], 2), H.fmt(r["seconds"], 2), str(r["member_epochs"]),
+             f"{r['gflop']:.1f}",
              H.fmt(r["floor_s"], 2), f"{r['seconds'] / r['floor_s']:.1f}×"]
             for r in raw["heads"]]
     total = sum(r["seconds"] for r in raw["heads"])
-    return ("The default job (hymenoptera, 9 heads × 4 decays at the first seed, then 2 more "
-            "seeds at each head's chosen decay) from a cold cache, then each head type trained "
+    return ("The default job (hymenoptera, 9 heads × the default sweep's 4 peak learning rates "
+            "at the first seed, then 2 more seeds at each head's chosen setting; early stopping "
+            "as in (i)) from a cold cache, then each head type trained "
             f"alone on its cache with 1 and with {raw['threads']} threads. Floor: matmul FLOPs of the "
             "member-epochs that ran (forward + backward ≈ 3 forwards per train row, one per val "
             f"row) over the measured fp32 matmul peak, {raw['peak_gflop_s']:.0f} GFLOP/s "
             "(2048², this run).\n\n" + summary
             + f"\n\n**Head training is {ratio:.2f}× the same run's extraction** (target ≤ 1).\n\n"
             + H.table(["head", "before, 1 thread", "now, 1 thread", f"now, {raw['threads']} threads",
-                       "GFLOP (head's own forward)", "floor s", "now / floor"], rows)
-            + f"\n\nEach head alone: {total:.1f} s in all. 'Before' is the same job's heads on "
-              "this machine before issue 19 (1 thread, `bench/profile_heads.py` at 7e7859d).")
+                       "member-epochs", "GFLOP (head's own forward)", "floor s", "now / floor"],
+                      rows)
+            + f"\n\nEach head alone: {total:.1f} s in all. 'Before' is the default job of then "
+              "(the previous protocol: 4 decays at lr 1e-3, 1,836 member-epochs) before issue "
+              "19's engine changes, on the AMX machine of that session (1 thread, "
+              "`bench/profile_heads.py` at 7e7859d).")
 
 
 def main() -> None:

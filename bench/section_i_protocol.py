@@ -8,7 +8,8 @@ head fitted on the run's cached features (the same splits, stacked as compare do
 - the previous protocol: peak lr 1e-3, decays 1e-4, 1e-3, 1e-2, 1e-1 swept, cosine schedule,
   early stopping on any decrease of the val loss with patience 8;
 - the default: peak lrs 1e-3, 3e-3, 1e-2, 3e-2 swept, decay 1e-2, constant rate after warm-up,
-  an improvement only when the val loss falls by more than 1 % of its best, patience 5.
+  an improvement only when the val loss falls below its best by more than 1 % of it and more
+  than 1e-3 nats, patience 3.
 
 Per head: test accuracy (mean over 3 seeds), the chosen setting, member-epochs (every member of
 the sweep and the seeds) and seconds of `fit_heads`. Then the default sweep's spread at the
@@ -34,7 +35,7 @@ KEY, TITLE = "i", "The training protocol: previous vs default, the sweep's sprea
 ESTIMATE_S = {"quick": 60, "full": 420}  # rough seconds on a 2-core CPU
 
 PREVIOUS = dict(lr=(1e-3,), weight_decays=(1e-4, 1e-3, 1e-2, 1e-1), patience=8, min_delta=0.0,
-                schedule="cosine")
+                min_delta_abs=0.0, schedule="cosine")
 MNIST = H.ROOT.parent / "shared" / "datasets" / "mnist_small"
 
 
@@ -52,7 +53,7 @@ def split_features(ctx: H.Ctx, folder: Path) -> tuple[dict, tuple, int]:
                               precision=run.precision, cache_dir=cache)
         out[role] = (train.Features(fs.subset(np.arange(len(fs))), torch.device("cpu")),
                      np.asarray(split.labels))
-    return out, tuple(run.backbone.map_shape), len(run.classes)
+    return out, tuple(run.backbone.feature_shape[-3:]), len(run.classes)
 
 
 def fit(F: dict, shape: tuple, k: int, config: train.TrainConfig, heads: list[str]) -> dict:

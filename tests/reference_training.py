@@ -6,7 +6,7 @@ protocol written out from its specification: the batch order from `torch.Generat
 the seed, sorted batches with a last batch of one joined to the one before, one dropout mask per
 Dropout layer and step from the member's dropout stream, per-step linear warm-up then a constant
 rate or cosine decay, early stopping on validation loss (an improvement: below the best by more
-than `min_delta` of it) with the best epoch restored.
+than `min_delta` of it or `min_delta_abs`, whichever is more) with the best epoch restored.
 """
 from __future__ import annotations
 
@@ -87,7 +87,8 @@ class _GivenMasks:
 def train_plain(head: nn.Module, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
                 y_val: np.ndarray, *, epochs: int, batch_size: int, lr: float,
                 warmup_epochs: int, patience: int | None, weight_decay: float,
-                seed: int, schedule: str, min_delta: float) -> PlainResult:
+                seed: int, schedule: str, min_delta: float,
+                min_delta_abs: float) -> PlainResult:
     x_tr, x_va = torch.from_numpy(X_train).float(), torch.from_numpy(X_val).float()
     y_tr, y_va = torch.as_tensor(y_train), torch.as_tensor(y_val)
     decayed = [p for p in head.parameters() if p.ndim > 1]
@@ -114,7 +115,7 @@ def train_plain(head: nn.Module, X_train: np.ndarray, y_train: np.ndarray, X_val
         with torch.no_grad():
             val = float(F.cross_entropy(head(x_va), y_va, reduction="sum")) / len(x_va)
         losses.append(val)
-        if val < best * (1 - min_delta):
+        if val < min(best * (1 - min_delta), best - min_delta_abs):
             best, best_epoch = val, epoch
         elif patience is not None and epoch - best_epoch >= patience:
             break

@@ -20,8 +20,8 @@ def body(f_in: int = F_IN, hidden: int = HIDDEN, k: int = K) -> nn.Sequential:
                          nn.BatchNorm1d(hidden), nn.Linear(hidden, k))
 
 
-def stack_of(heads: list[nn.Module]) -> engine.Stack:
-    members = [Member("body", wd, seed) for seed, wd in enumerate(DECAYS)]
+def stack_of(heads: list[nn.Module], decays=DECAYS, peaks=(None,) * 3) -> engine.Stack:
+    members = [Member("body", wd, seed, peak) for seed, (wd, peak) in enumerate(zip(decays, peaks))]
     split = engine.split_of(heads[0])
     probe = torch.randn(2, next(heads[0].parameters()).shape[-1])
     return engine.Stack("body", members, heads, split, probe, torch.device("cpu"))
@@ -64,13 +64,14 @@ def lrs(steps: int) -> list[float]:
             for i in range(steps)]
 
 
-def members(*widths: int) -> tuple[dict[int, nn.Module], engine.Stack]:
+def members(*widths: int, decays=DECAYS, peaks=(None,) * 3
+            ) -> tuple[dict[int, nn.Module], engine.Stack]:
     """Three heads (seeds 0, 1, 2): a copy of each to train alone, and their stack."""
     heads = []
     for seed in range(len(DECAYS)):
         torch.manual_seed(seed)
         heads.append(body(*widths))
-    return {i: copy.deepcopy(h) for i, h in enumerate(heads)}, stack_of(heads)
+    return {i: copy.deepcopy(h) for i, h in enumerate(heads)}, stack_of(heads, decays, peaks)
 
 
 def gradients(stack: engine.Stack, draws: torch.Generator) -> list[torch.Tensor]:
@@ -83,32 +84,41 @@ def gradients(stack: engine.Stack, draws: torch.Generator) -> list[torch.Tensor]
     return out
 
 
+# each member's own decay at one peak lr; or a peak lr each (the sweep), two sharing one,
+# at one decay (decayed inside the fused kernel)
+SETTINGS = {"decays": (DECAYS, (1.0, 1.0, 1.0)), "lrs": ((0.01,) * 3, (1.0, 1.0, 3.0)),
+            "both": ((1e-3, 0.3, 0.3), (1.0, 3.0, 3.0))}
+
+
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("widths", [(16, 32, 16), (F_IN, HIDDEN, K)])
-def test_the_stacked_adamw_is_torchs_adamw_on_each_member_alone(widths, fused):
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_the_stacked_adamw_is_torchs_adamw_on_each_member_alone(widths, fused, setting):
     """Given the same gradients, step by step through a warm-up and a cosine lr, with member 1
     taken out half way (its moments dropped, the others' kept): each member's parameters are
     those torch.optim.AdamW(weight_decay=its decay) gives its head alone.
 
-    Bit-identical to torch's fused AdamW (the same kernel; the decay factor rounded as torch
-    rounds it) where each member's tensors are whole 16-float vectors, as in the default
-    heads (2560, 512). Otherwise the kernel computes a member's elements in other vector lanes
-    or its scalar tail, and torch's for-loop AdamW rounds its bias corrections its own way:
-    measured within 1.1e-7 of the tensors' scale (about 1 float32 ulp), 5e-7 asserted."""
-    alone, stack = members(*widths)
-    optimizers = {i: reference(h, wd, fused) for (i, h), wd in zip(alone.items(), DECAYS)}
+    Bit-identical to torch's fused AdamW (the same kernel; the decays, one per member here,
+    applied first and rounded as torch rounds its scalar one) where each member's tensors are
+    whole 16-float vectors, as in the default heads (2560, 512). Otherwise the kernel computes a
+    member's elements in other vector lanes or its scalar tail, and torch's for-loop AdamW
+    rounds its bias corrections its own way: measured within 1.1e-7 of the tensors' scale
+    (about 1 float32 ulp), 5e-7 asserted."""
+    decays, peaks = SETTINGS[setting]
+    alone, stack = members(*widths, decays=decays, peaks=peaks)
+    optimizers = {i: reference(h, wd, fused) for (i, h), wd in zip(alone.items(), decays)}
     draws = torch.Generator().manual_seed(3)
     for step, lr in enumerate(lrs(12)):
         if step == 6:
             stack.keep([0, 2])
             alone = {0: alone[0], 2: alone[2]}
         grads = gradients(stack, draws)
-        engine.adamw(stack.optimizer, grads, lr, stack.decay)
+        stack.optimizer.step(grads, lambda peak: lr * peak)
         for j, (i, head) in enumerate(alone.items()):
             for p, g in zip(head.parameters(), grads):
                 p.grad = g[j].clone()
             for group in optimizers[i].param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * peaks[i]
             optimizers[i].step()
         worst = largest_difference(stack, dict(enumerate(alone.values())))
         exact = fused and all(p[0].numel() % 16 == 0 for p in stack.params.values())
@@ -134,7 +144,7 @@ def test_each_stacked_member_trains_as_its_head_alone_under_torchs_adamw(shared,
         n = 1 if shared else len(stack)
         x = torch.randn(n, B, F_IN, generator=rows) * 3 + 1
         y = torch.randint(0, K, (n, B), generator=rows)
-        stack.step(x[0] if shared else x, y[0] if shared else y, shared, lr)
+        stack.step(x[0] if shared else x, y[0] if shared else y, shared, lambda peak: lr)
         for j, (i, head) in enumerate(alone.items()):
             reference_step(head, optimizers[i], x[0 if shared else j], y[0 if shared else j], lr)
         worst = largest_difference(stack, dict(enumerate(alone.values())))

@@ -213,7 +213,7 @@ def test_training_from_moments_equals_a_plain_loop_over_the_formula(data, memory
                           lr=CONFIG.lr[0], warmup_epochs=CONFIG.warmup_epochs,
                           patience=CONFIG.patience, weight_decay=member.weight_decay,
                           seed=member.seed, schedule=CONFIG.schedule,
-                          min_delta=CONFIG.min_delta)
+                          min_delta=CONFIG.min_delta, min_delta_abs=CONFIG.min_delta_abs)
         run = results[member]
         assert (run.epochs_run, run.best_epoch) == (ref.epochs_run, ref.best_epoch)
         assert [log.val_loss for log in run.history] == pytest.approx(ref.val_losses, rel=1e-5)

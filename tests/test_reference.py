@@ -17,7 +17,8 @@ C, K, MAP = 32, 3, 4
 CONFIG = TrainConfig(epochs=8, batch_size=16, lr=(3e-3, 1e-2), weight_decays=(1e-4, 1e-1),
                      warmup_epochs=1, patience=3, device="cpu")
 COSINE = TrainConfig(epochs=8, batch_size=16, lr=3e-3, weight_decays=(1e-4, 1e-1),
-                     warmup_epochs=1, patience=3, min_delta=0.0, schedule="cosine", device="cpu")
+                     warmup_epochs=1, patience=3, min_delta=0.0, min_delta_abs=0.0,
+                     schedule="cosine", device="cpu")
 SEEDS = [0, 1]
 REL = 1e-5  # best validation losses: float32 sums in another order
 
@@ -60,7 +61,7 @@ def plain(name: str, data, config: TrainConfig, lr: float, weight_decay: float, 
     return train_plain(head, *data, epochs=config.epochs, batch_size=config.batch_size, lr=lr,
                        warmup_epochs=config.warmup_epochs, patience=config.patience,
                        weight_decay=weight_decay, seed=seed, schedule=config.schedule,
-                       min_delta=config.min_delta)
+                       min_delta=config.min_delta, min_delta_abs=config.min_delta_abs)
 
 
 def settings(config: TrainConfig) -> list[tuple[float, float]]:

@@ -199,7 +199,7 @@ def reference_fit(head, data, config: TrainConfig, weight_decay: float, seed: in
         head.eval()
         with torch.no_grad():
             val = torch.nn.functional.cross_entropy(head(Xv), yv).item()
-        if val < best_loss * (1 - config.min_delta):
+        if val < min(best_loss * (1 - config.min_delta), best_loss - config.min_delta_abs):
             best = {k: v.clone() for k, v in head.state_dict().items()}
             best_loss, best_epoch = val, epoch
         elif epoch - best_epoch >= config.patience:

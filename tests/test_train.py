@@ -311,18 +311,21 @@ def test_head_precision_is_checked_naming_its_option():
     assert e.value.param == "head_precision"
 
 
-def test_an_improvement_must_beat_the_best_by_min_delta(data):
-    """Val loss still creeping down by less than min_delta of the best is not an improvement:
-    training stops `patience` epochs after the last real one (Keras' EarlyStopping rule)."""
-    creeping = dataclasses.replace(FAST, epochs=30, lr=3e-3, patience=2)
+@pytest.mark.parametrize("relative, absolute", [(0.1, 0.0), (0.0, 0.05), (0.01, 0.05)])
+def test_an_improvement_must_beat_the_best_by_min_delta(data, relative, absolute):
+    """Val loss still creeping down by less than min_delta of the best (or min_delta_abs nats,
+    whichever is more) is not an improvement: training stops `patience` epochs after the last
+    real one (Keras' EarlyStopping rule)."""
+    creeping = dataclasses.replace(FAST, epochs=30, lr=3e-3, patience=2, min_delta_abs=0.0)
     _, every = train_gap(data, config=dataclasses.replace(creeping, min_delta=0.0))
-    _, meaningful = train_gap(data, config=dataclasses.replace(creeping, min_delta=0.1))
+    _, meaningful = train_gap(data, config=dataclasses.replace(
+        creeping, min_delta=relative, min_delta_abs=absolute))
     losses = [e.val_loss for e in every.history]
     assert every.epochs_run == 30 and all(b < a for a, b in zip(losses, losses[1:]))
     assert meaningful.epochs_run < 30
     best, at = math.inf, 0
     for epoch, loss in enumerate(losses, 1):  # the rule, by hand, on the same trajectory
-        if loss < best * 0.9:
+        if loss < min(best * (1 - relative), best - absolute):
             best, at = loss, epoch
         elif epoch - at >= 2:
             break
@@ -343,5 +346,8 @@ def test_a_run_written_before_the_lr_sweep_keeps_its_protocol():
     old = {"epochs": 40, "batch_size": 64, "lr": 1e-3, "weight_decays": [1e-4, 1e-1],
            "warmup_epochs": 2, "patience": 8, "device": None, "precision": "fp32"}
     config = TrainConfig.from_dict(old)
-    assert (config.lr, config.schedule, config.min_delta) == ((1e-3,), "cosine", 0.0)
-    assert TrainConfig().schedule == "constant" and TrainConfig().min_delta == 0.01
+    assert (config.lr, config.schedule, config.min_delta, config.min_delta_abs) == (
+        (1e-3,), "cosine", 0.0, 0.0)
+    new = TrainConfig()
+    assert (new.schedule, new.min_delta, new.min_delta_abs, new.patience) == (
+        "constant", 0.01, 1e-3, 3)

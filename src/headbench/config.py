@@ -169,9 +169,11 @@ class CompareConfig(AnalysisOptions):
                                         "warm-up), chosen on val", list=True)
     weight_decays: tuple[float, ...] = option((1e-2,), "weight decays swept with them",
                                               list=True)
-    patience: int = option(5, "early stopping: epochs without a val-loss improvement (0: off)")
+    patience: int = option(3, "early stopping: epochs without a val-loss improvement (0: off)")
     min_delta: float = option(0.01, "early stopping: the relative val-loss decrease that counts "
                                     "as an improvement")
+    min_delta_abs: float = option(1e-3, "early stopping: the least val-loss decrease (nats per "
+                                        "image) that counts; the larger of the two decides")
     schedule: str = option("constant", "learning rate after warm-up: constant | cosine (to 0 "
                                        "at --epochs)")
     input_size: int | None = option(None, "input side in pixels (default: the backbone's)")
@@ -229,7 +231,8 @@ class CompareConfig(AnalysisOptions):
         train = self.train_config()
         self.epochs, self.batch_size, self.lr = train.epochs, train.batch_size, train.lr
         self.weight_decays, self.patience = train.weight_decays, train.patience or 0
-        self.min_delta, self.schedule = train.min_delta, train.schedule
+        self.min_delta, self.min_delta_abs = train.min_delta, train.min_delta_abs
+        self.schedule = train.schedule
         self.input_size = whole(self.input_size, "input_size", MIN_SIZE, none_ok=True)
         if self.precision not in PRECISIONS:
             raise unknown("precision", str(self.precision), PRECISIONS, param="precision")
@@ -278,7 +281,8 @@ class CompareConfig(AnalysisOptions):
         """The training protocol these options give."""
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            patience=self.patience or None, weight_decays=self.weight_decays,
-                           min_delta=self.min_delta, schedule=self.schedule,
+                           min_delta=self.min_delta, min_delta_abs=self.min_delta_abs,
+                           schedule=self.schedule,
                            precision=self.head_precision)
 
     def finetune_config(self):
@@ -331,8 +335,8 @@ class CompareConfig(AnalysisOptions):
         return cls(**{**_OLD_PROTOCOL, **{k: v for k, v in d.items() if k in names}})
 
 
-# the training protocol before `schedule` and `min_delta` existed (runs that lack them)
-_OLD_PROTOCOL = {"schedule": "cosine", "min_delta": 0.0}
+# the training protocol before `schedule` and the minimum improvements existed (runs without)
+_OLD_PROTOCOL = {"schedule": "cosine", "min_delta": 0.0, "min_delta_abs": 0.0}
 # options that change neither the heads nor their numbers (the analyses are added to a run)
 _NOT_IN_DIGEST = {"out", "run_name", "report", "workers", "cache_dir", "shifts", "sizes", "shots",
                   "cam", "restart"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -81,38 +82,96 @@ def _input_shape(body: nn.Module, name: str, probe: torch.Tensor) -> tuple[int, 
     return seen[0]
 
 
-def optimizer_for(params: dict[str, torch.Tensor]) -> torch.optim.AdamW:
-    """torch's AdamW over the stacked parameters with its own decay off (`adamw` decays each
-    member by its own): the fused kernel where torch has one, one pass instead of seven."""
-    device = next(iter(params.values())).device
-    fused = True if device.type in ("cpu", "cuda") else None  # None: torch's default elsewhere
-    return torch.optim.AdamW(list(params.values()), lr=0.0, weight_decay=0.0, fused=fused)
+class MemberAdamW:
+    """torch's AdamW over stacked parameters, each member at its own peak learning rate and
+    weight decay, in as few fused steps as that allows (the fused kernel where torch has one:
+    one pass instead of seven).
+
+    Members with one peak lr side by side in the stack share a param group of views of their
+    rows of every tensor (`_stacks` orders members so). Decay is on matrices and kernels only
+    (member ndim > 1): inside the kernel where the group's members share one decay, else as
+    torch.optim.AdamW's decoupled `p.mul_(1 - lr·decay)` per member first and the step with no
+    decay; both are torch's AdamW of each member alone, bit for bit
+    (tests/test_engine_optimizer.py)."""
+
+    def __init__(self, params: dict[str, torch.Tensor], peaks: Sequence[float],
+                 decays: Sequence[float]):
+        self.peaks, self.decays = list(peaks), list(decays)
+        stacked = list(params.values())
+        groups = []
+        for a, b in _runs(self.peaks):
+            mixed = len(set(self.decays[a:b])) > 1
+            for decayed in (True, False):
+                sources = [j for j, p in enumerate(stacked) if (p.ndim > 2) == decayed]
+                if not sources:
+                    continue
+                decays = torch.tensor(self.decays[a:b], dtype=torch.float64,
+                                      device=stacked[0].device)
+                groups.append({"params": [stacked[j].detach()[a:b] for j in sources],
+                               "sources": sources, "rows": (a, b), "peak": self.peaks[a],
+                               "weight_decay": self.decays[a] if decayed and not mixed else 0.0,
+                               "decays": decays if decayed and mixed else None})
+        fused = True if stacked[0].device.type in ("cpu", "cuda") else None  # torch's default
+        self.optimizer = torch.optim.AdamW(groups, lr=0.0, fused=fused)
+
+    def step(self, grads: Sequence[torch.Tensor], rate: Callable[[float], float]) -> None:
+        """One step with the stacked `grads`, each group at `rate(its peak lr)`."""
+        grads = [g.contiguous() for g in grads]  # the fused kernel reads them laid out as p
+        with torch.no_grad():
+            for group in self.optimizer.param_groups:
+                lr, (a, b) = rate(group["peak"]), group["rows"]
+                group["lr"] = lr
+                for view, j in zip(group["params"], group["sources"]):
+                    view.grad = grads[j][a:b]
+                    if group["decays"] is not None:  # rounded to p's dtype, as torch's scalar
+                        factor = (1 - lr * group["decays"]).to(view.dtype)
+                        view.mul_(factor.view(-1, *[1] * (view.ndim - 1)))
+        self.optimizer.step()
+
+    def kept(self, params: dict[str, torch.Tensor], index: list[int]) -> "MemberAdamW":
+        """An optimizer over `params` (members `index` of this one's, restacked) carrying those
+        members' moments and step counts."""
+        rows = {}  # (stacked tensor, member) -> (its group's state, the member's row in it)
+        for group in self.optimizer.param_groups:
+            a, b = group["rows"]
+            for view, j in zip(group["params"], group["sources"]):
+                for member in range(a, b):
+                    rows[j, member] = (self.optimizer.state[view], member - a)
+        new = MemberAdamW(params, [self.peaks[i] for i in index], [self.decays[i] for i in index])
+        for group in new.optimizer.param_groups:
+            a, b = group["rows"]
+            for view, j in zip(group["params"], group["sources"]):
+                old = [rows[j, index[i]] for i in range(a, b)]
+                first = old[0][0]
+                new.optimizer.state[view] = {
+                    key: first[key].clone() if key == "step" else
+                    torch.stack([state[key][row] for state, row in old]) for key in first}
+        return new
 
 
-def adamw(optimizer: torch.optim.AdamW, grads: Sequence[torch.Tensor], lr: float,
-          decay: torch.Tensor) -> None:
-    """One torch.optim.AdamW step at `lr` with one weight decay per member (`decay`, (M,)
-    float64) on matrices and kernels only (member ndim > 1), in AdamW's order: the decoupled
-    decay first, then the moments and the update (the fused step, its decay 0)."""
-    with torch.no_grad():
-        for p, g in zip(optimizer.param_groups[0]["params"], grads):
-            if p.ndim > 2:  # the factor rounded to p's dtype, as torch rounds its scalar one
-                factor = (1 - lr * decay).to(p.dtype)
-                p.mul_(factor.view(-1, *[1] * (p.ndim - 1)))
-            p.grad = g.contiguous()  # the fused kernel reads a grad as if laid out like p
-    optimizer.param_groups[0]["lr"] = lr
-    optimizer.step()
+def _runs(values: Sequence[float]) -> list[tuple[int, int]]:
+    """(start, stop) of each run of equal consecutive values."""
+    runs, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[start]:
+            runs.append((start, i))
+            start = i
+    return runs
 
 
-def _sliced(optimizer: torch.optim.AdamW, params: dict[str, torch.Tensor],
-            index: torch.Tensor) -> torch.optim.AdamW:
-    """An AdamW over `params` (members `index` of the optimizer's) carrying those members'
-    moments and the step count."""
-    new = optimizer_for(params)
-    for old, p in zip(optimizer.param_groups[0]["params"], params.values()):
-        new.state[p] = {k: v.clone() if k == "step" else v[index]
-                        for k, v in optimizer.state[old].items()}
-    return new
+# Dropout masks of at least this many elements per step are drawn for members in parallel
+# (fastai's head, 4 members of 64 rows: 2.8 → 1.8 ms a step on two cores).
+PARALLEL_DRAWS = 1 << 16
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _drawing_pool() -> ThreadPoolExecutor:
+    """Threads for the members' mask draws (torch releases the GIL while drawing)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()),
+                                   thread_name_prefix="headbench-masks")
+    return _POOL
 
 
 # ----------------------------------------------------------------------------- one head's members
@@ -128,8 +187,9 @@ class Stack:
 
     def __init__(self, label: str, members: list[Member], heads: list[nn.Module],
                  split: TrainingSplit, probe: torch.Tensor, device: torch.device,
-                 precision: str = "fp32", lr: float = 1e-3):
-        self.label, self.members, self.heads, self.lr = label, members, heads, lr
+                 precision: str = "fp32", default_lr: float = 1e-3):
+        self.label, self.members, self.heads = label, members, heads
+        self.lrs = [default_lr if m.lr is None else m.lr for m in members]  # peak lr each
         # bf16 autocast of the matmuls (`runtime.resolve_precision(..., "heads")`), else none
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                                        enabled=precision == "bf16")
@@ -141,9 +201,7 @@ class Stack:
         for body in self.bodies:
             body.train()
         self.params, self.buffers = stack_module_state(self.bodies)
-        self.decay = torch.tensor([m.weight_decay for m in members], dtype=torch.float64,
-                                  device=device)
-        self.optimizer = optimizer_for(self.params)
+        self.optimizer = MemberAdamW(self.params, self.lrs, [m.weight_decay for m in members])
         self.drops = drops
         self.order_rng = [_stream(m.seed, 0) for m in members]
         self.drop_rng = [_stream(m.seed, 1) for m in members]
@@ -163,14 +221,21 @@ class Stack:
 
         bernoulli_(1 - p) keeps an element when a float64 uniform draw is below 1 - p: drawing
         those uniforms and comparing gives the same masks and leaves each generator where
-        bernoulli_ does, at half its cost, into one tensor for every member."""
-        masks = {}
-        for name, (p, shape) in self.drops.items():
-            draws = torch.empty(len(self.drop_rng), batch, *shape, dtype=torch.float64)
-            for row, g in zip(draws, self.drop_rng):
-                row.uniform_(generator=g)
-            masks[name] = ((draws < 1 - p).float() / (1 - p)).to(self.device)
-        return masks
+        bernoulli_ does, at half its cost, into one tensor for every member. A generator draws
+        on one core: large draws take members in parallel, each in its layers' order."""
+        draws = {name: torch.empty(len(self.drop_rng), batch, *shape, dtype=torch.float64)
+                 for name, (p, shape) in self.drops.items()}
+
+        def fill(i: int) -> None:
+            for rows in draws.values():
+                rows[i].uniform_(generator=self.drop_rng[i])
+        if len(self) > 1 and sum(d.numel() for d in draws.values()) >= PARALLEL_DRAWS:
+            list(_drawing_pool().map(fill, range(len(self))))
+        else:
+            for i in range(len(self)):
+                fill(i)
+        return {name: ((draws[name] < 1 - p).float() / (1 - p)).to(self.device)
+                for name, (p, shape) in self.drops.items()}
 
     def _logits(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.base, (params, buffers), (x,))
@@ -197,16 +262,16 @@ class Stack:
                 for step in zip(*per_member)]
 
     def step(self, x: torch.Tensor, y: torch.Tensor, shared: bool,
-             lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One update of every member on its own batch (`shared`: one batch for all);
-        (loss, correct) per member."""
+             rate: Callable[[float], float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of every member on its own batch (`shared`: one batch for all), each at
+        `rate(its peak lr)`; (loss, correct) per member."""
         with self.autocast:
             logits = self._forward(x, shared, True, self._masks(y.shape[-1])).float()
         target = y.expand(len(self), -1)
         losses = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
         losses = losses.view(len(self), -1).mean(dim=1)
         grads = torch.autograd.grad(losses.sum(), list(self.params.values()))
-        adamw(self.optimizer, grads, lr, self.decay)
+        self.optimizer.step(grads, rate)
         return losses.detach(), (logits.detach().argmax(-1) == target).sum(dim=1)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,11 +283,13 @@ class Stack:
             return loss.view(len(self), -1).sum(1), (logits.argmax(-1) == target).sum(1)
 
     def end_epoch(self, epoch: int, logs: list[EpochLog], patience: int | None,
-                  min_delta: float = 0.0) -> list[int]:
+                  min_delta: float = 0.0, min_delta_abs: float = 0.0) -> list[int]:
         """Record the epoch; keep the weights of members whose val loss fell below their best by
-        more than `min_delta` of it (relative); the members that stop now."""
+        more than `min_delta` of it or `min_delta_abs`, whichever is more; the members that
+        stop now."""
         val = torch.tensor([log.val_loss for log in logs], dtype=torch.float64)
-        improved = val < self.best_loss * (1 - min_delta)  # NaN never improves
+        below = torch.minimum(self.best_loss * (1 - min_delta), self.best_loss - min_delta_abs)
+        improved = val < below  # NaN never improves
         if improved.any():
             where = improved.to(self.device)
             with torch.no_grad():
@@ -249,7 +316,7 @@ class Stack:
         state = {k: v.detach().to("cpu", copy=True) for k, v in self.heads[i].state_dict().items()}
         return TrainResult(state, self.best_epoch[i], float(self.best_loss[i]),
                            member.weight_decay, member.seed, len(self.history[i]),
-                           self.seconds[i], self.history[i], self.lr)
+                           self.seconds[i], self.history[i], self.lrs[i])
 
     def keep(self, keep: list[int]) -> None:
         """Go on with members `keep` only (the others stopped and were taken out)."""
@@ -259,11 +326,10 @@ class Stack:
             return {k: v.detach()[index].clone().requires_grad_(grad) for k, v in d.items()}
 
         self.params = take(self.params, grad=True)
-        self.optimizer = _sliced(self.optimizer, self.params, index)
+        self.optimizer = self.optimizer.kept(self.params, keep)
         self.buffers, self.best = take(self.buffers), take(self.best)
-        self.decay = self.decay[index]
         for name in ("members", "heads", "bodies", "order_rng", "drop_rng", "best_epoch",
-                     "history", "seconds"):
+                     "history", "seconds", "lrs"):
             setattr(self, name, [getattr(self, name)[i] for i in keep])
         self.best_loss = self.best_loss[index.cpu()]
 
@@ -273,8 +339,8 @@ class Stack:
 def train_epoch(stacks: list[Stack], blocks: Iterator[Block], inputs: Inputs, y: torch.Tensor,
                 batch_size: int, step: int, rate: Callable[[int, float], float]
                 ) -> dict[int, list[torch.Tensor]]:
-    """One epoch of every stack, block by block, from global step `step` at learning rate
-    `rate(step, stack.lr)`; id(stack) -> [summed loss, correct]."""
+    """One epoch of every stack, block by block, from global step `step`, each member at
+    learning rate `rate(step, its peak lr)`; id(stack) -> [summed loss, correct]."""
     stats = {id(s): [torch.zeros(len(s)), torch.zeros(len(s))] for s in stacks}
     for block in blocks:
         for stack in stacks:
@@ -282,7 +348,9 @@ def train_epoch(stacks: list[Stack], blocks: Iterator[Block], inputs: Inputs, y:
             for i, index in enumerate(stack.orders(block.size, batch_size)):
                 x = inputs.batch(stack.key, index, block)
                 target = y[block.rows[index] if block.rows is not None else index]
-                loss, correct = stack.step(x, target, index.dim() == 1, rate(step + i, stack.lr))
+                at = step + i
+                loss, correct = stack.step(x, target, index.dim() == 1,
+                                           lambda peak, at=at: rate(at, peak))
                 stats[id(stack)][0] += loss.cpu() * index.shape[-1]
                 stats[id(stack)][1] += correct.cpu()
             _share(stack, time.perf_counter() - started)

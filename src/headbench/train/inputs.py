@@ -52,6 +52,11 @@ class Features:
         self.form = form if form is not None else getattr(X, "form", None)
         limit = CACHE_BYTES if cache_bytes is None else cache_bytes
         self._memory = _in_memory(X).to(device) if _nbytes(X) <= limit else None
+        # prepared inputs held in memory (`Inputs`) by TrainingSplit.key, and those taken at
+        # another expansion point by (key, point): kept here, so that every pass of a fit on
+        # these features (the sweep, then the seeds) prepares them once
+        self.prepared: dict[str, torch.Tensor] = {}
+        self.moved: dict[tuple[str, float], torch.Tensor] = {}
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -185,19 +190,21 @@ class Inputs:
     come with `x.recentred(c)`: the same rows prepared at point c, for a member whose p left
     the window of the others (`train.stacked`). For memory keys every row is prepared at c
     once, when first asked for, and kept in `moved` while those fit in MEMORY_BYTES (a point
-    past that: from the rows' features per batch, as lazy keys are)."""
+    past that: from the rows' features per batch, as lazy keys are). Both are kept on the
+    `Features` (`Features.prepared`, `Features.moved`) for the next pass of the same fit."""
 
     def __init__(self, feats: Features, splits: dict[str, TrainingSplit], memory: set[str]):
         self.feats, self.splits = feats, splits
-        self.memory: dict[str, torch.Tensor] = {}
-        self.moved: dict[tuple[str, float], torch.Tensor] = {}
+        self.moved = feats.moved  # (key, point) -> inputs at another point, as they are needed
         self.lazy = set(splits) - memory
-        if memory:
-            parts: dict[str, list[torch.Tensor]] = {k: [] for k in memory}
+        todo = [k for k in memory if k not in feats.prepared]
+        if todo:
+            parts: dict[str, list[torch.Tensor]] = {k: [] for k in todo}
             for _, rows in self._rows(4 * CHUNK_ROWS):
-                for key in memory:
+                for key in todo:
                     parts[key].append(splits[key].apply(rows, feats.form))
-            self.memory = {k: torch.cat(v) for k, v in parts.items()}
+            feats.prepared.update((k, torch.cat(v)) for k, v in parts.items())
+        self.memory: dict[str, torch.Tensor] = {k: feats.prepared[k] for k in memory}
 
     def _rows(self, size: int) -> Iterator[tuple[int, torch.Tensor]]:
         with torch.no_grad():

@@ -9,8 +9,10 @@ heads and not between recipes:
   'constant', the default: training ends when the head has converged, not when a schedule says
   so) or cosine decay to 0 at the end of `epochs` ('cosine').
 - Early stopping on validation loss: an epoch improves only when its val loss is below the best
-  so far by more than `min_delta` of it (relative); training stops after `patience` epochs
-  without an improvement, and the best epoch's weights are restored.
+  so far by more than `min_delta` of it or by `min_delta_abs` nats, whichever is more (on a
+  small val split the loss of a head that classifies it all keeps creeping towards 0);
+  training stops after `patience` epochs without an improvement, and the best epoch's weights
+  are restored.
 - The peak learning rate and the weight decay are chosen per head by a sweep over `lr` ×
   `weight_decays` on validation loss at the first seed (`fit_heads`), never on the test split;
   the other seeds are then trained at the chosen setting.
@@ -67,6 +69,8 @@ class TrainConfig:
             disables early stopping (the best epoch is still restored).
         min_delta: the relative decrease of the best validation loss that counts as an
             improvement (0.01: 1 %).
+        min_delta_abs: the least decrease in nats per image that counts (the larger of the two
+            decides).
         schedule: the learning rate after warm-up, 'constant' or 'cosine' (to 0 at `epochs`).
         device: 'cpu', 'cuda', 'cuda:1', ...; None picks cuda when available.
         precision: the heads' matmuls: 'fp32', 'bf16' or 'auto' (`runtime.resolve_precision`,
@@ -78,8 +82,9 @@ class TrainConfig:
     lr: tuple[float, ...] = LRS
     weight_decays: tuple[float, ...] = (1e-2,)
     warmup_epochs: int = 2
-    patience: int | None = 5
+    patience: int | None = 3
     min_delta: float = 0.01
+    min_delta_abs: float = 1e-3
     schedule: str = "constant"
     device: str | None = None
     precision: str = "fp32"
@@ -91,6 +96,7 @@ class TrainConfig:
         self.weight_decays = _grid(self.weight_decays, "weight_decays", "≥ 0")
         self.warmup_epochs = whole(self.warmup_epochs, "warmup_epochs", 0)
         self.min_delta = real(self.min_delta, "min_delta", 0.0, 1.0)
+        self.min_delta_abs = real(self.min_delta_abs, "min_delta_abs", 0.0, math.inf)
         if self.schedule not in SCHEDULES:
             raise unknown("schedule", str(self.schedule), SCHEDULES, param="schedule")
         if self.precision not in PRECISIONS:
@@ -105,10 +111,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """From `to_dict`; a dict written before `schedule` and `min_delta` existed means
-        the protocol of then: cosine, every decrease an improvement."""
+        """From `to_dict`; a dict written before `schedule` and the minimum improvements
+        existed means the protocol of then: cosine, every decrease an improvement."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{"schedule": "cosine", "min_delta": 0.0,
+        return cls(**{"schedule": "cosine", "min_delta": 0.0, "min_delta_abs": 0.0,
                       **{k: v for k, v in d.items() if k in names}})
 
 
@@ -218,11 +224,12 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
         validated = validate(stacks, inputs_va, y_va)
         for stack in list(stacks):
             (tr_loss, tr_ok), (va_loss, va_ok) = trained[id(stack)], validated[id(stack)]
-            lr = rate(epoch * steps - 1, stack.lr)
             logs = [EpochLog(epoch, float(tr_loss[i]) / n_train, float(tr_ok[i]) / n_train,
-                             float(va_loss[i]) / len(val), float(va_ok[i]) / len(val), lr)
+                             float(va_loss[i]) / len(val), float(va_ok[i]) / len(val),
+                             rate(epoch * steps - 1, stack.lrs[i]))
                     for i in range(len(stack))]
-            stop = stack.end_epoch(epoch, logs, config.patience, config.min_delta)
+            stop = stack.end_epoch(epoch, logs, config.patience, config.min_delta,
+                                   config.min_delta_abs)
             if epoch == config.epochs:
                 stop = list(range(len(stack)))
             if on_epochs is not None:
@@ -243,15 +250,14 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
 def _stacks(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Member],
             train: Features, device: torch.device, y_max: int, precision: str,
             default_lr: float) -> list[Stack]:
-    """One stack per head label and learning rate (one fused AdamW step each), its members'
-    heads built under their seeds."""
-    by_label: dict[tuple[str, float], list[Member]] = {}
-    for member in members:
-        lr = default_lr if member.lr is None else member.lr
-        by_label.setdefault((member.head, lr), []).append(member)
+    """One stack per head label (members without a peak lr take `default_lr`), its members'
+    heads built under their seeds, members of one peak lr side by side (one AdamW group)."""
+    by_label: dict[str, list[Member]] = {}
+    for member in sorted(members, key=lambda m: default_lr if m.lr is None else m.lr):
+        by_label.setdefault(member.head, []).append(member)
     probe_rows = train.get(np.arange(2))
     stacks = []
-    for (label, lr), group in by_label.items():
+    for label, group in by_label.items():
         heads = []
         for member in group:
             with seeded(member.seed):
@@ -264,7 +270,7 @@ def _stacks(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Me
             raise HeadbenchError(f"labels go up to class {y_max} but head '{label}' outputs {k} "
                                  "classes: build the head with num_classes equal to the number "
                                  "of classes")
-        stacks.append(Stack(label, group, heads, split, probe, device, precision, lr))
+        stacks.append(Stack(label, group, heads, split, probe, device, precision, default_lr))
     return stacks
 
 
