@@ -136,9 +136,9 @@ def test_compare_prints_findings_selected_head_and_run_folder(cli_run):
     from headbench.run import Run
     run_dir, out = cli_run
     run = Run.load(run_dir)
-    assert out[0] == "findings:"
+    assert out[0] == f"verdict: {run.verdict.text}" and out[1] == "findings:"
     assert any(line.startswith(("- gap vs flatten: ", "- flatten vs gap: ")) for line in out)
-    assert f"selected:   {run.best_head} (highest mean val accuracy), model in " \
+    assert f"recommended: {run.best_head} (one-standard-error rule on val), model in " \
            f"{run.model_dir()}" in out
     assert not any(line.startswith("report:") for line in out)  # --no-report
     assert run.options.seeds == 2 and run.options.weight_decays == (0.01,)

@@ -69,10 +69,18 @@ def test_results_hold_metrics_params_and_costs_per_head(run):
             head.summary.train_accuracy.mean - acc.mean)
 
 
-def test_selected_head_is_the_best_on_val_by_the_one_rule(run):
-    def val_score(h):
-        return (np.mean([s.val.accuracy for s in h.seeds]), -np.mean([s.val.nll for s in h.seeds]))
-    assert run.best_head == max(run.heads, key=val_score).head
+def test_the_recommended_head_is_the_cheapest_within_one_standard_error_on_val(run):
+    verdict = run.verdict
+    for h in run.heads:  # per-image val accuracy averaged over seeds, then over images
+        assert verdict.scores[h.head] == pytest.approx(np.mean([s.val.accuracy for s in h.seeds]))
+        assert 0 <= verdict.se[h.head] <= 0.5
+    best = max(verdict.scores.values())
+    assert verdict.scores[verdict.best] == best
+    within = [h for h in run.heads if verdict.scores[h.head] >= best - verdict.se[verdict.best]]
+    cheapest = min(within, key=lambda h: (h.head_params, h.head_flops))
+    assert run.best_head == verdict.recommended == cheapest.head
+    assert verdict.selection == "val" and verdict.text.startswith((run.best_head, "no head"))
+    assert Run.load(run.run_dir).verdict == verdict
     # the recommended model is the selected head's, saved from its best seed on val loss
     meta = json.loads((run.model_dir() / "model.json").read_text())
     assert meta["head"]["name"] == run.best_head and meta["seed"] == run.selected().best_seed

@@ -156,8 +156,9 @@ def test_compare_finetunes_the_best_head_on_val_as_plus_ft(run):
     assert seed.test.n == best_frozen.seeds[0].test.n and 1 <= seed.best_epoch <= 3
     assert len(seed.history) == seed.epochs_run == 3
     assert run.predictions[ft_head.head].pred.shape == (1, seed.test.n)
-    # the selected head is chosen on val among every head, the fine-tuned one included
-    assert run.best_head == hb.evaluate.select_head(run.heads).head
+    # the recommended head is chosen on val among every head, the fine-tuned one included
+    assert set(run.verdict.scores) == {h.head for h in run.heads}
+    assert run.best_head == run.verdict.recommended
 
 
 def test_the_finding_compares_finetuned_with_its_frozen_seed(run):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import html
 import io
 import re
 from pathlib import Path
@@ -262,7 +263,7 @@ def test_highlighted_head_is_the_runs_selection_not_recomputed(tmp_path):
     run.best_head = "flatten"  # compare chose it (select_head on val); the report only shows it
     page = write_report(run.save()).read_text()
     assert [name for cls, name in _summary_rows(page) if cls] == ["flatten"]
-    assert "Selected head: <strong>flatten</strong>" in page
+    assert "Recommended head: <strong>flatten</strong>" in page
     assert "Confusion matrix of the best head (flatten)" in page
     assert 'class="badge"' in _head_section(page, "flatten")
 
@@ -435,7 +436,6 @@ def test_terminal_table_prints_names_literally_not_as_markup(tmp_path):
 def test_report_of_a_real_compare_run(tmp_path):
     """The report of what compare really writes (generated data, the embedded backbone)."""
     import headbench as hb
-    from headbench.evaluate import select_head
     from headbench.synthetic import make_shapes_dataset
     data = make_shapes_dataset(tmp_path / "shapes", classes=("circle", "square", "triangle"),
                                per_class=10, image_size=64)
@@ -446,8 +446,9 @@ def test_report_of_a_real_compare_run(tmp_path):
     assert _figure_ids(page) == CORE_PLOTS
     rows = _summary_rows(page)
     assert sorted(name for _, name in rows) == ["flatten", "gap"]
-    assert run.best_head == select_head(run.heads).head
+    assert run.best_head == run.verdict.recommended
     assert [name for cls, name in rows if cls] == [run.best_head]
+    assert f'<p class="verdict"><strong>Verdict:</strong> {html.escape(run.verdict.text)}</p>' in page
     for head in run.heads:
         section = _head_section(page, head.head)
         assert f"Highest-loss test images (seed {head.best_seed})" in section

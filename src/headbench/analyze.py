@@ -17,6 +17,7 @@ from . import progress as _progress
 from . import report as _report
 from .analyses import RunContext, list_analyses, parse_options, run_analyses
 from .analyses.findings import findings
+from .verdict import sentence
 from .config import AnalysisOptions, AnalyzeConfig
 from .errors import HeadbenchError
 from .run import LOCK, Run, is_complete
@@ -80,6 +81,8 @@ def _merge(run_dir: Path, sections: dict[str, dict]) -> Run:
         run = Run.load(run_dir)
         run.analyses.update(sections)
         run.findings = findings(run)
+        if run.verdict is not None:  # the recommendation stands; its sentence quotes findings
+            run.verdict.text = sentence(run.verdict, run.heads, run.findings)
         run.save_results()
         _report.write_report(run)
     return run

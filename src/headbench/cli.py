@@ -215,9 +215,12 @@ def _print_findings(findings: list) -> None:
 def _print_result(run) -> None:
     """The summary table, findings, selected head and folders of a finished `Run`."""
     from .report import summary_table
+    if run.verdict is not None:
+        say(f"verdict: {run.verdict.text}")
     progress.show(summary_table(run))
     _print_findings(run.findings)
-    say(f"selected:   {run.best_head} (highest mean val accuracy), model in {run.model_dir()}")
+    rule = "one-standard-error rule on val" if run.verdict else "highest mean val accuracy"
+    say(f"recommended: {run.best_head} ({rule}), model in {run.model_dir()}")
     say(f"run folder: {run.run_dir}")
     report = Path(run.run_dir) / "report.html"
     if report.exists():

@@ -38,6 +38,7 @@ from . import layers as _layers
 from . import progress as _progress
 from . import run as _run
 from . import train as _train
+from . import verdict as _verdict
 from .analyses import RunContext, run_analyses
 from .analyses.findings import findings
 from .config import CompareConfig
@@ -65,6 +66,8 @@ class _Work:
     features: _features.FeatureSet
     F: dict            # role -> train.Features, read once and shared by every head
     y: dict            # role -> labels
+    # head -> per-image val accuracy averaged over its seeds: the verdict's selection data
+    val_correct: dict = dataclasses.field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -145,10 +148,14 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
               precision=rt.extract, device=str(rt.device), train_config=config.train_config(),
               timing=timing, options_digest=digest, feature_digest=_feature_digest(work),
               run_dir=run_dir)
-    prior = _finished_heads(run)
+    prior = _run.finished_heads(run)
     backbone_file = _export.save_backbone_if_needed(bb, run_dir)
     for label, (head, predictions, states) in prior.items():
         _commit(run, head, predictions, states, committed, save=False)
+        if not head.finetuned:  # a fine-tuned head needs its own backbone: val from its mean
+            work.val_correct[label] = _verdict.per_image_correct(
+                lambda spec=head.spec: work.make_head(spec), states, work.F["val"], work.y["val"],
+                work.device)
     # the frozen heads, then (with aug_views) the same heads on the augmented views
     passes = [(s.label, s, None) for s in config.heads if s.label not in prior]
     if config.aug_views:
@@ -200,7 +207,8 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
     if config.finetune:
         _finetune_heads(work, run, committed)
         _sort_heads(run)
-    run.best_head = _evaluate.select_head(run.heads).head  # on val, never on test
+    run.verdict = _verdict.recommend(run.heads, work.val_correct)  # on val, never on test
+    run.best_head = run.verdict.recommended
     return run
 
 
@@ -304,6 +312,7 @@ def _finetuned_result(work: _Work, run: Run, base: HeadResult, label: str,
                                         _workers(work)) for role in ROLES}
     metrics = {role: Metrics(**_evaluate.classification_metrics(logits[role], work.y[role], k))
                for role in ROLES}
+    work.val_correct[label] = (logits["val"].argmax(1) == work.y["val"]).astype(np.float64)
     seed = work.config.finetune_config().seed
     seeds = [SeedResult(seed, result.best_epoch, result.epochs_run, result.train_time_s,
                         history=result.history, **metrics)]
@@ -335,30 +344,6 @@ def _commit(run: Run, head: HeadResult, predictions: Predictions, states: dict,
 
 def _runs_per_head(config: CompareConfig) -> int:
     return len(config.lr) * len(config.weight_decays) + config.seeds - 1
-
-
-def _finished_heads(run: Run) -> dict[str, tuple]:
-    """{label: (HeadResult, Predictions, states)} committed by an interrupted run of the same
-    options into `run.run_dir`, reused only when its features were the same."""
-    if not (run.run_dir / "results.json").exists():
-        return {}
-    try:
-        prior = Run.load(run.run_dir)
-        if prior.feature_digest != run.feature_digest:
-            _progress.warn(f"the images or features changed since the interrupted run in "
-                           f"{run.run_dir}: retraining every head there")
-            return {}
-        out = {}
-        for head in prior.heads:
-            states = {s.seed: _export.load_head_weights(
-                run.run_dir / head.model_dir / f"seed{s.seed}.safetensors") for s in head.seeds}
-            out[head.head] = (head, prior.predictions[head.head], states)
-    except HeadbenchError as e:
-        _progress.warn(f"cannot reuse the interrupted run in {run.run_dir} ({e}); retraining")
-        return {}
-    if out:
-        _progress.log(f"reusing {len(out)} finished head(s): {', '.join(out)}")
-    return out
 
 
 def _disk_error(e: OSError, committed: list[str]) -> str:
@@ -442,7 +427,7 @@ def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult, bb: Backbo
     """Every seed of one fitted head evaluated once on each split (base views: val and test
     are never augmented, and train metrics stay comparable)."""
     k = len(work.scan.classes)
-    seeds, logits = [], []
+    seeds, logits, val_hits = [], [], []
     for tr in fit.runs:
         head = work.make_head(spec)
         head.load_state_dict(tr.state_dict)
@@ -452,9 +437,12 @@ def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult, bb: Backbo
             metrics[role] = Metrics(**_evaluate.classification_metrics(out, work.y[role], k))
             if role == "test":
                 logits.append(out)
+            if role == "val":
+                val_hits.append(out.argmax(1) == work.y["val"])
         seeds.append(SeedResult(tr.seed, tr.best_epoch, tr.epochs_run, tr.train_time_s,
                                 history=tr.history, **metrics))
     predictions = Predictions.of_logits([s.seed for s in seeds], logits, work.y["test"])
+    work.val_correct[label] = np.mean(val_hits, axis=0)
     best = min(fit.runs, key=lambda r: r.best_val_loss).seed  # val, never test
     head = _head_result(work, spec, seeds, bb, label, best, fit)
     head.variant = variant
@@ -519,6 +507,8 @@ def _finish(run: Run, bb: _backbones.Backbone, device: torch.device, started: fl
                          device=device)
         run.analyses.update(run_analyses(ctx, requested))
     run.findings = findings(run)
+    if run.verdict is not None:
+        run.verdict.text = _verdict.sentence(run.verdict, run.heads, run.findings)
     run.timing.total_s = time.perf_counter() - started
     run.save_results()
     if run.options.report:

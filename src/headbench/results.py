@@ -275,6 +275,22 @@ class Timing:
 
 
 @dataclass
+class Verdict:
+    """Which head to use and why (`verdict.py`): chosen on the selection data by `rule`, said
+    in one sentence (`text`). `scores` and `se`: each head's selection score (per-image val
+    accuracy, averaged over seeds) and its standard error; `best`: the highest score."""
+
+    text: str
+    rule: str
+    selection: str            # where the scores come from: "val"
+    n_images: int
+    scores: dict[str, float]
+    se: dict[str, float]
+    best: str
+    recommended: str
+
+
+@dataclass
 class Finding:
     """A plain-words statement the numbers support, with the interval(s) behind it."""
 

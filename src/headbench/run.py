@@ -33,14 +33,14 @@ from .data import ROLES
 from .errors import HeadbenchError
 from .heads import HeadSpec
 from .results import (CI, BackboneInfo, DatasetInfo, Finding, HeadResult, HeadSummary, Metrics,
-                      Predictions, SeedResult, SplitItems, Timing, Variant)
+                      Predictions, SeedResult, SplitItems, Timing, Variant, Verdict)
 from .runtime import machine
 from .train import EpochLog, Member, TrainConfig, TrainResult
 from .version import __version__
 
 SCHEMA = "headbench-run"
 SCHEMA_VERSION = 2
-READS = (1, 2)  # schema 2 added each head's `lr` and `sweep` (the learning-rate sweep)
+READS = (1, 2)  # schema 2 added each head's `lr` and `sweep` (the learning-rate sweep), `verdict`
 PREDICTION_COLUMNS = ["head", "seed", "index", "path", "label", "pred", "p_pred", "p_label", "loss"]
 
 
@@ -61,7 +61,8 @@ class Run:
     timing: Timing = field(default_factory=Timing)
     heads: list[HeadResult] = field(default_factory=list)
     predictions: dict[str, Predictions] = field(default_factory=dict)
-    best_head: str | None = None
+    best_head: str | None = None     # the recommended head (`verdict.recommended`)
+    verdict: Verdict | None = None   # None in runs of schema 1
     findings: list[Finding] = field(default_factory=list)
     analyses: dict[str, dict] = field(default_factory=dict)
     headbench_version: str = ""
@@ -143,8 +144,8 @@ class Run:
                     backbone=_to_json(self.backbone), precision=self.precision, device=self.device,
                     machine=self.machine, timing=_to_json(self.timing),
                     train_config=self.train_config.to_dict(), heads=_to_json(self.heads),
-                    best_head=self.best_head, findings=_to_json(self.findings),
-                    options_digest=self.options_digest, feature_digest=self.feature_digest,
+                    best_head=self.best_head, verdict=_to_json(self.verdict),
+                    findings=_to_json(self.findings), options_digest=self.options_digest, feature_digest=self.feature_digest,
                     analyses=_to_json(self.analyses))
 
     def _config_json(self) -> dict:
@@ -213,7 +214,9 @@ class Run:
                       train_config=TrainConfig.from_dict(results["train_config"]),
                       machine=results["machine"], timing=_from_json(Timing, results["timing"]),
                       heads=_from_json(list[HeadResult], results["heads"]),
-                      best_head=results["best_head"], options_digest=results["options_digest"],
+                      best_head=results["best_head"],
+                      verdict=_from_json(Verdict | None, results.get("verdict")),
+                      options_digest=results["options_digest"],
                       feature_digest=results["feature_digest"],
                       findings=_from_json(list[Finding], results["findings"]),
                       analyses=results["analyses"], headbench_version=results["headbench_version"],
@@ -229,6 +232,33 @@ class Run:
 
 # ----------------------------------------------------------------------------------------------
 # the run folder's life: created incomplete, committed head by head, marked complete
+
+def finished_heads(run: "Run") -> dict[str, tuple]:
+    """{label: (HeadResult, Predictions, states)} committed by an interrupted run of the same
+    options into `run.run_dir` (the run compare is making), reused only when its features were
+    the same."""
+    if not (run.run_dir / "results.json").exists():
+        return {}
+    from .export import load_head_weights  # export builds models: only when resuming
+    try:
+        prior = Run.load(run.run_dir)
+        if prior.feature_digest != run.feature_digest:
+            progress.warn(f"the images or features changed since the interrupted run in "
+                           f"{run.run_dir}: retraining every head there")
+            return {}
+        out = {}
+        for head in prior.heads:
+            states = {s.seed: load_head_weights(
+                run.run_dir / head.model_dir / f"seed{s.seed}.safetensors") for s in head.seeds}
+            out[head.head] = (head, prior.predictions[head.head], states)
+    except HeadbenchError as e:
+        progress.warn(f"cannot reuse the interrupted run in {run.run_dir} ({e}); retraining")
+        return {}
+    if out:
+        progress.log(f"reusing {len(out)} finished head(s): {', '.join(out)}")
+    return out
+
+
 
 INCOMPLETE = ".incomplete"  # present until the run is complete; holds the options digest
 LOCK = ".lock"              # the run folder's writer lock (compare holds it while it runs)
@@ -513,7 +543,8 @@ def results_schema() -> dict:
         "backbone": _schema(BackboneInfo), "precision": {"enum": ["fp32", "bf16"]},
         "device": {"type": "string"}, "machine": {"type": "object"}, "timing": _schema(Timing),
         "train_config": {"type": "object"}, "heads": _schema(list[HeadResult]),
-        "best_head": {"type": ["string", "null"]}, "findings": _schema(list[Finding]),
+        "best_head": {"type": ["string", "null"]}, "verdict": _schema(Verdict | None),
+        "findings": _schema(list[Finding]),
         "options_digest": {"type": "string"}, "feature_digest": {"type": "string"},
         "analyses": {"type": "object",
                      "description": "one section per analysis that ran: shifts, sizes, shots, cam"},

@@ -56,7 +56,9 @@ def render(run: Run, plots: list[Plot | Paragraph]) -> str:
     sections.append(("heads", "Heads",
                      "".join(_head_html(run, h) for h in heads_by_accuracy(run))))
     nav = " · ".join(f'<a href="#{id_}">{name}</a>' for id_, name, _ in sections)
-    body = [f"<h1>{_e(title)}</h1>", f"<nav>{nav}</nav>",
+    verdict = (f'<p class="verdict"><strong>Verdict:</strong> {_e(run.verdict.text)}</p>'
+               if run.verdict is not None and run.verdict.text else "")
+    body = [f"<h1>{_e(title)}</h1>", verdict, f"<nav>{nav}</nav>",
             *(f'<section id="{id_}"><h2>{name}</h2>\n{content}\n</section>'
               for id_, name, content in sections),
             f"<footer>headbench {_e(run.headbench_version)} · run folder "
@@ -206,9 +208,10 @@ def _summary_html(run: Run) -> str:
             f'<td{"" if i == 0 else " class=num"} data-value="{_e("" if v is None else v)}">'
             f"{_e(text)}</td>" for i, (text, v) in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
-    selected = (f"Selected head: <strong>{_e(run.best_head)}</strong> (highest mean validation "
-                "accuracy, then lowest validation NLL: chosen on the val split, never on test; "
-                "highlighted). " if run.best_head else "")
+    how = ("the cheapest head within one standard error of the best validation accuracy" if
+           run.verdict else "highest mean validation accuracy, then lowest validation NLL")
+    selected = (f"Recommended head: <strong>{_e(run.best_head)}</strong> ({how}: chosen on the "
+                "val split, never on test; highlighted). " if run.best_head else "")
     note = (f"<p>{selected}{_e(ci_note(len(run.seeds)))}. Gap: train minus test accuracy in "
             "percentage points. Latency and throughput include the backbone. "
             '<span class="js-only">Click a column header to sort.</span></p>')

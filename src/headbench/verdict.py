@@ -1,0 +1,170 @@
+"""The verdict: which head to use, chosen on the selection data by the one-standard-error rule,
+and the one sentence that says so.
+
+The **selection score** of a head is its per-image accuracy on the val split, averaged over its
+seeds and then over the images; its **standard error** is the sd of those per-image values over
+√n, and at least the binomial one of the score smoothed by Laplace's rule ((n·score + 1) / (n +
+2)): a head that classifies every val image in every seed has sd 0, and the rule would then
+keep only the heads that scored 100 % on a few dozen images. The **recommendation** is the cheapest head (fewest head parameters, then FLOPs) whose score
+is within one standard error of the best score: Breiman's one-standard-error rule, a heuristic
+that prefers the simpler model when the data cannot tell them apart (never called a test). The
+test split never enters the choice; the sentence reports it afterwards from the run's paired
+findings over test images, and says so plainly when a head beats the recommended one there.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from .results import Finding, HeadResult, Verdict
+from .train import predict_logits
+
+RULE = ("one standard error (Breiman): the cheapest head (head parameters, then FLOPs) whose "
+        "selection score is within one standard error of the best")
+
+
+def selection_score(per_image: np.ndarray) -> tuple[float, float]:
+    """(score, standard error) of per-image val accuracies (each averaged over seeds); the
+    standard error is at least `binomial_se` of the score."""
+    values = np.asarray(per_image, dtype=np.float64)
+    n, score = len(values), float(values.mean())
+    spread = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return score, max(spread, binomial_se(score, n))
+
+
+def binomial_se(score: float, n: int) -> float:
+    """The standard error of an accuracy `score` on n images with the score smoothed by
+    Laplace's rule, so that 0 % and 100 % keep an uncertainty (1 with no image)."""
+    if n < 1:
+        return 1.0
+    p = (n * score + 1) / (n + 2)
+    return math.sqrt(p * (1 - p) / n)
+
+
+def cost(head: HeadResult) -> tuple[int, int]:
+    """What 'cheapest' orders by: head parameters, then head FLOPs."""
+    return head.head_params, head.head_flops
+
+
+def one_standard_error(heads: Sequence[HeadResult], scores: dict[str, float],
+                       se: dict[str, float]) -> tuple[str, str]:
+    """(recommended, best): the best-scoring head (ties: the cheaper) and the cheapest head
+    whose score is at least the best's minus the best's standard error."""
+    best = max(heads, key=lambda h: (scores[h.head], tuple(-c for c in cost(h)))).head
+    floor = scores[best] - se[best]
+    within = [h for h in heads if scores[h.head] >= floor - 1e-12]
+    return min(within, key=cost).head, best
+
+
+def recommend(heads: Sequence[HeadResult], val_correct: dict[str, np.ndarray]) -> Verdict:
+    """The verdict's choice on the val split (its sentence is `sentence`, once the findings are
+    known). `val_correct`: head -> per-image val accuracy averaged over its seeds; a head
+    without it counts by its mean val accuracy with a binomial standard error."""
+    if not heads:
+        raise ValueError("no heads to recommend from")
+    scores, se, n = {}, {}, 0
+    for h in heads:
+        if h.head in val_correct:
+            scores[h.head], se[h.head] = selection_score(val_correct[h.head])
+            n = max(n, len(val_correct[h.head]))
+    for h in heads:
+        if h.head not in scores:
+            acc = h.seed_metric("val")
+            p = float(np.mean(list(acc.values()))) if acc else 0.0
+            size = h.seeds[0].val.n if h.seeds else 0
+            scores[h.head], se[h.head] = p, binomial_se(p, size)
+            n = max(n, size)
+    recommended, best = one_standard_error(heads, scores, se)
+    return Verdict(text="", rule=RULE, selection="val", n_images=n, scores=scores, se=se,
+                   best=best, recommended=recommended)
+
+
+def per_image_correct(make_head, states: dict, X_val, y_val: np.ndarray, device) -> np.ndarray:
+    """A head's per-image val accuracy averaged over its seeds' weights `states` ({seed:
+    state_dict}); `make_head()` builds the untrained head."""
+    hits = []
+    for state in states.values():
+        head = make_head()
+        head.load_state_dict(state)
+        logits = predict_logits(head, X_val, device=device)
+        hits.append(logits.argmax(1) == np.asarray(y_val))
+    return np.mean(hits, axis=0)
+
+
+def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Finding]) -> str:
+    """The answer in one sentence: the recommended head, why (selection), and what the test
+    split says about it (the run's paired accuracy findings, Holm-adjusted)."""
+    by = {h.head: h for h in heads}
+    rec = by[verdict.recommended]
+    versus = [f for f in found if f.kind == "accuracy" and verdict.recommended in (f.a, f.b)
+              and f.bootstrap_ci]
+    beaten = [f for f in versus if f.significant and _gain(f, verdict.recommended) < 0]
+    if verdict.recommended == verdict.best:
+        cheaper = [h for h in heads if cost(h) < cost(rec)]
+        first = (f"{rec.head} is recommended ({_count(rec.head_params)} head parameters): "
+                 + (f"it beats every cheaper head in selection by more than one standard error "
+                    f"({_pp(verdict.scores[rec.head])} vs {_best_of(cheaper, verdict)})"
+                    if cheaper else "it scores best in selection and no head is cheaper"))
+    else:
+        first = (f"no head is measurably better than the cheapest, {rec.head} "
+                 f"({_count(rec.head_params)} head parameters): recommended — the best in "
+                 f"selection, {verdict.best}, is within one standard error "
+                 f"({_pp(verdict.scores[verdict.best])} vs {_pp(verdict.scores[rec.head])} "
+                 f"± {_pp(verdict.se[verdict.best])} on {verdict.n_images} val images)")
+    if beaten:
+        f = min(beaten, key=lambda f: _gain(f, verdict.recommended))
+        other = f.b if f.a == verdict.recommended else f.a
+        return (f"{first}; selection and test disagree: {other} is better on test by "
+                f"{_signed_pp(-_gain(f, verdict.recommended))} {_interval(f, verdict.recommended, -1)}"
+                f", significant after Holm over {_tests(found)} comparisons — the recommendation "
+                "is made on selection data only and stands")
+    if not versus:
+        return first
+    f = max(versus, key=lambda f: -_gain(f, verdict.recommended))
+    other = f.b if f.a == verdict.recommended else f.a
+    width = np.median([(g.bootstrap_ci[1] - g.bootstrap_ci[0]) / 2 for g in versus])
+    return (f"{first}; the largest difference on test was {other} "
+            f"{_signed_pp(-_gain(f, verdict.recommended))} "
+            f"{_interval(f, verdict.recommended, -1)}, not significant after Holm "
+            f"({_test_images(heads)} test images resolve about ±{100 * width:.0f} pp)")
+
+
+def _gain(f: Finding, head: str) -> float:
+    """The recommended head's accuracy minus the other's, per image, from a finding."""
+    return f.diff if f.a == head else -f.diff
+
+
+def _interval(f: Finding, head: str, sign: int) -> str:
+    """The finding's paired bootstrap interval, as the other head minus `head` (sign -1)."""
+    lo, hi = f.bootstrap_ci
+    if (f.a == head) == (sign < 0):
+        lo, hi = -hi, -lo
+    return f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _tests(found: Sequence[Finding]) -> int:
+    return sum(1 for f in found if f.p_adjusted is not None)
+
+
+def _test_images(heads: Sequence[HeadResult]) -> str:
+    sizes = {s.test.n for h in heads for s in h.seeds if getattr(s.test, "n", None)}
+    return f"{max(sizes):,}" if sizes else "the"
+
+
+def _best_of(heads: Sequence[HeadResult], verdict: Verdict) -> str:
+    top = max(heads, key=lambda h: verdict.scores[h.head])
+    return f"{top.head}'s {_pp(verdict.scores[top.head])}"
+
+
+def _pp(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def _signed_pp(x: float) -> str:
+    return f"{100 * x:+.1f} pp"
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
