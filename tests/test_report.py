@@ -443,7 +443,10 @@ def test_report_of_a_real_compare_run(tmp_path):
                      heads=["gap", "flatten"], seeds=2, epochs=3, input_size=64, precision="fp32",
                      cache_dir=tmp_path / "cache", out=tmp_path, report=True)
     page = (run.run_dir / "report.html").read_text()
-    assert _figure_ids(page) == CORE_PLOTS
+    assert _figure_ids(page) == CORE_PLOTS | {"verdict-forest"}
+    # the verdict and its forest plot come first, before the page's sections
+    assert page.index('class="verdict"') < page.index('<figure id="verdict-forest">') \
+        < page.index("<nav>")
     rows = _summary_rows(page)
     assert sorted(name for _, name in rows) == ["flatten", "gap"]
     assert run.best_head == run.verdict.recommended
@@ -459,4 +462,4 @@ def test_report_of_a_real_compare_run(tmp_path):
     assert fixed.findall(_head_section(page, "gap")) == ["no"]
     # Re-rendered from the folder alone (what `headbench report RUN_DIR` does): same sections.
     again = write_report(run.run_dir).read_text()
-    assert _figure_ids(again) == CORE_PLOTS and _summary_rows(again) == rows
+    assert _figure_ids(again) == _figure_ids(page) and _summary_rows(again) == rows

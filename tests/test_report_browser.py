@@ -278,5 +278,10 @@ def test_report_of_a_real_compare_run_works_in_chromium(browser, tmp_path):
                   shifts=[0, 8], sizes=[64, 96], shots=["1", "all"], cam=1, workers=0,
                   report=False)
     alts = check_report_in_browser(browser, run.run_dir, "report-browser-real-run")
-    assert sorted(a.split(":")[0] for a in alts) == sorted(ALL_PLOTS)
+    assert sorted(a.split(":")[0] for a in alts) == sorted([*ALL_PLOTS, "verdict-forest"])
+    # the verdict and its forest plot are on the first screen (1400×900 and narrower)
+    browser.evaluate("window.scrollTo(0, 0)")
+    bottom = browser.evaluate(
+        "document.getElementById('verdict-forest').getBoundingClientRect().bottom")
+    assert 0 < bottom <= 900, bottom
     assert browser.evaluate("document.querySelectorAll('figure.cam img').length") >= 2

@@ -141,7 +141,7 @@ def _interval(f: Finding, head: str, sign: int) -> str:
     lo, hi = f.bootstrap_ci
     if (f.a == head) == (sign < 0):
         lo, hi = -hi, -lo
-    return f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return f"[{_pp_value(lo)}, {_pp_value(hi)}]"
 
 
 def _tests(found: Sequence[Finding]) -> int:
@@ -163,7 +163,12 @@ def _pp(x: float) -> str:
 
 
 def _signed_pp(x: float) -> str:
-    return f"{100 * x:+.1f} pp"
+    return f"{_pp_value(x)} pp"
+
+
+def _pp_value(x: float) -> str:
+    """A fraction as signed percentage points, one decimal ('+0.0', never '-0.0')."""
+    return f"{round(100 * x, 1) + 0.0:+.1f}"
 
 
 def _count(n: int) -> str:

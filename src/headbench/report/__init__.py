@@ -40,12 +40,13 @@ def write_report(run: str | Path | Run) -> Path:
         PosixPath('runs/20250101-120000-hymenoptera-resnet50/report.html')
     """
     from .page import render  # matplotlib loads here, not for the terminal table
-    from .plots import all_plots
+    from .plots import all_plots, verdict_forest
     if not isinstance(run, Run):
         run = Run.load(run)
     if run.run_dir is None:
         raise ValueError("write_report needs a run with run_dir set (save it first)")
-    return _io.atomic_write_text(Path(run.run_dir) / "report.html", render(run, all_plots(run)))
+    page = render(run, all_plots(run), verdict_forest(run))
+    return _io.atomic_write_text(Path(run.run_dir) / "report.html", page)
 
 
 def summary_table(run: Run) -> Table:

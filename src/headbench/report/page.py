@@ -39,8 +39,9 @@ GALLERY_PX = 224
 JSON_CHARS = 20_000  # an unknown analysis's JSON shown on the page, at most
 
 
-def render(run: Run, plots: list[Plot | Paragraph]) -> str:
-    """The whole page of `run` with `plots` (from `plots.all_plots`)."""
+def render(run: Run, plots: list[Plot | Paragraph], lead: Plot | None = None) -> str:
+    """The whole page of `run` with `plots` (from `plots.all_plots`); `lead`, the verdict's
+    plot, stands under the verdict on the first screen."""
     title = f"headbench · {run.dataset.name} · {run.backbone.name}"
     sections = [("run", "Run", _run_facts(run)),
                 ("summary", "Summary", _summary_html(run)),
@@ -58,6 +59,7 @@ def render(run: Run, plots: list[Plot | Paragraph]) -> str:
     nav = " · ".join(f'<a href="#{id_}">{name}</a>' for id_, name, _ in sections)
     verdict = (f'<p class="verdict"><strong>Verdict:</strong> {_e(run.verdict.text)}</p>'
                if run.verdict is not None and run.verdict.text else "")
+    verdict += _figure_html(lead) if lead is not None else ""
     body = [f"<h1>{_e(title)}</h1>", verdict, f"<nav>{nav}</nav>",
             *(f'<section id="{id_}"><h2>{name}</h2>\n{content}\n</section>'
               for id_, name, content in sections),
@@ -259,16 +261,20 @@ def _findings_html(run: Run) -> str:
     return f'<ul>{items}</ul><p class="note">{_e(findings_note(run))}</p>'
 
 
+def _figure_html(block: Plot) -> str:
+    id_ = _e(block.id)
+    return (f'<figure id="{id_}"><figcaption><strong>{_e(block.title)}</strong>'
+            f'</figcaption><img class="plot" alt="{id_}: {_e(block.title)}" '
+            f'src="{svg_data(block.figure)}"><p>{_e(block.caption)}</p></figure>')
+
+
 def _plots_html(run: Run, blocks: list[Plot | Paragraph]) -> str:
     parts = []
     for block in blocks:
         if isinstance(block, Paragraph):
             parts.append(f'<p id="{_e(block.id)}">{_e(block.text)}</p>')
             continue
-        id_ = _e(block.id)
-        parts.append(f'<figure id="{id_}"><figcaption><strong>{_e(block.title)}</strong>'
-                     f'</figcaption><img class="plot" alt="{id_}: {_e(block.title)}" '
-                     f'src="{svg_data(block.figure)}"><p>{_e(block.caption)}</p></figure>')
+        parts.append(_figure_html(block))
     missing = [f"{a.title} ({a.name})" for a in list_analyses() if a.name not in run.analyses]
     note = ""
     if missing:

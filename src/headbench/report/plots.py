@@ -4,6 +4,8 @@ sections (`all_plots` for the Plots section, `head_galleries` for each head's se
 Every function returns a `figures.Plot` (id, title, caption, Figure), or None when its data is
 not in the run. The id is the `id` of the plot's `<figure>` in report.html:
 
+    verdict-forest       every head's paired test difference to the recommended head (first
+                         screen, beside the verdict; not in the Plots section)
     accuracy-vs-params   test accuracy ± 95% CI over seeds vs head parameters (log x)
     learning-curves      train / val loss and accuracy per epoch, best seed of every head
     (each registered analysis that ran: its report parts, in registry order, e.g.
@@ -31,6 +33,40 @@ from .format import heads_by_accuracy
 
 # ----------------------------------------------------------------------------------------------
 # the run's own plots
+
+def verdict_forest(run: Run) -> Plot | None:
+    """Every head's test accuracy minus the recommended head's (paired over test images, from the
+    run's accuracy findings), sorted, with its bootstrap interval; significant ones marked."""
+    rec, rows = run.best_head, []
+    for f in run.findings:
+        if f.kind != "accuracy" or rec not in (f.a, f.b) or not f.bootstrap_ci:
+            continue
+        lo, hi = f.bootstrap_ci
+        if f.a == rec:  # as the other head minus the recommended one
+            rows.append((f.b, -f.diff, -hi, -lo, f.significant))
+        else:
+            rows.append((f.a, f.diff, lo, hi, f.significant))
+    if not rows:
+        return None
+    rows.sort(key=lambda r: r[1])
+    colors = head_colors(run)
+    fig = new_figure(7, 1.3 + 0.32 * len(rows))
+    ax = fig.subplots()
+    for i, (name, diff, lo, hi, significant) in enumerate(rows):
+        ax.errorbar([100 * diff], [i], xerr=[[100 * (diff - lo)], [100 * (hi - diff)]],
+                    fmt="D" if significant else "o", color=colors.get(name, "black"), capsize=3,
+                    markersize=7 if significant else 5)
+    ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(rows)), [mpl(r[0]) + (" *" if r[4] else "") for r in rows])
+    ax.set_xlabel(f"test accuracy minus {mpl(rec)}'s (percentage points)")
+    ax.grid(True, axis="x", alpha=0.3)
+    caption = (f"Each head against the recommended {rec} on the test split: the difference in "
+               "accuracy per test image, averaged over seeds (point), and its paired bootstrap "
+               "95 % interval (not adjusted for the number of comparisons; * and a diamond: "
+               "significant after Holm, which is why an interval may exclude 0 without a *). "
+               "The recommendation was made on val; this is what test says about it.")
+    return Plot("verdict-forest", f"Every head against {rec} on test", caption, fig)
+
 
 def accuracy_vs_params(run: Run) -> Plot | None:
     colors = head_colors(run)
