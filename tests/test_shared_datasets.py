@@ -83,5 +83,5 @@ def test_hymenoptera_analyses_and_report_pass_the_browser_check(hymenoptera_run,
     assert "mean" in sizes["heads"]["gap"]["160"]
     assert run.analyses["cam"]["heads"]["gap"]["files"]
     alts = check_report_in_browser(browser, hymenoptera_run.run_dir, "report-hymenoptera")
-    assert sorted(a.split(":")[0] for a in alts) == sorted(ALL_PLOTS)
+    assert sorted(a.split(":")[0] for a in alts) == sorted([*ALL_PLOTS, "verdict-forest"])
     assert (hymenoptera_run.run_dir / "report.html").stat().st_size < 10e6

@@ -122,7 +122,7 @@ def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Find
                 "is made on selection data only and stands")
     if not versus:
         return first
-    f = max(versus, key=lambda f: -_gain(f, verdict.recommended))
+    f = max(versus, key=lambda f: abs(f.diff))  # the largest either way
     other = f.b if f.a == verdict.recommended else f.a
     width = np.median([(g.bootstrap_ci[1] - g.bootstrap_ci[0]) / 2 for g in versus])
     return (f"{first}; the largest difference on test was {other} "
