@@ -20,6 +20,9 @@ Sections (issue 10, §4), one module each, runnable alone with the same flags bu
       the best head fine-tuned end to end: the change per head, fine-tuned vs frozen,
       fine-tuning img/s
   (h) section_h_onnx: the best head on four CPU engines, extraction through onnxruntime
+  (i) section_i_protocol: the training protocol, previous vs default, and the sweep's spread
+  (j) section_j_selection: the recommendation across split seeds (previous rule, 1-SE on val,
+      1-SE on 5-fold cross-validation), head training with the folds against extraction
 
 The full run writes bench/RESULTS.md (and <out>/results.json with the raw numbers); --quick and
 runs of some sections only write <out>/RESULTS.md unless --results is given. RESULTS.md is
@@ -39,10 +42,13 @@ import section_e_bf16
 import section_f_stacked
 import section_g_finetune
 import section_h_onnx
+import section_i_protocol
+import section_j_selection
 
 SECTIONS = {m.KEY: m for m in (section_a_whole_job, section_b_extraction, section_c_loading,
                                section_d_large_folders, section_e_bf16, section_f_stacked,
-                               section_g_finetune, section_h_onnx)}
+                               section_g_finetune, section_h_onnx, section_i_protocol,
+                               section_j_selection)}
 
 
 def main() -> None:

@@ -101,6 +101,42 @@ def test_sigkill_during_training_then_rerun_trains_only_the_rest(shapes, cache, 
     assert not (run_dir / MEMBERS).exists()  # every head committed: the runs are not kept
 
 
+def test_a_kill_during_cross_validation_keeps_the_finished_folds(shapes, cache, uninterrupted,
+                                                                 tmp_path, monkeypatch):
+    """The folds (6 val images: cross-validated) are members like the others: committed as they
+    finish, reused by the rerun, with the same selection scores."""
+    from headbench.train import folds
+    out = tmp_path / "out"
+    kill_at = RUNS + 7  # every head committed, 7 of the 15 fold members too
+    script = textwrap.dedent(f"""
+        import os, signal
+        import headbench as hb
+        from headbench import run
+        original, saved = run.save_member, []
+        def save_then_die(*args, **kwargs):
+            original(*args, **kwargs)
+            saved.append(1)
+            if len(saved) == {kill_at}:
+                os.kill(os.getpid(), signal.SIGKILL)
+        run.save_member = save_then_die
+        hb.compare({str(shapes)!r}, cache_dir={str(cache)!r}, out={str(out)!r}, **{OPTIONS!r})
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    trained, original = [], folds.train_members
+
+    def spy(make_heads, members, *args, **kwargs):
+        trained.extend(members)
+        return original(make_heads, members, *args, **kwargs)
+    monkeypatch.setattr(folds, "train_members", spy)
+    resumed = hb.compare(shapes, cache_dir=cache, out=out, **OPTIONS)
+    assert len(trained) == 3 * folds.FOLDS - 7 and all(m.fold is not None for m in trained)
+    assert resumed.verdict.selection == uninterrupted.verdict.selection == "cv"
+    assert resumed.verdict.scores == uninterrupted.verdict.scores
+    assert resumed.best_head == uninterrupted.best_head
+
+
 def test_a_finished_run_is_never_modified_by_a_rerun(shapes, cache, uninterrupted, monkeypatch):
     before = (uninterrupted.run_dir / "results.json").read_bytes()
     trained = _counting_members(monkeypatch)

@@ -79,9 +79,11 @@ def test_the_sentence_of_a_win_says_by_how_much_in_selection():
     heads = [head("fastai", 1_317_888), head("gap", 2_562)]
     verdict = recommend(heads, {"fastai": hits(300, 290), "gap": hits(300, 250)})
     text = sentence(verdict, heads, [finding("fastai", "gap", 0.08, 0.05, 0.11, True)])
+    folds = recommend(heads, {"fastai": hits(300, 290), "gap": hits(300, 250)}, "cv")
+    assert "on 300 train + val images in cross-validation" in sentence(folds, heads, [])
     assert text.startswith("fastai is recommended (1,317,888 head parameters): it beats every "
                            "cheaper head in selection by more than one standard error (96.7 % vs "
-                           "gap's 83.3 %)")
+                           "gap's 83.3 % on 300 val images)")
 
 
 def test_the_sentence_says_when_selection_and_test_disagree():

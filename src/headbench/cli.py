@@ -219,7 +219,9 @@ def _print_result(run) -> None:
         say(f"verdict: {run.verdict.text}")
     progress.show(summary_table(run))
     _print_findings(run.findings)
-    rule = "one-standard-error rule on val" if run.verdict else "highest mean val accuracy"
+    from .selection import DESCRIPTION
+    rule = (f"one-standard-error rule on {DESCRIPTION.get(run.verdict.selection, 'val')}"
+            if run.verdict else "highest mean val accuracy")
     say(f"recommended: {run.best_head} ({rule}), model in {run.model_dir()}")
     say(f"run folder: {run.run_dir}")
     report = Path(run.run_dir) / "report.html"

@@ -37,6 +37,7 @@ from . import io as _io
 from . import layers as _layers
 from . import progress as _progress
 from . import run as _run
+from . import selection as _selection
 from . import train as _train
 from . import verdict as _verdict
 from .analyses import RunContext, run_analyses
@@ -66,6 +67,7 @@ class _Work:
     features: _features.FeatureSet
     F: dict            # role -> train.Features, read once and shared by every head
     y: dict            # role -> labels
+    selection: str = "val"  # what the verdict scores heads on: "val" or "cv" (`selection.py`)
     # head -> per-image val accuracy averaged over its seeds: the verdict's selection data
     val_correct: dict = dataclasses.field(default_factory=dict)
 
@@ -148,12 +150,15 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
               precision=rt.extract, device=str(rt.device), train_config=config.train_config(),
               timing=timing, options_digest=digest, feature_digest=_feature_digest(work),
               run_dir=run_dir)
+    work.selection, why = _selection.mode(config.selection, work.y["val"], len(work.scan.classes),
+                                          bool(config.aug_views or config.finetune))
+    _progress.log(f"selection: {_selection.DESCRIPTION[work.selection]} ({why})")
     prior = _run.finished_heads(run)
     backbone_file = _export.save_backbone_if_needed(bb, run_dir)
     for label, (head, predictions, states) in prior.items():
         _commit(run, head, predictions, states, committed, save=False)
-        if not head.finetuned:  # a fine-tuned head needs its own backbone: val from its mean
-            work.val_correct[label] = _verdict.per_image_correct(
+        if not head.finetuned and work.selection == "val":  # fine-tuned: val from its mean
+            work.val_correct[label] = _selection.per_image_correct(
                 lambda spec=head.spec: work.make_head(spec), states, work.F["val"], work.y["val"],
                 work.device)
     # the frozen heads, then (with aug_views) the same heads on the augmented views
@@ -163,8 +168,8 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
                                                                      aug_views=config.aug_views))
                    for s in config.heads if aug_label(s.label, config.aug_views) not in prior]
     todo = {label: (spec, variant) for label, spec, variant in passes}
-    done = {m: r for m, r in _run.load_members(run_dir, run.feature_digest).items()
-            if m.head in todo}
+    members = _run.load_members(run_dir, run.feature_digest)
+    done = {m: r for m, r in members.items() if m.head in todo and m.fold is None}
     if done:
         _progress.log(f"reusing {len(done)} finished training run(s) of the interrupted run")
 
@@ -187,7 +192,8 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
     timing.extract_s += time.perf_counter() - t0
     t0 = time.perf_counter()
     train_config = dataclasses.replace(config.train_config(), precision=rt.heads)  # resolved
-    total = config.epochs * (len(todo) * _runs_per_head(config) - len(done))
+    folds = _selection.FOLDS * len(config.heads) if work.selection == "cv" else 0
+    total = config.epochs * (len(todo) * _runs_per_head(config) - len(done) + folds)
     with _progress.progress("training heads", total=total, unit="epoch") as bar:
         for variant in (False, True):
             labels = {label: spec for label, (spec, v) in todo.items() if bool(v) == variant}
@@ -199,6 +205,9 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
                              X_train, work.y["train"], work.F["val"], work.y["val"],
                              train_config, seeds=list(range(config.seeds)), done=done,
                              on_member=on_member, on_fit=on_fit, on_epochs=bar.advance)
+        if work.selection == "cv":
+            work.val_correct = _cross_validate(work, run, train_config, members, on_member,
+                                               bar.advance)
     # fit_heads calls on_fit / on_member as members finish: their time is evaluate_s
     timing.train_s = time.perf_counter() - t0 - timing.evaluate_s
     _sort_heads(run)
@@ -207,9 +216,25 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
     if config.finetune:
         _finetune_heads(work, run, committed)
         _sort_heads(run)
-    run.verdict = _verdict.recommend(run.heads, work.val_correct)  # on val, never on test
+    run.verdict = _verdict.recommend(run.heads, work.val_correct, work.selection)  # never test
     run.best_head = run.verdict.recommended
     return run
+
+
+def _cross_validate(work: _Work, run: Run, train_config: _train.TrainConfig, members: dict,
+                    on_member, on_epochs) -> dict[str, np.ndarray]:
+    """Every frozen head's correctness on every train + val image from the fold that held it out
+    (`selection.cross_validate`); folds an interrupted run finished (`members`) are reused."""
+    index = np.concatenate([work.splits.train, work.splits.val])
+    pool = _train.Features.joined(work.features.subset(index), [work.F["train"], work.F["val"]],
+                                  work.device)
+    y = np.concatenate([work.y["train"], work.y["val"]])
+    heads = {h.head: h for h in run.heads}
+    make = {label: (lambda spec=h.spec: work.make_head(spec)) for label, h in heads.items()}
+    chosen = {label: (h.lr, h.weight_decay) for label, h in heads.items()}
+    done = {m: r for m, r in members.items() if m.fold is not None}
+    return _selection.cross_validate(make, chosen, pool, y, train_config, work.config.split_seed,
+                                     done=done, on_member=on_member, on_epochs=on_epochs)
 
 
 def aug_label(label: str, views: int) -> str:
@@ -394,8 +419,8 @@ def _prepare(config: CompareConfig, bb, rt: Runtime, timing: Timing) -> _Work:
                        "(listed in skipped.csv)")
     splits = _data.make_splits(scan, fs.valid, val_fraction=config.val_fraction,
                                split=config.split, seed=config.split_seed)
-    _log_splits(scan, splits)
-    _warn_thin(scan, splits, bb)
+    _data.log_splits(scan, splits)
+    _data.warn_thin(scan, splits, bb.feature_shape(), bb.data_config["input_size"][-1])
     F, y = {}, {}
     for role in ROLES:
         idx = getattr(splits, role)
@@ -528,30 +553,6 @@ def _latency(module: torch.nn.Module, shape: tuple, work: _Work) -> dict:
                                   autocast_dtype=work.runtime.autocast_dtype("extract"),
                                   channels_last=True)
     return dict(latency_ms_b1=m[1]["ms_per_image"], throughput_b32=m[32]["images_per_s"])
-
-
-def _log_splits(scan: _data.Scan, splits: _data.Splits) -> None:
-    counts = splits.counts()
-    _progress.log(splits.description)
-    width = max(len(c) for c in scan.classes)
-    _progress.log(f"  {'class':<{width}}  train    val   test")
-    for cls in scan.classes:
-        _progress.log(f"  {cls:<{width}}  {counts['train'].get(cls, 0):5d}  "
-                      f"{counts['val'].get(cls, 0):5d}  {counts['test'].get(cls, 0):5d}")
-
-
-def _warn_thin(scan: _data.Scan, splits: _data.Splits, bb: _backbones.Backbone) -> None:
-    """Warn where the numbers would quietly mean less than they seem to."""
-    counts = splits.counts()
-    for role in ("val", "test"):
-        missing = [c for c in scan.classes if not counts[role].get(c)]
-        if missing:
-            _progress.warn(f"no {role} images for class(es) {', '.join(missing)}: {role} metrics "
-                           "ignore them; add images to those class folders")
-    c, h, w = bb.feature_shape()
-    if h * w == 1:
-        _progress.warn(f"the feature map is 1×1 at {bb.data_config['input_size'][-1]} px: every "
-                       "pooling head sees the same vector; use a larger --input-size")
 
 
 def _dataset_info(work: _Work) -> DatasetInfo:

@@ -29,6 +29,7 @@ from .finetune import BN_POLICIES, FinetuneConfig, parse_unfreeze
 from .heads import DEFAULT_HEADS, HeadSpec, list_heads
 from .images import MIN_SIZE
 from .runtime import PRECISIONS
+from .selection import MODES as SELECTIONS
 from .train import LRS, TrainConfig
 
 
@@ -176,6 +177,9 @@ class CompareConfig(AnalysisOptions):
                                         "image) that counts; the larger of the two decides")
     schedule: str = option("constant", "learning rate after warm-up: constant | cosine (to 0 "
                                        "at --epochs)")
+    selection: str = option("auto", "what the recommendation is scored on: auto (5-fold cross-"
+                            "validation over train+val when val has < 300 images or < 30 in a "
+                            "class, else val) | cv | val")
     input_size: int | None = option(None, "input side in pixels (default: the backbone's)")
     precision: str = option("auto", "extraction precision: auto | fp32 | bf16")
     head_precision: str = option("fp32", "head-training matmul precision: fp32 | bf16 | auto "
@@ -233,6 +237,8 @@ class CompareConfig(AnalysisOptions):
         self.weight_decays, self.patience = train.weight_decays, train.patience or 0
         self.min_delta, self.min_delta_abs = train.min_delta, train.min_delta_abs
         self.schedule = train.schedule
+        if self.selection not in SELECTIONS:
+            raise unknown("selection", str(self.selection), SELECTIONS, param="selection")
         self.input_size = whole(self.input_size, "input_size", MIN_SIZE, none_ok=True)
         if self.precision not in PRECISIONS:
             raise unknown("precision", str(self.precision), PRECISIONS, param="precision")
@@ -332,7 +338,8 @@ class CompareConfig(AnalysisOptions):
         """From `to_dict` (config.json); options a run was written without take the value that
         was then in force (`_NEW_DEFAULTS`, `_OLD_PROTOCOL`)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**_OLD_PROTOCOL, **{k: v for k, v in d.items() if k in names}})
+        return cls(**{**_OLD_PROTOCOL, "selection": "val",
+                      **{k: v for k, v in d.items() if k in names}})
 
 
 # the training protocol before `schedule` and the minimum improvements existed (runs without)
@@ -345,6 +352,7 @@ _NOT_IN_DIGEST = {"out", "run_name", "report", "workers", "cache_dir", "shifts",
 _NEW_DEFAULTS = {"aug_views": 0, "finetune": False, "finetune_top": 1, "unfreeze": "all",
                  "bn": "frozen", "finetune_epochs": 10, "finetune_lr": 1e-4, "backbone_lr": 0.1,
                  "finetune_batch_size": 32, "finetune_patience": 3, "head_precision": "fp32",
+                 "selection": "auto",
                  **_OLD_PROTOCOL}
 _FINETUNE_OPTIONS = set(_NEW_DEFAULTS) - {"aug_views", "finetune"}  # moot without fine-tuning
 _UNSET = object()

@@ -294,7 +294,7 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
-def _stratify(indices_by_class: dict[int, list[int]], fractions: Sequence[float],
+def stratify(indices_by_class: dict[int, list[int]], fractions: Sequence[float],
               seed: int) -> list[list[int]]:
     """Per class: shuffle with a generator seeded by (seed, class) and cut by `fractions`."""
     parts: list[list[int]] = [[] for _ in fractions]
@@ -345,12 +345,12 @@ def make_splits(scan: Scan, valid: Sequence[bool] | None = None, val_fraction: f
     dropped = len(scan.items) - len(usable)
     note = f"; {dropped} unreadable image(s) left out" if dropped else ""
     if scan.layout == "classes":
-        train, val, test = _stratify(by_role.get(None, {}), split, seed)
+        train, val, test = stratify(by_role.get(None, {}), split, seed)
         pct = "/".join(f"{100 * f:g}" for f in split)
         text = (f"train/val/test = {pct}% of each class of '{scan.root}', stratified, "
                 f"seed {seed}")
     elif scan.layout == "train_val":
-        train, val = _stratify(by_role.get("train", {}), (1 - val_fraction, val_fraction), seed)
+        train, val = stratify(by_role.get("train", {}), (1 - val_fraction, val_fraction), seed)
         test = sorted(i for role in ("val", "test") for per_class in by_role.get(role, {}).values()
                       for i in per_class)
         text = (f"test = the given held-out folder ({len(test)} images, reported once); "
@@ -375,6 +375,32 @@ def _check_splits(splits: Splits) -> None:
         if not splits.indices(role):
             raise HeadbenchError(f"the {role} split is empty; add images (a class needs at "
                                  "least 3 readable images to appear in every split)")
+
+
+def log_splits(scan: Scan, splits: Splits) -> None:
+    """Log the splits' description and each class's images per split."""
+    counts = splits.counts()
+    progress.log(splits.description)
+    width = max(len(c) for c in scan.classes)
+    progress.log(f"  {'class':<{width}}  train    val   test")
+    for cls in scan.classes:
+        progress.log(f"  {cls:<{width}}  {counts['train'].get(cls, 0):5d}  "
+                      f"{counts['val'].get(cls, 0):5d}  {counts['test'].get(cls, 0):5d}")
+
+
+def warn_thin(scan: Scan, splits: Splits, feature_shape: tuple[int, int, int],
+              input_size: int) -> None:
+    """Warn where the numbers would quietly mean less than they seem to."""
+    counts = splits.counts()
+    for role in ("val", "test"):
+        missing = [c for c in scan.classes if not counts[role].get(c)]
+        if missing:
+            progress.warn(f"no {role} images for class(es) {', '.join(missing)}: {role} metrics "
+                           "ignore them; add images to those class folders")
+    c, h, w = feature_shape
+    if h * w == 1:
+        progress.warn(f"the feature map is 1×1 at {input_size} px: every "
+                       "pooling head sees the same vector; use a larger --input-size")
 
 
 def find_leakage(scan: Scan, splits: Splits) -> list[dict]:

@@ -277,12 +277,13 @@ class Timing:
 @dataclass
 class Verdict:
     """Which head to use and why (`verdict.py`): chosen on the selection data by `rule`, said
-    in one sentence (`text`). `scores` and `se`: each head's selection score (per-image val
-    accuracy, averaged over seeds) and its standard error; `best`: the highest score."""
+    in one sentence (`text`). `scores` and `se`: each head's selection score (per-image accuracy
+    on the selection data, averaged over seeds: `selection.py`) and its standard error; `best`:
+    the highest score."""
 
     text: str
     rule: str
-    selection: str            # where the scores come from: "val"
+    selection: str            # where the scores come from: "val", or "cv" (train + val folds)
     n_images: int
     scores: dict[str, float]
     se: dict[str, float]

@@ -293,7 +293,8 @@ MEMBERS = "members"  # finished training runs of an incomplete run, until their 
 
 def _member_file(run_dir: Path, member: Member) -> Path:
     lr = "" if member.lr is None else f"lr{member.lr:g}-"
-    name = f"{lr}wd{member.weight_decay:g}-seed{member.seed}.safetensors"
+    fold = "" if member.fold is None else f"-fold{member.fold}"
+    name = f"{lr}wd{member.weight_decay:g}-seed{member.seed}{fold}.safetensors"
     return Path(run_dir) / MEMBERS / member.head / name
 
 

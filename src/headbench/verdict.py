@@ -1,8 +1,9 @@
 """The verdict: which head to use, chosen on the selection data by the one-standard-error rule,
 and the one sentence that says so.
 
-The **selection score** of a head is its per-image accuracy on the val split, averaged over its
-seeds and then over the images; its **standard error** is the sd of those per-image values over
+The **selection score** of a head is its per-image accuracy on the selection data (`selection`:
+the val split, or every train + val image in cross-validation when the val split is small),
+averaged over its seeds and then over the images; its **standard error** is the sd of those per-image values over
 √n, and at least the binomial one of the score smoothed by Laplace's rule ((n·score + 1) / (n +
 2)): a head that classifies every val image in every seed has sd 0, and the rule would then
 keep only the heads that scored 100 % on a few dozen images. The **recommendation** is the cheapest head (fewest head parameters, then FLOPs) whose score
@@ -19,7 +20,6 @@ from typing import Sequence
 import numpy as np
 
 from .results import Finding, HeadResult, Verdict
-from .train import predict_logits
 
 RULE = ("one standard error (Breiman): the cheapest head (head parameters, then FLOPs) whose "
         "selection score is within one standard error of the best")
@@ -58,9 +58,11 @@ def one_standard_error(heads: Sequence[HeadResult], scores: dict[str, float],
     return min(within, key=cost).head, best
 
 
-def recommend(heads: Sequence[HeadResult], val_correct: dict[str, np.ndarray]) -> Verdict:
-    """The verdict's choice on the val split (its sentence is `sentence`, once the findings are
-    known). `val_correct`: head -> per-image val accuracy averaged over its seeds; a head
+def recommend(heads: Sequence[HeadResult], val_correct: dict[str, np.ndarray],
+              selection: str = "val") -> Verdict:
+    """The verdict's choice on the selection data (its sentence is `sentence`, once the findings
+    are known). `val_correct`: head -> per-image accuracy on the selection data (`selection`:
+    "val", or "cv" for cross-validation over train + val), averaged over its seeds; a head
     without it counts by its mean val accuracy with a binomial standard error."""
     if not heads:
         raise ValueError("no heads to recommend from")
@@ -77,20 +79,8 @@ def recommend(heads: Sequence[HeadResult], val_correct: dict[str, np.ndarray]) -
             scores[h.head], se[h.head] = p, binomial_se(p, size)
             n = max(n, size)
     recommended, best = one_standard_error(heads, scores, se)
-    return Verdict(text="", rule=RULE, selection="val", n_images=n, scores=scores, se=se,
+    return Verdict(text="", rule=RULE, selection=selection, n_images=n, scores=scores, se=se,
                    best=best, recommended=recommended)
-
-
-def per_image_correct(make_head, states: dict, X_val, y_val: np.ndarray, device) -> np.ndarray:
-    """A head's per-image val accuracy averaged over its seeds' weights `states` ({seed:
-    state_dict}); `make_head()` builds the untrained head."""
-    hits = []
-    for state in states.values():
-        head = make_head()
-        head.load_state_dict(state)
-        logits = predict_logits(head, X_val, device=device)
-        hits.append(logits.argmax(1) == np.asarray(y_val))
-    return np.mean(hits, axis=0)
 
 
 def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Finding]) -> str:
@@ -105,14 +95,16 @@ def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Find
         cheaper = [h for h in heads if cost(h) < cost(rec)]
         first = (f"{rec.head} is recommended ({_count(rec.head_params)} head parameters): "
                  + (f"it beats every cheaper head in selection by more than one standard error "
-                    f"({_pp(verdict.scores[rec.head])} vs {_best_of(cheaper, verdict)})"
-                    if cheaper else "it scores best in selection and no head is cheaper"))
+                    f"({_pp(verdict.scores[rec.head])} vs {_best_of(cheaper, verdict)} on "
+                    f"{_selection_images(verdict)})"
+                    if cheaper else f"it scores best in selection ({_selection_images(verdict)})"
+                    " and no head is cheaper"))
     else:
         first = (f"no head is measurably better than the cheapest, {rec.head} "
                  f"({_count(rec.head_params)} head parameters): recommended — the best in "
                  f"selection, {verdict.best}, is within one standard error "
                  f"({_pp(verdict.scores[verdict.best])} vs {_pp(verdict.scores[rec.head])} "
-                 f"± {_pp(verdict.se[verdict.best])} on {verdict.n_images} val images)")
+                 f"± {_pp(verdict.se[verdict.best])} on {_selection_images(verdict)})")
     if beaten:
         f = min(beaten, key=lambda f: _gain(f, verdict.recommended))
         other = f.b if f.a == verdict.recommended else f.a
@@ -129,6 +121,12 @@ def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Find
             f"{_signed_pp(-_gain(f, verdict.recommended))} "
             f"{_interval(f, verdict.recommended, -1)}, not significant after Holm "
             f"({_test_images(heads)} test images resolve about ±{100 * width:.0f} pp)")
+
+
+def _selection_images(verdict: Verdict) -> str:
+    if verdict.selection == "cv":
+        return f"{verdict.n_images:,} train + val images in cross-validation"
+    return f"{verdict.n_images:,} val images"
 
 
 def _gain(f: Finding, head: str) -> float:

@@ -24,7 +24,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..heads import TrainingSplit, training_split
 from . import stacked
-from .inputs import Block, Inputs, batches
+from .inputs import CHUNK_ROWS, Block, Inputs, batches
 from .results import EpochLog, Member, TrainResult
 
 
@@ -212,6 +212,9 @@ class Stack:
         self.history: list[list[EpochLog]] = [[] for _ in members]
         self.seconds = [0.0] * n
         self.device = device
+        # each member's own rows (fold members, `folds`): positions it trains on (M, n) and is
+        # validated on (M, v), or None: every member trains on every row
+        self.rows: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.members)
@@ -252,9 +255,15 @@ class Stack:
 
     def orders(self, size: int, batch_size: int) -> list[torch.Tensor]:
         """Each member's own order of `size` positions, cut into batches: (M, b) indices per
-        step, or (b,) when every member drew the same order (the sweep, all at one seed)."""
-        per_member = [batches(torch.randperm(size, generator=g).numpy(), batch_size)
-                      for g in self.order_rng]
+        step, or (b,) when every member drew the same order (the sweep, all at one seed).
+        Members with rows of their own (`rows`) order those instead."""
+        if self.rows is not None:
+            own = self.rows[0].cpu().numpy()
+            per_member = [batches(own[i][torch.randperm(own.shape[1], generator=g).numpy()],
+                                  batch_size) for i, g in enumerate(self.order_rng)]
+        else:
+            per_member = [batches(torch.randperm(size, generator=g).numpy(), batch_size)
+                          for g in self.order_rng]
         if all(all(np.array_equal(a, b) for a, b in zip(order, per_member[0]))
                for order in per_member[1:]):
             return [torch.as_tensor(index, device=self.device) for index in per_member[0]]
@@ -274,10 +283,12 @@ class Stack:
         self.optimizer.step(grads, rate)
         return losses.detach(), (logits.detach().argmax(-1) == target).sum(dim=1)
 
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed cross-entropy, correct) per member on shared inputs, in eval mode."""
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor,
+                 shared: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed cross-entropy, correct) per member on shared inputs (or each member's own,
+        (M, b, ...) with labels (M, b)), in eval mode."""
         with torch.no_grad(), self.autocast:
-            logits = self._forward(x, True, False, {}).float()
+            logits = self._forward(x, shared, False, {}).float()
             target = y.expand(len(self), -1)
             loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
             return loss.view(len(self), -1).sum(1), (logits.argmax(-1) == target).sum(1)
@@ -332,6 +343,8 @@ class Stack:
                      "history", "seconds", "lrs"):
             setattr(self, name, [getattr(self, name)[i] for i in keep])
         self.best_loss = self.best_loss[index.cpu()]
+        if self.rows is not None:
+            self.rows = (self.rows[0][index], self.rows[1][index])
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -369,6 +382,24 @@ def validate(stacks: list[Stack], inputs: Inputs,
             stats[id(stack)][0] += loss.cpu()
             stats[id(stack)][1] += correct.cpu()
             _share(stack, time.perf_counter() - started)
+    return stats
+
+
+def validate_rows(stacks: list[Stack], inputs: Inputs, y: torch.Tensor,
+                  block: Block) -> dict[int, list[torch.Tensor]]:
+    """Every member of stacks with rows of their own (`Stack.rows`) on its own validation rows
+    of `block`; id(stack) -> [summed loss, correct]."""
+    stats = {}
+    for stack in stacks:
+        started = time.perf_counter()
+        own = stack.rows[1]
+        loss, correct = torch.zeros(len(stack)), torch.zeros(len(stack))
+        for start in range(0, own.shape[1], CHUNK_ROWS):
+            index = own[:, start:start + CHUNK_ROWS]
+            part = stack.evaluate(inputs.batch(stack.key, index, block), y[index], shared=False)
+            loss, correct = loss + part[0].cpu(), correct + part[1].cpu()
+        stats[id(stack)] = [loss, correct]
+        _share(stack, time.perf_counter() - started)
     return stats
 
 

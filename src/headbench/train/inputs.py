@@ -58,6 +58,18 @@ class Features:
         self.prepared: dict[str, torch.Tensor] = {}
         self.moved: dict[tuple[str, float], torch.Tensor] = {}
 
+    @classmethod
+    def joined(cls, X: Any, parts: Sequence["Features"], device: torch.device) -> "Features":
+        """Features of X, whose rows are the rows of `parts` one after the other (train + val for
+        cross-validation): what the parts hold in memory, rows and prepared inputs, is joined
+        rather than read and prepared again."""
+        joined = cls(X, device, cache_bytes=-1)
+        if all(p._memory is not None for p in parts):
+            joined._memory = torch.cat([p._memory for p in parts])
+        keys = set.intersection(*(set(p.prepared) for p in parts))
+        joined.prepared = {k: torch.cat([p.prepared[k] for p in parts]) for k in keys}
+        return joined
+
     def __len__(self) -> int:
         return self.shape[0]
 

@@ -39,9 +39,9 @@ from torch import nn
 from ..checks import real, whole
 from ..errors import HeadbenchError, unknown
 from ..runtime import PRECISIONS, resolve_device, resolve_precision, tune_allocator
-from .engine import Stack, split_of, train_epoch, validate
-from .inputs import (Features, Inputs, Views, as_features, batches, block_bounds, blocks, labels,
-                     plan_memory)
+from .engine import Stack, split_of, train_epoch, validate, validate_rows
+from .inputs import (Block, Features, Inputs, Views, as_features, batches, block_bounds, blocks,
+                     labels, plan_memory)
 from .results import EpochLog, FitResult, Member, TrainResult, diverged_error
 
 # The default sweep of peak learning rates (bench/RESULTS.md (i): the learning rate changes
@@ -175,7 +175,8 @@ def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int,
 def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Member],
                   X_train: Any, y_train: Any, X_val: Any, y_val: Any, config: TrainConfig,
                   on_done: Callable[[Member, TrainResult], None] | None = None,
-                  on_epochs: Callable[[int], None] | None = None) -> dict[Member, TrainResult]:
+                  on_epochs: Callable[[int], None] | None = None,
+                  folds: Any = None) -> dict[Member, TrainResult]:
     """Train every member together, in one pass over the features per epoch.
 
     The members of a head form one stacked model; every head is fed from the same pass. Each
@@ -189,28 +190,40 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
         X_train, y_train, X_val, y_val: as for `train_head`. The test split never enters here.
         on_done: called with each member's result as soon as it finishes (to commit it).
         on_epochs: called with the member-epochs just done (for a progress bar).
+        folds: cross-validation (a `folds.Folds`, which imports this module): every member has
+            a `fold` and trains on that fold's training rows of X_train and stops on its
+            validation rows (X_val is None).
     """
     tune_allocator()
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device, "heads")
-    train, val = as_features(X_train, device), as_features(X_val, device)
+    train = as_features(X_train, device)
+    val = train if folds is not None else as_features(X_val, device)
     if isinstance(val.X, Views):
         raise HeadbenchError("validation features must be one view of each image, not Views")
     views = train.X.views if isinstance(train.X, Views) else 1  # K rows per image
-    n_train = len(train) // views
-    y_tr = labels(y_train, n_train, "y_train", device).repeat(views)
-    y_va = labels(y_val, len(val), "y_val", device)
-    if n_train < 2 or len(val) < 1:
+    y_tr = labels(y_train, len(train) // views, "y_train", device).repeat(views)
+    y_va = y_tr if folds is not None else labels(y_val, len(val), "y_val", device)
+    n_train, n_val = (folds.sizes() if folds is not None else (len(train) // views, len(val)))
+    if n_train < 2 or n_val < 1:
         raise HeadbenchError(f"training needs at least 2 training and 1 validation images, got "
-                             f"{n_train} and {len(val)}: add images or change the split")
+                             f"{n_train} and {n_val}: add images or change the split")
     stacks = _stacks(make_heads, members, train, device,
                      int(max(y_tr.max().item(), y_va.max().item())), precision, config.lr[0])
     splits = {s.key: s.split for s in stacks}
-    memory = plan_memory(splits, [train, val])
-    inputs_tr, inputs_va = Inputs(train, splits, memory), Inputs(val, splits, memory)
-    bounds = block_bounds(train, bool(inputs_tr.lazy), n_train)
-    steps = sum(len(batches(np.arange(stop - start), config.batch_size))
-                for start, stop in bounds)
+    memory = plan_memory(splits, [train] if folds is not None else [train, val])
+    inputs_tr = Inputs(train, splits, memory)
+    if folds is not None:
+        for stack in stacks:
+            stack.rows = folds.rows([m.fold for m in stack.members], device)
+        whole_pool = Block(n_train, None, train.get(np.arange(len(train)))
+                           if inputs_tr.lazy else None)
+        steps = len(batches(np.arange(n_train), config.batch_size))
+    else:
+        inputs_va = Inputs(val, splits, memory)
+        bounds = block_bounds(train, bool(inputs_tr.lazy), n_train)
+        steps = sum(len(batches(np.arange(stop - start), config.batch_size))
+                    for start, stop in bounds)
     warmup, total = min(config.warmup_epochs * steps, config.epochs * steps), config.epochs * steps
 
     def rate(step: int, peak: float) -> float:
@@ -218,14 +231,16 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
 
     results: dict[Member, TrainResult] = {}
     for epoch in range(1, config.epochs + 1):
-        epoch_blocks = blocks(train, bounds, bool(inputs_tr.lazy), epoch, device, views)
+        epoch_blocks = ([whole_pool] if folds is not None else
+                        blocks(train, bounds, bool(inputs_tr.lazy), epoch, device, views))
         trained = train_epoch(stacks, epoch_blocks, inputs_tr, y_tr, config.batch_size,
                               (epoch - 1) * steps, rate)
-        validated = validate(stacks, inputs_va, y_va)
+        validated = (validate_rows(stacks, inputs_tr, y_tr, whole_pool) if folds is not None
+                     else validate(stacks, inputs_va, y_va))
         for stack in list(stacks):
             (tr_loss, tr_ok), (va_loss, va_ok) = trained[id(stack)], validated[id(stack)]
             logs = [EpochLog(epoch, float(tr_loss[i]) / n_train, float(tr_ok[i]) / n_train,
-                             float(va_loss[i]) / len(val), float(va_ok[i]) / len(val),
+                             float(va_loss[i]) / n_val, float(va_ok[i]) / n_val,
                              rate(epoch * steps - 1, stack.lrs[i]))
                     for i in range(len(stack))]
             stop = stack.end_epoch(epoch, logs, config.patience, config.min_delta,

@@ -16,12 +16,14 @@ from ..errors import HeadbenchError
 @dataclass(frozen=True)
 class Member:
     """One training run: head `head` (a label) at one weight decay, one seed and one peak
-    learning rate (None: the protocol's first, `TrainConfig.lr[0]`)."""
+    learning rate (None: the protocol's first, `TrainConfig.lr[0]`); `fold`: the
+    cross-validation fold it trains on (`folds`), None for the train split."""
 
     head: str
     weight_decay: float
     seed: int
     lr: float | None = None
+    fold: int | None = None
 
 
 @dataclass

@@ -1,0 +1,157 @@
+"""Cross-validation on cached features: the selection data when the val split is too small.
+
+A val split of a few dozen images cannot tell heads apart: most reach 100 % on it, and the
+choice falls to noise. When the val split has fewer than `MIN_VAL_IMAGES` images, or fewer than
+`MIN_VAL_PER_CLASS` in some class (constants fixed in advance), the heads are scored by
+stratified `FOLDS`-fold cross-validation over train + val (the *pool*; the test split never
+enters): each fold trains on the other folds, with early stopping and the learning-rate choice on
+an inner stratified `INNER` part of them, and the held-out fold is only scored. Every pool image
+is held out once, so a head's selection data is its correctness on every train + val image.
+
+The folds of all heads train in one pass over the pool (`protocol.train_members` with `folds`):
+the members of a head at every fold (and every setting, when the sweep is nested) are one stack. So that they can step
+together, every fold trains on equally many images and validates on equally many: a fold with
+one or two more than the smallest drops those at random (seeded), and at most FOLDS - 1 images per
+fold go unused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import stratify
+from ..runtime import resolve_device
+from .inputs import Features, as_features
+from .protocol import TrainConfig, _settings, predict_logits, train_members, twin_heads
+from .results import Member, TrainResult
+
+FOLDS = 5                # outer folds
+INNER = 0.15             # the part of a fold's training images that stops and sweeps it
+MIN_VAL_IMAGES = 300     # a val split smaller than this selects by cross-validation ...
+MIN_VAL_PER_CLASS = 30   # ... and so does one with fewer images than this in some class
+
+
+def needed(y_val: Sequence[int], num_classes: int) -> bool:
+    """Whether the val split is too small to select on (`MIN_VAL_IMAGES`, `MIN_VAL_PER_CLASS`)."""
+    counts = np.bincount(np.asarray(y_val, dtype=np.int64), minlength=num_classes)
+    return len(y_val) < MIN_VAL_IMAGES or int(counts.min()) < MIN_VAL_PER_CLASS
+
+
+@dataclass
+class Folds:
+    """Stratified folds of a pool of images: `outer[i]` the fold that holds out image i;
+    `train[f]` and `val[f]` the pool positions fold f trains on and stops on (every fold the
+    same number of each)."""
+
+    outer: np.ndarray
+    train: np.ndarray  # (FOLDS, n)
+    val: np.ndarray    # (FOLDS, v)
+
+    def sizes(self) -> tuple[int, int]:
+        return self.train.shape[1], self.val.shape[1]
+
+    def rows(self, folds: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training positions, validation positions) of members at `folds`, (M, n) and (M, v)."""
+        index = np.asarray(folds)
+        return (torch.as_tensor(self.train[index], device=device),
+                torch.as_tensor(self.val[index], device=device))
+
+    def held_out(self, fold: int) -> np.ndarray:
+        return np.flatnonzero(self.outer == fold)
+
+
+def make_folds(y: Sequence[int], seed: int = 0, k: int = FOLDS, inner: float = INNER) -> Folds:
+    """Stratified k folds of images labelled `y` (seeded), each with its inner stratified split."""
+    y = np.asarray(y, dtype=np.int64)
+    by_class = {int(c): list(np.flatnonzero(y == c)) for c in np.unique(y)}
+    outer = np.empty(len(y), dtype=np.int64)
+    for fold, part in enumerate(stratify(by_class, (1 / k,) * k, seed)):
+        outer[part] = fold
+    trains, vals = [], []
+    for fold in range(k):
+        rest = {c: [i for i in rows if outer[i] != fold] for c, rows in by_class.items()}
+        part_train, part_val = stratify({c: r for c, r in rest.items() if r},
+                                        (1 - inner, inner), seed)
+        trains.append(part_train)
+        vals.append(part_val)
+    rng = np.random.default_rng([seed, k])
+    return Folds(outer, _equal(trains, rng), _equal(vals, rng))
+
+
+def _equal(parts: list[list[int]], rng: np.random.Generator) -> np.ndarray:
+    """Each part cut to the smallest one's size by dropping random positions; (k, size)."""
+    size = min(len(p) for p in parts)
+    return np.stack([np.sort(rng.choice(p, size, replace=False)) if len(p) > size
+                     else np.asarray(p) for p in parts]).astype(np.int64)
+
+
+def usable(folds: Folds) -> bool:
+    """Whether every fold has at least 2 images to train on and 1 to stop on."""
+    n, v = folds.sizes()
+    return n >= 2 and v >= 1
+
+
+def fit_folds(make_heads: dict[str, Callable[[], nn.Module]], X_pool: Any, y_pool: Any,
+              config: TrainConfig, folds: Folds, seed: int = 0, *,
+              settings: dict[str, list[tuple[float, float]]] | None = None,
+              done: dict[Member, TrainResult] | None = None,
+              on_member: Callable[[Member, TrainResult], None] | None = None,
+              on_epochs: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Every head cross-validated: at each fold, each of the head's settings trained at `seed`
+    on the fold's training rows of the pool, the one with the least inner val loss scored on the
+    held-out fold. Returns head label -> per-image correctness (0/1) over the pool.
+
+    Args:
+        make_heads: head label -> builds a fresh, untrained head.
+        X_pool, y_pool: the train + val features and labels (never the test split).
+        folds: from `make_folds(y_pool)`.
+        settings: head label -> its (lr, weight decay) settings; None: `config`'s sweep for
+            every head (a sweep nested in each fold).
+        done: members already trained (a resumed run); on_member, on_epochs: as for `fit_heads`.
+    """
+    pool = as_features(X_pool, resolve_device(config.device))
+    results = dict(done or {})
+    twins = twin_heads(make_heads, [seed])
+    grid = {label: settings[label] if settings else _settings(config) for label in make_heads}
+    members = [Member(label, wd, seed, lr, fold=fold) for label in make_heads if label not in twins
+               for fold in range(len(folds.train)) for lr, wd in grid[label]]
+
+    def finished(member: Member, result: TrainResult) -> None:
+        results[member] = result
+        if on_member is not None:
+            on_member(member, result)
+
+    todo = [m for m in members if m not in results]
+    if todo:
+        train_members(make_heads, todo, pool, y_pool, None, None, config, on_done=finished,
+                      on_epochs=on_epochs, folds=folds)
+    correct = {label: _scored(make_heads[label], label, results, pool, np.asarray(y_pool),
+                              folds, grid[label], seed)
+               for label in make_heads if label not in twins}
+    return {label: correct[twins.get(label, label)] for label in make_heads}
+
+
+def _scored(make_head: Callable[[], nn.Module], label: str, results: dict[Member, TrainResult],
+            pool: Any, y: np.ndarray, folds: Folds, grid: list[tuple[float, float]],
+            seed: int) -> np.ndarray:
+    """The head's correctness on every pool image, from the fold that held it out (each fold's
+    setting chosen on its inner val loss; ties: the first listed, as `fit_heads`)."""
+    correct = np.zeros(len(y), dtype=np.float64)
+    for fold in range(len(folds.train)):
+        runs = [results[Member(label, wd, seed, lr, fold=fold)] for lr, wd in grid]
+        best = min(runs, key=lambda r: r.best_val_loss)
+        head = make_head()
+        head.load_state_dict(best.state_dict)
+        out = folds.held_out(fold)
+        held = Features(pool.get(out), pool.device, form=pool.form)
+        logits = predict_logits(head, held, device=pool.device)
+        correct[out] = logits.argmax(1) == y[out]
+    return correct
+
+
+__all__ = ["FOLDS", "INNER", "MIN_VAL_IMAGES", "MIN_VAL_PER_CLASS", "Folds", "fit_folds",
+           "make_folds", "needed", "usable"]
