@@ -78,7 +78,8 @@ def test_findings_never_call_overlapping_seeds_a_win():
     assert f.lo < 0 < f.hi
     assert not f.significant and f.p_adjusted > 0.05
     assert "no significant difference after the Holm correction" in f.text
-    assert "over 3 seeds" in f.text
+    assert "test accuracy 83.0 % vs 82.3 %" in f.text  # % like the table
+    assert f.seed_ci is not None and "seeds" not in f.text  # one procedure in the line
 
 
 def test_findings_without_per_image_values_are_not_tested():
@@ -86,7 +87,7 @@ def test_findings_without_per_image_values_are_not_tested():
     f = _accuracy_finding(findings(_run(_gap_flatten([0.90, 0.91, 0.92], [0.70, 0.72, 0.71]))))
     assert f.seed_ci[0] > 0
     assert not f.significant and f.p_value is None and f.p_adjusted is None and f.test is None
-    assert "interval over seeds only, not tested" in f.text
+    assert "95 % interval over 3 seeds [+17.5, +22.5] pp (described, not tested)" in f.text
     assert "no difference is claimed" in f.text
 
 
@@ -94,16 +95,16 @@ def test_findings_mark_a_clear_difference_significant():
     run = _run(_gap_flatten([0.90, 0.91, 0.92], [0.70, 0.72, 0.71]),
                {"gap": [True] * 90 + [False] * 10, "flatten": [True] * 70 + [False] * 30})
     f = _accuracy_finding(findings(run))
-    assert f.significant and f.lo > 0
-    assert f.bootstrap_ci[0] > 0
-    # 20 discordant images, all for gap: McNemar's p = 2 / 2^20; the only test of the run
-    assert f.test == "McNemar exact test"
-    assert f.p_value == pytest.approx(2 / 2**20) and f.p_adjusted == f.p_value
+    assert f.significant and f.lo > 0 and (f.lo, f.hi) == tuple(f.image_ci)
+    # 20 discordant images, all for gap: no random sign pattern is as extreme
+    assert f.test == "paired sign-flip test"
+    assert f.p_value == pytest.approx(1 / 20001) and f.p_adjusted == f.p_value
     assert "gap is more accurate" in f.text
-    assert "49× fewer head parameters" in f.text
-    assert "flatten's train − test gap" in f.text
-    assert "paired over 100 test images" in f.text
-    assert "McNemar exact test p < 0.001, Holm-adjusted p < 0.001 over 1 test" in f.text
+    assert f.text.startswith("gap vs flatten with 49× fewer head parameters: test accuracy "
+                             "91.0 % vs 71.0 %, difference +20.0 pp, 95 % interval [")
+    assert ("p < 0.001 (paired sign-flip test over 100 test images, unadjusted); Holm p < 0.001 "
+            "over the 1 comparison of the heads family") in f.text
+    assert f.family == "heads" and f.n_tests == 1 and "\n" not in f.text
 
 
 def test_findings_test_per_image_not_over_seeds():
@@ -111,17 +112,16 @@ def test_findings_test_per_image_not_over_seeds():
     run = _run(_gap_flatten([0.90, 0.91, 0.92], [0.70, 0.72, 0.71]),
                {"gap": [True, False] * 20, "flatten": [True, False] * 20})
     f = _accuracy_finding(findings(run))
-    assert f.seed_ci[0] > 0 and f.bootstrap_ci[0] <= 0 <= f.bootstrap_ci[1]
+    assert f.seed_ci[0] > 0 and f.image_ci[0] <= 0 <= f.image_ci[1]
     assert f.p_value == 1.0
     assert not f.significant
 
 
-def test_findings_with_one_seed_say_so_and_use_mcnemar():
+def test_findings_with_one_seed_are_tested_over_images():
     run = _run(_gap_flatten([0.90], [0.60]),
                {"gap": [True] * 90 + [False] * 10, "flatten": [True] * 60 + [False] * 40})
     f = _accuracy_finding(findings(run))
-    assert "no interval over seeds with 1 seed" in f.text
-    assert "McNemar exact test" in f.text and f.test == "McNemar exact test"
+    assert "paired sign-flip test over 100 test images" in f.text
     assert f.significant and f.seed_ci is None
 
 
@@ -131,14 +131,14 @@ def test_findings_with_several_seeds_use_the_sign_flip_test_on_averaged_correctn
     run = _run(_gap_flatten([0.90, 0.80], [0.60, 0.60]), {"gap": gap, "flatten": flatten})
     f = _accuracy_finding(findings(run))
     assert f.test == "paired sign-flip test"
-    assert f.bootstrap_ci[0] > 0 and f.significant
+    assert f.image_ci[0] > 0 and f.significant
     assert f.diff == pytest.approx(0.25)
 
 
 def test_findings_with_one_seed_and_no_predictions_claim_nothing():
     f = _accuracy_finding(findings(_run(_gap_flatten([0.90], [0.60]))))
     assert not f.significant
-    assert "no per-image values, not tested" in f.text
+    assert "(1 seed, no per-image values: not tested)" in f.text
     assert "no difference is claimed" in f.text
 
 
@@ -202,17 +202,19 @@ def test_findings_compare_gap_and_flatten_on_the_analyses():
     kinds = {f.kind: f for f in out}
     translation = kinds["translation"]
     assert translation.significant and translation.test == "paired sign-flip test"
-    assert "Zhang consistency within ±16 px gap 1.000 vs flatten 0.750" in translation.text
-    assert "at 16 px from unshifted 1.000 vs 0.750" in translation.text
+    assert "Zhang consistency within ±16 px gap 100.0 % vs flatten 75.0 %" in translation.text
+    assert "at 16 px from unshifted 100.0 % vs 75.0 %" in translation.text
     assert "gap is more consistent under shifts" in translation.text
-    # two tests (translation, small data), corrected together; the rest untested
-    assert "Holm-adjusted p < 0.001 over 2 tests" in translation.text
+    # two tests (translation, small data), each in its analysis's own family; the rest untested
+    assert "Holm p < 0.001 over the 1 comparison of the shifts family" in translation.text
+    assert kinds["small_data"].family == "shots" and kinds["small_data"].n_tests == 1
     assert sorted(f.kind for f in out if f.p_value is not None) == ["small_data", "translation"]
     assert not kinds["small_data"].significant and kinds["small_data"].p_value == 1.0
     assert "no significant difference" in kinds["small_data"].text
     assert "1 image per class" in kinds["small_data"].text
     assert kinds["overfitting"].a == "flatten"
-    assert "interval over seeds only, not tested" in kinds["overfitting"].text
+    assert "(described, not tested): a difference of two splits" in kinds["overfitting"].text
+    assert kinds["overfitting"].p_value is None and kinds["overfitting"].family is None
     texts = [f.text for f in out if f.kind == "resolution"]
     assert any("flatten cannot run at 32 px (built for a 2×2 map)" in t for t in texts)
     change = next(t for t in texts if t.startswith("resolution: gap at 32 px"))
@@ -223,11 +225,11 @@ def test_translation_findings_of_older_sections_use_the_curve():
     run = _run(_gap_flatten([0.90, 0.91, 0.92], [0.80, 0.82, 0.81]))
     run.analyses = {"shifts": _shifts_section(zhang=False)}
     f = next(f for f in findings(run) if f.kind == "translation")
-    assert f.significant and "consistency at 16 px from unshifted gap 1.000" in f.text
+    assert f.significant and "consistency at 16 px from unshifted gap 100.0 %" in f.text
     run.analyses = {"shifts": _shifts_section(zhang=False, per_image=False)}
     f = next(f for f in findings(run) if f.kind == "translation")
     assert not f.significant and f.seed_ci[0] > 0
-    assert "interval over seeds only, not tested" in f.text
+    assert "(described, not tested)" in f.text
 
 
 def test_resolution_findings_are_tested_when_sizes_keep_per_image_values():
@@ -238,7 +240,7 @@ def test_resolution_findings_are_tested_when_sizes_keep_per_image_values():
                               "heads": {"gap": {"32": at_32, "64": at_64}}}}
     f = next(f for f in findings(run) if f.kind == "resolution")
     assert (f.a, f.b) == ("gap@32", "gap@64")
-    assert f.significant and f.test == "McNemar exact test"
+    assert f.significant and f.test == "paired sign-flip test" and f.family == "sizes"
     assert "accuracy changes significantly" in f.text
 
 
@@ -262,12 +264,13 @@ def test_findings_read_opponent_by_opponent_with_each_analysis_in_registry_order
                               "heads": {h: {"1": small} for h in ("gap", "avgpool", "flatten")}},
                     "shifts": section}
     pairs = [(f.kind, f.a, f.b) for f in findings(run) if "gmp" not in (f.a, f.b)]
-    # the named claims' head (gap) against each opponent in the run's order; per opponent the
-    # analyses follow the registry (shifts before shots), whatever order the run holds them in
-    assert pairs == [("accuracy", "gap", "avgpool"), ("overfitting", "avgpool", "gap"),
-                     ("translation", "gap", "avgpool"), ("small_data", "gap", "avgpool"),
-                     ("accuracy", "gap", "flatten"), ("overfitting", "flatten", "gap"),
-                     ("translation", "gap", "flatten"), ("small_data", "gap", "flatten")]
+    # the heads family (the named claims after every head against the recommended gmp), the
+    # overfitting gaps, then each analysis in registry order (shifts before shots), whatever
+    # order the run holds them in, opponent by opponent
+    assert pairs == [("accuracy", "gap", "flatten"), ("accuracy", "gap", "avgpool"),
+                     ("overfitting", "avgpool", "gap"), ("overfitting", "flatten", "gap"),
+                     ("translation", "gap", "avgpool"), ("translation", "gap", "flatten"),
+                     ("small_data", "gap", "avgpool"), ("small_data", "gap", "flatten")]
 
 
 def test_intervals_over_seeds_are_never_tested():
@@ -317,7 +320,30 @@ def test_holm_claims_no_difference_between_equal_heads_where_uncorrected_tests_d
     assert all(f.p_adjusted >= f.p_value for f in tested)
     chance = min(tested, key=lambda f: f.p_value)
     assert "no significant difference after the Holm correction" in chance.text
-    assert "over 8 tests" in chance.text
+    assert "over the 8 comparisons of the heads family" in chance.text
+    if chance.image_ci[0] > 0 or chance.image_ci[1] < 0:  # p < 0.05 unadjusted: said plainly
+        assert "the unadjusted interval excludes 0" in chance.text
+
+
+def test_the_heads_family_is_a_fixed_set_and_analyze_never_changes_it():
+    """Every head against the recommended one plus the named claims, each pair once; adding an
+    analysis adds its own family and leaves the heads family's p-values as they were."""
+    heads = _gap_flatten([0.90, 0.91, 0.92], [0.80, 0.82, 0.81])
+    heads.append(_head("avgpool", [0.85, 0.84, 0.86], [0.99] * 3, 200000))
+    heads.append(_head("gmp", [0.93, 0.92, 0.94], [0.95] * 3, 20490))
+    rng = np.random.default_rng(0)
+    correct = {h.head: rng.random((3, 150)) < 0.85 for h in heads}
+    run = _run(heads, correct, best_head="gmp")
+    before = {(f.a, f.b): f.p_adjusted for f in findings(run) if f.family == "heads"}
+    assert set(before) == {("gmp", "gap"), ("gmp", "flatten"), ("gmp", "avgpool"),
+                           ("gap", "flatten"), ("gap", "avgpool")}
+    run.analyses = {"shifts": _shifts_section()}
+    after = findings(run)
+    assert {(f.a, f.b): f.p_adjusted for f in after if f.family == "heads"} == before
+    assert {f.family for f in after if f.p_value is not None} == {"heads", "shifts"}
+    run.best_head = "gap"  # the recommended head is a claim's head: (gap, flatten) once
+    pairs = [(f.a, f.b) for f in findings(run) if f.family == "heads"]
+    assert pairs == [("gap", "flatten"), ("gap", "avgpool"), ("gap", "gmp")]
 
 
 def test_holm_keeps_a_large_real_difference_significant():
@@ -334,8 +360,8 @@ def test_report_states_the_correction_next_to_the_findings():
                {"gap": [True] * 90 + [False] * 10, "flatten": [True] * 70 + [False] * 30})
     run.findings = findings(run)
     section = render(run, []).split('<section id="findings">')[1].split("</section>")[0]
-    assert "Holm–Bonferroni" in section and "all 1 tested finding of the run" in section
-    assert "McNemar" in section and "sign-flip" in section
-    assert "Holm-adjusted p &lt; 0.001 over 1 test" in section
+    assert "Holm–Bonferroni within each family" in section and "heads (1)" in section
+    assert "sign-flip" in section and "not a contradiction" in section
+    assert "Holm p &lt; 0.001 over the 1 comparison of the heads family" in section
     run.findings = findings(_run(_gap_flatten([0.90, 0.91], [0.70, 0.72])))
     assert "none is tested and none claims a difference" in render(run, [])

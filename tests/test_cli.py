@@ -137,7 +137,7 @@ def test_compare_prints_findings_selected_head_and_run_folder(cli_run):
     run_dir, out = cli_run
     run = Run.load(run_dir)
     assert out[0] == f"verdict: {run.verdict.text}" and out[1] == "findings:"
-    assert any(line.startswith(("- gap vs flatten: ", "- flatten vs gap: ")) for line in out)
+    assert any(line.startswith(("- gap vs flatten", "- flatten vs gap")) for line in out)
     assert run.verdict.selection == "cv"  # 6 val images: cross-validated
     assert f"recommended: {run.best_head} (one-standard-error rule on 5-fold cross-validation " \
            f"over train + val), model in " \

@@ -174,11 +174,12 @@ def test_an_analysis_registered_in_one_place_runs_through_analyze_findings_and_t
     section = results["analyses"]["dim"]
     assert section["factor"] == 0.5 and section["title"] == "accuracy on dimmed features"
     assert set(section["heads"]) == {"gap", "flatten"}
-    # its finding, tested image by image and Holm-corrected with the run's others
+    # its finding, tested image by image and Holm-corrected within its own family
     found = [f for f in results["findings"] if f["kind"] == "dim"]
+    assert found[0]["family"] == "dim"
     assert [(f["a"], f["b"]) for f in found] == [("gap", "flatten")]
     assert found[0]["text"].startswith("dimmed features (×0.5): gap ")
-    assert found[0]["test"] == "McNemar exact test" and found[0]["p_adjusted"] is not None
+    assert found[0]["test"] == "paired sign-flip test" and found[0]["p_adjusted"] is not None
     # its section: the plot and the text, in the Plots section, and no generic section
     page = (gap_flatten_run / "report.html").read_text()
     plots = page.split('<section id="plots">', 1)[1].split("</section>", 1)[0]

@@ -168,7 +168,7 @@ def test_the_finding_compares_finetuned_with_its_frozen_seed(run):
     diff = ft_head.seeds[0].test.accuracy - base.seed_metric("test")[ft_head.variant.from_seed]
     assert finding.a == ft_head.head and finding.b == base.head
     assert finding.diff == pytest.approx(diff)
-    assert finding.test == "McNemar exact test" and finding.bootstrap_ci is not None
+    assert finding.test == "paired sign-flip test" and finding.image_ci is not None
     assert "val selects" in finding.text
 
 

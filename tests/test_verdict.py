@@ -58,7 +58,7 @@ def test_a_perfect_score_on_few_images_keeps_a_standard_error():
 
 def finding(a: str, b: str, diff: float, lo: float, hi: float, significant: bool) -> Finding:
     return Finding(text="", kind="accuracy", a=a, b=b, diff=diff, lo=lo, hi=hi,
-                   significant=significant, bootstrap_ci=[lo, hi], test="paired sign-flip test",
+                   significant=significant, image_ci=[lo, hi], test="paired sign-flip test",
                    p_value=0.01 if significant else 0.5, p_adjusted=0.02 if significant else 1.0)
 
 

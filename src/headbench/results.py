@@ -305,7 +305,9 @@ class Finding:
     significant: bool
     n_seeds: int | None = None
     seed_ci: list[float] | None = None
-    bootstrap_ci: list[float] | None = None
-    test: str | None = None          # the per-image test behind `p_value`, e.g. "paired bootstrap"
+    image_ci: list[float] | None = None  # 95 % interval over test images, from the test below
+    test: str | None = None          # the paired test over test images behind `p_value`
     p_value: float | None = None     # raw two-sided p-value of that test
-    p_adjusted: float | None = None  # Holm–Bonferroni over every tested finding of the run
+    p_adjusted: float | None = None  # Holm–Bonferroni within `family`
+    family: str | None = None        # the family of comparisons adjusted together
+    n_tests: int | None = None       # the family's tested comparisons

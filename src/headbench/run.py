@@ -39,8 +39,10 @@ from .train import EpochLog, Member, TrainConfig, TrainResult
 from .version import __version__
 
 SCHEMA = "headbench-run"
-SCHEMA_VERSION = 2
-READS = (1, 2)  # schema 2 added each head's `lr` and `sweep` (the learning-rate sweep), `verdict`
+SCHEMA_VERSION = 3
+# schema 2 added each head's `lr` and `sweep` (the learning-rate sweep), `verdict`; schema 3 a
+# finding's Holm `family` and `n_tests`, and its `image_ci` (schema 2's `bootstrap_ci`)
+READS = (1, 2, 3)
 PREDICTION_COLUMNS = ["head", "seed", "index", "path", "label", "pred", "p_pred", "p_label", "loss"]
 
 
@@ -218,7 +220,7 @@ class Run:
                       verdict=_from_json(Verdict | None, results.get("verdict")),
                       options_digest=results["options_digest"],
                       feature_digest=results["feature_digest"],
-                      findings=_from_json(list[Finding], results["findings"]),
+                      findings=_from_json(list[Finding], _findings_v3(results["findings"])),
                       analyses=results["analyses"], headbench_version=results["headbench_version"],
                       created=results["created"], run_dir=run_dir)
         except HeadbenchError as e:
@@ -386,6 +388,14 @@ def default_run_name(data: str | Path, backbone: str) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # JSON: dataclasses to plain values and back, driven by the type hints
+
+def _findings_v3(findings: Any) -> Any:
+    """Findings of schema 1 and 2 named their interval over test images `bootstrap_ci`."""
+    if not isinstance(findings, list):
+        return findings
+    return [{("image_ci" if k == "bootstrap_ci" else k): v for k, v in f.items()}
+            if isinstance(f, dict) else f for f in findings]
+
 
 def _to_json(obj: Any) -> Any:
     if isinstance(obj, HeadSpec):

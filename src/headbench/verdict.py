@@ -89,7 +89,7 @@ def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Find
     by = {h.head: h for h in heads}
     rec = by[verdict.recommended]
     versus = [f for f in found if f.kind == "accuracy" and verdict.recommended in (f.a, f.b)
-              and f.bootstrap_ci]
+              and f.image_ci]
     beaten = [f for f in versus if f.significant and _gain(f, verdict.recommended) < 0]
     if verdict.recommended == verdict.best:
         cheaper = [h for h in heads if cost(h) < cost(rec)]
@@ -116,7 +116,7 @@ def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Find
         return first
     f = max(versus, key=lambda f: abs(f.diff))  # the largest either way
     other = f.b if f.a == verdict.recommended else f.a
-    width = np.median([(g.bootstrap_ci[1] - g.bootstrap_ci[0]) / 2 for g in versus])
+    width = np.median([(g.image_ci[1] - g.image_ci[0]) / 2 for g in versus])
     return (f"{first}; the largest difference on test was {other} "
             f"{_signed_pp(-_gain(f, verdict.recommended))} "
             f"{_interval(f, verdict.recommended, -1)}, not significant after Holm "
@@ -135,15 +135,16 @@ def _gain(f: Finding, head: str) -> float:
 
 
 def _interval(f: Finding, head: str, sign: int) -> str:
-    """The finding's paired bootstrap interval, as the other head minus `head` (sign -1)."""
-    lo, hi = f.bootstrap_ci
+    """The finding's interval over test images, as the other head minus `head` (sign -1)."""
+    lo, hi = f.image_ci
     if (f.a == head) == (sign < 0):
         lo, hi = -hi, -lo
     return f"[{_pp_value(lo)}, {_pp_value(hi)}]"
 
 
 def _tests(found: Sequence[Finding]) -> int:
-    return sum(1 for f in found if f.p_adjusted is not None)
+    """The comparisons of the heads family (the verdict's; `analyze` never adds to it)."""
+    return sum(1 for f in found if f.p_adjusted is not None and f.family in ("heads", None))
 
 
 def _test_images(heads: Sequence[HeadResult]) -> str:

@@ -1,30 +1,34 @@
-"""Findings: plain-words statements of what a run's numbers support, each with its evidence.
+"""Findings: plain-words statements of what a run's numbers support, one line each, in % like
+the table, each with its evidence.
 
-The heads they are about: the selected head (`run.best_head`, chosen on val, so the test split
-never picks it), and the reference head of the named claims (`heads.NAMED_CLAIMS`: gap, else
-the best any-size head on val) against each head a claim pits against it and each fixed-size
-head (its opponents). In order:
+The heads they are about: the recommended head (`run.best_head`, chosen on the selection data,
+so the test split never picks it), and the reference head of the named claims
+(`heads.NAMED_CLAIMS`: gap, else the best any-size head on val) against each head a claim pits
+against it and each fixed-size head (its opponents). In order:
 
-- ``accuracy``: every head against the selected head; per opponent, the reference against it
-  on accuracy and ``overfitting`` (train − test gap: no per-image values, a gap is a
-  difference of two splits, so it is reported with its interval over seeds only and never
-  tested), then each analysis's `pair_findings` on it (translation, small data);
-- each analysis's `findings` on its whole section (resolution);
-- ``augmentation`` / ``finetune``: every variant against the frozen head it varies.
+- ``accuracy``: every head against the recommended head, then the named claims themselves (gap
+  vs flatten, gap vs avgpool) where the first did not already compare them: the **heads**
+  family, fixed before any number is seen (a set: a pair is compared once; heads not in the
+  run are left out);
+- ``overfitting``: the reference against each opponent on the train − test gap, a difference
+  of two splits without per-image values: described with its interval over seeds, never tested;
+- each analysis's `pair_findings` on (reference, opponent) and its `findings` on its section
+  (translation, resolution, small data): one family per analysis;
+- ``augmentation`` / ``finetune``: every variant against the frozen head it varies: the
+  **variants** family.
 
-An analysis writes its findings with the tools of this module (`paired_difference`, `Draft`,
-`verdict`, `per_seed`, `per_image_values`, `mean_of`); see the analysis registry.
-
-When a difference is called significant: every finding with per-image values of both sides
-gets a two-sided paired test over the test images (`evaluate.paired_test`: McNemar's exact test
-when every value is 0 or 1, e.g. correctness with one seed; otherwise a sign-flip randomisation
-test on values averaged over seeds). The p-values of ALL tested findings of the run, the
-analyses' included, are adjusted together by Holm–Bonferroni (`evaluate.holm`): a difference
-is significant when its adjusted p < 0.05, in the direction of its sign. That keeps the chance
-of claiming any difference between heads that are in truth equal at most 5%, however many heads
-and metrics are compared. The paired t interval over seeds is reported alongside but not tested
-(with 3 seeds a corrected t-test could never pass); a finding without per-image values says
-"not tested" and claims nothing.
+How a difference is tested: every finding with per-image values of both sides gets one paired
+procedure over the test images, a sign-flip randomisation test of the mean difference
+(`evaluate.sign_flip`), whose p-value and 95 % interval come from the same random sign patterns
+(the interval is the test inverted, so it excludes 0 exactly when p < 0.05). The p-values are
+adjusted by Holm–Bonferroni (`evaluate.holm`) within each family: a difference is significant
+when its adjusted p < 0.05, in the direction of its sign, which keeps the chance of any false
+claim within a family at most 5 %. The interval is the unadjusted one: it can exclude 0 while
+the adjusted p is above 0.05, which is not a contradiction, and the text says so. Because the
+families are fixed in advance and separate, `analyze` adding a section never changes the heads
+family's p-values (nor the verdict that quotes them). Intervals over seeds are reported, never
+tested (with 3 seeds a corrected t-test could never pass); a finding without per-image values
+says "not tested" and claims nothing.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..evaluate import bootstrap_diff_ci, holm, paired_diff_ci, paired_test, select_head
+from ..evaluate import holm, paired_diff_ci, select_head, sign_flip
 from ..heads import NAMED_CLAIMS
 from ..results import Finding, HeadResult
 from ..run import Run
@@ -44,7 +48,7 @@ ALPHA = 0.05  # family-wise error rate of one run's findings
 
 def findings(run: Run) -> list[Finding]:
     """The run's findings, in the order of the module's docstring; every test Holm-adjusted
-    over all of them."""
+    within its family."""
     heads = [h for h in run.heads if h.seeds]
     if not heads:
         return []
@@ -52,22 +56,48 @@ def findings(run: Run) -> list[Finding]:
     # test image (the same image under several seeds is not independent evidence).
     correct = {h.head: run.correct(h.head).mean(axis=0) for h in heads if h.head in run.predictions}
     best = _selected_head(run, heads)
-    out = [_accuracy_finding(best, h, correct) for h in heads if h is not best]
+    out = [_family(_accuracy_finding(a, b, correct), HEADS) for a, b in head_pairs(heads, best)]
     ran = [(a, run.analyses[a.name]) for a in list_analyses()
            if isinstance(run.analyses.get(a.name), dict)]
     ref = reference_head(heads)
-    for other in _opponents(heads, ref):
-        if ref is not best and other is not best:  # the forum question, whatever won
-            out.append(_accuracy_finding(ref, other, correct))
-        out.append(_overfit_finding(ref, other))
-        out += [f for a, section in ran if a.pair_findings
+    opponents = _opponents(heads, ref)
+    out += [_overfit_finding(ref, other) for other in opponents]
+    for a, section in ran:
+        mine = [f for other in opponents if a.pair_findings
                 for f in a.pair_findings(section, ref, other)]
-    about = [h for h in (ref, best) if h]
-    out += [f for a, section in ran if a.findings for f in a.findings(section, about)]
-    out += [_variant_finding(run, h) for h in heads if h.variant and h.variant.of in correct]
+        about = [h for h in (ref, best) if h]
+        mine += [f for f in (a.findings(section, about) if a.findings else [])]
+        out += [_family(f, a.name) for f in mine]
+    out += [_family(_variant_finding(run, h), VARIANTS) for h in heads
+            if h.variant and h.variant.of in correct]
     out = [f for f in out if f]
-    holm_correct([f.d for f in out if isinstance(f, Draft)])
+    drafts = [f for f in out if isinstance(f, Draft)]
+    for family in dict.fromkeys(f.d.family for f in drafts):
+        holm_correct([f.d for f in drafts if f.d.family == family])
     return [f.finding() if isinstance(f, Draft) else f for f in out]
+
+
+HEADS, VARIANTS = "heads", "variants"  # the families of the run's own comparisons
+
+
+def _family(f: Any, family: str) -> Any:
+    """A draft finding put in `family` (plain findings, untested, are left as they are)."""
+    if isinstance(f, Draft):
+        f.d.family = family
+    return f
+
+
+def head_pairs(heads: list[HeadResult], best: HeadResult) -> list[tuple[HeadResult, HeadResult]]:
+    """The heads family, fixed before looking: every head against the recommended one, then
+    each named claim (gap vs flatten, gap vs avgpool) between frozen heads of the run not
+    compared already; each pair once."""
+    pairs = [(best, h) for h in heads if h is not best]
+    frozen = {h.head: h for h in heads if h.variant is None}
+    for claim in NAMED_CLAIMS:
+        a, b = frozen.get(claim.head), frozen.get(claim.versus)
+        if a and b and {a.head, b.head} not in [{x.head, y.head} for x, y in pairs]:
+            pairs.append((a, b))
+    return pairs
 
 
 def _selected_head(run: Run, heads: list[HeadResult]) -> HeadResult:
@@ -105,28 +135,45 @@ def p_text(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
+def percent(x: float) -> str:
+    """A fraction as a percentage, one decimal: '93.7 %'."""
+    return f"{100 * x:.1f} %"
+
+
+def points(x: float) -> str:
+    """A difference of fractions in signed percentage points: '+0.7 pp' (never '-0.0')."""
+    return f"{round(100 * x, 1) + 0.0:+.1f} pp"
+
+
+def _bounds(lo: float, hi: float) -> str:
+    return f"[{round(100 * lo, 1) + 0.0:+.1f}, {round(100 * hi, 1) + 0.0:+.1f}] pp"
+
+
 @dataclass
 class PairedDiff:
     """A paired difference a − b: its t interval over seeds (reported, never tested) and, with
-    per-image values, a paired bootstrap interval and a two-sided test over test images whose
-    p-value `holm_correct` adjusts together with the run's other tests.
+    per-image values, one paired sign-flip procedure over test images giving its unadjusted
+    95 % interval and p-value, which `holm_correct` adjusts within the finding's family.
 
     Attributes:
         diff: mean over the seeds both have (over images when there is no seed).
         image_diff: mean over images of the per-image difference: the tested statistic; its
             sign gives the direction of a significant difference.
+        image: the sign-flip interval of `image_diff` (the test inverted).
+        family: the Holm family the p-value is adjusted in (`findings`).
     """
 
     diff: float
     n_seeds: int
     t: tuple[float, float] | None = None
-    boot: tuple[float, float] | None = None
+    image: tuple[float, float] | None = None
     n_images: int = 0
     test: str | None = None
     p_value: float | None = None
     image_diff: float = 0.0
     p_adjusted: float | None = None
     n_tests: int = 0
+    family: str | None = None
 
     @property
     def significant(self) -> bool:
@@ -136,48 +183,47 @@ class PairedDiff:
 
     @property
     def lo_hi(self) -> tuple[float | None, float | None]:
-        return self.t or self.boot or (None, None)
+        """The interval the finding stands on: over test images when tested, else over seeds."""
+        return self.image or self.t or (None, None)
 
     def phrase(self, what: str = "difference") -> str:
-        """'(difference +0.030, 95% CI [+0.010, +0.050] over 3 seeds; paired over 100 test
-        images: bootstrap 95% CI [...], McNemar exact test p = 0.002, Holm-adjusted p = 0.03
-        over 14 tests)'."""
-        parts = [f"{what} {self.diff:+.3f}"]
-        if self.t:
-            parts.append(f"95% CI [{self.t[0]:+.3f}, {self.t[1]:+.3f}] over {self.n_seeds} seeds")
-        else:
-            parts.append(f"no interval over seeds with {self.n_seeds} seed"
-                         f"{'s' if self.n_seeds != 1 else ''}")
-        text = "(" + ", ".join(parts)
+        """'difference +3.0 pp, 95 % interval [+1.0, +5.0] pp, p = 0.002 (paired sign-flip test
+        over 150 test images, unadjusted); Holm p = 0.03 over the 8 comparisons of the heads
+        family' or, untested, the interval over seeds."""
         if self.p_value is None:
-            return text + ("; interval over seeds only, not tested)" if self.t
-                           else "; no per-image values, not tested)")
-        text += (f"; paired over {self.n_images} test images: bootstrap 95% CI "
-                 f"[{self.boot[0]:+.3f}, {self.boot[1]:+.3f}], {self.test} {p_text(self.p_value)}")
+            if self.t:
+                return (f"{what} {points(self.diff)}, 95 % interval over {self.n_seeds} seeds "
+                        f"{_bounds(*self.t)} (described, not tested)")
+            return (f"{what} {points(self.diff)} ({self.n_seeds} seed"
+                    f"{'s' if self.n_seeds != 1 else ''}, no per-image values: not tested)")
+        text = (f"{what} {points(self.image_diff)}, 95 % interval {_bounds(*self.image)}, "
+                f"{p_text(self.p_value)} ({self.test} over {self.n_images} test images, "
+                "unadjusted)")
         if self.p_adjusted is not None:
-            text += (f", Holm-adjusted {p_text(self.p_adjusted)} over {self.n_tests} "
-                     f"test{'s' if self.n_tests != 1 else ''}")
-        return text + ")"
+            text += (f"; Holm {p_text(self.p_adjusted)} over the {self.n_tests} comparison"
+                     f"{'s' if self.n_tests != 1 else ''} of the {self.family or 'run'} family")
+        return text
 
     def finding(self, kind: str, a: str, b: str, text: str) -> Finding:
         lo, hi = self.lo_hi
         return Finding(text=text, kind=kind, a=a, b=b, diff=self.diff, lo=lo, hi=hi,
                        significant=self.significant, n_seeds=self.n_seeds,
                        seed_ci=list(self.t) if self.t else None,
-                       bootstrap_ci=list(self.boot) if self.boot else None, test=self.test,
-                       p_value=self.p_value, p_adjusted=self.p_adjusted)
+                       image_ci=list(self.image) if self.image else None, test=self.test,
+                       p_value=self.p_value, p_adjusted=self.p_adjusted, family=self.family,
+                       n_tests=self.n_tests or None)
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float],
                       per_image_a: Any = None, per_image_b: Any = None) -> PairedDiff:
-    """a − b over the seeds both have (t interval from 2 seeds on), plus a paired bootstrap
+    """a − b over the seeds both have (t interval from 2 seeds on), plus the paired sign-flip
     interval and test over test images when per-image values (N,) of both are given.
 
     Example:
         >>> d = paired_difference({0: 0.9, 1: 0.92, 2: 0.91}, {0: 0.7, 1: 0.71, 2: 0.72},
         ...                       [1] * 90 + [0] * 10, [1] * 70 + [0] * 30)
         >>> round(d.diff, 3), d.n_seeds, d.test, d.significant  # not before the correction
-        (0.2, 3, 'McNemar exact test', False)
+        (0.2, 3, 'paired sign-flip test', False)
         >>> holm_correct([d]); d.significant
         True
     """
@@ -190,17 +236,16 @@ def paired_difference(a: dict[int, float], b: dict[int, float],
     d = PairedDiff(diff, len(seeds), t)
     both = per_image_a is not None and per_image_b is not None
     if both and len(per_image_a) == len(per_image_b) > 0:
-        d.image_diff, lo, hi = bootstrap_diff_ci(per_image_a, per_image_b)
-        d.boot, d.n_images = (float(lo), float(hi)), len(per_image_a)
-        d.p_value, d.test = paired_test(per_image_a, per_image_b)
+        d.image_diff, lo, hi, d.p_value = sign_flip(per_image_a, per_image_b)
+        d.image, d.n_images, d.test = (lo, hi), len(per_image_a), "paired sign-flip test"
         if not seeds:
             d.diff = d.image_diff
     return d
 
 
 def holm_correct(diffs: Iterable[PairedDiff]) -> None:
-    """Holm–Bonferroni over the tested ones of `diffs` (one run's family of tests): sets each
-    one's `p_adjusted` and `n_tests`."""
+    """Holm–Bonferroni over the tested ones of `diffs` (one family of tests): sets each one's
+    `p_adjusted` and `n_tests`."""
     tested = [d for d in diffs if d.p_value is not None]
     for d, p in zip(tested, holm([d.p_value for d in tested])):
         d.p_adjusted, d.n_tests = p, len(tested)
@@ -226,7 +271,11 @@ def verdict(d: PairedDiff, better: str, worse: str, claim: str = "more accurate"
         return f"{better if d.image_diff > 0 else worse} is {claim}"
     if d.p_value is None:
         return "not tested per image, so no difference is claimed"
-    return "no significant difference after the Holm correction"
+    text = "no significant difference after the Holm correction"
+    if d.image and (d.image[0] > 0 or d.image[1] < 0):
+        text += (" (the unadjusted interval excludes 0, but Holm's correction for the family's "
+                 f"{d.n_tests} comparisons asks more: not a contradiction)")
+    return text
 
 
 def per_image_values(x: Any) -> np.ndarray | None:
@@ -239,9 +288,8 @@ def _accuracy_finding(best: HeadResult, other: HeadResult, correct: dict) -> Dra
     va, vb = best.seed_metric("test"), other.seed_metric("test")
     d = paired_difference(va, vb, correct.get(a), correct.get(b))
     return Draft(d, "accuracy", a, b, lambda d: (
-        f"{a} vs {b}: test accuracy {mean_of(va):.3f} vs {mean_of(vb):.3f} {d.phrase()}"
-        f"{_params_phrase(best, other)}; {b}'s train − test gap {mean_of(other.overfit()):.3f}"
-        f" vs {mean_of(best.overfit()):.3f} — {verdict(d, a, b)}"))
+        f"{a} vs {b}{_params_phrase(best, other)}: test accuracy {percent(mean_of(va))} vs "
+        f"{percent(mean_of(vb))}, {d.phrase()} — {verdict(d, a, b)}"))
 
 
 def _variant_finding(run: Run, v: HeadResult) -> Draft:
@@ -263,7 +311,7 @@ def _variant_finding(run: Run, v: HeadResult) -> Draft:
     d = paired_difference(va, vb, ia, ib)
     chosen = select_head([base, v]).head  # which of the two val prefers
     return Draft(d, kind, v.head, base.head, lambda d: (
-        f"{what}: test accuracy {mean_of(va):.3f} vs {mean_of(vb):.3f} frozen "
+        f"{what}: test accuracy {percent(mean_of(va))} vs {percent(mean_of(vb))} frozen, "
         f"{d.phrase('change')} — " + _helps(d) + f"; val selects {chosen}"))
 
 
@@ -290,8 +338,9 @@ def _overfit_finding(ref: HeadResult, other: HeadResult) -> Draft:
     va, vb = other.overfit(), ref.overfit()
     d = paired_difference(va, vb)
     return Draft(d, "overfitting", a, b, lambda d: (
-        f"overfitting: {a}'s train − test gap {mean_of(va):.3f} vs {b}'s {mean_of(vb):.3f} "
-        f"{d.phrase()} — {verdict(d, a, b, 'more overfit')}"))
+        f"overfitting: {a}'s train − test gap {points(mean_of(va))} vs {b}'s "
+        f"{points(mean_of(vb))}, {d.phrase()}: a difference of two splits has no per-image "
+        "values"))
 
 
 def per_seed(ci: dict | None, seeds: Sequence[int]) -> dict[int, float]:
@@ -301,5 +350,6 @@ def per_seed(ci: dict | None, seeds: Sequence[int]) -> dict[int, float]:
     return {int(s): float(v) for s, v in zip(seeds, ci["values"])}
 
 
-__all__ = ["ALPHA", "Draft", "PairedDiff", "findings", "holm_correct", "mean_of", "p_text",
-           "paired_difference", "per_image_values", "per_seed", "reference_head", "verdict"]
+__all__ = ["ALPHA", "HEADS", "VARIANTS", "Draft", "PairedDiff", "findings", "head_pairs",
+           "holm_correct", "mean_of", "p_text", "paired_difference", "per_image_values",
+           "per_seed", "percent", "points", "reference_head", "verdict"]

@@ -21,7 +21,8 @@ from ..figures import Plot, ci_lines, finite, keyed_series, per_head
 from ..results import Finding, HeadResult
 from ..run import Run
 from .context import UNIT, RunContext
-from .findings import Draft, PairedDiff, mean_of, paired_difference, per_image_values, per_seed
+from .findings import (Draft, PairedDiff, mean_of, paired_difference, per_image_values, per_seed,
+                       percent)
 from .registry import register_analysis
 
 
@@ -110,8 +111,8 @@ def _resolution_change(d: PairedDiff, label: str, s: str, base: str, at_s: dict[
         verdict = ("accuracy changes significantly" if d.significant else
                    "not tested per image, so no change is claimed" if d.p_value is None else
                    "no significant change after the Holm correction")
-        return (f"resolution: {label} at {s} px {mean_of(at_s):.3f} vs {mean_of(at_base):.3f} "
-                f"at {base} px {d.phrase('change')} — {verdict}")
+        return (f"resolution: {label} at {s} px {percent(mean_of(at_s))} vs "
+                f"{percent(mean_of(at_base))} at {base} px, {d.phrase('change')} — {verdict}")
     return Draft(d, "resolution", f"{label}@{s}", f"{label}@{base}", text)
 
 

@@ -25,7 +25,8 @@ from ..runtime import resolve_device
 from ..results import HeadResult
 from ..run import Run
 from .context import UNIT, RunContext
-from .findings import Draft, mean_of, paired_difference, per_image_values, per_seed, verdict
+from .findings import (Draft, mean_of, paired_difference, per_image_values, per_seed, percent,
+                       points, verdict)
 from .registry import register_analysis
 
 
@@ -151,8 +152,8 @@ def shots_finding(section: dict, ref: HeadResult, other: HeadResult) -> list[Dra
            else f"{k} image{'s' if k != '1' else ''} per class")
     d = paired_difference(va, vb, ia, ib)
     return [Draft(d, "small_data", a, b, lambda d: (
-        f"small data ({per}): test accuracy {a} {mean_of(va):.3f} vs {b} {mean_of(vb):.3f} "
-        f"{d.phrase()}; train − test gap {ga:.3f} vs {gb:.3f} — "
+        f"small data ({per}): test accuracy {a} {percent(mean_of(va))} vs {b} "
+        f"{percent(mean_of(vb))}, {d.phrase()}; train − test gap {points(ga)} vs {points(gb)} — "
         f"{verdict(d, a, b, 'more accurate with this little data')}"))]
 
 

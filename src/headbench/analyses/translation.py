@@ -38,7 +38,8 @@ from ..figures import Paragraph, Plot, as_ci, ci_lines, ci_note, finite, keyed_s
 from ..results import HeadResult
 from ..run import Run
 from .context import UNIT, RunContext
-from .findings import Draft, mean_of, paired_difference, per_image_values, per_seed, verdict
+from .findings import (Draft, mean_of, paired_difference, per_image_values, per_seed, percent,
+                       verdict)
 from .registry import register_analysis
 
 DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))
@@ -232,7 +233,7 @@ def translation_finding(section: dict, ref: HeadResult, other: HeadResult) -> li
         va, vb = (per_seed(h["zhang_consistency"], seeds) for h in (ha, hb))
         ia, ib = (per_image_values(h.get("per_image", {}).get("zhang_consistency"))
                   for h in (ha, hb))
-        curve = f"; at {s} px from unshifted {at_s[0]:.3f} vs {at_s[1]:.3f}"
+        curve = f"; at {s} px from unshifted {percent(at_s[0])} vs {percent(at_s[1])}"
     else:
         what, curve = f"consistency at {s} px from unshifted", ""
         va, vb = (per_seed(h["consistency"].get(s), seeds) for h in (ha, hb))
@@ -240,8 +241,8 @@ def translation_finding(section: dict, ref: HeadResult, other: HeadResult) -> li
                   for h in (ha, hb))
     d = paired_difference(va, vb, ia, ib)
     return [Draft(d, "translation", a, b, lambda d: (
-        f"translation: {what} {a} {mean_of(va):.3f} vs {b} {mean_of(vb):.3f} {d.phrase()}{curve}, "
-        f"accuracy at {s} px {acc_a:.3f} vs {acc_b:.3f} — "
+        f"translation: {what} {a} {percent(mean_of(va))} vs {b} {percent(mean_of(vb))}, "
+        f"{d.phrase()}{curve}; accuracy at {s} px {percent(acc_a)} vs {percent(acc_b)} — "
         f"{verdict(d, a, b, 'more consistent under shifts')}"))]
 
 

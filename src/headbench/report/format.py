@@ -40,20 +40,27 @@ def rate(x: Any) -> str:
 
 
 def findings_note(run: Run) -> str:
-    """How the findings decide significance: per-image tests, Holm–Bonferroni over all."""
-    n = sum(f.p_adjusted is not None for f in run.findings)
-    if not n:
+    """How the findings decide significance: one paired test per finding, Holm within each
+    declared family."""
+    tested = [f for f in run.findings if f.p_adjusted is not None]
+    if not tested:
         return ("No finding of this run has per-image values, so none is tested and none claims "
                 "a difference; intervals over seeds are shown for information only.")
+    families = {}
+    for f in tested:
+        families[f.family or "run"] = families.get(f.family or "run", 0) + 1
+    listed = ", ".join(f"{name} ({n})" for name, n in families.items())
     return (f"Significance: a tested finding compares two heads image by image on the test "
-            f"split (McNemar's exact test when every per-image value is 0 or 1, e.g. correctness "
-            f"with one seed; otherwise a paired sign-flip randomisation test on per-image values "
-            f"averaged over seeds), and "
-            f"the p-values of all {n} tested finding{'s' if n != 1 else ''} of the run are "
-            f"adjusted together by Holm–Bonferroni: a difference is called significant (bold) "
-            f"only when its adjusted p < 0.05, which keeps the chance of any false claim among "
-            f"them at most 5%. Intervals over seeds are shown alongside but not tested; "
-            f"findings marked \"not tested\" have no per-image values and claim nothing.")
+            f"split with a paired sign-flip randomisation test of the mean difference (per-image "
+            f"values averaged over seeds); its 95 % interval is the same test inverted, so it "
+            f"excludes 0 exactly when the unadjusted p < 0.05. The p-values are adjusted by "
+            f"Holm–Bonferroni within each family declared before any number was seen: {listed}. "
+            f"A difference is called significant (bold) only when its adjusted p < 0.05, which "
+            f"keeps the chance of any false claim at most 5 % per family; an unadjusted interval "
+            f"that excludes 0 beside an adjusted p above 0.05 is not a contradiction. Adding an "
+            f"analysis adds its own family and never changes another family's p-values. "
+            f"Intervals over seeds are described, never tested; findings marked \"not tested\" "
+            f"have no per-image values and claim nothing.")
 
 
 def heads_by_accuracy(run: Run) -> list[HeadResult]:

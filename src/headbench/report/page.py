@@ -249,7 +249,7 @@ def _variants_html(run: Run) -> str:
             + "".join(f"<tr>{r}</tr>" for r in rows) + "</tbody></table>"
             "<p>Augmented heads are paired with the frozen head by seed (same initialisation "
             "and batch order); a fine-tuned head has one seed and is paired per test image with "
-            "the frozen seed it started from (interval: paired bootstrap). Which of the two is "
+            "the frozen seed it started from (interval: the paired sign-flip test inverted). Which of the two is "
             "kept is decided on val accuracy, never on test; both model folders are saved.</p>")
 
 

@@ -36,12 +36,12 @@ from .format import heads_by_accuracy
 
 def verdict_forest(run: Run) -> Plot | None:
     """Every head's test accuracy minus the recommended head's (paired over test images, from the
-    run's accuracy findings), sorted, with its bootstrap interval; significant ones marked."""
+    run's accuracy findings), sorted, with its interval over test images; significant ones marked."""
     rec, rows = run.best_head, []
     for f in run.findings:
-        if f.kind != "accuracy" or rec not in (f.a, f.b) or not f.bootstrap_ci:
+        if f.kind != "accuracy" or rec not in (f.a, f.b) or not f.image_ci:
             continue
-        lo, hi = f.bootstrap_ci
+        lo, hi = f.image_ci
         if f.a == rec:  # as the other head minus the recommended one
             rows.append((f.b, -f.diff, -hi, -lo, f.significant))
         else:
@@ -61,9 +61,10 @@ def verdict_forest(run: Run) -> Plot | None:
     ax.set_xlabel(f"test accuracy minus {mpl(rec)}'s (percentage points)")
     ax.grid(True, axis="x", alpha=0.3)
     caption = (f"Each head against the recommended {rec} on the test split: the difference in "
-               "accuracy per test image, averaged over seeds (point), and its paired bootstrap "
-               "95 % interval (not adjusted for the number of comparisons; * and a diamond: "
-               "significant after Holm, which is why an interval may exclude 0 without a *). "
+               "accuracy per test image, averaged over seeds (point), and its 95 % interval from "
+               "the paired sign-flip test over test images (the test inverted; not adjusted for "
+               "the number of comparisons; * and a diamond: significant after Holm within the "
+               "heads family, which is why an interval may exclude 0 without a *). "
                "The recommendation was made on val; this is what test says about it.")
     return Plot("verdict-forest", f"Every head against {rec} on test", caption, fig)
 
