@@ -230,7 +230,8 @@ def test_global_pool_heads_train_from_a_cache_of_statistics(shapes, cache, run, 
     """gap alone needs only the average: the cache keeps C numbers per image, not C·H·W, and
     gap's numbers match the run trained on the maps (float16 averages vs averaged float16)."""
     own_cache = tmp_path / "cache"
-    pooled = hb.compare(shapes, cache_dir=own_cache, out=tmp_path, **{**OPTIONS, "heads": ["gap"]})
+    pooled = hb.compare(shapes, cache_dir=own_cache, out=tmp_path,  # no analysis: no maps
+                        **{**OPTIONS, "heads": ["gap"], "shots": "none", "cam": 0})
     (entry,) = list_entries(own_cache)
     (maps,) = list_entries(cache)
     c, h, w = pooled.backbone.feature_shape

@@ -246,3 +246,30 @@ def test_python_dash_m_headbench_shows_the_help():
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert "headbench compare DATA" in proc.stdout and "analyze" in proc.stdout
+
+
+def test_compare_runs_the_analyses_without_a_backbone_pass_by_default_and_analyze_none():
+    """The small-data curve and a few CAM overlays are in every compare (none: off); analyze
+    adds only what it is asked for."""
+    assert CompareConfig("x").requested() == {"shots": (1, 5, 25, "all"), "cam": 2}
+    assert CompareConfig("x", shots="none", cam=0).requested() == {}
+    assert AnalyzeConfig("run").requested() == {}
+    assert CompareConfig("x", "resnet50").backbone == "resnet50"  # data stays the first field
+
+
+def test_the_suggested_analyses_cost_their_backbone_passes_at_the_run_s_rate():
+    from types import SimpleNamespace
+    from headbench.analyses.registry import suggestions
+    run = SimpleNamespace(
+        analyses={"shots": {}},
+        timing=SimpleNamespace(n_extracted=400, extract_s=4.0),  # 100 images per second
+        backbone=SimpleNamespace(throughput_b32=200.0, data_config={"input_size": [3, 224, 224]}),
+        dataset=SimpleNamespace(splits={"test": SimpleNamespace(paths=["x"] * 100)}))
+    found = {name: (value, seconds, measured) for name, value, seconds, measured in suggestions(run)}
+    # translation: 1 unshifted + 3 shifts × 4 directions + 16 Zhang offsets, of 100 test images
+    assert found["shifts"] == ("0,8,16,32", pytest.approx(29.0), True)
+    # input size: 100 images at (160/224)², 1 and (288/224)² of the run's pixels
+    assert found["sizes"][1] == pytest.approx((160**2 + 224**2 + 288**2) / 224**2)
+    run.analyses["shifts"] = {}
+    run.timing = SimpleNamespace(n_extracted=0, extract_s=0.01)  # a cached run: a lower bound
+    assert [(n, m) for n, _, _, m in suggestions(run)] == [("sizes", False)]

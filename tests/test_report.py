@@ -443,7 +443,7 @@ def test_report_of_a_real_compare_run(tmp_path):
                      heads=["gap", "flatten"], seeds=2, epochs=3, input_size=64, precision="fp32",
                      cache_dir=tmp_path / "cache", out=tmp_path, report=True)
     page = (run.run_dir / "report.html").read_text()
-    assert _figure_ids(page) == CORE_PLOTS | {"verdict-forest"}
+    assert _figure_ids(page) == CORE_PLOTS | {"verdict-forest", "shots-accuracy"}  # by default
     # the verdict and its forest plot come first, before the page's sections
     assert page.index('class="verdict"') < page.index('<figure id="verdict-forest">') \
         < page.index("<nav>")

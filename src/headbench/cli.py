@@ -212,6 +212,20 @@ def _print_findings(findings: list) -> None:
               "the Holm correction, or not tested (results.json, report.html)")
 
 
+def _print_suggestions(run) -> None:
+    """The analyses this run did not do that need backbone passes, with their estimated cost."""
+    from .analyses.registry import analysis_info, suggestions
+    for name, value, seconds, measured in suggestions(run):
+        cost = (f"≈ {_duration(seconds)} at this run's extraction rate" if measured else
+                f"at least {_duration(seconds)} of backbone passes, plus decoding")
+        say(f"more evidence: headbench analyze {run.run_dir} --{name.replace('_', '-')} {value}"
+            f"   ({analysis_info(name).title}: {cost})")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def _print_result(run) -> None:
     """The summary table, findings, selected head and folders of a finished `Run`."""
     from .report import summary_table
@@ -223,6 +237,7 @@ def _print_result(run) -> None:
     rule = (f"one-standard-error rule on {DESCRIPTION.get(run.verdict.selection, 'val')}"
             if run.verdict else "highest mean val accuracy")
     say(f"recommended: {run.best_head} ({rule}), model in {run.model_dir()}")
+    _print_suggestions(run)
     say(f"run folder: {run.run_dir}")
     report = Path(run.run_dir) / "report.html"
     if report.exists():

@@ -34,12 +34,15 @@ from .train import LRS, TrainConfig
 
 
 
-def option(default: Any, help: str, flag: str | None = None, **metadata: Any) -> Any:
-    """A dataclass field with the CLI's help text (and flag, default --field-name)."""
+def option(default: Any, help: str, flag: str | None = None, kw_only: bool | None = None,
+           **metadata: Any) -> Any:
+    """A dataclass field with the CLI's help text (and flag, default --field-name); `kw_only`
+    for a field a subclass redefines (it keeps its place among the keyword-only ones)."""
     meta = dict(help=help, flag=flag, **metadata)
+    extra = {} if kw_only is None else {"kw_only": kw_only}
     if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **extra)
+    return field(default=default, metadata=meta, **extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,6 +73,8 @@ def parse_shots(value: Any) -> tuple[int | str, ...]:
     >>> parse_shots("all,5,1")
     (1, 5, 'all')
     """
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return ()
     parts = items(value)
     counts = [p for p in parts if p.lower() != "all"]
     if any(not p.isdigit() or int(p) < 1 for p in counts):
@@ -156,6 +161,14 @@ class CompareConfig(AnalysisOptions):
     """
 
     data: str = option("", "folder of class folders, or with train/ val/ [test/]", positional=True)
+    # compare also runs, by default, the analyses that need no extra backbone pass over the
+    # training images: the small-data curve and a few CAM overlays (bench/RESULTS.md (j): the
+    # default job's wall time 1.2x that of the job before); analyze runs only what it is asked
+    shots: tuple[int | str, ...] = option((1, 5, 25, "all"), "training images per class, e.g. "
+                                          "1,2,5,10,25,all; none to skip", list=True,
+                                          parse=parse_shots, kw_only=True)
+    cam: int = option(2, "class activation map overlays per head (correct and wrong; 0: none)",
+                      parse=parse_cam, kw_only=True)
     backbone: str = option("efficientnet_lite0",
                            "alias (resnet50, mobilenet, vgg16, efficientnet_lite0) or any timm name")
     weights: str = option("default", "embedded | hub | none | PATH (.safetensors/.pth/.pt/.bin); "

@@ -11,7 +11,10 @@
   and `findings(section, heads)` once, with the reference and the selected head;
 - its report section: `report`, parts drawn in order in the report's Plots section (each
   `part(run, section)` returns a `figures.Plot`, a `figures.Paragraph` or None), and
-  `head_report(run, label, section)`, a `figures.Gallery` in head `label`'s section (or None).
+  `head_report(run, label, section)`, a `figures.Gallery` in head `label`'s section (or None);
+- what it costs, for the suggestion a run ends with (`suggestions`): `suggest`, the option value
+  to suggest when the run did not ask for it, and `cost(option, run)`, the backbone passes it
+  takes, in test-split images at the run's input size.
 
 Built-ins and plugins register the same way (`register_analysis`). The registry's order is the
 order in which the analyses run, and in which their findings and report sections appear.
@@ -37,6 +40,7 @@ PairFindings = Callable[[dict, HeadResult, HeadResult], Sequence[Any]]
 SectionFindings = Callable[[dict, list[HeadResult]], Sequence[Any]]
 ReportPart = Callable[[Run, dict], Plot | Paragraph | None]
 HeadReport = Callable[[Run, str, dict], Gallery | None]
+Cost = Callable[[Any, Run], float]
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ class Analysis:
     findings: SectionFindings | None = None
     report: tuple[ReportPart, ...] = ()
     head_report: HeadReport | None = None
+    suggest: Any = None
+    cost: Cost | None = None
 
     def parse(self, value: Any) -> Any:
         """`value` checked and normalised by the option's parser."""
@@ -81,7 +87,8 @@ def register_analysis(name: str, run: RunFunction, title: str | None = None,
                       pair_findings: PairFindings | None = None,
                       findings: SectionFindings | None = None,
                       report: Sequence[ReportPart] = (),
-                      head_report: HeadReport | None = None) -> Analysis:
+                      head_report: HeadReport | None = None, suggest: Any = None,
+                      cost: Cost | None = None) -> Analysis:
     """Add analysis `name`, or replace the one of that name (see `Analysis`; title: the name).
 
     `parse` alone stands for `option=config.option(None, "", parse=parse)`.
@@ -89,7 +96,7 @@ def register_analysis(name: str, run: RunFunction, title: str | None = None,
     if option is None and parse is not None:
         option = _option(None, "", parse=parse)
     _REGISTRY[name] = Analysis(name, run, title or name, option, pair_findings, findings,
-                               tuple(report), head_report)
+                               tuple(report), head_report, suggest, cost)
     return _REGISTRY[name]
 
 
@@ -119,6 +126,20 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
         if value:
             out[name] = value
     return out
+
+
+def suggestions(run: Run) -> list[tuple[str, Any, float, bool]]:
+    """(name, option, estimated seconds, measured) of each analysis with a `suggest`ed option
+    that the run has not run: its `cost` in image passes over this run's extraction rate,
+    decoding included (`measured`), or where nothing was extracted over the backbone's own
+    batch-32 throughput, a lower bound (decoding and the heads come on top)."""
+    t = run.timing
+    measured = bool(t.n_extracted and t.extract_s)
+    rate = t.n_extracted / t.extract_s if measured else run.backbone.throughput_b32
+    return [(a.name, a.suggest, a.cost(a.parse(a.suggest), run) / rate, measured)
+            for a in list_analyses()
+            if a.suggest is not None and a.cost is not None and a.name not in run.analyses
+            and rate]
 
 
 def run_analyses(ctx: RunContext, requested: dict[str, Any]) -> dict[str, dict]:

@@ -136,8 +136,16 @@ def size_accuracy_plot(run: Run, section: dict) -> Plot | None:
     return Plot("size-accuracy", "Test accuracy vs input size", caption, fig)
 
 
+def resolution_cost(sizes: Sequence[int], run: Run) -> float:
+    """Backbone passes of the analysis, in test images at the run's input size (a pass costs
+    about its pixel count)."""
+    base = int(run.backbone.data_config["input_size"][-1])
+    return sum((s / base) ** 2 for s in sizes) * len(run.dataset.splits["test"].paths)
+
+
 register_analysis("sizes", resolution_analysis, "input size", option=analysis_option("sizes"),
-                  findings=resolution_findings, report=(size_accuracy_plot,))
+                  findings=resolution_findings, report=(size_accuracy_plot,),
+                  suggest="160,224,288", cost=resolution_cost)
 
 
 __all__ = ["not_applicable", "resolution_analysis", "resolution_findings", "size_accuracy_plot"]

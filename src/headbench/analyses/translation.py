@@ -288,9 +288,17 @@ def zhang_paragraph(run: Run, section: dict) -> Paragraph | None:
     return Paragraph("zhang-consistency", f"{definition}. By head: {', '.join(values)}.")
 
 
+def translation_cost(shifts: Sequence[int], run: Run) -> float:
+    """Backbone passes of the analysis, in test images: one per crop of the curve and per Zhang
+    offset (crops of the run's input size)."""
+    offsets = min(ZHANG_OFFSETS, (2 * max(shifts) + 1) ** 2) if max(shifts) > 0 else 0
+    return (len(shift_views(shifts)) + offsets) * len(run.dataset.splits["test"].paths)
+
+
 register_analysis("shifts", translation_analysis, "translation", option=analysis_option("shifts"),
                   pair_findings=translation_finding,
-                  report=(shift_accuracy_plot, shift_consistency_plot, zhang_paragraph))
+                  report=(shift_accuracy_plot, shift_consistency_plot, zhang_paragraph),
+                  suggest="0,8,16,32", cost=translation_cost)
 
 
 __all__ = ["DIRECTIONS", "ZHANG_OFFSETS", "ZHANG_PAIRS", "pair_agreement", "shift_consistency",
