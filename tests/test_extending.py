@@ -169,8 +169,15 @@ def test_an_analysis_registered_in_one_place_runs_through_analyze_findings_and_t
         hb.analyze(gap_flatten_run, dim="-1")  # checked before the run is opened
     assert e.value.param == "dim"
 
+    before = json.loads((gap_flatten_run / "results.json").read_text())
     hb.analyze(gap_flatten_run, dim="0.5")
     results = json.loads((gap_flatten_run / "results.json").read_text())
+    # the heads family and the verdict that quotes it are as they were: analyze adds a family
+    def heads_family(r: dict) -> list:
+        return [(f["a"], f["b"], f["p_value"], f["p_adjusted"]) for f in r["findings"]
+                if f["family"] == "heads"]
+    assert heads_family(before) and heads_family(results) == heads_family(before)
+    assert results["verdict"] == before["verdict"]
     section = results["analyses"]["dim"]
     assert section["factor"] == 0.5 and section["title"] == "accuracy on dimmed features"
     assert set(section["heads"]) == {"gap", "flatten"}

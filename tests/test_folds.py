@@ -46,6 +46,12 @@ def test_a_small_val_split_needs_cross_validation():
     assert selection.mode("auto", np.zeros(10, int), 2, True)[0] == "val"  # fine-tuned heads
     with pytest.raises(hb.HeadbenchError, match="selection .cv. cannot"):
         selection.mode("cv", np.zeros(10, int), 2, True)
+    # a train + val set too large for the folds to hold in memory: val, and the reason said
+    huge = selection.POOL_BYTES + 1
+    chosen, why = selection.mode("auto", np.zeros(10, int), 2, False, pool_bytes=huge)
+    assert chosen == "val" and "cross-validation holds in memory" in why
+    with pytest.raises(hb.HeadbenchError, match="selection 'cv': the train \\+ val features"):
+        selection.mode("cv", np.zeros(10, int), 2, False, pool_bytes=huge)
 
 
 def _pool(n: int = 60, k: int = 3):

@@ -65,13 +65,9 @@ def _counting_members(monkeypatch) -> list:
     return trained
 
 
-# 3 heads × (4 decays at seed 0 + 1 more seed): 12 runs in the sweep pass, 3 in the second
-RUNS = 15
-
-
-def test_sigkill_during_training_then_rerun_trains_only_the_rest(shapes, cache, uninterrupted,
-                                                                 tmp_path, monkeypatch):
-    out = tmp_path / "out"
+def _kill_after_saves(saves: int, shapes: Path, cache: Path, out: Path) -> None:
+    """A compare in a child process, killed (SIGKILL) right after it committed `saves`
+    training runs."""
     script = textwrap.dedent(f"""
         import os, signal
         import headbench as hb
@@ -80,7 +76,7 @@ def test_sigkill_during_training_then_rerun_trains_only_the_rest(shapes, cache, 
         def save_then_die(*args, **kwargs):
             original(*args, **kwargs)
             saved.append(1)
-            if len(saved) == 5:  # five training runs committed, the sweep not finished
+            if len(saved) == {saves}:
                 os.kill(os.getpid(), signal.SIGKILL)
         run.save_member = save_then_die
         hb.compare({str(shapes)!r}, cache_dir={str(cache)!r}, out={str(out)!r}, **{OPTIONS!r})
@@ -88,6 +84,16 @@ def test_sigkill_during_training_then_rerun_trains_only_the_rest(shapes, cache, 
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=600)
     assert killed.returncode == -9, killed.stderr
+
+
+# 3 heads × (4 learning rates at seed 0 + 1 more seed): 12 runs in the sweep pass, 3 in the second
+RUNS = 15
+
+
+def test_sigkill_during_training_then_rerun_trains_only_the_rest(shapes, cache, uninterrupted,
+                                                                 tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _kill_after_saves(5, shapes, cache, out)  # five training runs committed, the sweep not done
     (run_dir,) = (out / "runs").iterdir()
     assert not is_complete(run_dir)
     assert len(list((run_dir / MEMBERS).glob("*/*.safetensors"))) == 5
@@ -109,23 +115,7 @@ def test_a_kill_during_cross_validation_keeps_the_finished_folds(shapes, cache, 
     finish, reused by the rerun, with the same selection scores."""
     from headbench.train import folds
     out = tmp_path / "out"
-    kill_at = RUNS + 7  # every head committed, 7 of the 15 fold members too
-    script = textwrap.dedent(f"""
-        import os, signal
-        import headbench as hb
-        from headbench import run
-        original, saved = run.save_member, []
-        def save_then_die(*args, **kwargs):
-            original(*args, **kwargs)
-            saved.append(1)
-            if len(saved) == {kill_at}:
-                os.kill(os.getpid(), signal.SIGKILL)
-        run.save_member = save_then_die
-        hb.compare({str(shapes)!r}, cache_dir={str(cache)!r}, out={str(out)!r}, **{OPTIONS!r})
-    """)
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=600)
-    assert killed.returncode == -9, killed.stderr
+    _kill_after_saves(RUNS + 7, shapes, cache, out)  # every head committed, 7 of 15 folds too
     trained, original = [], folds.train_members
 
     def spy(make_heads, members, *args, **kwargs):

@@ -8,11 +8,13 @@ One `compare(data, **options)` call:
    marked incomplete; its lock is held until the end.
 3. scan the folder (hash every file), run the backbone once per image into the feature cache,
    make the train / val / test splits.
-4. train every head on the cached features (several seeds, weight decay chosen on val),
+4. train every head on the cached features (several seeds, the learning rate chosen on val),
    evaluate each seed once on every split and commit the head (weights, model, run tables)
-   before the next one starts; heads an interrupted run already finished are reused.
-5. select the recommended head on val (`evaluate.select_head`), run the requested analyses
-   (imported only then), the findings, the report; mark the run complete.
+   before the next one starts; heads an interrupted run already finished are reused. With a
+   small val split, cross-validate every head over train + val (`selection`).
+5. recommend a head on the selection data (`verdict.recommend`), run the requested analyses
+   (imported only then), the findings, the verdict's sentence, the report; mark the run
+   complete.
 """
 from __future__ import annotations
 
@@ -68,8 +70,9 @@ class _Work:
     F: dict            # role -> train.Features, read once and shared by every head
     y: dict            # role -> labels
     selection: str = "val"  # what the verdict scores heads on: "val" or "cv" (`selection.py`)
-    # head -> per-image val accuracy averaged over its seeds: the verdict's selection data
-    val_correct: dict = dataclasses.field(default_factory=dict)
+    # head -> per-image accuracy on the selection data (val, averaged over its seeds; or every
+    # train + val image from the fold that held it out)
+    selection_correct: dict = dataclasses.field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -150,15 +153,16 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
               precision=rt.extract, device=str(rt.device), train_config=config.train_config(),
               timing=timing, options_digest=digest, feature_digest=_feature_digest(work),
               run_dir=run_dir)
+    pool_bytes = 4 * int(np.prod(work.features.shape)) * (len(work.y["train"]) + len(work.y["val"]))
     work.selection, why = _selection.mode(config.selection, work.y["val"], len(work.scan.classes),
-                                          bool(config.aug_views or config.finetune))
+                                          bool(config.aug_views or config.finetune), pool_bytes)
     _progress.log(f"selection: {_selection.DESCRIPTION[work.selection]} ({why})")
     prior = _run.finished_heads(run)
     backbone_file = _export.save_backbone_if_needed(bb, run_dir)
     for label, (head, predictions, states) in prior.items():
         _commit(run, head, predictions, states, committed, save=False)
         if not head.finetuned and work.selection == "val":  # fine-tuned: val from its mean
-            work.val_correct[label] = _selection.per_image_correct(
+            work.selection_correct[label] = _selection.per_image_correct(
                 lambda spec=head.spec: work.make_head(spec), states, work.F["val"], work.y["val"],
                 work.device)
     # the frozen heads, then (with aug_views) the same heads on the augmented views
@@ -206,8 +210,8 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
                              train_config, seeds=list(range(config.seeds)), done=done,
                              on_member=on_member, on_fit=on_fit, on_epochs=bar.advance)
         if work.selection == "cv":
-            work.val_correct = _cross_validate(work, run, train_config, members, on_member,
-                                               bar.advance)
+            work.selection_correct = _cross_validate(work, run, train_config, members,
+                                                     on_member, bar.advance)
     # fit_heads calls on_fit / on_member as members finish: their time is evaluate_s
     timing.train_s = time.perf_counter() - t0 - timing.evaluate_s
     _sort_heads(run)
@@ -216,7 +220,8 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
     if config.finetune:
         _finetune_heads(work, run, committed)
         _sort_heads(run)
-    run.verdict = _verdict.recommend(run.heads, work.val_correct, work.selection)  # never test
+    # on the selection data, never on test
+    run.verdict = _verdict.recommend(run.heads, work.selection_correct, work.selection)
     run.best_head = run.verdict.recommended
     return run
 
@@ -337,7 +342,7 @@ def _finetuned_result(work: _Work, run: Run, base: HeadResult, label: str,
                                         _workers(work)) for role in ROLES}
     metrics = {role: Metrics(**_evaluate.classification_metrics(logits[role], work.y[role], k))
                for role in ROLES}
-    work.val_correct[label] = (logits["val"].argmax(1) == work.y["val"]).astype(np.float64)
+    work.selection_correct[label] = (logits["val"].argmax(1) == work.y["val"]).astype(np.float64)
     seed = work.config.finetune_config().seed
     seeds = [SeedResult(seed, result.best_epoch, result.epochs_run, result.train_time_s,
                         history=result.history, **metrics)]
@@ -467,7 +472,7 @@ def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult, bb: Backbo
         seeds.append(SeedResult(tr.seed, tr.best_epoch, tr.epochs_run, tr.train_time_s,
                                 history=tr.history, **metrics))
     predictions = Predictions.of_logits([s.seed for s in seeds], logits, work.y["test"])
-    work.val_correct[label] = np.mean(val_hits, axis=0)
+    work.selection_correct[label] = np.mean(val_hits, axis=0)
     best = min(fit.runs, key=lambda r: r.best_val_loss).seed  # val, never test
     head = _head_result(work, spec, seeds, bb, label, best, fit)
     head.variant = variant

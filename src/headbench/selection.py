@@ -21,16 +21,20 @@ from torch import nn
 
 from .errors import HeadbenchError
 from .train import TrainConfig, predict_logits
+from .train.inputs import MEMORY_BYTES
 from .train.folds import FOLDS, MIN_VAL_IMAGES, MIN_VAL_PER_CLASS, fit_folds, make_folds, needed, usable
 
 MODES = ("auto", "cv", "val")
+POOL_BYTES = MEMORY_BYTES  # the largest train + val feature set cross-validated (in memory)
 # what each kind of selection data is, in the run's log, the CLI and the verdict
 DESCRIPTION = {"cv": f"{FOLDS}-fold cross-validation over train + val", "val": "the val split"}
 
 
-def mode(option: str, y_val: np.ndarray, num_classes: int, variants: bool) -> tuple[str, str]:
+def mode(option: str, y_val: np.ndarray, num_classes: int, variants: bool,
+         pool_bytes: int = 0) -> tuple[str, str]:
     """("cv" or "val", why) for the `--selection` option on a val split labelled `y_val`;
-    `variants`: the run has heads trained on augmented views or fine-tuned."""
+    `variants`: the run has heads trained on augmented views or fine-tuned; `pool_bytes`: the
+    train + val features as float32 (the folds hold them in memory, up to `POOL_BYTES`)."""
     if option == "val":
         return "val", "selection 'val' asked for"
     if variants:
@@ -39,6 +43,12 @@ def mode(option: str, y_val: np.ndarray, num_classes: int, variants: bool) -> tu
                                  "fine-tuned (they are not cross-validated); select on 'val' "
                                  "or drop those heads", param="selection")
         return "val", "heads trained on augmented views or fine-tuned are scored on val"
+    if pool_bytes > POOL_BYTES:
+        too_big = (f"the train + val features ({pool_bytes / 2**30:.1f} GiB as float32) are "
+                   f"more than the {POOL_BYTES / 2**30:.0f} GiB cross-validation holds in memory")
+        if option == "cv":
+            raise HeadbenchError(f"selection 'cv': {too_big}; select on 'val'", param="selection")
+        return "val", too_big
     if option == "cv":
         return "cv", "selection 'cv' asked for"
     smallest = int(np.bincount(y_val, minlength=num_classes).min())
