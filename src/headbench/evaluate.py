@@ -94,8 +94,10 @@ def classification_metrics(logits: Any, y: Any, num_classes: int) -> dict[str, A
 # ----------------------------------------------------------------------------- selection
 
 def select_head(heads: Sequence[Any]) -> Any:
-    """The head to recommend, chosen on the val split only: highest mean val accuracy over
-    seeds, then lowest mean val NLL; the first listed wins a full tie. Never looks at test.
+    """The best head on the val split only: highest mean val accuracy over seeds, then lowest
+    mean val NLL; the first listed wins a full tie. Never looks at test. It ranks the heads to
+    fine-tune and the reference of the named claims; the recommendation is
+    `verdict.recommend`'s (the one-standard-error rule), not this.
 
     Args:
         heads: `run.HeadResult`s (anything with `seed_metric(role, key)`).
@@ -346,8 +348,11 @@ def sign_flip(values_a: Any, values_b: Any, confidence: float = 0.95, n_resample
     once for every δ: a resample costs O(distinct values), not O(images).
 
     Example:
-        >>> mean, lo, hi, p = sign_flip([1] * 40 + [0] * 10, [0] * 20 + [1] * 30)
+        >>> mean, lo, hi, p = sign_flip([1] * 40 + [0] * 10, [0] * 30 + [1] * 20)
         >>> round(mean, 2), lo > 0, p < 0.05
+        (0.4, True, True)
+        >>> mean, lo, hi, p = sign_flip([1] * 40 + [0] * 10, [0] * 20 + [1] * 30)
+        >>> round(mean, 2), lo <= 0 <= hi, p >= 0.05  # 0 inside exactly when p says so
         (0.2, True, True)
     """
     _check_confidence(confidence)

@@ -58,19 +58,19 @@ def one_standard_error(heads: Sequence[HeadResult], scores: dict[str, float],
     return min(within, key=cost).head, best
 
 
-def recommend(heads: Sequence[HeadResult], val_correct: dict[str, np.ndarray],
+def recommend(heads: Sequence[HeadResult], correct: dict[str, np.ndarray],
               selection: str = "val") -> Verdict:
     """The verdict's choice on the selection data (its sentence is `sentence`, once the findings
-    are known). `val_correct`: head -> per-image accuracy on the selection data (`selection`:
+    are known). `correct`: head -> per-image accuracy on the selection data (`selection`:
     "val", or "cv" for cross-validation over train + val), averaged over its seeds; a head
     without it counts by its mean val accuracy with a binomial standard error."""
     if not heads:
         raise ValueError("no heads to recommend from")
     scores, se, n = {}, {}, 0
     for h in heads:
-        if h.head in val_correct:
-            scores[h.head], se[h.head] = selection_score(val_correct[h.head])
-            n = max(n, len(val_correct[h.head]))
+        if h.head in correct:
+            scores[h.head], se[h.head] = selection_score(correct[h.head])
+            n = max(n, len(correct[h.head]))
     for h in heads:
         if h.head not in scores:
             acc = h.seed_metric("val")

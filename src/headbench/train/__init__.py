@@ -8,7 +8,9 @@ The package's files, each readable on its own:
 - `inputs`: the input pipeline (`Features`, `Views`, prepared inputs, blocks and `batches`);
 - `engine`: the stacked engine (`Stack`: the members of one head as one model, its AdamW) and
   the epochs that drive it;
-- `stacked`: a head body evaluated for M stacked members with batched matmuls.
+- `stacked`: a head body evaluated for M stacked members with batched matmuls;
+- `folds`: cross-validation on cached features (stratified folds with their inner splits, every
+  fold of a head in one stack: `fit_folds`), the selection data of small val splits.
 
 Members import each other directly; this file only re-exports the public names.
 """
