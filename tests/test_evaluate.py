@@ -12,9 +12,8 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from headbench.errors import HeadbenchError
-from headbench.evaluate import (bootstrap_diff_ci, classification_metrics, holm, mcnemar_exact,
-                                mean_ci, measure_latency, paired_diff_ci, paired_test,
-                                sign_flip_p_value, t_quantile)
+from headbench.evaluate import (classification_metrics, holm, mean_ci, measure_latency,
+                                paired_diff_ci, sign_flip, sign_flip_p_value, t_quantile)
 
 
 def hand_logits() -> tuple[np.ndarray, np.ndarray]:
@@ -112,26 +111,39 @@ def test_paired_diff_ci_covers_zero_for_identical_and_excludes_it_for_clear_diff
     assert diff == pytest.approx(0.0195) and lo > 0.0
 
 
-def test_bootstrap_diff_ci_covers_zero_for_identical_and_excludes_it_for_clear_difference():
+def test_sign_flip_interval_covers_zero_for_identical_and_excludes_it_for_clear_difference():
     rng = np.random.default_rng(0)
     a = rng.random(400) < 0.9
-    diff, lo, hi = bootstrap_diff_ci(a, a)
-    assert (diff, lo, hi) == (0.0, 0.0, 0.0)
+    assert sign_flip(a, a) == (0.0, 0.0, 0.0, 1.0)
     b = rng.random(400) < 0.6
-    diff, lo, hi = bootstrap_diff_ci(a, b)
+    diff, lo, hi, p = sign_flip(a, b)
     assert diff == pytest.approx(a.mean() - b.mean())
-    assert 0.0 < lo < diff < hi
+    assert 0.0 < lo < diff < hi and p < 0.001
 
 
-def test_bootstrap_diff_ci_agrees_with_resampling_images():
-    rng = np.random.default_rng(2)
-    a, b = rng.random(300) < 0.8, rng.random(300) < 0.75
-    _, lo, hi = bootstrap_diff_ci(a, b, n_boot=4000, seed=1)
-    idx = np.random.default_rng(3).integers(0, 300, (4000, 300))
-    naive = (a[idx].mean(1) - b[idx].mean(1))
-    assert lo == pytest.approx(np.quantile(naive, 0.025), abs=0.01)
-    assert hi == pytest.approx(np.quantile(naive, 0.975), abs=0.01)
-    assert bootstrap_diff_ci(a, b, n_boot=500, seed=4) == bootstrap_diff_ci(a, b, 500, seed=4)
+def test_the_sign_flip_interval_excludes_zero_exactly_when_its_p_value_is_below_the_level():
+    """One procedure: the interval is the test inverted, so the two never disagree (the
+    findings print them side by side)."""
+    rng = np.random.default_rng(11)
+    for i in range(60):
+        n = int(rng.integers(8, 200))
+        a = rng.integers(0, 4, n) / 3
+        b = np.clip(a + rng.integers(-1, 2, n) / 3 - rng.random() * 0.2, 0, 1)
+        diff, lo, hi, p = sign_flip(a, b, n_resamples=2000, seed=i)
+        assert lo <= diff <= hi
+        assert (lo > 0 or hi < 0) == (p < 0.05), (i, lo, hi, p)
+        assert p == sign_flip_p_value(a, b, n_resamples=2000, seed=i)
+
+
+def test_sign_flip_interval_has_its_coverage():
+    """Over draws with a known mean difference, the 95 % interval holds it about 95 % of times."""
+    rng = np.random.default_rng(3)
+    hits = []
+    for i in range(200):
+        d = rng.choice([-1.0, 0.0, 1.0], size=120, p=[0.15, 0.6, 0.25])
+        _, lo, hi, _ = sign_flip(d, np.zeros_like(d), n_resamples=999, seed=i)
+        hits.append(lo <= 0.1 <= hi)  # the true mean: 0.25 − 0.15
+    assert 0.90 <= np.mean(hits) <= 0.99
 
 
 def test_holm_on_hand_example():
@@ -147,24 +159,6 @@ def test_holm_caps_at_one_and_accepts_an_empty_family():
         holm([0.2, 1.5])
 
 
-def test_mcnemar_exact_on_hand_cases():
-    five_for_a = ([1, 1, 1, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0, 1])  # 5 discordant, all for a
-    assert mcnemar_exact(*five_for_a) == pytest.approx(2 / 32)
-    nine_one = ([1] * 9 + [0], [0] * 9 + [1])  # P(X <= 1 | 10, 1/2) = 11/1024, two-sided
-    assert mcnemar_exact(*nine_one) == pytest.approx(22 / 1024)
-    assert mcnemar_exact([1, 0, 1, 0], [0, 1, 0, 1]) == 1.0  # balanced: capped at 1
-    assert mcnemar_exact([1, 0], [1, 0]) == 1.0  # no discordant image
-    with pytest.raises(ValueError, match="0/1"):
-        mcnemar_exact([0.5, 1.0], [1.0, 1.0])
-
-
-def test_mcnemar_exact_matches_scipy_binomial_test():
-    rng = np.random.default_rng(5)
-    a, b = rng.random(500) < 0.8, rng.random(500) < 0.75
-    n_a, n_b = int((a & ~b).sum()), int((b & ~a).sum())
-    assert mcnemar_exact(a, b) == pytest.approx(stats.binomtest(n_a, n_a + n_b).pvalue)
-
-
 def test_sign_flip_p_value_on_hand_cases():
     # 3 images, each +0.5: of the 8 sign patterns, 2 reach |sum| = 1.5
     assert sign_flip_p_value([1.0, 1.0, 0.5], [0.5, 0.5, 0.0]) == pytest.approx(2 / 8, abs=0.01)
@@ -178,8 +172,9 @@ def test_sign_flip_p_value_on_hand_cases():
 
 def test_sign_flip_p_value_on_0_1_values_agrees_with_mcnemar():
     a, b = [1] * 12 + [0] * 2 + [1] * 30, [0] * 12 + [1] * 2 + [1] * 30
-    assert mcnemar_exact(a, b) == pytest.approx(212 / 16384)  # 2·(1 + 14 + 91) / 2^14
-    assert sign_flip_p_value(a, b) == pytest.approx(212 / 16384, abs=0.003)
+    exact = stats.binomtest(12, 14).pvalue  # McNemar's exact test: 2·(1 + 14 + 91) / 2^14
+    assert exact == pytest.approx(212 / 16384)
+    assert sign_flip_p_value(a, b) == pytest.approx(exact, abs=0.003)
 
 
 def test_sign_flip_p_value_holds_its_level_under_the_null():
@@ -187,13 +182,6 @@ def test_sign_flip_p_value_holds_its_level_under_the_null():
     p = [sign_flip_p_value(rng.integers(0, 4, 60) / 3, rng.integers(0, 4, 60) / 3,
                            n_resamples=999, seed=i) for i in range(300)]
     assert np.mean(np.array(p) < 0.05) <= 0.08
-
-
-def test_paired_test_uses_mcnemar_for_0_1_values_and_sign_flips_otherwise():
-    p, name = paired_test([True, True, False], [False, True, False])
-    assert name == "McNemar exact test" and p == 1.0
-    p, name = paired_test([1.0, 0.5, 1.0], [0.5, 0.5, 0.0])
-    assert name == "paired sign-flip test" and 0 < p <= 1
 
 
 def test_measure_latency_returns_positive_times_and_restores_module():

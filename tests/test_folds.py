@@ -38,6 +38,20 @@ def test_every_image_is_held_out_once_and_no_fold_trains_or_stops_on_its_held_ou
     assert not np.array_equal(make_folds(y, seed=4).outer, folds.outer)
 
 
+def test_with_many_small_classes_the_folds_stay_balanced_and_lose_at_most_one_image_each():
+    """60 classes of 7: per-class rounding must not add up (every fold within one image of the
+    others; a fold drops at most one image to train on and one to stop on)."""
+    y = np.repeat(np.arange(60), 7)
+    folds = make_folds(y, seed=1)
+    sizes = np.bincount(folds.outer)
+    assert sizes.max() - sizes.min() <= 1
+    n, v = folds.sizes()
+    for fold in range(FOLDS):
+        assert n + v >= len(y) - len(folds.held_out(fold)) - 2
+        assert set(np.unique(y[folds.held_out(fold)])) == set(range(60))  # every class held out
+    assert v == pytest.approx(0.15 * (len(y) - sizes.max()), abs=1)
+
+
 def test_a_small_val_split_needs_cross_validation():
     assert needed(np.repeat([0, 1], [200, 200]), 2) is False
     assert needed(np.repeat([0, 1], [100, 100]), 2)      # 200 < 300 images

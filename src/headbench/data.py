@@ -294,7 +294,7 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
-def stratify(indices_by_class: dict[int, list[int]], fractions: Sequence[float],
+def _stratify(indices_by_class: dict[int, list[int]], fractions: Sequence[float],
               seed: int) -> list[list[int]]:
     """Per class: shuffle with a generator seeded by (seed, class) and cut by `fractions`."""
     parts: list[list[int]] = [[] for _ in fractions]
@@ -345,12 +345,12 @@ def make_splits(scan: Scan, valid: Sequence[bool] | None = None, val_fraction: f
     dropped = len(scan.items) - len(usable)
     note = f"; {dropped} unreadable image(s) left out" if dropped else ""
     if scan.layout == "classes":
-        train, val, test = stratify(by_role.get(None, {}), split, seed)
+        train, val, test = _stratify(by_role.get(None, {}), split, seed)
         pct = "/".join(f"{100 * f:g}" for f in split)
         text = (f"train/val/test = {pct}% of each class of '{scan.root}', stratified, "
                 f"seed {seed}")
     elif scan.layout == "train_val":
-        train, val = stratify(by_role.get("train", {}), (1 - val_fraction, val_fraction), seed)
+        train, val = _stratify(by_role.get("train", {}), (1 - val_fraction, val_fraction), seed)
         test = sorted(i for role in ("val", "test") for per_class in by_role.get(role, {}).values()
                       for i in per_class)
         text = (f"test = the given held-out folder ({len(test)} images, reported once); "

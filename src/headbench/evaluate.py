@@ -1,13 +1,14 @@
 """Metrics and statistics for comparing heads.
 
 - `classification_metrics`: accuracy, top-5, macro-F1, NLL and ECE from logits.
-- `select_head`: the recommended head, chosen on the val split only (the one selection rule).
+- `select_head`: the best head on the val split (which heads to fine-tune; the recommendation is
+  `verdict.recommend`'s).
 - `mean_ci`: Student-t interval of a mean over seeds (the t quantile is computed here, from the
   regularized incomplete beta function; no scipy).
 - `paired_diff_ci`: paired t interval of a - b over seeds (same seeds, same splits).
-- `bootstrap_diff_ci`: paired bootstrap over test images of an accuracy difference.
-- `paired_test`: two-sided p-value of a paired per-image difference: `mcnemar_exact` when the
-  values are 0/1 (correctness of one seed), else `sign_flip_p_value` (a randomisation test).
+- `sign_flip`: one paired sign-flip randomisation procedure over test images giving both the
+  two-sided p-value of a per-image difference and its interval (the test inverted);
+  `sign_flip_p_value` is its p-value alone.
 - `holm`: Holm–Bonferroni adjusted p-values of a family of tests.
 - `measure_latency`: median wall-clock time per batch and per image.
 
@@ -233,33 +234,6 @@ def paired_diff_ci(a: Sequence[float], b: Sequence[float],
     return mean_ci(a - b, confidence)
 
 
-def bootstrap_diff_ci(correct_a: Any, correct_b: Any, n_boot: int = 2000, seed: int = 0,
-                      confidence: float = 0.95) -> tuple[float, float, float]:
-    """Accuracy difference a - b and its paired percentile-bootstrap interval over test images.
-
-    Args:
-        correct_a, correct_b: per-image correctness (bool or 0/1) of two heads on the same
-            images, in the same order.
-        n_boot: bootstrap resamples.
-        seed: seeds the resampling.
-
-    Resampling images with replacement only changes how often each value of the per-image
-    difference (-1, 0, 1) occurs, so each resample is drawn as one multinomial count vector:
-    exact, and O(n_boot) memory instead of O(n_boot * N).
-    """
-    _check_confidence(confidence)
-    d = np.asarray(correct_a, dtype=np.float64) - np.asarray(correct_b, dtype=np.float64)
-    if d.ndim != 1 or d.size == 0 or np.shape(correct_a) != np.shape(correct_b):
-        raise ValueError("correct_a and correct_b must be equal-length, non-empty 1-d arrays")
-    values, counts = np.unique(d, return_counts=True)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(d.size, counts / d.size, size=n_boot)
-    boot = draws @ values / d.size
-    alpha = 1.0 - confidence
-    lo, hi = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(d.mean()), float(lo), float(hi)
-
-
 # ----------------------------------------------------------------------------- tests
 
 def _paired(values_a: Any, values_b: Any) -> np.ndarray:
@@ -268,30 +242,6 @@ def _paired(values_a: Any, values_b: Any) -> np.ndarray:
     if d.ndim != 1 or d.size == 0 or np.shape(values_a) != np.shape(values_b):
         raise ValueError("values_a and values_b must be equal-length, non-empty 1-d arrays")
     return d
-
-
-def mcnemar_exact(correct_a: Any, correct_b: Any) -> float:
-    """Two-sided exact McNemar p-value of paired 0/1 outcomes (e.g. per-image correctness).
-
-    Only the discordant images count: under the null each is as likely to favour a as b, so
-    the number favouring a is Binomial(discordant, 1/2); p = 2 · P(X ≤ min), capped at 1.
-
-    Example:
-        >>> mcnemar_exact([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0])  # 5 of 5 discordant favour a
-        0.0625
-    """
-    d = _paired(correct_a, correct_b)
-    if not np.isin(d, (-1.0, 0.0, 1.0)).all():
-        raise ValueError("McNemar's test needs 0/1 outcomes")
-    n_a, n_b = int((d > 0).sum()), int((d < 0).sum())
-    n, k = n_a + n_b, min(n_a, n_b)
-    if n == 0:
-        return 1.0
-    # log P(X = j) from log-factorials: exact enough and O(n) for any test-set size.
-    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
-    j = np.arange(k + 1)
-    log_pmf = log_fact[n] - log_fact[j] - log_fact[n - j] - n * math.log(2.0)
-    return float(min(1.0, 2.0 * np.exp(log_pmf).sum()))
 
 
 def sign_flip_p_value(values_a: Any, values_b: Any, n_resamples: int = 20000,
@@ -309,27 +259,39 @@ def sign_flip_p_value(values_a: Any, values_b: Any, n_resamples: int = 20000,
     distribution under random sign flips: p = (1 + #{|T*| ≥ |T|}) / (1 + n_resamples), a valid
     p-value at any number of images. Chosen over the bootstrap's shift method, whose p-value is
     only asymptotically right and too small on small test sets; with 0/1 values it is the
-    randomisation form of McNemar's test. Like `bootstrap_diff_ci`, each resample is drawn by
-    counts: the images sharing one value |d| flip Binomial(count, 1/2) of their signs, so a
-    resample costs O(distinct values), not O(images).
+    randomisation form of McNemar's test. Each resample is drawn by counts: the images sharing
+    one value of the difference flip Binomial(count, 1/2) of their signs, so a resample costs
+    O(distinct values), not O(images).
 
     Example:
         >>> sign_flip_p_value([0.5, 0.5, 1.0], [0.5, 0.5, 1.0])
         1.0
     """
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
-    d = _paired(values_a, values_b)
-    values, counts = np.unique(np.abs(d[d != 0]), return_counts=True)
-    observed = abs(float(d.sum()))
-    if observed == 0.0:
-        return 1.0
-    rng = np.random.default_rng(seed)
-    positive = rng.binomial(counts, 0.5, size=(n_resamples, len(counts)))
-    resampled = np.abs((2 * positive - counts) @ values)
-    # Sums of equal terms in another order: compare with a tolerance, not bit for bit.
-    extreme = int((resampled >= observed - 1e-9 * np.abs(d).sum()).sum())
-    return (1 + extreme) / (1 + n_resamples)
+    return _SignFlips(_paired(values_a, values_b), n_resamples, seed).p_at(0.0)
+
+
+class _SignFlips:
+    """The random sign patterns of one paired difference d, drawn once: the p-value of the test
+    of mean(d) = δ for any shift δ, on the same patterns."""
+
+    def __init__(self, d: np.ndarray, n_resamples: int, seed: int):
+        if n_resamples < 1:
+            raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+        self.values, self.counts = np.unique(d, return_counts=True)
+        rng = np.random.default_rng(seed)
+        flips = rng.binomial(self.counts, 0.5, (n_resamples, len(self.counts)))
+        self.signs = 2 * flips - self.counts
+        self.n = n_resamples
+
+    def p_at(self, delta: float) -> float:
+        shifted = self.values - delta
+        observed = abs(float(self.counts @ shifted))
+        scale = float(self.counts @ np.abs(shifted))
+        if observed <= 1e-12 * max(1.0, scale):
+            return 1.0
+        # sums of equal terms in another order: compare with a tolerance, not bit for bit
+        extreme = np.abs(self.signs @ shifted) >= observed - 1e-9 * scale
+        return (1 + int(extreme.sum())) / (1 + self.n)
 
 
 def sign_flip(values_a: Any, values_b: Any, confidence: float = 0.95, n_resamples: int = 20000,
@@ -344,8 +306,7 @@ def sign_flip(values_a: Any, values_b: Any, confidence: float = 0.95, n_resample
     interval of the unadjusted test: a Holm-adjusted p above 0.05 beside a 95 % interval that
     excludes 0 is not a contradiction (the correction is for the number of comparisons).
 
-    Images sharing one value of the difference flip Binomial(count, 1/2) of their signs, drawn
-    once for every δ: a resample costs O(distinct values), not O(images).
+    The sign patterns are drawn once for every δ (`sign_flip_p_value` draws them alike).
 
     Example:
         >>> mean, lo, hi, p = sign_flip([1] * 40 + [0] * 10, [0] * 30 + [1] * 20)
@@ -357,18 +318,8 @@ def sign_flip(values_a: Any, values_b: Any, confidence: float = 0.95, n_resample
     """
     _check_confidence(confidence)
     d = _paired(values_a, values_b)
-    values, counts = np.unique(d, return_counts=True)
-    rng = np.random.default_rng(seed)
-    signs = 2 * rng.binomial(counts, 0.5, size=(n_resamples, len(counts))) - counts
-
-    def p_at(delta: float) -> float:
-        shifted = values - delta
-        observed = abs(float(counts @ shifted))
-        if observed <= 1e-12 * max(1.0, float(counts @ np.abs(shifted))):
-            return 1.0
-        extreme = np.abs(signs @ shifted) >= observed - 1e-9 * float(counts @ np.abs(shifted))
-        return (1 + int(extreme.sum())) / (1 + n_resamples)
-
+    flips = _SignFlips(d, n_resamples, seed)
+    p_at, values = flips.p_at, flips.values
     alpha, mean = 1.0 - confidence, float(d.mean())
     bounds = []
     for end in (float(values.min()), float(values.max())):
@@ -386,23 +337,6 @@ def sign_flip(values_a: Any, values_b: Any, confidence: float = 0.95, n_resample
     if p >= alpha:  # a difference of 0 ties on a discrete statistic: keep it inside, as p says
         bounds = [min(bounds[0], 0.0), max(bounds[1], 0.0)]
     return mean, bounds[0], bounds[1], p
-
-
-def paired_test(values_a: Any, values_b: Any, n_resamples: int = 20000,
-                seed: int = 0) -> tuple[float, str]:
-    """(two-sided p-value, test name) of a paired per-image difference a − b.
-
-    0/1 values (correctness of one seed) get `mcnemar_exact`; others (e.g. correctness averaged
-    over seeds) `sign_flip_p_value`.
-
-    Example:
-        >>> paired_test([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0])
-        (0.0625, 'McNemar exact test')
-    """
-    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
-    if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
-        return mcnemar_exact(a, b), "McNemar exact test"
-    return sign_flip_p_value(a, b, n_resamples, seed), "paired sign-flip test"
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

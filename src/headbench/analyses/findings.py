@@ -295,7 +295,7 @@ def _accuracy_finding(best: HeadResult, other: HeadResult, correct: dict) -> Dra
 def _variant_finding(run: Run, v: HeadResult) -> Draft:
     """A variant against the frozen head it varies. Augmented views: paired by seed (same
     initialisation and batch order), per image on seed-averaged correctness. Fine-tuned: one
-    seed against the seed it started from, per image (McNemar, paired bootstrap)."""
+    seed against the seed it started from, per image."""
     base = run.head(v.variant.of)
     if v.finetuned:
         seed = v.variant.from_seed

@@ -9,10 +9,10 @@ an inner stratified `INNER` part of them, and the held-out fold is only scored. 
 is held out once, so a head's selection data is its correctness on every train + val image.
 
 The folds of all heads train in one pass over the pool (`protocol.train_members` with `folds`):
-the members of a head at every fold (and every setting, when the sweep is nested) are one stack. So that they can step
-together, every fold trains on equally many images and validates on equally many: a fold with
-one or two more than the smallest drops those at random (seeded), and at most FOLDS - 1 images per
-fold go unused.
+the members of a head at every fold (and every setting, when the sweep is nested) are one
+stack. So that they can step together, every fold trains on equally many images and validates
+on equally many: the folds' parts differ by at most one image (`make_folds`), and a fold with one
+more than the smallest drops one at random (seeded).
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import stratify
 from ..runtime import resolve_device
 from .inputs import Features, as_features
 from .protocol import TrainConfig, _settings, predict_logits, train_members, twin_heads
@@ -65,25 +64,32 @@ class Folds:
 
 
 def make_folds(y: Sequence[int], seed: int = 0, k: int = FOLDS, inner: float = INNER) -> Folds:
-    """Stratified k folds of images labelled `y` (seeded), each with its inner stratified split."""
+    """Stratified k folds of images labelled `y` (seeded), each with its inner stratified split.
+
+    The images are dealt class by class, each class in its own seeded random order, round-robin
+    over the folds: every fold holds each class in proportion (±1 image) and the folds' sizes
+    differ by at most one, however many classes there are. A fold's inner split takes, in the
+    same order, each image at which the running count of `inner` × images passes a whole number:
+    `inner` of each class (±1) and of the whole part."""
     y = np.asarray(y, dtype=np.int64)
-    by_class = {int(c): list(np.flatnonzero(y == c)) for c in np.unique(y)}
+    order = np.concatenate([rows[np.random.default_rng([seed, int(c)]).permutation(len(rows))]
+                            for c in np.unique(y) for rows in [np.flatnonzero(y == c)]])
     outer = np.empty(len(y), dtype=np.int64)
-    for fold, part in enumerate(stratify(by_class, (1 / k,) * k, seed)):
-        outer[part] = fold
+    outer[order] = np.arange(len(y)) % k
     trains, vals = [], []
     for fold in range(k):
-        rest = {c: [i for i in rows if outer[i] != fold] for c, rows in by_class.items()}
-        part_train, part_val = stratify({c: r for c, r in rest.items() if r},
-                                        (1 - inner, inner), seed)
-        trains.append(part_train)
-        vals.append(part_val)
+        rest = order[outer[order] != fold]  # the fold's training part, still class by class
+        step = np.arange(len(rest))
+        to_val = np.floor((step + 1) * inner) > np.floor(step * inner)
+        trains.append(np.sort(rest[~to_val]))
+        vals.append(np.sort(rest[to_val]))
     rng = np.random.default_rng([seed, k])
     return Folds(outer, _equal(trains, rng), _equal(vals, rng))
 
 
-def _equal(parts: list[list[int]], rng: np.random.Generator) -> np.ndarray:
-    """Each part cut to the smallest one's size by dropping random positions; (k, size)."""
+def _equal(parts: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Each part cut to the smallest one's size (at most one fewer) by dropping a random
+    position; (k, size)."""
     size = min(len(p) for p in parts)
     return np.stack([np.sort(rng.choice(p, size, replace=False)) if len(p) > size
                      else np.asarray(p) for p in parts]).astype(np.int64)
