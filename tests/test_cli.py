@@ -140,7 +140,7 @@ def test_compare_prints_findings_selected_head_and_run_folder(cli_run):
     assert any(line.startswith(("- gap vs flatten", "- flatten vs gap")) for line in out)
     assert run.verdict.selection == "cv"  # 6 val images: cross-validated
     assert f"recommended: {run.best_head} (one-standard-error rule on 5-fold cross-validation " \
-           f"over train + val), model in " \
+           f"over train + val (2 partitions)), model in " \
            f"{run.model_dir()}" in out
     assert not any(line.startswith("report:") for line in out)  # --no-report
     assert run.options.seeds == 2 and run.options.weight_decays == (0.01,)

@@ -23,7 +23,7 @@ CONFIG = TrainConfig(epochs=6, batch_size=16, lr=(1e-2,), patience=2, device="cp
 def test_every_image_is_held_out_once_and_no_fold_trains_or_stops_on_its_held_out_images():
     y = np.repeat(np.arange(3), [40, 25, 18])
     folds = make_folds(y, seed=3)
-    assert np.bincount(folds.outer).tolist() == [17, 17, 17, 16, 16]
+    assert np.bincount(folds.outer[0]).tolist() == [17, 17, 17, 16, 16]
     for fold in range(FOLDS):
         held = set(folds.held_out(fold))
         train, val = set(folds.train[fold]), set(folds.val[fold])
@@ -38,12 +38,46 @@ def test_every_image_is_held_out_once_and_no_fold_trains_or_stops_on_its_held_ou
     assert not np.array_equal(make_folds(y, seed=4).outer, folds.outer)
 
 
+def test_repeated_partitions_hold_out_every_image_once_each_and_the_first_is_unchanged():
+    """Two partitions: the first is the single partition's folds, the second another one; each
+    holds out every image once; fold members of partition r train at seed + r and the scores
+    are the mean correctness over partitions."""
+    y = np.repeat(np.arange(3), [40, 25, 18])
+    one, two = make_folds(y, seed=3), make_folds(y, seed=3, repeats=2)
+    assert two.repeats == 2 and two.train.shape[0] == 2 * FOLDS
+    assert np.array_equal(two.outer[0], one.outer[0])
+    assert np.array_equal(two.train[:FOLDS], one.train) and np.array_equal(two.val[:FOLDS], one.val)
+    assert not np.array_equal(two.outer[1], two.outer[0])
+    for fold in range(2 * FOLDS):
+        assert two.partition(fold) == fold // FOLDS
+        assert not set(two.held_out(fold)) & (set(two.train[fold]) | set(two.val[fold]))
+    for r in range(2):
+        held = np.concatenate([two.held_out(r * FOLDS + f) for f in range(FOLDS)])
+        assert sorted(held.tolist()) == list(range(len(y)))
+    X, y = _pool()
+    folds = make_folds(y, seed=0, repeats=2)
+    make = {"gap": lambda: create_head(HeadSpec("gap"), 8, 3, (2, 2))}
+    trained = {}
+    correct = fit_folds(make, X, y, CONFIG, folds, seed=4, on_member=trained.__setitem__)
+    assert sorted((m.fold, m.seed) for m in trained) == [(f, 4 + f // FOLDS)
+                                                         for f in range(2 * FOLDS)]
+    hits = np.zeros((2, len(y)))
+    for member, result in trained.items():
+        head = make["gap"]()
+        head.load_state_dict(result.state_dict)
+        out = folds.held_out(member.fold)
+        with torch.no_grad():
+            hits[folds.partition(member.fold), out] = (
+                head(torch.as_tensor(X[out]).float()).argmax(1).numpy() == y[out])
+    assert np.allclose(correct["gap"], hits.mean(0))
+
+
 def test_with_many_small_classes_the_folds_stay_balanced_and_lose_at_most_one_image_each():
     """60 classes of 7: per-class rounding must not add up (every fold within one image of the
     others; a fold drops at most one image to train on and one to stop on)."""
     y = np.repeat(np.arange(60), 7)
     folds = make_folds(y, seed=1)
-    sizes = np.bincount(folds.outer)
+    sizes = np.bincount(folds.outer[0])
     assert sizes.max() - sizes.min() <= 1
     n, v = folds.sizes()
     for fold in range(FOLDS):

@@ -115,7 +115,7 @@ def test_a_kill_during_cross_validation_keeps_the_finished_folds(shapes, cache, 
     finish, reused by the rerun, with the same selection scores."""
     from headbench.train import folds
     out = tmp_path / "out"
-    _kill_after_saves(RUNS + 7, shapes, cache, out)  # every head committed, 7 of 15 folds too
+    _kill_after_saves(RUNS + 7, shapes, cache, out)  # every head committed, 7 of 30 folds too
     trained, original = [], folds.train_members
 
     def spy(make_heads, members, *args, **kwargs):
@@ -123,7 +123,8 @@ def test_a_kill_during_cross_validation_keeps_the_finished_folds(shapes, cache, 
         return original(make_heads, members, *args, **kwargs)
     monkeypatch.setattr(folds, "train_members", spy)
     resumed = hb.compare(shapes, cache_dir=cache, out=out, **OPTIONS)
-    assert len(trained) == 3 * folds.FOLDS - 7 and all(m.fold is not None for m in trained)
+    assert len(trained) == 3 * folds.FOLDS * folds.REPEATS - 7
+    assert all(m.fold is not None for m in trained)
     assert resumed.verdict.selection == uninterrupted.verdict.selection == "cv"
     assert resumed.verdict.scores == uninterrupted.verdict.scores
     assert resumed.best_head == uninterrupted.best_head

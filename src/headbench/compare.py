@@ -196,7 +196,8 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
     timing.extract_s += time.perf_counter() - t0
     t0 = time.perf_counter()
     train_config = dataclasses.replace(config.train_config(), precision=rt.heads)  # resolved
-    folds = _selection.FOLDS * len(config.heads) if work.selection == "cv" else 0
+    folds = (_selection.FOLDS * _selection.REPEATS * len(config.heads)
+             if work.selection == "cv" else 0)
     total = config.epochs * (len(todo) * _runs_per_head(config) - len(done) + folds)
     with _progress.progress("training heads", total=total, unit="epoch") as bar:
         for variant in (False, True):

@@ -3,10 +3,11 @@
 Two sources, decided once per run from the split sizes, before any score is seen:
 
 - **val**: each head's per-image val accuracy, averaged over its seeds;
-- **cv**: stratified 5-fold cross-validation over train + val (`train.folds`), used when the val
-  split has fewer than 300 images or fewer than 30 in some class: each head's correctness on
-  every train + val image, from the fold that held it out. The folds train at the first seed, at
-  the learning rate and decay the head's sweep chose on val (a sweep nested in each fold cost 5×
+- **cv**: stratified 5-fold cross-validation over train + val, repeated over 2 partitions
+  (`train.folds`), used when the val split has fewer than 300 images or fewer than 30 in some
+  class: each head's correctness on every train + val image, from the fold that held it out,
+  averaged over the partitions. The folds train at one seed per partition, at the learning rate
+  and decay the head's sweep chose on val (a sweep nested in each fold cost 5×
   as much on the default job: docs/DESIGN.md), with early stopping on each fold's inner split.
 
 `--selection val|cv` forces one. Heads trained on augmented views or fine-tuned cannot be
@@ -22,12 +23,14 @@ from torch import nn
 from .errors import HeadbenchError
 from .train import TrainConfig, predict_logits
 from .train.inputs import MEMORY_BYTES
-from .train.folds import FOLDS, MIN_VAL_IMAGES, MIN_VAL_PER_CLASS, fit_folds, make_folds, needed, usable
+from .train.folds import (FOLDS, MIN_VAL_IMAGES, MIN_VAL_PER_CLASS, REPEATS, fit_folds,
+                          make_folds, needed, usable)
 
 MODES = ("auto", "cv", "val")
 POOL_BYTES = MEMORY_BYTES  # the largest train + val feature set cross-validated (in memory)
 # what each kind of selection data is, in the run's log, the CLI and the verdict
-DESCRIPTION = {"cv": f"{FOLDS}-fold cross-validation over train + val", "val": "the val split"}
+DESCRIPTION = {"cv": f"{FOLDS}-fold cross-validation over train + val ({REPEATS} partitions)",
+               "val": "the val split"}
 
 
 def mode(option: str, y_val: np.ndarray, num_classes: int, variants: bool,
@@ -66,7 +69,7 @@ def cross_validate(make_heads: dict[str, Callable[[], nn.Module]],
     """label -> per-image correctness over the pool (train + val), each head at its `chosen`
     (lr, weight decay), the folds drawn with `split_seed`, members at `seed`; `callbacks`:
     `done`, `on_member`, `on_epochs` as for `train.fit_heads`."""
-    folds = make_folds(y_pool, seed=split_seed)
+    folds = make_folds(y_pool, seed=split_seed, repeats=REPEATS)
     if not usable(folds):
         raise HeadbenchError(f"{len(y_pool)} train + val images are too few for {FOLDS}-fold "
                              "cross-validation; add images or select on 'val'",

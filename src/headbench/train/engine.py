@@ -111,8 +111,14 @@ class MemberAdamW:
                                "sources": sources, "rows": (a, b), "peak": self.peaks[a],
                                "weight_decay": self.decays[a] if decayed and not mixed else 0.0,
                                "decays": decays if decayed and mixed else None})
-        fused = True if stacked[0].device.type in ("cpu", "cuda") else None  # torch's default
-        self.optimizer = torch.optim.AdamW(groups, lr=0.0, fused=fused)
+        self.fused = stacked[0].device.type in ("cpu", "cuda")  # torch's default
+        self.optimizer = torch.optim.AdamW(groups, lr=0.0, fused=True if self.fused else None)
+        if self.fused:
+            for group in self.optimizer.param_groups:
+                for view in group["params"]:  # the state torch's fused AdamW starts with
+                    self.optimizer.state[view] = {
+                        "step": torch.zeros((), dtype=torch.float32, device=view.device),
+                        "exp_avg": torch.zeros_like(view), "exp_avg_sq": torch.zeros_like(view)}
 
     def step(self, grads: Sequence[torch.Tensor], rate: Callable[[float], float]) -> None:
         """One step with the stacked `grads`, each group at `rate(its peak lr)`."""
@@ -126,7 +132,25 @@ class MemberAdamW:
                     if group["decays"] is not None:  # rounded to p's dtype, as torch's scalar
                         factor = (1 - lr * group["decays"]).to(view.dtype)
                         view.mul_(factor.view(-1, *[1] * (view.ndim - 1)))
-        self.optimizer.step()
+                if self.fused:
+                    self._fused_step(group)
+        if not self.fused:
+            self.optimizer.step()
+
+    def _fused_step(self, group: dict) -> None:
+        """What `torch.optim.AdamW(fused=True).step()` does for one group, without its
+        per-call bookkeeping (regrouping by device and dtype, state lookups, hooks: about
+        0.3 ms a step, a tenth of a light head's step): the same kernel on the same state."""
+        states = [self.optimizer.state[view] for view in group["params"]]
+        steps = [state["step"] for state in states]
+        torch._foreach_add_(steps, 1)
+        beta1, beta2 = group["betas"]
+        torch._fused_adamw_(group["params"], [view.grad for view in group["params"]],
+                            [state["exp_avg"] for state in states],
+                            [state["exp_avg_sq"] for state in states], [], steps,
+                            amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                            weight_decay=group["weight_decay"], eps=group["eps"],
+                            maximize=False, grad_scale=None, found_inf=None)
 
     def kept(self, params: dict[str, torch.Tensor], index: list[int]) -> "MemberAdamW":
         """An optimizer over `params` (members `index` of this one's, restacked) carrying those
