@@ -1,6 +1,6 @@
 """(j) The recommendation across split seeds: the previous rule, the one-standard-error rule on
-val, and the same rule on 5-fold cross-validation over train + val (the default for small val
-splits).
+val, and the same rule on 5-fold cross-validation over train + val in 2 partitions (the default
+for small val splits).
 
     python bench/section_j_selection.py [--quick] [--out DIR] [--data DIR] [--results FILE]
 
@@ -69,7 +69,7 @@ def report(raw: dict) -> str:
                                    for r in ("previous", "val_1se", "cv_1se")]
                     + [f"{s['train_s']:.1f}"])
     table = H.table(["split seed", "previous rule (val acc, then loss)", "1-SE on val",
-                     "1-SE on 5-fold CV (default)", "head training s"], rows)
+                     "1-SE on 5-fold CV × 2 (default)", "head training s"], rows)
     for rule, name in (("previous", "previous rule"), ("val_1se", "1-SE on val"),
                        ("cv_1se", "1-SE on CV")):
         chosen = [s[rule] for s in raw["seeds"]]

@@ -109,7 +109,7 @@ def _pool(n: int = 60, k: int = 3):
     return X.numpy().astype(np.float16), y
 
 
-@pytest.mark.parametrize("name", ["gap", "fastai"])
+@pytest.mark.parametrize("name", ["gap", "fastai", "attention", "flatten"])
 def test_a_fold_member_equals_the_plain_protocol_on_its_rows(name):
     """Stacked with the other folds, each fold member trains exactly as `train_head` on the
     fold's training rows with early stopping on its inner rows (fastai: dropout and BatchNorm)."""

@@ -220,6 +220,7 @@ class Stack:
         self.split, self.key = split, split.key
         self.bodies = [split.body] + [split_of(h).body for h in heads[1:]]
         self.explicit = stacked.supported(split.body)  # else vmap over the module
+        self.picks_rows = stacked.picks_rows(split.body)
         self.base, drops = _masked_copy(self.bodies[0])
         drops = {name: (p, _input_shape(self.bodies[0], name, probe)) for name, p in drops.items()}
         for body in self.bodies:
@@ -268,10 +269,13 @@ class Stack:
         return functional_call(self.base, (params, buffers), (x,))
 
     def _forward(self, x: torch.Tensor, shared: bool, training: bool,
-                 masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits (M, b, K) of every member: x (b, ...) shared by all, or (M, b, ...)."""
+                 masks: dict[str, torch.Tensor], rows: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """Logits (M, b, K) of every member: x (b, ...) shared by all, or (M, b, ...); or x
+        every row and `rows` (M, b) each member's (`stacked.forward`)."""
         if self.explicit:
-            return stacked.forward(self.split.body, self.params, self.buffers, x, training, masks)
+            return stacked.forward(self.split.body, self.params, self.buffers, x, training, masks,
+                                   rows)
         self.base.train(training)
         buffers = {**self.buffers, **{f"{name}.mask": m for name, m in masks.items()}}
         in_dims = (0, 0, None) if shared else (0, 0, 0)
@@ -295,11 +299,13 @@ class Stack:
                 for step in zip(*per_member)]
 
     def step(self, x: torch.Tensor, y: torch.Tensor, shared: bool,
-             rate: Callable[[float], float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One update of every member on its own batch (`shared`: one batch for all), each at
-        `rate(its peak lr)`; (loss, correct) per member."""
+             rate: Callable[[float], float], rows: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of every member on its own batch (`shared`: one batch for all; `rows`:
+        each member's rows of x, every row), each at `rate(its peak lr)`; (loss, correct) per
+        member."""
         with self.autocast:
-            logits = self._forward(x, shared, True, self._masks(y.shape[-1])).float()
+            logits = self._forward(x, shared, True, self._masks(y.shape[-1]), rows).float()
         target = y.expand(len(self), -1)
         losses = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
         losses = losses.view(len(self), -1).mean(dim=1)
@@ -307,12 +313,12 @@ class Stack:
         self.optimizer.step(grads, rate)
         return losses.detach(), (logits.detach().argmax(-1) == target).sum(dim=1)
 
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor,
-                 shared: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, shared: bool = True,
+                 rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed cross-entropy, correct) per member on shared inputs (or each member's own,
-        (M, b, ...) with labels (M, b)), in eval mode."""
+        (M, b, ...) with labels (M, b); or every row and `rows`), in eval mode."""
         with torch.no_grad(), self.autocast:
-            logits = self._forward(x, shared, False, {}).float()
+            logits = self._forward(x, shared, False, {}, rows).float()
             target = y.expand(len(self), -1)
             loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
             return loss.view(len(self), -1).sum(1), (logits.argmax(-1) == target).sum(1)
@@ -383,11 +389,11 @@ def train_epoch(stacks: list[Stack], blocks: Iterator[Block], inputs: Inputs, y:
         for stack in stacks:
             started = time.perf_counter()
             for i, index in enumerate(stack.orders(block.size, batch_size)):
-                x = inputs.batch(stack.key, index, block)
+                x, rows = _inputs(stack, inputs, index, block)
                 target = y[block.rows[index] if block.rows is not None else index]
                 at = step + i
                 loss, correct = stack.step(x, target, index.dim() == 1,
-                                           lambda peak, at=at: rate(at, peak))
+                                           lambda peak, at=at: rate(at, peak), rows)
                 stats[id(stack)][0] += loss.cpu() * index.shape[-1]
                 stats[id(stack)][1] += correct.cpu()
             _share(stack, time.perf_counter() - started)
@@ -420,11 +426,23 @@ def validate_rows(stacks: list[Stack], inputs: Inputs, y: torch.Tensor,
         loss, correct = torch.zeros(len(stack)), torch.zeros(len(stack))
         for start in range(0, own.shape[1], CHUNK_ROWS):
             index = own[:, start:start + CHUNK_ROWS]
-            part = stack.evaluate(inputs.batch(stack.key, index, block), y[index], shared=False)
+            x, rows = _inputs(stack, inputs, index, block)
+            part = stack.evaluate(x, y[index], shared=False, rows=rows)
             loss, correct = loss + part[0].cpu(), correct + part[1].cpu()
         stats[id(stack)] = [loss, correct]
         _share(stack, time.perf_counter() - started)
     return stats
+
+
+def _inputs(stack: Stack, inputs: Inputs, index: torch.Tensor,
+            block: Block) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x, rows) for positions `index` of `block`: the rows gathered (rows None), or, when the
+    members' own rows (M, b) outnumber the rows held and the stack's first layer works row by
+    row, every row as it is held (no copy) with `index` as each member's rows."""
+    if (index.dim() == 2 and index.numel() > len(inputs.feats) and stack.picks_rows
+            and block.rows is None and inputs.held(stack.key)):
+        return inputs.whole(stack.key), index
+    return inputs.batch(stack.key, index, block), None
 
 
 def _share(stack: Stack, seconds: float) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..runtime import resolve_device
 from .inputs import Features, as_features
+from .engine import split_of
 from .protocol import TrainConfig, _settings, predict_logits, train_members, twin_heads
 from .results import Member, TrainResult
 
@@ -172,15 +173,23 @@ def _scored(make_head: Callable[[], nn.Module], label: str, results: dict[Member
     partition, averaged over the partitions (each fold's setting chosen on its inner val loss;
     ties: the first listed, as `fit_heads`)."""
     correct = np.zeros(len(y), dtype=np.float64)
+    head = make_head().to(pool.device).eval()
+    split = split_of(head)
+    # the inputs the fit prepared from the pool (none for inputs computed per batch, or
+    # exact only near one point: GeM's moments): the body alone on the held-out rows
+    prepared = pool.prepared.get(split.key) if split.prepare_at is None else None
     for fold in range(len(folds.train)):
         at = seed + folds.partition(fold)
         runs = [results[Member(label, wd, at, lr, fold=fold)] for lr, wd in grid]
-        best = min(runs, key=lambda r: r.best_val_loss)
-        head = make_head()
-        head.load_state_dict(best.state_dict)
+        head.load_state_dict(min(runs, key=lambda r: r.best_val_loss).state_dict)
         out = folds.held_out(fold)
-        held = Features(pool.get(out), pool.device, form=pool.form)
-        logits = predict_logits(head, held, device=pool.device)
+        if prepared is not None:
+            with torch.inference_mode():
+                logits = split.body(prepared[torch.as_tensor(out, device=pool.device)])
+            logits = logits.float().cpu().numpy()
+        else:
+            held = Features(pool.get(out), pool.device, form=pool.form)
+            logits = predict_logits(head, held, device=pool.device)
         correct[out] += (logits.argmax(1) == y[out]) / folds.repeats
     return correct
 

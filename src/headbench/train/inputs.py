@@ -230,6 +230,15 @@ class Inputs:
         rows = block.data[index.flatten()]
         return self._computed(key, rows, tuple(index.shape))
 
+    def held(self, key: str) -> bool:
+        """Whether the inputs of `key` are held in memory, every row (not computed per batch),
+        with no other expansion point to move to (GeM's moments)."""
+        return key in self.memory and self.splits[key].prepare_at is None
+
+    def whole(self, key: str) -> torch.Tensor:
+        """Every row of a held key's inputs, as held (no copy)."""
+        return self.memory[key]
+
     def chunks(self) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
         """Every row once, in order: (rows, key -> inputs), the features read once per chunk."""
         if not self.lazy:

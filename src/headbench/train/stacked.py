@@ -60,14 +60,23 @@ def _scope(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tenso
     return {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
 
 
+def picks_rows(body: nn.Module) -> bool:
+    """Whether `forward` can take `rows`: the body starts with a layer that works row by row
+    (a Linear, or an attention pool fused with its Linear)."""
+    return supported(body) and (_fuses(body) or isinstance(body[0], nn.Linear))
+
+
 def forward(body: nn.Sequential, params: dict[str, torch.Tensor],
             buffers: dict[str, torch.Tensor], x: torch.Tensor, training: bool,
-            masks: dict[str, torch.Tensor]) -> torch.Tensor:
+            masks: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (M, b, K) of the M stacked members on `x`: (M, b, ...) or (b, ...) shared.
 
     `params` and `buffers` are the body's named tensors stacked on a first axis; in training
     the BatchNorm running statistics in `buffers` are updated in place, and `masks` holds each
-    Dropout's scaled mask (M, b, F) by layer name.
+    Dropout's scaled mask (M, b, F) by layer name. With `rows` (M, b) (bodies that
+    `picks_rows`), x (N, ...) holds every row, the first layer runs on all of them for every
+    member and each member goes on with its own rows of the result: cheaper than gathering
+    M·b wide input rows when M·b exceeds N (cross-validation folds on flattened maps or tokens).
     """
     m = next(iter(params.values())).shape[0]
     h, layers = x, list(body.named_children())
@@ -76,13 +85,14 @@ def forward(body: nn.Sequential, params: dict[str, torch.Tensor],
         h = _attention_linear(_pool_of(body[0]), _scope(params, pool)["pool.query"],
                               _scope(params, linear), x)
         layers = layers[2:]
+        h = h if rows is None else _pick(h, rows)
+    elif rows is not None:
+        (name, _), layers = layers[0], layers[1:]
+        h = _pick(_linear(_scope(params, name), x), rows)
     for name, layer in layers:
         p = _scope(params, name)
         if isinstance(layer, nn.Linear):
-            out = torch.matmul(p["weight"], h.transpose(-1, -2))  # (M, out, b): fast gradient
-            if "bias" in p:
-                out = out + p["bias"].unsqueeze(-1)
-            h = out.transpose(-1, -2)
+            h = _linear(p, h)
         elif isinstance(layer, nn.ReLU):
             h = F.relu(h)
         elif isinstance(layer, nn.Dropout):
@@ -94,6 +104,19 @@ def forward(body: nn.Sequential, params: dict[str, torch.Tensor],
         else:
             h = _attention(_pool_of(layer), p["pool.query"], x)
     return h
+
+
+def _linear(p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    """A stacked Linear, (M, b, out), of h (M, b, in) or (b, in)."""
+    out = torch.matmul(p["weight"], h.transpose(-1, -2))  # (M, out, b): fast gradient
+    if "bias" in p:
+        out = out + p["bias"].unsqueeze(-1)
+    return out.transpose(-1, -2)
+
+
+def _pick(h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Each member's rows of h (M, N, F): (M, b, F) for rows (M, b)."""
+    return torch.take_along_dim(h, rows.unsqueeze(-1), dim=1)
 
 
 def _batch_norm(layer: nn.BatchNorm1d, p: dict, stats: dict, h: torch.Tensor,
