@@ -173,6 +173,20 @@ def test_changed_onnx_file_is_refused(tiny, images, tmp_path):
         hb.predict_onnx(model_dir, [images])
 
 
+def test_a_verification_record_whose_passed_is_not_exactly_true_is_refused(tiny, images,
+                                                                            tmp_path):
+    """Issue 21, fault 11: `"passed": "no"` (truthy) was accepted by predict --engine onnx."""
+    model_dir = model_folder(tmp_path, tiny, "gap", images)
+    hb.export_onnx(model_dir, images=[images])
+    path = model_dir / hb_onnx.ONNX_VERIFICATION
+    for value in ("no", 1, "true", None):
+        record = json.loads(path.read_text())
+        record["passed"] = value
+        path.write_text(json.dumps(record))
+        with pytest.raises(HeadbenchError, match="failed verification"):
+            hb.predict_onnx(model_dir, [images])
+
+
 def test_failed_verification_is_an_error_and_recorded(tiny, images, tmp_path, monkeypatch):
     monkeypatch.setattr(hb_onnx, "ONNX_TOLERANCE", -1.0)  # no difference can pass
     model_dir = model_folder(tmp_path, tiny, "gap", images)

@@ -240,14 +240,15 @@ def test_report_stands_alone_without_external_urls(full_page):
     assert "<link rel=\"stylesheet\"" not in page and "<script src" not in page
 
 
-def test_report_escapes_class_and_head_names(tmp_path):
+def test_report_escapes_class_names_and_a_run_with_markup_in_a_head_label_is_refused(tmp_path):
     classes = ("<b>ant</b>", "bee & $wasp$")
-    heads = {"gap": (1_026, 0.9), "<i>x</i>": (2_000, 0.8)}
-    page = write_report(make_run(tmp_path, classes=classes, heads=heads)).read_text()
-    assert "<b>ant</b>" not in page and "<i>x</i>" not in page
+    page = write_report(make_run(tmp_path / "a", classes=classes)).read_text()
+    assert "<b>ant</b>" not in page
     assert "&lt;b&gt;ant&lt;/b&gt;" in page and "bee &amp; $wasp$" in page
-    assert "&lt;i&gt;x&lt;/i&gt;" in page
     assert "confusion-matrix" in _figure_ids(page)  # '$' in a class name is no mathtext
+    heads = {"gap": (1_026, 0.9), "<i>x</i>": (2_000, 0.8)}  # labels are names (io.check_name)
+    with pytest.raises(HeadbenchError, match=r"heads\[1\]\.head '<i>x</i>' is not a name"):
+        write_report(make_run(tmp_path / "b", heads=heads))
 
 
 def test_summary_table_sorted_by_test_accuracy_with_best_highlighted(full_page):

@@ -28,6 +28,7 @@ from .errors import HeadbenchError, unknown
 from .finetune import BN_POLICIES, FinetuneConfig, parse_unfreeze
 from .heads import DEFAULT_HEADS, HeadSpec, list_heads
 from .images import MIN_SIZE
+from .io import check_name
 from .runtime import PRECISIONS
 from .selection import MODES as SELECTIONS
 from .train import LRS, TrainConfig
@@ -240,6 +241,10 @@ class CompareConfig(AnalysisOptions):
         if self.dropout is not None:
             self.dropout = real(self.dropout, "dropout", 0.0, 1.0)
         self.heads = tuple(self.head_specs())
+        for spec in self.heads:  # labels name files and folders of the run
+            check_name(spec.label, "head label", param="heads")
+        if self.run_name is not None:
+            self.run_name = check_name(self.run_name, "run name", param="run_name")
         self.seeds = whole(self.seeds, "seeds", 1)
         # the training options are checked once, by TrainConfig (a comma list parsed first)
         self.lr = numbers(self.lr, "lr", float, example="1e-3,1e-2")

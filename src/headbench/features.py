@@ -145,6 +145,13 @@ def listdir(path: Path) -> list[Path]:
         return []
 
 
+def is_cache(path: Path) -> bool:
+    """Whether `path` is a feature cache: a folder holding at least one entry (a folder named
+    like a key, with its meta.json)."""
+    return any(p.is_dir() and KEY_RE.match(p.name) and (p / "meta.json").is_file()
+               for p in listdir(path))
+
+
 def _commit_chunk(chunks: Path, number: int, features: np.ndarray, digests: list[str],
                   failures: dict[str, str]) -> None:
     """Write one chunk: the .npy first, then the .json that makes it count."""

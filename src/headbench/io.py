@@ -7,6 +7,9 @@
 - CSV: a text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return is written
   with a leading `'` (OWASP's advice against formula injection); `unescape_cell` undoes it.
   Numbers are written as numbers, so a negative overfitting gap stays a number.
+- Names: a name that becomes a file or folder name (a head label, a run name) is one path
+  component from `NAME_CHARACTERS` (`check_name`): a run folder someone sends you cannot make
+  headbench write outside it.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +31,28 @@ from .errors import HeadbenchError
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 TEMP_SUFFIX = ".tmp"
 STALE_SECONDS = 24 * 3600  # a temp file older than this belongs to no live writer
+# every label headbench makes (gap[1024,512], gap-d0.5, gap+aug4+ft,
+# avgpool-pool_size3-strides1) and run name: no separator, and never '.' or '..'
+NAME_CHARACTERS = "letters, digits and _ . , + = - [ ], starting with a letter or digit"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,+=\[\]-]*")
+
+
+def check_name(name: Any, what: str, param: str | None = None) -> str:
+    """`name` if it is one path component of `NAME_CHARACTERS` (at most 200 of them), else
+    one line naming `what` it is.
+
+    Example:
+        >>> check_name("gap[1024,512]", "head label")
+        'gap[1024,512]'
+        >>> check_name("../x", "head label")
+        Traceback (most recent call last):
+        ...
+        headbench.errors.HeadbenchError: head label '../x' is not a name: use letters, digits and _ . , + = - [ ], starting with a letter or digit (no path separators)
+    """
+    if not isinstance(name, str) or len(name) > 200 or not _NAME.fullmatch(name):
+        raise HeadbenchError(f"{what} {str(name)[:80]!r} is not a name: use {NAME_CHARACTERS} "
+                             "(no path separators)", param=param)
+    return name
 
 
 def _umask() -> int:

@@ -259,7 +259,7 @@ def _folder_onnx(model_dir: Path) -> tuple[Path, dict, list[str]]:
         raise HeadbenchError(f"the ONNX file of '{model_dir}' was exported outside its run "
                              f"folder ('{name}'); pass that file to predict")
     path = file_inside_run(model_dir, name, f"'{model_dir / ONNX_VERIFICATION}'")
-    if not record.get("passed"):
+    if record.get("passed") is not True:  # exactly true: a damaged record is not a pass
         raise HeadbenchError(f"the ONNX export '{path}' failed verification (see "
                              f"'{model_dir / ONNX_VERIFICATION}'); export it again")
     if record.get("sha256") != _sha256(path):

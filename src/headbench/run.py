@@ -228,8 +228,28 @@ class Run:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise HeadbenchError(f"results of '{run_dir}' are damaged ({type(e).__name__}: {e}); "
                                  "re-run compare") from None
+        _check_names(run)
         run.predictions = _read_predictions(run_dir, run)
         return run
+
+
+def _check_names(run: "Run") -> None:
+    """The names a run folder gives that become paths or pick heads, checked: each head label
+    one name (`io.check_name`), its model folder `heads/<label>`, the recommended head one of
+    the heads. A run folder is untrusted input: it may come from anyone."""
+    where = run.run_dir / "results.json"
+    labels = []
+    for i, head in enumerate(run.heads):
+        labels.append(_io.check_name(head.head, f"'{where}': heads[{i}].head"))
+        if head.model_dir != f"heads/{head.head}":
+            raise HeadbenchError(f"'{where}': heads[{i}].model_dir {head.model_dir[:80]!r} is not "
+                                 f"'heads/{head.head}'; re-run compare")
+    chosen = {"best_head": run.best_head,
+              "verdict.recommended": run.verdict.recommended if run.verdict else None}
+    for key, label in chosen.items():
+        if label and label not in labels:
+            raise HeadbenchError(f"'{where}': {key} {str(label)[:80]!r} is not a head of the "
+                                 "run; re-run compare")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,11 +510,14 @@ def _read_skipped(run_dir: Path) -> list[tuple[str, str]]:
 def _read_predictions(run_dir: Path, run: Run) -> dict[str, Predictions]:
     rows = _io.read_csv(run_dir / "predictions.csv")
     n, index = len(run.dataset.splits["test"]), {c: i for i, c in enumerate(run.classes)}
+    labels = {h.head for h in run.heads}
     by_head: dict[str, dict[int, list[dict]]] = {}
-    for row in rows:
-        by_head.setdefault(row["head"], {}).setdefault(int(row["seed"]), []).append(row)
     out = {}
     try:
+        for row in rows:
+            if row["head"] not in labels:
+                raise ValueError(f"head {row['head'][:80]!r} is not a head of the run")
+            by_head.setdefault(row["head"], {}).setdefault(int(row["seed"]), []).append(row)
         for head, per_seed in by_head.items():
             seeds = sorted(per_seed)
             arrays = {k: np.zeros((len(seeds), n), dtype=np.int64 if k == "pred" else np.float64)

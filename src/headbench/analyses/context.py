@@ -16,11 +16,11 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from .. import features, progress
 from .. import train as _train
 from ..backbones import create_backbone
 from ..data import file_digest
 from ..export import load_head_weights
-from ..features import extract
 from ..images import View
 from ..errors import HeadbenchError
 from ..heads import Head, create_head
@@ -124,19 +124,19 @@ class RunContext:
         view = view or View()
         if view == View() and role in self.features:
             return self.features[role]
-        X = self._extract(role, view).take(np.arange(len(self.items(role))))
+        X = self._features(role, view).take(np.arange(len(self.items(role))))
         if view == View():
             self.features[role] = X
         return X
 
-    def _extract(self, role: str, view: Any) -> Any:
+    def _features(self, role: str, view: Any) -> Any:
         split, paths = self.items(role), self.paths(role)
         if self.verify_digests and role not in self._verified:
             _verify_digests(paths, split.digests)
             self._verified.add(role)
-        fs = extract(self.backbone, paths, split.digests, view=view, precision=self.precision,
-                     cache_dir=self.cache_dir, device=self.device,
-                     description=f"features {role} {view.key}")
+        fs = features.extract(self.backbone, paths, split.digests, view=view,
+                              precision=self.precision, cache_dir=self.cache_dir,
+                              device=self.device, description=f"features {role} {view.key}")
         if fs.failures:
             i, reason = sorted(fs.failures.items())[0]
             raise HeadbenchError(f"{role} image '{paths[i]}' can no longer be read ({reason}); "
@@ -158,10 +158,22 @@ class RunContext:
         device = resolve_device(None)
         if precision is not None:
             precision = resolve_precision(precision, device, "extract")
-        cache_dir = cache_dir or run.options.cache_dir
+        cache_dir = cache_dir or _recorded_cache(run)
         states = {h.head: _load_states(run, h) for h in run.heads if not h.finetuned}
         return cls(run, _load_backbone(run), states, cache_dir=cache_dir, device=device,
                    verify_digests=True, precision=precision)
+
+
+def _recorded_cache(run: Run) -> str | None:
+    """The cache folder the run recorded, if it is a headbench cache (an existing folder with a
+    feature entry); else None, the default cache, and a log line. A run folder is untrusted:
+    its config.json must not choose where new cache folders are made."""
+    recorded = run.options.cache_dir
+    if recorded is None or features.is_cache(Path(recorded)):
+        return recorded
+    progress.log(f"the run's cache folder '{recorded}' is missing or holds no headbench "
+                 f"features: using the default cache, '{features.default_cache_dir()}'")
+    return None
 
 
 def _load_backbone(run: Run) -> Any:

@@ -1,0 +1,144 @@
+"""A run folder is untrusted input (issue 21): names it gives never become paths outside it, its
+damaged fields are one line, and it never chooses where cache folders are made."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import headbench as hb
+from headbench import cli
+from headbench.config import CompareConfig
+from headbench.errors import HeadbenchError
+from headbench.run import Run
+from headbench.synthetic import make_shapes_dataset
+
+OPTIONS = dict(backbone="efficientnet_lite0", weights="embedded", heads=["gap"], seeds=1,
+               epochs=2, input_size=64, precision="fp32", report=False, shots="none", cam=0)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes",
+                               classes=("circle", "square"), per_class=8, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def finished(shapes, cache, tmp_path_factory) -> Path:
+    return hb.compare(shapes, cache_dir=cache, out=tmp_path_factory.mktemp("out"),
+                      **OPTIONS).run_dir
+
+
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "sent" / "run"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def _edit_results(run_dir: Path, edit) -> None:
+    path = run_dir / "results.json"
+    results = json.loads(path.read_text())
+    edit(results)
+    path.write_text(json.dumps(results))
+
+
+def _rename_head_in_predictions(run_dir: Path, old: str, new: str) -> None:
+    path = run_dir / "predictions.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["head"] = new if row["head"] == old else row["head"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_a_head_label_that_leads_out_of_the_run_is_refused_and_nothing_outside_is_touched(
+        finished, tmp_path, capsys):
+    """Fault 1's reproduction: the label and best_head set to a path, the predictions' head
+    column to match; `analyze --cam 1` deleted and wrote files in the victim folder."""
+    copy = _copy(finished, tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for name in ("ok_1.png", "wrong_2.png"):
+        (victim / name).write_bytes(b"mine")
+    label = "../../../../victim"  # run/analyses/cam/<label> is tmp_path/victim
+
+    def hostile(results):
+        results["heads"][0]["head"] = results["best_head"] = label
+        results["verdict"]["recommended"] = label
+    _edit_results(copy, hostile)
+    _rename_head_in_predictions(copy, "gap", label)
+    with pytest.raises(HeadbenchError, match=r"heads\[0\]\.head '\.\./\.\./\.\./\.\./victim' "
+                                             r"is not a name"):
+        hb.analyze(copy, cam=1)
+    assert cli.main(["analyze", str(copy), "--cam", "1"]) == 2  # bad input: exit code 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results.json': heads[0].head" in err[0]
+    assert sorted(p.name for p in victim.iterdir()) == ["ok_1.png", "wrong_2.png"]
+    assert all(p.read_bytes() == b"mine" for p in victim.iterdir())
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model_dir", "../../elsewhere", r"heads\[0\]\.model_dir '\.\./\.\./elsewhere' is not "
+                                     r"'heads/gap'"),
+    ("best_head", "flatten", r"best_head 'flatten' is not a head of the run"),
+])
+def test_a_model_folder_or_recommended_head_the_run_does_not_have_is_one_line(
+        finished, tmp_path, field, value, message):
+    copy = _copy(finished, tmp_path)
+
+    def edit(results):
+        if field == "model_dir":
+            results["heads"][0]["model_dir"] = value
+        else:
+            results["best_head"] = value
+    _edit_results(copy, edit)
+    with pytest.raises(HeadbenchError, match=message):
+        Run.load(copy)
+
+
+def test_damaged_predictions_are_one_line_naming_the_file(finished, tmp_path):
+    """Fault 5: a non-integer seed or a missing head column raised a ValueError traceback."""
+    copy = _copy(finished, tmp_path)
+    path = copy / "predictions.csv"
+    text = path.read_text().splitlines()
+    seed_column = text[0].split(",").index("seed")
+    cells = text[1].split(",")
+    cells[seed_column] = "x"
+    path.write_text("\n".join([text[0], ",".join(cells)] + text[2:]) + "\n")
+    with pytest.raises(HeadbenchError, match=r"predictions\.csv' is damaged"):
+        Run.load(copy)
+    path.write_text("\n".join(line.replace("head", "kopf", 1) if i == 0 else line
+                              for i, line in enumerate(text)) + "\n")
+    with pytest.raises(HeadbenchError, match=r"predictions\.csv' is damaged"):
+        Run.load(copy)
+
+
+@pytest.mark.parametrize("name", ["../../escaped_run", "/abs/path", "sub/x", "..", ".x", ""])
+def test_a_run_name_is_one_name(shapes, tmp_path, name):
+    """Fault 2: `--name` wrote outside --out/runs, and `sub/x` was not found on resume."""
+    with pytest.raises(HeadbenchError, match="run name .* is not a name"):
+        CompareConfig(str(shapes), out=str(tmp_path / "out"), run_name=name)
+    with pytest.raises(HeadbenchError, match="run name .* is not a name"):
+        hb.compare(shapes, out=tmp_path / "out", run_name=name, **OPTIONS)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escaped_run").exists()
+    assert CompareConfig(str(shapes), run_name="my-run_2.v3").run_name == "my-run_2.v3"
+
+
+def test_analyze_never_makes_a_cache_folder_where_the_run_says(finished, cache, tmp_path,
+                                                              monkeypatch):
+    """Fault 1, second half: config.json's cache_dir chose where analyze created cache
+    folders. A recorded folder that is not a headbench cache is not used: the default is."""
+    copy = _copy(finished, tmp_path)
+    nowhere = tmp_path / "nowhere" / "cache"
+    config = json.loads((copy / "config.json").read_text())
+    config["options"]["cache_dir"] = str(nowhere)
+    (copy / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("HEADBENCH_CACHE", str(cache))
+    run = hb.analyze(copy, cam=1)
+    assert "cam" in run.analyses and not (tmp_path / "nowhere").exists()
