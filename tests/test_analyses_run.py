@@ -358,8 +358,8 @@ def test_analyze_runs_a_registered_analysis_alone(run_copy, tiny, noise, report_
 
 @pytest.mark.parametrize("options,param,message", [
     ({}, "shifts", "nothing to analyse"),
-    ({"shifts": "-8"}, "shifts", "shifts takes comma-separated whole numbers ≥ 0"),
-    ({"sizes": "8"}, "sizes", "sizes takes comma-separated whole numbers ≥ 32"),
+    ({"shifts": "-8"}, "shifts", "shifts takes comma-separated whole numbers from 0 to 2048"),
+    ({"sizes": "8"}, "sizes", "sizes takes comma-separated whole numbers from 32 to 2048"),
     ({"shots": "0,five"}, "shots", "shots must be images per class"),
     ({"cam": -1}, "cam", "cam must be a whole number ≥ 0"),
     ({"cam": 1, "precision": "fp8"}, "precision", "unknown precision 'fp8'"),

@@ -84,7 +84,7 @@ BAD_OPTIONS = [
      "--val-fraction must be in [0, 1), got 1.5"),
     (["--shifts", "-1"], dict(shifts=[-1]), "shifts", "--shifts takes comma-separated whole"),
     (["--sizes", "8"], dict(sizes=[8]), "sizes",
-     "--sizes takes comma-separated whole numbers ≥ 32"),
+     "--sizes takes comma-separated whole numbers from 32 to 2048"),
     (["--shots", "0"], dict(shots=[0]), "shots", "--shots must be images per class ≥ 1"),
     (["--shots", "0,x"], dict(shots="0,x"), "shots", "--shots must be images per class ≥ 1"),
     (["--cam", "-1"], dict(cam=-1), "cam", "--cam must be a whole number ≥ 0"),

@@ -181,7 +181,8 @@ def test_dropout_outside_unit_interval_is_rejected():
 
 
 def test_hidden_size_below_one_is_rejected():
-    with pytest.raises(HeadbenchError, match=r"^hidden sizes must be ≥ 1, got \[8, 0\]") as e:
+    with pytest.raises(HeadbenchError,
+                       match=r"^hidden sizes must be from 1 to 65536, got \[8, 0\]") as e:
         create_head("gap", C, K, (7, 7), hidden=[8, 0])
     assert e.value.param == "hidden"
 

@@ -142,3 +142,60 @@ def test_analyze_never_makes_a_cache_folder_where_the_run_says(finished, cache, 
     monkeypatch.setenv("HEADBENCH_CACHE", str(cache))
     run = hb.analyze(copy, cam=1)
     assert "cam" in run.analyses and not (tmp_path / "nowhere").exists()
+
+
+# ---- fault 4 and 6: sizes have upper bounds, checked before any work or allocation
+
+@pytest.mark.parametrize("options, message", [
+    (dict(input_size=100000), "input_size must be a whole number from 32 to 2048"),
+    (dict(hidden="100000000000"), "hidden takes .* whole numbers from 1 to 65536"),
+    (dict(shifts="100000"), "shifts takes .* whole numbers from 0 to 2048"),
+    (dict(sizes="100000"), "sizes takes .* whole numbers from 32 to 2048"),
+])
+def test_sizes_over_their_limits_are_one_line_before_any_work(shapes, tmp_path, options, message):
+    with pytest.raises(HeadbenchError, match=message):
+        hb.compare(shapes, out=tmp_path / "out", **{**OPTIONS, **options})
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["params", "--num-classes", "100000000000"],
+    ["explain", "--input-size", "100000"],
+    ["predict", "MODEL", "IMAGES", "--input-size", "100000"],
+    ["analyze", "RUN", "--shifts", "100000"],
+])
+def test_the_cli_refuses_sizes_over_their_limits(argv, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("from 2 to 100000" in err[0] or "to 2048" in err[0])
+
+
+def test_a_head_larger_than_memory_allows_is_refused_before_it_is_built(monkeypatch):
+    from headbench import heads
+    monkeypatch.setattr(heads, "MEMORY_SHARE", 1e-6)  # any machine: 1e-6 of its memory
+    with pytest.raises(HeadbenchError, match=r"head 'gap\[60000\]' would hold .* GiB of "
+                                             r"parameters, over 0% of this machine's"):
+        heads.create_head("gap", 1280, 10, (7, 7), hidden=[60000])
+    assert heads.create_head("gap", 8, 2, (2, 2)).fc.out_features == 2  # small heads still build
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("head", {"name": "gap", "hidden": [100000000], "dropout": 0.0, "options": {}},
+     "hidden sizes must be from 1 to 65536"),
+    ("data_config.input_size", [3, 100000, 100000], "data_config.input_size"),
+    ("num_classes", 100000000, "num_classes"),
+])
+def test_an_untrusted_model_json_with_huge_sizes_is_refused_before_allocating(
+        finished, tmp_path, field, value, message):
+    """Fault 6: hidden [100000000] or input_size [3, 100000, 100000] allocated until failing."""
+    model = tmp_path / "model"
+    shutil.copytree(finished / "heads" / "gap", model)
+    meta = json.loads((model / "model.json").read_text())
+    if "." in field:
+        outer, inner = field.split(".")
+        meta[outer][inner] = value
+    else:
+        meta[field] = value
+    (model / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(HeadbenchError, match=message):
+        hb.load_model(model)

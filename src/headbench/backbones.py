@@ -32,6 +32,7 @@ from torch import nn
 
 from . import errors, progress
 from .errors import HeadbenchError
+from .images import MAX_SIZE
 
 # Name a user types -> timm model name. Any timm name (or 'arch.tag') works as well.
 ALIASES: dict[str, str] = {
@@ -86,6 +87,10 @@ def as_hw(input_size: InputSize) -> tuple[int, int]:
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
         raise HeadbenchError(f"input_size {input_size!r} is not S, (H, W) or (3, H, W) with "
                              "positive integers; pass e.g. 224", param="input_size")
+    if max(size) > MAX_SIZE:
+        raise HeadbenchError(f"input_size {max(size)} is over the limit of {MAX_SIZE} px (one "
+                             "image would take gigabytes in the backbone); pass e.g. 224",
+                             param="input_size")
     return size[0], size[1]
 
 

@@ -22,37 +22,49 @@ def items(value: str | int | float | Iterable | None) -> list[str]:
 
 
 def numbers(value: Any, param: str, kind: type = int, low: float | None = None,
-            example: str = "") -> tuple:
-    """A comma list of numbers of `kind`, each ≥ `low`, as a tuple."""
+            example: str = "", high: float | None = None) -> tuple:
+    """A comma list of numbers of `kind`, each ≥ `low` (and ≤ `high`), as a tuple."""
     parts = items(value)
     try:
         values = tuple(kind(p) for p in parts)
-    except ValueError:
+    except (ValueError, OverflowError):
         values = None
-    if values is None or (low is not None and any(v < low for v in values)):
+    if values is None or any(not _within(v, low, high) for v in values):
         word = "whole numbers" if kind is int else "numbers"
-        bound = f" ≥ {low:g}" if low is not None else ""
+        bound = _bounds(low, high)
         raise HeadbenchError(f"{param} takes comma-separated {word}{bound}"
                              + (f", e.g. {example}" if example else "")
                              + f" (got {','.join(parts) or value!r})", param=param)
     return values
 
 
-def whole(value: Any, param: str, low: int | None = None, none_ok: bool = False) -> int | None:
-    """`value` as an int (≥ `low`); a float or string must hold a whole number."""
+def whole(value: Any, param: str, low: int | None = None, none_ok: bool = False,
+          high: int | None = None) -> int | None:
+    """`value` as an int (≥ `low`, ≤ `high`); a float or string must hold a whole number."""
     if value is None and none_ok:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         value = repr(value)
     try:
         number = int(value)
-        ok = number == float(value) and (low is None or number >= low)
-    except (TypeError, ValueError):
+        ok = number == float(value) and _within(number, low, high)
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        bound = f" ≥ {low}" if low is not None else ""
-        raise HeadbenchError(f"{param} must be a whole number{bound}, got {value}", param=param)
+        raise HeadbenchError(f"{param} must be a whole number{_bounds(low, high)}, got "
+                             f"{str(value)[:40]}", param=param)
     return number
+
+
+def _within(v: float, low: float | None, high: float | None) -> bool:
+    return (low is None or v >= low) and (high is None or v <= high)
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    """' ≥ 1', ' ≤ 9' or ' from 1 to 9'."""
+    if low is not None and high is not None:
+        return f" from {low:g} to {high:g}"
+    return f" ≥ {low:g}" if low is not None else (f" ≤ {high:g}" if high is not None else "")
 
 
 def real(value: Any, param: str, low: float, high: float, closed_high: bool = False) -> float:

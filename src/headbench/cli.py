@@ -34,8 +34,8 @@ from . import progress
 from .progress import printable
 from .config import AnalysisOptions, AnalyzeConfig, CompareConfig, fields_of, flag_of
 from .errors import HeadbenchError
-from .heads import NAMED_CLAIMS
-from .images import MIN_SIZE
+from .heads import MAX_CLASSES, NAMED_CLAIMS
+from .images import MAX_SIZE, MIN_SIZE
 
 # parameter name -> flag, for the errors (head options such as pool_size have no flag)
 FLAGS = {f.name: flag_of(f) for cls in (CompareConfig, AnalyzeConfig) for f in fields_of(cls)
@@ -139,15 +139,16 @@ def _numbers(option: str, kind: type = int) -> Callable[[str], list]:
     return parse
 
 
-def _whole(low: int) -> Callable[[str], int]:
-    """A parser for a whole number ≥ `low`."""
+def _whole(low: int, high: int = 1_000_000) -> Callable[[str], int]:
+    """A parser for a whole number from `low` to `high`."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"must be a whole number ≥ {low}, got '{text}'")
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, "
+                                             f"got '{text[:40]}'")
         return value
     return parse
 
@@ -377,21 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="efficientnet_lite0", help=_field_help("backbone"))
     p.add_argument("--weights", default="none",
                    help="embedded | hub | none | PATH; counts do not depend on weights")
-    p.add_argument("--input-size", type=_whole(MIN_SIZE), default=None,
+    p.add_argument("--input-size", type=_whole(MIN_SIZE, MAX_SIZE), default=None,
                    help="input side in pixels (default: 224)")
     p.add_argument("--heads", type=_names, default=None, help=_field_help("heads"))
     p.add_argument("--hidden", type=_numbers("--hidden"), default=[], help=_field_help("hidden"))
     p.add_argument("--dropout", type=float, default=None, help=_field_help("dropout"))
-    p.add_argument("--num-classes", type=_whole(2), default=10)
+    p.add_argument("--num-classes", type=_whole(2, MAX_CLASSES), default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("explain", parents=[common],
                        help="what GAP and Flatten keep, with live worked examples")
     p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--num-classes", type=_whole(2), default=10)
+    p.add_argument("--num-classes", type=_whole(2, MAX_CLASSES), default=10)
     p.add_argument("--hidden", type=_numbers("--hidden"), default=[1024])
-    p.add_argument("--input-size", type=_whole(MIN_SIZE), default=224)
+    p.add_argument("--input-size", type=_whole(MIN_SIZE, MAX_SIZE), default=224)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("report", parents=[common], help="re-render report.html of a run")
@@ -402,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="e.g. runs/<run>/heads/gap")
     p.add_argument("paths", nargs="+", help="images or folders")
     p.add_argument("--topk", type=_whole(1), default=5)
-    p.add_argument("--input-size", type=_whole(MIN_SIZE), default=None,
+    p.add_argument("--input-size", type=_whole(MIN_SIZE, MAX_SIZE), default=None,
                    help="predict at another size (heads that accept any size only)")
     p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                    help="torch: the model folder with PyTorch; onnx: its verified ONNX export "

@@ -26,8 +26,8 @@ from .data import check_fractions
 from .checks import items, numbers, positive, real, whole
 from .errors import HeadbenchError, unknown
 from .finetune import BN_POLICIES, FinetuneConfig, parse_unfreeze
-from .heads import DEFAULT_HEADS, HeadSpec, list_heads
-from .images import MIN_SIZE
+from .heads import DEFAULT_HEADS, MAX_WIDTH, HeadSpec, list_heads
+from .images import MAX_SIZE, MIN_SIZE
 from .io import check_name
 from .runtime import PRECISIONS
 from .selection import MODES as SELECTIONS
@@ -55,7 +55,7 @@ def parse_shifts(value: Any) -> tuple[int, ...]:
     >>> parse_shifts("16,8")
     (0, 8, 16)
     """
-    shifts = numbers(value, "shifts", int, 0, "0,8,16,32")
+    shifts = numbers(value, "shifts", int, 0, "0,8,16,32", high=MAX_SIZE)
     return tuple(sorted(set(shifts) | {0})) if shifts else ()
 
 
@@ -65,7 +65,8 @@ def parse_sizes(value: Any) -> tuple[int, ...]:
     >>> parse_sizes("288,160")
     (160, 288)
     """
-    return tuple(sorted(set(numbers(value, "sizes", int, MIN_SIZE, "160,224,288"))))
+    return tuple(sorted(set(numbers(value, "sizes", int, MIN_SIZE, "160,224,288",
+                                    high=MAX_SIZE))))
 
 
 def parse_shots(value: Any) -> tuple[int | str, ...]:
@@ -237,7 +238,7 @@ class CompareConfig(AnalysisOptions):
         self.cache_dir = _absolute(self.cache_dir) if self.cache_dir is not None else None
         resolve_name(self.backbone)  # unknown names fail here, with suggestions
         self.weights = str(self.weights)
-        self.hidden = numbers(self.hidden, "hidden", int, 1, "1024,512")
+        self.hidden = numbers(self.hidden, "hidden", int, 1, "1024,512", high=MAX_WIDTH)
         if self.dropout is not None:
             self.dropout = real(self.dropout, "dropout", 0.0, 1.0)
         self.heads = tuple(self.head_specs())
@@ -257,7 +258,8 @@ class CompareConfig(AnalysisOptions):
         self.schedule = train.schedule
         if self.selection not in SELECTIONS:
             raise unknown("selection", str(self.selection), SELECTIONS, param="selection")
-        self.input_size = whole(self.input_size, "input_size", MIN_SIZE, none_ok=True)
+        self.input_size = whole(self.input_size, "input_size", MIN_SIZE, none_ok=True,
+                                high=MAX_SIZE)
         if self.precision not in PRECISIONS:
             raise unknown("precision", str(self.precision), PRECISIONS, param="precision")
         self.split = numbers(self.split, "split", float, 0, "0.7,0.15,0.15")

@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from . import io as _io
 from .backbones import Backbone, create_backbone
 from .errors import HeadbenchError
-from .heads import Head, HeadSpec, create_head
-from .images import MIN_SIZE, ImageDataset, View, image_files, make_transform
+from .heads import MAX_CLASSES, MAX_WIDTH, Head, HeadSpec, create_head
+from .images import MAX_SIZE, MIN_SIZE, ImageDataset, View, image_files, make_transform
 from .model import HeadbenchModel
 from .runtime import resolve_device
 
@@ -120,12 +120,12 @@ _MODEL_FIELDS = {
     "backbone.weights_checksum": _str_or_none,
     "backbone.file": lambda v: v is _MISSING or _str_or_none(v),
     "head": lambda v: isinstance(v, dict) and isinstance(v.get("name"), str),
-    "in_channels": lambda v: is_int(v, 1),
+    "in_channels": lambda v: is_int(v, 1) and v <= MAX_WIDTH,
     "map_size": lambda v: _numbers(v, 2, lambda x: is_int(x, 1)),
-    "num_classes": lambda v: is_int(v, 2),
+    "num_classes": lambda v: is_int(v, 2) and v <= MAX_CLASSES,
     "class_names": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
     "data_config": lambda v: isinstance(v, dict),
-    "data_config.input_size": lambda v: _numbers(v, 3, lambda x: is_int(x, 1)),
+    "data_config.input_size": lambda v: _numbers(v, 3, lambda x: is_int(x, 1) and x <= MAX_SIZE),
     "data_config.mean": lambda v: _numbers(v, 3, _is_num),
     "data_config.std": lambda v: _numbers(v, 3, lambda x: _is_num(x) and x > 0),
     "data_config.interpolation": lambda v: isinstance(v, str),
@@ -237,9 +237,9 @@ def load_model(model_dir: str | Path, device: torch.device | str | None = None) 
 def check_predict_args(topk, input_size) -> None:
     if not is_int(topk, 1):
         raise HeadbenchError(f"topk must be a whole number ≥ 1, got {topk!r}", param="topk")
-    if input_size is not None and not is_int(input_size, MIN_SIZE):
-        raise HeadbenchError(f"input_size must be a whole number ≥ {MIN_SIZE}, got "
-                             f"{input_size!r}", param="input_size")
+    if input_size is not None and not (is_int(input_size, MIN_SIZE) and input_size <= MAX_SIZE):
+        raise HeadbenchError(f"input_size must be a whole number from {MIN_SIZE} to {MAX_SIZE}, "
+                             f"got {input_size!r}", param="input_size")
 
 
 def image_tensors(files: Sequence[Path], data_config: dict, size: int | None = None

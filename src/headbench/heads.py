@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -40,6 +41,11 @@ from headbench.layers import (AttentionPool2d, AvgMax, AvgPool2d, CatAvgMax, Fla
 
 DEFAULT_HEADS = ("gap", "flatten", "avgpool", "dense_map", "gmp", "gem", "catavgmax",
                  "attention", "fastai")
+MAX_WIDTH = 65536       # the widest hidden layer (16× the widest in the literature's heads)
+MAX_CLASSES = 100_000   # the most classes (ImageNet-21k has 21,841)
+# a head larger than this share of the machine's memory is refused before it is built: training
+# holds several members of it with their gradients and AdamW's two moments
+MEMORY_SHARE = 0.25
 
 Layers = list[tuple[str, nn.Module]]
 Factory = Callable[["HeadSpec", int, int, tuple[int, int]], Layers]
@@ -175,8 +181,9 @@ class HeadSpec:
         except (TypeError, ValueError):
             raise HeadbenchError(f"hidden must be whole sizes and dropout a number, got "
                                  f"{self.hidden!r} and {self.dropout!r}", param="hidden") from None
-        if any(h < 1 for h in self.hidden):
-            raise HeadbenchError(f"hidden sizes must be ≥ 1, got {list(self.hidden)}", param="hidden")
+        if any(h < 1 or h > MAX_WIDTH for h in self.hidden):
+            raise HeadbenchError(f"hidden sizes must be from 1 to {MAX_WIDTH}, got "
+                                 f"{list(self.hidden)[:8]}", param="hidden")
         if not 0.0 <= self.dropout < 1.0:
             raise HeadbenchError(f"dropout must be in [0, 1), got {self.dropout:g}", param="dropout")
         unknown_options = sorted(set(self.options) - set(info.defaults))
@@ -438,11 +445,30 @@ def create_head(spec: HeadSpec | str, in_channels: int, num_classes: int,
     if num_classes < 2:
         raise HeadbenchError(f"a classifier needs at least 2 classes, got {num_classes}; "
                              f"check the class folders of your data", param="num_classes")
+    if num_classes > MAX_CLASSES:
+        raise HeadbenchError(f"{num_classes} classes are over the limit of {MAX_CLASSES:,}",
+                             param="num_classes")
     if in_channels < 1 or min(map_size) < 1:
         raise HeadbenchError(f"head '{spec.name}' needs a non-empty feature map, got "
                              f"{in_channels} channels of {map_size[0]}×{map_size[1]}")
+    _check_memory(spec, in_channels, num_classes, map_size)
     layers = spec.info.factory(spec, in_channels, num_classes, map_size)
     return Head(spec, layers, in_channels, num_classes, map_size)
+
+
+def _check_memory(spec: HeadSpec, in_channels: int, num_classes: int,
+                  map_size: tuple[int, int]) -> None:
+    """Refuse a head whose float32 parameters exceed `MEMORY_SHARE` of this machine's memory,
+    counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        layers = spec.info.factory(spec, in_channels, num_classes, map_size)
+    size = 4 * sum(p.numel() for _, layer in layers for p in layer.parameters())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if size > MEMORY_SHARE * memory:
+        raise HeadbenchError(f"head '{spec.label}' would hold {size / 2**30:.1f} GiB of "
+                             f"parameters, over {MEMORY_SHARE:.0%} of this machine's "
+                             f"{memory / 2**30:.0f} GiB (training holds several copies): use "
+                             "smaller hidden sizes", param="hidden")
 
 
 # --- building blocks ----------------------------------------------------------------------------

@@ -26,6 +26,9 @@ from torch.utils.data import Dataset
 from headbench.errors import HeadbenchError, unknown
 
 MIN_SIZE = 32  # smallest input size in pixels: smaller maps vanish in a 32-stride backbone
+# largest input size (and translation) in pixels: 4× the largest size timm's ImageNet backbones
+# are trained at (256-600 px); one 2048² image is 48 MB as float32 before the backbone's maps
+MAX_SIZE = 2048
 # Lower-case, without the dot: `path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS`.
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"})
 
