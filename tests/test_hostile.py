@@ -199,3 +199,51 @@ def test_an_untrusted_model_json_with_huge_sizes_is_refused_before_allocating(
     (model / "model.json").write_text(json.dumps(meta))
     with pytest.raises(HeadbenchError, match=message):
         hb.load_model(model)
+
+
+# ---- fault 3: a full disk is one line naming the file, exit code 1, and nothing finished lost
+
+def _full_disk_under(part: str, monkeypatch) -> None:
+    """fsync fails with ENOSPC for files whose path contains `part`, as on a full disk."""
+    import errno
+    import os
+    from headbench import io
+    fsync = os.fsync
+
+    def full(fd):
+        if part in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fsync(fd)
+    monkeypatch.setattr(io.os, "fsync", full)
+
+
+def test_a_full_disk_while_committing_members_is_one_line_and_the_rerun_resumes(
+        shapes, cache, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    _full_disk_under("/members/", monkeypatch)
+    argv = ["compare", str(shapes), "--out", str(out), "--cache-dir", str(cache), "--heads",
+            "gap", "--seeds", "1", "--epochs", "2", "--input-size", "64", "--no-report",
+            "--shots", "none", "--cam", "0", "--weights", "embedded", "--quiet"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "cannot write '" in err[0] and "/members/gap/" in err[0]
+    assert "no space left on device" in err[0] and "rerun the same command" in err[0]
+    monkeypatch.undo()
+    assert cli.main(argv) == 0
+    (run_dir,) = (out / "runs").iterdir()
+    assert Run.load(run_dir).best_head == "gap"
+
+
+def test_a_short_write_into_the_cache_is_named_as_a_full_disk(shapes, tmp_path, monkeypatch):
+    """numpy's "153600 requested and 28608 written" named no file and no cause (exit 2)."""
+    from headbench import features, io
+    from headbench.errors import DiskError
+
+    def short(f, array):
+        raise OSError("153600 requested and 28608 written")
+    monkeypatch.setattr(features.np, "save", short)
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 0))
+    with pytest.raises(DiskError, match=r"cannot write '.*/chunks/000000\.npy': no space left "
+                                        r"on device; extracted features are kept"):
+        hb.compare(shapes, cache_dir=tmp_path / "cache", out=tmp_path / "out", **OPTIONS)

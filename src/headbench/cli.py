@@ -33,7 +33,7 @@ from . import io as _io
 from . import progress
 from .progress import printable
 from .config import AnalysisOptions, AnalyzeConfig, CompareConfig, fields_of, flag_of
-from .errors import HeadbenchError
+from .errors import DiskError, HeadbenchError
 from .heads import MAX_CLASSES, NAMED_CLAIMS
 from .images import MAX_SIZE, MIN_SIZE
 
@@ -457,6 +457,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command != "compare":
             distributed.refuse(command)
         return args.func(args)
+    except DiskError as e:  # compare says what it kept
+        if debug:
+            raise
+        say(f"error: {e}", file=sys.stderr)
+        return 1
     except HeadbenchError as e:
         if debug:
             raise

@@ -45,7 +45,7 @@ from . import verdict as _verdict
 from .analyses import RunContext, run_analyses
 from .analyses.findings import findings
 from .config import CompareConfig
-from .errors import HeadbenchError
+from .errors import DiskError, HeadbenchError
 from .heads import Head, HeadSpec, create_head
 from .images import default_workers
 from .model import HeadbenchModel, count_flops, count_params
@@ -131,7 +131,7 @@ def compare(data: str | Path | CompareConfig, **options) -> Run | None:
             mark_complete(run_dir)
             return run
     except OSError as e:
-        raise HeadbenchError(_disk_error(e, committed)) from None
+        raise DiskError(_disk_error(e, committed)) from None
 
 
 def _follow(config: CompareConfig, bb, rt: Runtime, timing: Timing) -> None:

@@ -25,6 +25,11 @@ class HeadbenchError(Exception):
         self.hints = tuple(hints)
 
 
+class DiskError(HeadbenchError):
+    """A write that failed for the disk's sake (full, read-only, gone): one line with the path,
+    the cause and what was kept; the CLI exits with code 1 (a bad option or input: 2)."""
+
+
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The valid names most similar to `name` (case-insensitive), best first."""
     choices = list(choices)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import io as _io
 from .backbones import Backbone, create_backbone
@@ -34,7 +34,7 @@ RECREATABLE = ("embedded", "hub", "none")  # "none" is a seeded init
 def save_head_weights(state_dict: dict, path: Path) -> Path:
     """A head's weights as safetensors (contiguous CPU tensors), written atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    return _io.atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    return _io.atomic_write_safetensors(path, tensors, {"format": FORMAT})
 
 
 def save_backbone_if_needed(backbone: Backbone, run_dir: Path) -> Path | None:

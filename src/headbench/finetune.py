@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import math
 import time
@@ -305,7 +306,9 @@ def logits_of(model: HeadbenchModel, images: Images, device: torch.device, preci
 # ----------------------------------------------------------------------------- checkpoints
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    _io.atomic_write(path, lambda tmp: torch.save(state, tmp))
+    buffer = io.BytesIO()  # in memory first: torch.save raises RuntimeError on a full disk
+    torch.save(state, buffer)
+    _io.atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_checkpoint(path: Path, key: str) -> dict | None:

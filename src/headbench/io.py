@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -96,11 +97,30 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno is not None:  # name the file meant, not the temp
-            raise OSError(e.errno, e.strerror, str(path)) from e
+        if isinstance(e, OSError):  # name the file meant, not the temp, and always a cause
+            code = e.errno if e.errno is not None else _short_write_errno(path.parent)
+            raise OSError(code, e.strerror or os.strerror(code), str(path)) from e
         raise
     fsync_dir(path.parent)
     return path
+
+
+def _short_write_errno(folder: Path) -> int:
+    """The errno of a write that failed without one (numpy's "N requested and M written"):
+    ENOSPC when the folder's disk has less than 1 MiB free, else EIO."""
+    try:
+        full = shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        full = False
+    return errno.ENOSPC if full else errno.EIO
+
+
+def atomic_write_safetensors(path: str | Path, tensors: Mapping[str, Any],
+                             metadata: Mapping[str, str] | None = None) -> Path:
+    """`tensors` as a safetensors file, atomically; serialised in memory first, so that a full
+    disk is an OSError naming `path` (safetensors' own writer raises its own error type)."""
+    from safetensors.torch import save
+    return atomic_write_bytes(path, save(dict(tensors), metadata=dict(metadata or {})))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -323,13 +323,12 @@ def _member_file(run_dir: Path, member: Member) -> Path:
 def save_member(run_dir: str | Path, member: Member, result: TrainResult,
                 feature_digest: str) -> None:
     """Commit one finished training run (weights and history) so a rerun need not repeat it."""
-    from safetensors.torch import save_file
     meta = {"member": dataclasses.asdict(member), "feature_digest": feature_digest,
             "result": {f.name: _to_json(getattr(result, f.name))
                        for f in dataclasses.fields(result) if f.name != "state_dict"}}
     tensors = {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()}
-    _io.atomic_write(_member_file(Path(run_dir), member),
-                     lambda tmp: save_file(tensors, tmp, metadata={"headbench": json.dumps(meta)}))
+    _io.atomic_write_safetensors(_member_file(Path(run_dir), member), tensors,
+                                 {"headbench": json.dumps(meta)})
 
 
 def load_members(run_dir: str | Path, feature_digest: str) -> dict[Member, TrainResult]:
