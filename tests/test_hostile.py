@@ -247,3 +247,21 @@ def test_a_short_write_into_the_cache_is_named_as_a_full_disk(shapes, tmp_path, 
     with pytest.raises(DiskError, match=r"cannot write '.*/chunks/000000\.npy': no space left "
                                         r"on device; extracted features are kept"):
         hb.compare(shapes, cache_dir=tmp_path / "cache", out=tmp_path / "out", **OPTIONS)
+
+
+# ---- fault 9: warnings from libraries are escaped like every other line
+
+def test_a_library_warning_with_control_characters_reaches_the_terminal_escaped(capsys):
+    """matplotlib printed "Glyph 27 (\\x1b) missing" with the raw ESC and BEL of a class name."""
+    import warnings
+    from headbench import progress
+    assert cli.main(["params", "--heads", "gap"]) == 0  # the CLI installs the escaping display
+    assert warnings.showwarning is progress.show_warning
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = progress.show_warning
+        warnings.warn("Glyph 27 (\x1b) missing from ctl\x1b]0;title\x07class", UserWarning)
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "Glyph 27 (\\x1b) missing from ctl\\x1b]0;title\\x07class" in err

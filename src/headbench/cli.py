@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -450,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug, command = "--debug" in argv, None
     parser = build_parser()
+    warnings.showwarning = progress.show_warning
     try:
         args = parser.parse_args(argv)
         command = args.command

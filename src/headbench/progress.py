@@ -10,6 +10,7 @@ import contextlib
 import re
 import sys
 import time
+import warnings
 from typing import Any, Iterator
 
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -55,6 +56,16 @@ def printable(text: Any) -> str:
     ('two\\x0alines\\u202e', 'café [bold]')
     """
     return _UNPRINTABLE.sub(_escape, str(text))
+
+
+def show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:
+    """`warnings.showwarning` for the CLI: a library's warning (matplotlib naming a glyph of a
+    class name) with its control characters escaped, like every other line headbench prints."""
+    text = warnings.formatwarning(message, category, filename, lineno, line)
+    out = file if file is not None else sys.stderr
+    with contextlib.suppress(OSError, ValueError):  # stderr gone: nothing to tell
+        out.write("".join(printable(part) + "\n" for part in text.splitlines()))
 
 
 class _Printable:
