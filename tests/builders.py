@@ -1,5 +1,9 @@
-"""Small typed-run builders shared by the analyses tests (not a test module)."""
+"""Small typed-run builders and file edits shared by tests (not a test module)."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
 
 from headbench.heads import HeadSpec
 from headbench.results import HeadResult, HeadSummary, Metrics, SeedResult
@@ -18,3 +22,10 @@ def placeholder_head(label: str, seeds: list[int], n_test: int = 1) -> HeadResul
                       model_dir=f"heads/{label}", model_size_bytes=None, latency_ms_b1=0.0,
                       throughput_b32=0.0, architecture="", seeds=runs,
                       summary=HeadSummary.of(runs))
+
+
+def edit_json(path: Path, change: Callable[[Any], None]) -> None:
+    """Rewrite the JSON file at `path` after `change(its value)` (damaging run and model files)."""
+    value = json.loads(path.read_text())
+    change(value)
+    path.write_text(json.dumps(value))

@@ -3,11 +3,11 @@ damaged fields are one line, and it never chooses where cache folders are made."
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from pathlib import Path
 
 import pytest
+from builders import edit_json
 
 import headbench as hb
 from headbench import cli
@@ -39,10 +39,7 @@ def _copy(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def _edit_results(run_dir: Path, edit) -> None:
-    path = run_dir / "results.json"
-    results = json.loads(path.read_text())
-    edit(results)
-    path.write_text(json.dumps(results))
+    edit_json(run_dir / "results.json", edit)
 
 
 def _rename_head_in_predictions(run_dir: Path, old: str, new: str) -> None:
@@ -136,9 +133,7 @@ def test_analyze_never_makes_a_cache_folder_where_the_run_says(finished, cache, 
     folders. A recorded folder that is not a headbench cache is not used: the default is."""
     copy = _copy(finished, tmp_path)
     nowhere = tmp_path / "nowhere" / "cache"
-    config = json.loads((copy / "config.json").read_text())
-    config["options"]["cache_dir"] = str(nowhere)
-    (copy / "config.json").write_text(json.dumps(config))
+    edit_json(copy / "config.json", lambda config: config["options"].update(cache_dir=str(nowhere)))
     monkeypatch.setenv("HEADBENCH_CACHE", str(cache))
     run = hb.analyze(copy, cam=1)
     assert "cam" in run.analyses and not (tmp_path / "nowhere").exists()
@@ -190,13 +185,13 @@ def test_an_untrusted_model_json_with_huge_sizes_is_refused_before_allocating(
     """Fault 6: hidden [100000000] or input_size [3, 100000, 100000] allocated until failing."""
     model = tmp_path / "model"
     shutil.copytree(finished / "heads" / "gap", model)
-    meta = json.loads((model / "model.json").read_text())
-    if "." in field:
-        outer, inner = field.split(".")
-        meta[outer][inner] = value
-    else:
-        meta[field] = value
-    (model / "model.json").write_text(json.dumps(meta))
+    def change(meta):
+        outer, _, inner = field.partition(".")
+        if inner:
+            meta[outer][inner] = value
+        else:
+            meta[outer] = value
+    edit_json(model / "model.json", change)
     with pytest.raises(HeadbenchError, match=message):
         hb.load_model(model)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
+import builders
+
 import headbench as hb
 from headbench.backbones import create_backbone
 from headbench.cli import main
@@ -46,10 +48,7 @@ def copy_model(run, tmp_path: Path) -> Path:
 
 
 def edit_json(model_dir: Path, change) -> None:
-    path = model_dir / "model.json"
-    meta = json.loads(path.read_text())
-    change(meta)
-    path.write_text(json.dumps(meta))
+    builders.edit_json(model_dir / "model.json", change)
 
 
 def load_error(model_dir: Path) -> HeadbenchError:
