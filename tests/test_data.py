@@ -427,3 +427,20 @@ def test_default_transform_matches_timm_eval_transform():
         theirs = timm.data.create_transform(**cfg)(img)
         assert ours.shape == theirs.shape
         assert (ours - theirs).abs().max() < 1e-5  # same PIL resize and crop arithmetic
+
+
+@pytest.mark.parametrize("link, target", [
+    ("a/up", ".."),           # the data folder itself, above the link: issue 21's reproduction
+    ("a/self", "."),          # its own class folder
+    ("a/other", "../b"),      # another class: b's images would be read as a
+])
+def test_a_folder_link_into_the_layout_or_another_class_is_skipped_and_listed(tmp_path, link,
+                                                                              target):
+    """Issue 21, fault 8: `ln -s .. circle/up` relabelled square images as circles."""
+    data = make_classes(tmp_path / "data", {"a": 2, "b": 2})
+    (data / link).symlink_to(target)
+    scan = scan_folder(data)
+    assert sorted(str(it.path.relative_to(data)) for it in scan.items) == [
+        "a/000.png", "a/001.png", "b/000.png", "b/001.png"]
+    (why,) = [why for p, why in scan.skipped if p == data / link]
+    assert "a loop" in why or "another class folder ('b')" in why

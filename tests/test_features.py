@@ -170,6 +170,35 @@ def test_half_written_chunk_without_json_is_ignored(backbone, images, tmp_path):
     _assert_same_as_fresh(backbone, images, tmp_path, fs)
 
 
+def test_a_chunk_with_flipped_bytes_is_named_dropped_and_extracted_again(backbone, images,
+                                                                         tmp_path, monkeypatch):
+    """Issue 21, fault 7: flipped bytes in a chunk's data gave "training head 'gap' diverged ...
+    lower lr", and every rerun read the same corrupt chunk."""
+    fs = _extract(backbone, images, tmp_path, chunk_size=5)
+    first = _chunk_files(fs, "npy")[0]
+    data = bytearray(first.read_bytes())
+    data[-9] ^= 0xFF  # a feature value, not the header: the file still parses
+    first.write_bytes(bytes(data))
+    said = []
+    monkeypatch.setattr(features.progress, "log", lambda text, *a, **k: said.append(text))
+    again = _extract(backbone, images, tmp_path, chunk_size=5)
+    assert any(f"cache chunk '{first}' is damaged" in line for line in said)
+    assert again.n_extracted == 5 and again.valid.all()
+    _assert_same_as_fresh(backbone, images, tmp_path, again)
+    assert _extract(backbone, images, tmp_path, chunk_size=5).n_extracted == 0  # healed
+
+
+def test_a_damaged_meta_json_is_one_line_naming_it(backbone, images, tmp_path):
+    """Fault 7: meta.json's feature_shape [7] gave a traceback."""
+    fs = _extract(backbone, images[:2], tmp_path)
+    meta = json.loads((fs.path / "meta.json").read_text())
+    meta["feature_shape"] = [7]
+    (fs.path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(HeadbenchError, match=r"meta\.json' is damaged \(feature_shape \[7\], "
+                                             r"this backbone gives \[512, 2, 2\]\): remove"):
+        _extract(backbone, images, tmp_path)
+
+
 def test_chunks_store_float16_nchw_and_digests(backbone, images, tmp_path):
     fs = _extract(backbone, images, tmp_path, chunk_size=4)
     assert fs.shape == backbone.feature_shape() == (512, 2, 2)

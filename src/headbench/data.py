@@ -90,19 +90,29 @@ def _loose_files(folder: Path, skipped: list[tuple[Path, str]]) -> None:
 class _Links:
     """The symlink policy of one scan: links that stay inside the data folder are always used;
     links that lead out of it are used only with `follow`, and counted either way. A linked
-    folder is decided (and counted) once, where the link is; loops are skipped."""
+    folder is decided (and counted) once, where the link is; loops are skipped. Real paths are
+    tracked across the whole scan (`seen`): no folder is walked twice, and a folder link to the
+    layout itself (the data folder, a split folder, a folder above the link) or into another
+    class's folder is skipped, as it would read images twice or under another label."""
 
-    def __init__(self, root: Path, follow: bool):
+    def __init__(self, root: Path, follow: bool, layout: set[Path] = frozenset(),
+                 classes: set[Path] = frozenset()):
         self.root, self.follow, self.outside = root.resolve(), follow, 0
+        self.layout, self.classes, self.seen = set(layout), set(classes), set()
 
-    def allowed(self, path: Path, skipped: list[tuple[Path, str]]) -> bool:
-        """Whether to use `path` (a file or folder); refused links are listed in `skipped`."""
+    def allowed(self, path: Path, skipped: list[tuple[Path, str]],
+                home: Path | None = None) -> bool:
+        """Whether to use `path` (a file or folder) found under class folder `home` (resolved);
+        refused links are listed in `skipped`."""
         if not path.is_symlink():
             return True
         try:
             target = path.resolve(strict=True)
         except (OSError, RuntimeError):  # a loop, or a link to nothing
             skipped.append((path, "broken symlink or symlink loop"))
+            return False
+        if home is not None and target.is_dir() and (why := self._relabels(path, target, home)):
+            skipped.append((path, why))
             return False
         if target.is_relative_to(self.root):
             return True
@@ -113,22 +123,34 @@ class _Links:
         return self.follow
 
 
+    def _relabels(self, path: Path, target: Path, home: Path) -> str | None:
+        """Why a link under class folder `home` must not be used, or None."""
+        if target in self.layout or path.parent.resolve().is_relative_to(target):
+            return "symlink to the data folder, a split folder or a folder above it (a loop)"
+        owner = next((c for c in self.classes if target.is_relative_to(c)), None)
+        if owner is not None and owner != home:
+            return (f"symlink into another class folder ('{owner.name}'): its images would be "
+                    "read under this class's label")
+        return None
+
+
 def _class_files(folder: Path, skipped: list[tuple[Path, str]], links: _Links) -> list[Path]:
     """Image files under one class folder (recursively), sorted; others go to `skipped`."""
-    found, seen = [], {folder.resolve()}
+    found, home = [], folder.resolve()
+    links.seen.add(home)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         kept = []
         for d in sorted(d for d in dirnames if not _hidden(d)):
             sub = Path(dirpath) / d
-            if links.allowed(sub, skipped) and sub.resolve() not in seen:  # no folder twice
-                seen.add(sub.resolve())
+            if links.allowed(sub, skipped, home) and sub.resolve() not in links.seen:
+                links.seen.add(sub.resolve())  # no folder twice, across the whole scan
                 kept.append(d)
         dirnames[:] = kept
         for name in sorted(filenames):
             if _hidden(name):
                 continue
             path = Path(dirpath) / name
-            if not links.allowed(path, skipped):
+            if not links.allowed(path, skipped, home):
                 continue
             suffix = path.suffix.lower()
             if not is_image_file(path):
@@ -194,7 +216,9 @@ def scan_folder(root: str | Path, follow_links: bool = False) -> Scan:
     root = root.resolve()  # runs record absolute paths, so they work from any directory
     layout, role_dirs = _detect_layout(root)
     skipped: list[tuple[Path, str]] = []
-    links = _Links(root, follow_links)
+    structure = {root} | {folder.resolve() for folder in role_dirs.values()}
+    class_dirs = {c.resolve() for folder in role_dirs.values() for c in _subdirs(folder)}
+    links = _Links(root, follow_links, structure, class_dirs - structure)
     _loose_files(root, skipped)
     found: dict[str, dict[str, list[Path]]] = {}  # role -> class -> files
     for role, folder in role_dirs.items():

@@ -9,7 +9,8 @@ Rows are stored as float16 in memory-mappable `.npy` chunks:
     <cache_dir>/<key>/meta.json              what produced the features (the key's fields + more)
     <cache_dir>/<key>/chunks/000000.npy      float16 (n, C, H, W)
     <cache_dir>/<key>/chunks/000000.json     {"digests": [n content digests, row order],
-                                              "failures": {digest: reason}}
+                                              "failures": {digest: reason},
+                                              "crc32": the .npy's CRC-32}
 
 The key hashes everything that changes the numbers: backbone, weights checksum, data config,
 input size, view (resize / shift / margin, or an augmented view: the recipe hash and the view
@@ -20,16 +21,21 @@ never again; decode failures are cached with their reason the same way.
 A chunk counts only once its `.json` exists: the `.npy` is committed first (temp file +
 `os.replace`), then the `.json`. An interrupted extraction therefore resumes after the last
 finished chunk, and a half-written `.npy` without its `.json` is ignored and later overwritten.
+A chunk whose `.npy` no longer matches its CRC-32 (a flipped bit on disk) is named in the log,
+removed, and its images are extracted again; a meta.json whose feature shape is not the
+backbone's is one line naming it (chunks written before the checksum are read as before).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import hashlib
+import io as io_bytes
 import json
 import os
 import re
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +136,10 @@ class ChunkIndex:
                 continue  # unreadable record: treat the chunk as never written
             if digests and _npy_rows(chunks / f"{number:06d}.npy") != len(digests):
                 continue
+            if digests and "crc32" in record and (
+                    _crc32(chunks / f"{number:06d}.npy") != record["crc32"]):
+                _drop_damaged(chunks, number, len(digests))
+                continue
             index.failures.update(failures)
             index.rows.update((d, (number, row)) for row, d in enumerate(digests))
         return index
@@ -154,14 +164,39 @@ def is_cache(path: Path) -> bool:
 
 def _commit_chunk(chunks: Path, number: int, features: np.ndarray, digests: list[str],
                   failures: dict[str, str]) -> None:
-    """Write one chunk: the .npy first, then the .json that makes it count."""
+    """Write one chunk: the .npy first, then the .json that makes it count, with the .npy's
+    CRC-32 (checked by `ChunkIndex.load`)."""
+    record: dict[str, Any] = {"digests": digests, "failures": failures}
     if digests:
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, features)
-        io.atomic_write(chunks / f"{number:06d}.npy", write)
-    io.atomic_write_json(chunks / f"{number:06d}.json",
-                         {"digests": digests, "failures": failures})
+        buffer = io_bytes.BytesIO()
+        np.save(buffer, features)
+        data = buffer.getvalue()
+        io.atomic_write_bytes(chunks / f"{number:06d}.npy", data)
+        record["crc32"] = zlib.crc32(data)
+    io.atomic_write_json(chunks / f"{number:06d}.json", record)
+
+
+def _crc32(path: Path) -> int | None:
+    """CRC-32 of a file read in 16 MiB blocks; None when it cannot be read."""
+    crc = 0
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(16 << 20):
+                crc = zlib.crc32(block, crc)
+    except OSError:
+        return None
+    return crc
+
+
+def _drop_damaged(chunks: Path, number: int, n_rows: int) -> None:
+    """A chunk whose bytes do not match its checksum: said in one line and removed (record
+    first: without it the chunk never counts), so its images are extracted again."""
+    npy = chunks / f"{number:06d}.npy"
+    progress.log(f"cache chunk '{npy}' is damaged (its checksum does not match): its {n_rows} "
+                 "images are extracted again")
+    for path in (chunks / f"{number:06d}.json", npy):
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _entry_lock(entry: Path):
@@ -228,16 +263,24 @@ class _ChunkWriter:
 def _ensure_meta(entry: Path, fields: dict[str, Any], backbone: Any, view: View) -> dict:
     """meta.json of the entry, written on first use. `feature_shape` is one stored row's
     shape: the map (C, H, W), or (len(form)·C,) for pooled statistics."""
-    try:
-        return json.loads((entry / "meta.json").read_text())
-    except (OSError, ValueError):
-        pass
     c, h, w = backbone.feature_shape(view.size)
     form = fields.get("form")
+    shape = [len(form) * c] if form else [c, h, w]
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    if meta is not None:
+        stored = meta.get("feature_shape") if isinstance(meta, dict) else None
+        if stored != shape:
+            raise HeadbenchError(f"'{entry / 'meta.json'}' is damaged (feature_shape "
+                                 f"{str(stored)[:40]}, this backbone gives {shape}): remove "
+                                 f"the entry with 'headbench cache rm {entry.name}' and rerun")
+        return meta
     if view.aug is not None:  # the key holds only its hash: keep the recipe itself readable
         fields = dict(fields, aug_recipe=AUG_RECIPE)
     meta = dict(fields, backbone_name=backbone.name, weights=str(backbone.weights),
-                feature_shape=[len(form) * c] if form else [c, h, w], map_shape=[c, h, w],
+                feature_shape=shape, map_shape=[c, h, w],
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     io.atomic_write_json(entry / "meta.json", meta)
     return meta
