@@ -265,3 +265,26 @@ def test_a_library_warning_with_control_characters_reaches_the_terminal_escaped(
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err
     assert "Glyph 27 (\\x1b) missing from ctl\\x1b]0;title\\x07class" in err
+
+
+# ---- fault 5: damaged results.json fields are one line naming the field
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["heads"][0]["seeds"][0].update(test=None), r"heads\[0\]\.seeds\[0\]\.test is "
+                                                            r"missing"),
+    (lambda r: r["heads"][0].update(best_seed=-1), r"heads\[0\]\.best_seed -1 is not one of its "
+                                                   r"seeds \[0\]"),
+    (lambda r: r["heads"][0]["summary"]["test_accuracy"].update(mean=float("nan")),
+     r"heads\[0\]\.summary\.test_accuracy\.mean is not a number"),
+    (lambda r: r["backbone"]["data_config"].update(input_size="x"),
+     r"backbone\.data_config\.input_size is invalid"),
+])
+def test_a_damaged_results_field_is_one_line_when_loaded_and_in_report(
+        finished, tmp_path, edit, message, capsys):
+    copy = _copy(finished, tmp_path)
+    _edit_results(copy, edit)
+    with pytest.raises(HeadbenchError, match=message):
+        Run.load(copy)
+    assert cli.main(["report", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results.json'" in err[0]

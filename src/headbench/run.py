@@ -30,6 +30,7 @@ from . import io as _io
 from . import progress
 from .config import CompareConfig
 from .data import ROLES
+from .run_checks import check_loaded
 from .errors import HeadbenchError
 from .heads import HeadSpec
 from .results import (CI, BackboneInfo, DatasetInfo, Finding, HeadResult, HeadSummary, Metrics,
@@ -228,28 +229,9 @@ class Run:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise HeadbenchError(f"results of '{run_dir}' are damaged ({type(e).__name__}: {e}); "
                                  "re-run compare") from None
-        _check_names(run)
+        check_loaded(run)
         run.predictions = _read_predictions(run_dir, run)
         return run
-
-
-def _check_names(run: "Run") -> None:
-    """The names a run folder gives that become paths or pick heads, checked: each head label
-    one name (`io.check_name`), its model folder `heads/<label>`, the recommended head one of
-    the heads. A run folder is untrusted input: it may come from anyone."""
-    where = run.run_dir / "results.json"
-    labels = []
-    for i, head in enumerate(run.heads):
-        labels.append(_io.check_name(head.head, f"'{where}': heads[{i}].head"))
-        if head.model_dir != f"heads/{head.head}":
-            raise HeadbenchError(f"'{where}': heads[{i}].model_dir {head.model_dir[:80]!r} is not "
-                                 f"'heads/{head.head}'; re-run compare")
-    chosen = {"best_head": run.best_head,
-              "verdict.recommended": run.verdict.recommended if run.verdict else None}
-    for key, label in chosen.items():
-        if label and label not in labels:
-            raise HeadbenchError(f"'{where}': {key} {str(label)[:80]!r} is not a head of the "
-                                 "run; re-run compare")
 
 
 # ----------------------------------------------------------------------------------------------
