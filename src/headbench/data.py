@@ -122,7 +122,6 @@ class _Links:
                                   "to use it)"))
         return self.follow
 
-
     def _relabels(self, path: Path, target: Path, home: Path) -> str | None:
         """Why a link under class folder `home` must not be used, or None."""
         if target in self.layout or path.parent.resolve().is_relative_to(target):

@@ -136,8 +136,8 @@ class ChunkIndex:
                 continue  # unreadable record: treat the chunk as never written
             if digests and _npy_rows(chunks / f"{number:06d}.npy") != len(digests):
                 continue
-            if digests and "crc32" in record and (
-                    _crc32(chunks / f"{number:06d}.npy") != record["crc32"]):
+            if digests and "crc32" in record and not _matches(chunks / f"{number:06d}.npy",
+                                                              record["crc32"]):
                 _drop_damaged(chunks, number, len(digests))
                 continue
             index.failures.update(failures)
@@ -174,6 +174,24 @@ def _commit_chunk(chunks: Path, number: int, features: np.ndarray, digests: list
         io.atomic_write_bytes(chunks / f"{number:06d}.npy", data)
         record["crc32"] = zlib.crc32(data)
     io.atomic_write_json(chunks / f"{number:06d}.json", record)
+
+
+# chunk files already checked by this process, (path, size, mtime) -> CRC-32: an extraction
+# loads its entry's index up to three times, and a chunk is read in full to check it (damage
+# on disk between two processes is always seen: each process checks every chunk once)
+_CHECKED: dict[tuple[str, int, int], int] = {}
+
+
+def _matches(path: Path, crc: int) -> bool:
+    """Whether the file at `path` has CRC-32 `crc` (computed once per file version)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    version = (str(path), stat.st_size, stat.st_mtime_ns)
+    if version not in _CHECKED:
+        _CHECKED[version] = _crc32(path)
+    return _CHECKED[version] == crc
 
 
 def _crc32(path: Path) -> int | None:
