@@ -459,16 +459,40 @@ def create_head(spec: HeadSpec | str, in_channels: int, num_classes: int,
 def _check_memory(spec: HeadSpec, in_channels: int, num_classes: int,
                   map_size: tuple[int, int]) -> None:
     """Refuse a head whose float32 parameters exceed `MEMORY_SHARE` of this machine's memory,
-    counted on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        layers = spec.info.factory(spec, in_channels, num_classes, map_size)
-    size = 4 * sum(p.numel() for _, layer in layers for p in layer.parameters())
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if size > MEMORY_SHARE * memory:
+    counted on the meta device (nothing allocated; once per head shape: training builds a head
+    per member)."""
+    size, memory = _parameter_bytes(spec, in_channels, num_classes, map_size), _memory_bytes()
+    if memory and size > MEMORY_SHARE * memory:
         raise HeadbenchError(f"head '{spec.label}' would hold {size / 2**30:.1f} GiB of "
                              f"parameters, over {MEMORY_SHARE:.0%} of this machine's "
                              f"{memory / 2**30:.0f} GiB (training holds several copies): use "
                              "smaller hidden sizes", param="hidden")
+
+
+_SIZES: dict[tuple, int] = {}
+
+
+def _parameter_bytes(spec: HeadSpec, c: int, k: int, map_size: tuple[int, int]) -> int:
+    """Bytes of the head's float32 parameters; 0 for a (plugin) head that cannot be built on
+    the meta device, which is then built as it is."""
+    key = (spec.label, c, k, map_size)  # the label names the whole spec
+    if key not in _SIZES:
+        try:
+            with torch.device("meta"):
+                layers = spec.info.factory(spec, c, k, map_size)
+            _SIZES[key] = 4 * sum(p.numel() for _, layer in layers for p in layer.parameters())
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            _SIZES[key] = 0
+    return _SIZES[key]
+
+
+@functools.cache
+def _memory_bytes() -> int:
+    """The machine's physical memory; 0 where the OS does not say (no check then)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 # --- building blocks ----------------------------------------------------------------------------
