@@ -46,11 +46,13 @@ import section_h_onnx
 import section_i_protocol
 import section_j_selection
 import section_k_default_job
+import section_l_halving
 
 SECTIONS = {m.KEY: m for m in (section_a_whole_job, section_b_extraction, section_c_loading,
                                section_d_large_folders, section_e_bf16, section_f_stacked,
                                section_g_finetune, section_h_onnx, section_i_protocol,
-                               section_j_selection, section_k_default_job)}
+                               section_j_selection, section_k_default_job,
+                               section_l_halving)}
 
 
 def main() -> None:

@@ -39,12 +39,13 @@ PREVIOUS = dict(lr=(1e-3,), weight_decays=(1e-4, 1e-3, 1e-2, 1e-1), patience=8, 
 MNIST = H.ROOT.parent / "shared" / "datasets" / "mnist_small"
 
 
-def split_features(ctx: H.Ctx, folder: Path) -> tuple[dict, tuple, int]:
-    """role -> (Features, labels) of compare's splits of `folder`, the map shape and the number
-    of classes (a one-epoch compare makes the splits and the cache)."""
+def split_features(ctx: H.Ctx, folder: Path, split_seed: int = 0) -> tuple[dict, tuple, int]:
+    """role -> (Features, labels) of compare's splits of `folder` at `split_seed`, the map shape
+    and the number of classes (a one-epoch compare makes the splits and the cache)."""
     cache = ctx.out / "work" / "protocol-cache"
     run = hb.compare(folder, heads=["gap"], seeds=1, epochs=1, lr=1e-3, cache_dir=cache,
-                     out=ctx.fresh(f"protocol-{folder.name}"), report=False)
+                     split_seed=split_seed, out=ctx.fresh(f"protocol-{folder.name}-{split_seed}"),
+                     report=False)
     bb = backbones.create_backbone(run.backbone.name, run.backbone.weights, run.options.input_size)
     root, out = Path(run.dataset.root), {}
     for role in ("train", "val", "test"):

@@ -3,7 +3,10 @@ damaged fields are one line, and it never chooses where cache folders are made."
 from __future__ import annotations
 
 import csv
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -248,6 +251,36 @@ def test_a_short_write_into_the_cache_is_named_as_a_full_disk(shapes, tmp_path, 
     with pytest.raises(DiskError, match=r"cannot write '.*/chunks/000000\.npy': no space left "
                                         r"on device; extracted features are kept"):
         hb.compare(shapes, cache_dir=tmp_path / "cache", out=tmp_path / "out", **OPTIONS)
+
+
+def _private_mounts() -> bool:
+    """Whether this machine lets a test mount a tmpfs in a private mount namespace."""
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("full", ["out", "cache"])
+def test_a_really_full_disk_is_one_line_and_exit_code_1(shapes, cache, tmp_path, full):
+    """`--out` or `--cache-dir` on a 16 KiB tmpfs (a private mount namespace: nothing outside the
+    test sees it): the disk really fills up, and the CLI says so in one line, exit code 1."""
+    if not _private_mounts():
+        pytest.skip("this machine allows no private mount namespace (unshare -rm)")
+    small = tmp_path / "small"
+    small.mkdir()
+    out = small if full == "out" else tmp_path / "out"
+    cache_dir = small if full == "cache" else cache
+    argv = [sys.executable, "-m", "headbench", "--quiet", "compare", str(shapes), "--out",
+            str(out), "--cache-dir", str(cache_dir), "--heads", "gap", "--seeds", "1",
+            "--epochs", "2", "--input-size", "64", "--precision", "fp32", "--no-report",
+            "--shots", "none", "--cam", "0", "--weights", "embedded"]
+    script = f"mount -t tmpfs -o size=16k tmpfs {shlex.quote(str(small))} && {shlex.join(argv)}"
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=600)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stderr
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "no space left on device" in lines[0] and str(small) in lines[0]
 
 
 # ---- fault 9: warnings from libraries are escaped like every other line

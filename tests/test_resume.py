@@ -130,6 +130,46 @@ def test_a_kill_during_cross_validation_keeps_the_finished_folds(shapes, cache, 
     assert resumed.best_head == uninterrupted.best_head
 
 
+def test_sigkill_mid_sweep_then_rerun_continues_the_stacks_from_their_checkpoint(
+        shapes, cache, uninterrupted, tmp_path, monkeypatch):
+    """Killed after the stacks' state of the sweep's second epoch was saved (no member finished
+    yet), the rerun trains the sweep's last epoch only and ends with the same numbers."""
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import headbench as hb
+        from headbench.train import checkpoint
+        checkpoint.EVERY_S = 0.0  # a checkpoint at every epoch end
+        original, saved = checkpoint.Checkpoint.save, []
+        def save_then_die(self, epoch, stacks):
+            original(self, epoch, stacks)
+            if epoch == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        checkpoint.Checkpoint.save = save_then_die
+        hb.compare({str(shapes)!r}, cache_dir={str(cache)!r}, out={str(out)!r}, **{OPTIONS!r})
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    (run_dir,) = (out / "runs").iterdir()
+    assert len(list((run_dir / MEMBERS).glob("stacks-sweep-*.safetensors"))) == 1
+    assert not list((run_dir / MEMBERS).glob("*/*.safetensors"))  # no member finished
+
+    starts = []
+    original = protocol.train_epoch
+
+    def spy(stacks, blocks, inputs, y, batch_size, step, rate):
+        starts.append(step)
+        return original(stacks, blocks, inputs, y, batch_size, step, rate)
+    monkeypatch.setattr(protocol, "train_epoch", spy)
+    resumed = hb.compare(shapes, cache_dir=cache, out=out, **OPTIONS)
+    assert starts[0] > 0  # the sweep went on from its third epoch
+    assert resumed.run_dir == run_dir and is_complete(run_dir)
+    assert _same_numbers(resumed, uninterrupted)
+    assert resumed.verdict.scores == pytest.approx(uninterrupted.verdict.scores)
+    assert resumed.best_head == uninterrupted.best_head
+
+
 def test_a_finished_run_is_never_modified_by_a_rerun(shapes, cache, uninterrupted, monkeypatch):
     before = (uninterrupted.run_dir / "results.json").read_bytes()
     trained = _counting_members(monkeypatch)

@@ -346,8 +346,11 @@ def test_a_run_written_before_the_lr_sweep_keeps_its_protocol():
     old = {"epochs": 40, "batch_size": 64, "lr": 1e-3, "weight_decays": [1e-4, 1e-1],
            "warmup_epochs": 2, "patience": 8, "device": None, "precision": "fp32"}
     config = TrainConfig.from_dict(old)
-    assert (config.lr, config.schedule, config.min_delta, config.min_delta_abs) == (
-        (1e-3,), "cosine", 0.0, 0.0)
+    assert (config.lr, config.schedule, config.min_delta, config.min_delta_abs,
+            config.halving) == ((1e-3,), "cosine", 0.0, 0.0, 0)
     new = TrainConfig()
-    assert (new.schedule, new.min_delta, new.min_delta_abs, new.patience) == (
-        "constant", 0.01, 1e-3, 3)
+    assert (new.schedule, new.min_delta, new.min_delta_abs, new.patience, new.halving) == (
+        "constant", 0.01, 1e-3, 3, 10)
+    # a run of the protocol before halving keeps it off
+    assert TrainConfig.from_dict({k: v for k, v in new.to_dict().items()
+                                  if k != "halving"}).halving == 0

@@ -195,6 +195,8 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
     views = _augmented_views(work) if config.aug_views else None  # on every rank, always
     timing.extract_s += time.perf_counter() - t0
     t0 = time.perf_counter()
+    # the stacks' state, saved at epoch ends so that a kill loses little (`train.checkpoint`)
+    checkpoints = _train.Checkpoints(run_dir / _run.MEMBERS, tag=run.feature_digest)
     train_config = dataclasses.replace(config.train_config(), precision=rt.heads)  # resolved
     folds = (_selection.FOLDS * _selection.REPEATS * len(config.heads)
              if work.selection == "cv" else 0)
@@ -209,10 +211,11 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
                               for label, spec in labels.items()},
                              X_train, work.y["train"], work.F["val"], work.y["val"],
                              train_config, seeds=list(range(config.seeds)), done=done,
-                             on_member=on_member, on_fit=on_fit, on_epochs=bar.advance)
+                             on_member=on_member, on_fit=on_fit, on_epochs=bar.advance,
+                             checkpoints=checkpoints)
         if work.selection == "cv":
             work.selection_correct = _cross_validate(work, run, train_config, members,
-                                                     on_member, bar.advance)
+                                                     on_member, bar.advance, checkpoints)
     # fit_heads calls on_fit / on_member as members finish: their time is evaluate_s
     timing.train_s = time.perf_counter() - t0 - timing.evaluate_s
     _sort_heads(run)
@@ -228,7 +231,7 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
 
 
 def _cross_validate(work: _Work, run: Run, train_config: _train.TrainConfig, members: dict,
-                    on_member, on_epochs) -> dict[str, np.ndarray]:
+                    on_member, on_epochs, checkpoints) -> dict[str, np.ndarray]:
     """Every frozen head's correctness on every train + val image from the fold that held it out
     (`selection.cross_validate`); folds an interrupted run finished (`members`) are reused."""
     index = np.concatenate([work.splits.train, work.splits.val])
@@ -240,7 +243,8 @@ def _cross_validate(work: _Work, run: Run, train_config: _train.TrainConfig, mem
     chosen = {label: (h.lr, h.weight_decay) for label, h in heads.items()}
     done = {m: r for m, r in members.items() if m.fold is not None}
     return _selection.cross_validate(make, chosen, pool, y, train_config, work.config.split_seed,
-                                     done=done, on_member=on_member, on_epochs=on_epochs)
+                                     done=done, on_member=on_member, on_epochs=on_epochs,
+                                     checkpoints=checkpoints)
 
 
 def aug_label(label: str, views: int) -> str:

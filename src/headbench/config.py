@@ -192,6 +192,8 @@ class CompareConfig(AnalysisOptions):
                                         "image) that counts; the larger of the two decides")
     schedule: str = option("constant", "learning rate after warm-up: constant | cosine (to 0 "
                                        "at --epochs)")
+    halving: int = option(10, "sweep: at this epoch, a head's settings outside the better half "
+                              "by best val loss so far stop (successive halving; 0: off)")
     selection: str = option("auto", "what the recommendation is scored on: auto (5-fold cross-"
                             "validation over train+val when val has < 300 images or < 30 in a "
                             "class, else val) | cv | val")
@@ -255,7 +257,7 @@ class CompareConfig(AnalysisOptions):
         self.epochs, self.batch_size, self.lr = train.epochs, train.batch_size, train.lr
         self.weight_decays, self.patience = train.weight_decays, train.patience or 0
         self.min_delta, self.min_delta_abs = train.min_delta, train.min_delta_abs
-        self.schedule = train.schedule
+        self.schedule, self.halving = train.schedule, train.halving
         if self.selection not in SELECTIONS:
             raise unknown("selection", str(self.selection), SELECTIONS, param="selection")
         self.input_size = whole(self.input_size, "input_size", MIN_SIZE, none_ok=True,
@@ -308,7 +310,7 @@ class CompareConfig(AnalysisOptions):
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            patience=self.patience or None, weight_decays=self.weight_decays,
                            min_delta=self.min_delta, min_delta_abs=self.min_delta_abs,
-                           schedule=self.schedule,
+                           schedule=self.schedule, halving=self.halving,
                            precision=self.head_precision)
 
     def finetune_config(self):
@@ -362,8 +364,9 @@ class CompareConfig(AnalysisOptions):
                       **{k: v for k, v in d.items() if k in names}})
 
 
-# the training protocol before `schedule` and the minimum improvements existed (runs without)
-_OLD_PROTOCOL = {"schedule": "cosine", "min_delta": 0.0, "min_delta_abs": 0.0}
+# the training protocol before `schedule`, the minimum improvements and halving existed
+# (runs without them)
+_OLD_PROTOCOL = {"schedule": "cosine", "min_delta": 0.0, "min_delta_abs": 0.0, "halving": 0}
 # options that change neither the heads nor their numbers (the analyses are added to a run)
 _NOT_IN_DIGEST = {"out", "run_name", "report", "workers", "cache_dir", "shifts", "sizes", "shots",
                   "cam", "restart"}

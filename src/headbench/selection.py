@@ -68,7 +68,7 @@ def cross_validate(make_heads: dict[str, Callable[[], nn.Module]],
                    **callbacks: Any) -> dict[str, np.ndarray]:
     """label -> per-image correctness over the pool (train + val), each head at its `chosen`
     (lr, weight decay), the folds drawn with `split_seed`, members at `seed`; `callbacks`:
-    `done`, `on_member`, `on_epochs` as for `train.fit_heads`."""
+    `done`, `on_member`, `on_epochs`, `checkpoints` as for `train.fit_heads`."""
     folds = make_folds(y_pool, seed=split_seed, repeats=REPEATS)
     if not usable(folds):
         raise HeadbenchError(f"{len(y_pool)} train + val images are too few for {FOLDS}-fold "

@@ -323,6 +323,15 @@ def _head_html(run: Run, head: HeadResult) -> str:
             f"{_e(pct(head.summary.test_accuracy))}{badge}</summary>{''.join(parts)}</details>")
 
 
+def _halving_note(run: Run, head: HeadResult) -> str:
+    """Why some settings' val losses are not their converged ones (`train.halving`)."""
+    halving = run.train_config.halving
+    if not halving or len(head.sweep or {}) < 2:
+        return ""
+    return (f" (settings outside the better half at epoch {halving} stopped there: "
+            "successive halving)")
+
+
 def _cost_html(run: Run, head: HeadResult) -> str:
     sweep = ", ".join(f"{k}: {v:.4f}" if finite(v) else f"{k}: —"
                       for k, v in (head.sweep or head.wd_sweep).items())
@@ -337,7 +346,8 @@ def _cost_html(run: Run, head: HeadResult) -> str:
              ("latency b1 / throughput b32",
               f"{ms(head.latency_ms_b1)} / {rate(head.throughput_b32)}"),
              ("setting (chosen on val)", _e(chosen)
-              + (f" — best val loss of each: {_e(sweep)}" if sweep else "")),
+              + (f" — best val loss of each: {_e(sweep)}" if sweep else "")
+              + _halving_note(run, head)),
              ("fixed input size", "yes" if head.fixed_size else "no"),
              ("saved model", f"<code>{_e(head.model_dir)}</code>")]
     return _kv_table(pairs)

@@ -11,6 +11,7 @@ stopping and best weights, so its result does not depend on which members train 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -151,6 +152,32 @@ class MemberAdamW:
                             amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
                             weight_decay=group["weight_decay"], eps=group["eps"],
                             maximize=False, grad_scale=None, found_inf=None)
+
+    def moments(self) -> dict[str, torch.Tensor]:
+        """Every member's AdamW state as stacked tensors: `exp_avg.j`, `exp_avg_sq.j` (each
+        stacked parameter j) and `step` (M,) (a checkpoint of the fused kernel's state)."""
+        out, steps = {}, {}
+        for group in self.optimizer.param_groups:
+            a, b = group["rows"]
+            for view, j in zip(group["params"], group["sources"]):
+                state = self.optimizer.state[view]
+                for key in ("exp_avg", "exp_avg_sq"):
+                    out.setdefault(f"{key}.{j}", [None] * len(self.peaks))[a:b] = list(state[key])
+                steps.update({m: state["step"] for m in range(a, b)})
+        stacked = {k: torch.stack(rows) for k, rows in out.items()}
+        return {**stacked, "step": torch.stack([steps[m].reshape(()) for m in range(len(steps))])}
+
+    def load_moments(self, moments: dict[str, torch.Tensor], index: list[int]) -> None:
+        """Take members `index` of `moments` (from `moments()`) as this optimizer's members."""
+        rows = torch.as_tensor(index)
+        with torch.no_grad():
+            for group in self.optimizer.param_groups:
+                a, b = group["rows"]
+                for view, j in zip(group["params"], group["sources"]):
+                    state = self.optimizer.state[view]
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        state[key].copy_(moments[f"{key}.{j}"][rows[a:b]])
+                    state["step"].copy_(moments["step"][index[a]])
 
     def kept(self, params: dict[str, torch.Tensor], index: list[int]) -> "MemberAdamW":
         """An optimizer over `params` (members `index` of this one's, restacked) carrying those
@@ -358,6 +385,43 @@ class Stack:
         return TrainResult(state, self.best_epoch[i], float(self.best_loss[i]),
                            member.weight_decay, member.seed, len(self.history[i]),
                            self.seconds[i], self.history[i], self.lrs[i])
+
+    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The stack's training state as tensors and JSON (`train.checkpoint`): weights, best
+        weights, AdamW moments, each member's generators, early stopping and history."""
+        if not self.optimizer.fused:
+            raise NotImplementedError("AdamW state outside torch's fused kernel")
+        tensors = {**{f"param.{k}": v.detach() for k, v in self.params.items()},
+                   **{f"buffer.{k}": v for k, v in self.buffers.items()},
+                   **{f"best.{k}": v for k, v in self.best.items()},
+                   **{f"adamw.{k}": v for k, v in self.optimizer.moments().items()},
+                   "best_loss": self.best_loss,
+                   "order_rng": torch.stack([g.get_state() for g in self.order_rng]),
+                   "drop_rng": torch.stack([g.get_state() for g in self.drop_rng])}
+        meta = {"members": [dataclasses.asdict(m) for m in self.members],
+                "best_epoch": self.best_epoch, "seconds": self.seconds,
+                "history": [[dataclasses.asdict(log) for log in h] for h in self.history]}
+        return tensors, meta
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Continue from `snapshot()` of a stack that held (at least) these members."""
+        members = [Member(**m) for m in meta["members"]]
+        index = [members.index(m) for m in self.members]
+        rows = torch.as_tensor(index)
+        with torch.no_grad():
+            for prefix, tensors_of in (("param", self.params), ("buffer", self.buffers),
+                                       ("best", self.best)):
+                for k, v in tensors_of.items():
+                    v.copy_(tensors[f"{prefix}.{k}"][rows.to(v.device)])
+        self.optimizer.load_moments({k[len("adamw."):]: v for k, v in tensors.items()
+                                     if k.startswith("adamw.")}, index)
+        self.best_loss = tensors["best_loss"][rows].clone()
+        for name in ("order_rng", "drop_rng"):
+            for g, state in zip(getattr(self, name), tensors[name][rows]):
+                g.set_state(state.clone())
+        self.best_epoch = [meta["best_epoch"][i] for i in index]
+        self.seconds = [meta["seconds"][i] for i in index]
+        self.history = [[EpochLog(**log) for log in meta["history"][i]] for i in index]
 
     def keep(self, keep: list[int]) -> None:
         """Go on with members `keep` only (the others stopped and were taken out)."""

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..runtime import resolve_device
+from .checkpoint import Checkpoints
 from .inputs import Features, as_features
 from .engine import split_of
 from .protocol import TrainConfig, _settings, predict_logits, train_members, twin_heads
@@ -129,7 +130,8 @@ def fit_folds(make_heads: dict[str, Callable[[], nn.Module]], X_pool: Any, y_poo
               settings: dict[str, list[tuple[float, float]]] | None = None,
               done: dict[Member, TrainResult] | None = None,
               on_member: Callable[[Member, TrainResult], None] | None = None,
-              on_epochs: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+              on_epochs: Callable[[int], None] | None = None,
+              checkpoints: Checkpoints | None = None) -> dict[str, np.ndarray]:
     """Every head cross-validated: at each fold, each of the head's settings trained on the
     fold's training rows of the pool (at `seed` in the first partition, `seed` + r in partition
     r), the one with the least inner val loss scored on the held-out fold. Returns head label ->
@@ -141,7 +143,8 @@ def fit_folds(make_heads: dict[str, Callable[[], nn.Module]], X_pool: Any, y_poo
         folds: from `make_folds(y_pool)`.
         settings: head label -> its (lr, weight decay) settings; None: `config`'s sweep for
             every head (a sweep nested in each fold).
-        done: members already trained (a resumed run); on_member, on_epochs: as for `fit_heads`.
+        done: members already trained (a resumed run); on_member, on_epochs, checkpoints: as
+            for `fit_heads`.
     """
     pool = as_features(X_pool, resolve_device(config.device))
     results = dict(done or {})
@@ -159,7 +162,8 @@ def fit_folds(make_heads: dict[str, Callable[[], nn.Module]], X_pool: Any, y_poo
     todo = [m for m in members if m not in results]
     if todo:
         train_members(make_heads, todo, pool, y_pool, None, None, config, on_done=finished,
-                      on_epochs=on_epochs, folds=folds)
+                      on_epochs=on_epochs, folds=folds, known=dict(results),
+                      checkpoint=checkpoints.at("folds", list(make_heads)) if checkpoints else None)
     correct = {label: _scored(make_heads[label], label, results, pool, np.asarray(y_pool),
                               folds, grid[label], seed)
                for label in make_heads if label not in twins}

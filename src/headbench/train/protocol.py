@@ -15,7 +15,8 @@ heads and not between recipes:
   are restored.
 - The peak learning rate and the weight decay are chosen per head by a sweep over `lr` ×
   `weight_decays` on validation loss at the first seed (`fit_heads`), never on the test split;
-  the other seeds are then trained at the chosen setting.
+  the other seeds are then trained at the chosen setting. At epoch `halving` the settings
+  outside the better half of the sweep so far stop (`halving`: successive halving).
 
 A *member* is one training run: a head at one learning rate, one decay and one seed. `train_members` trains many
 together: the members of a head are one stacked model (`engine.Stack`), every head fed from the
@@ -27,6 +28,7 @@ reference it equals.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ from torch import nn
 from ..checks import real, whole
 from ..errors import HeadbenchError, unknown
 from ..runtime import PRECISIONS, resolve_device, resolve_precision, tune_allocator
+from . import halving
+from .checkpoint import Checkpoint, Checkpoints
 from .engine import Stack, split_of, train_epoch, validate, validate_rows
 from .inputs import (Block, Features, Inputs, Views, as_features, batches, block_bounds, blocks,
                      labels, plan_memory)
@@ -75,6 +79,8 @@ class TrainConfig:
         device: 'cpu', 'cuda', 'cuda:1', ...; None picks cuda when available.
         precision: the heads' matmuls: 'fp32', 'bf16' or 'auto' (`runtime.resolve_precision`,
             stage 'heads': bf16 only where the hardware has it natively).
+        halving: the epoch at which each sweep halves (`halving`): a head's settings at one
+            seed that are not in the better half by best val loss so far stop there; 0: off.
     """
 
     epochs: int = 40
@@ -88,6 +94,7 @@ class TrainConfig:
     schedule: str = "constant"
     device: str | None = None
     precision: str = "fp32"
+    halving: int = 10
 
     def __post_init__(self) -> None:
         self.epochs = whole(self.epochs, "epochs", 1)
@@ -101,6 +108,7 @@ class TrainConfig:
             raise unknown("schedule", str(self.schedule), SCHEDULES, param="schedule")
         if self.precision not in PRECISIONS:
             raise unknown("precision", str(self.precision), PRECISIONS, param="head_precision")
+        self.halving = whole(self.halving, "halving", 0)
         if self.patience is not None:  # 0 is the CLI's way of saying None
             self.patience = whole(self.patience, "patience", 0) or None
 
@@ -111,10 +119,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """From `to_dict`; a dict written before `schedule` and the minimum improvements
-        existed means the protocol of then: cosine, every decrease an improvement."""
+        """From `to_dict`; a dict written before `schedule`, the minimum improvements and
+        halving existed means the protocol of then: cosine, every decrease an improvement, no
+        halving."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{"schedule": "cosine", "min_delta": 0.0, "min_delta_abs": 0.0,
+        return cls(**{"schedule": "cosine", "min_delta": 0.0, "min_delta_abs": 0.0, "halving": 0,
                       **{k: v for k, v in d.items() if k in names}})
 
 
@@ -176,7 +185,9 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
                   X_train: Any, y_train: Any, X_val: Any, y_val: Any, config: TrainConfig,
                   on_done: Callable[[Member, TrainResult], None] | None = None,
                   on_epochs: Callable[[int], None] | None = None,
-                  folds: Any = None) -> dict[Member, TrainResult]:
+                  folds: Any = None,
+                  known: dict[Member, TrainResult] | None = None,
+                  checkpoint: Checkpoint | None = None) -> dict[Member, TrainResult]:
     """Train every member together, in one pass over the features per epoch.
 
     The members of a head form one stacked model; every head is fed from the same pass. Each
@@ -193,6 +204,10 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
         folds: cross-validation (a `folds.Folds`, which imports this module): every member has
             a `fold` and trains on that fold's training rows of X_train and stops on its
             validation rows (X_val is None).
+        known: members trained before this call (a resumed run): their histories take part in
+            the halving of their sweeps (`halving.behind`).
+        checkpoint: where the stacks' state is saved at epoch ends and resumed from
+            (`checkpoint.Checkpoint`); None: not saved.
     """
     tune_allocator()
     device = resolve_device(config.device)
@@ -208,8 +223,13 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
     if n_train < 2 or n_val < 1:
         raise HeadbenchError(f"training needs at least 2 training and 1 validation images, got "
                              f"{n_train} and {n_val}: add images or change the split")
-    stacks = _stacks(make_heads, members, train, device,
-                     int(max(y_tr.max().item(), y_va.max().item())), precision, config.lr[0])
+    def build() -> list[Stack]:
+        return _stacks(make_heads, members, train, device,
+                       int(max(y_tr.max().item(), y_va.max().item())), precision, config.lr[0])
+    stacks = build()
+    start = checkpoint.resume(stacks) if checkpoint is not None else 0
+    if start < 0:  # a checkpoint that did not fit: from the start
+        stacks, start = build(), 0
     splits = {s.key: s.split for s in stacks}
     memory = plan_memory(splits, [train] if folds is not None else [train, val])
     inputs_tr = Inputs(train, splits, memory)
@@ -230,7 +250,7 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
         return lr_at(step, peak, warmup, total, config.schedule)
 
     results: dict[Member, TrainResult] = {}
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(start + 1, config.epochs + 1):
         epoch_blocks = ([whole_pool] if folds is not None else
                         blocks(train, bounds, bool(inputs_tr.lazy), epoch, device, views))
         trained = train_epoch(stacks, epoch_blocks, inputs_tr, y_tr, config.batch_size,
@@ -245,6 +265,9 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
                     for i in range(len(stack))]
             stop = stack.end_epoch(epoch, logs, config.patience, config.min_delta,
                                    config.min_delta_abs)
+            if epoch == config.halving:
+                stop = sorted(set(stop) | set(_halved(stack, epoch, config, {**(known or {}),
+                                                                             **results})))
             if epoch == config.epochs:
                 stop = list(range(len(stack)))
             if on_epochs is not None:
@@ -259,7 +282,22 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
                 stack.keep([i for i in range(len(stack)) if i not in stop])
         if not stacks:
             break
+        if checkpoint is not None and checkpoint.due():
+            checkpoint.save(epoch, stacks)
+    if checkpoint is not None:
+        checkpoint.drop()
     return results
+
+
+def _halved(stack: Stack, epoch: int, config: TrainConfig,
+            finished: dict[Member, TrainResult]) -> list[int]:
+    """The members of `stack` that the halving at `epoch` stops (their sweep's finished
+    members, `finished`, take part)."""
+    labels = {m.head for m in stack.members}
+    histories = {m: r.history for m, r in finished.items() if m.head in labels}
+    histories.update(zip(stack.members, stack.history))
+    return halving.behind(stack.members, histories, epoch, config.min_delta,
+                          config.min_delta_abs)
 
 
 def _stacks(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Member],
@@ -273,10 +311,15 @@ def _stacks(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Me
     probe_rows = train.get(np.arange(2))
     stacks = []
     for label, group in by_label.items():
+        built: dict[int, nn.Module] = {}  # a seed builds the same head: copied, not built again
         heads = []
         for member in group:
-            with seeded(member.seed):
-                heads.append(make_heads[label]().to(device))
+            if member.seed not in built:
+                with seeded(member.seed):
+                    built[member.seed] = make_heads[label]().to(device)
+                heads.append(built[member.seed])
+            else:
+                heads.append(copy.deepcopy(built[member.seed]))
         split = split_of(heads[0])
         with torch.no_grad():
             probe = split.apply(probe_rows, train.form)
@@ -325,7 +368,8 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
               stacked: bool = True, done: dict[Member, TrainResult] | None = None,
               on_member: Callable[[Member, TrainResult], None] | None = None,
               on_fit: Callable[[str, FitResult], None] | None = None,
-              on_epochs: Callable[[int], None] | None = None) -> dict[str, FitResult]:
+              on_epochs: Callable[[int], None] | None = None,
+              checkpoints: Checkpoints | None = None) -> dict[str, FitResult]:
     """Every head fitted: the learning rate and decay chosen on validation loss at the first
     seed, then the other seeds at the chosen setting, in two stacked passes.
 
@@ -339,11 +383,14 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
         X_train, y_train, X_val, y_val: as for `train_head`. The test split never enters here.
         config: the protocol; `config.lr` × `config.weight_decays` is the sweep.
         seeds: one run per seed at the chosen decay.
-        stacked: False trains every member alone, one after the other (the reference).
+        stacked: False trains every member alone, one after the other (the reference; it
+            needs `config.halving` 0, as members alone cannot be compared mid-training).
         done: members already trained (a resumed run): not trained again.
         on_member: called with each member as soon as it finishes (to commit it).
         on_fit: called with each head's FitResult as soon as all its seeds are trained.
         on_epochs: called with the member-epochs just done (for a progress bar).
+        checkpoints: where each pass saves its stacks' state at epoch ends and resumes from
+            (`checkpoint.Checkpoints`; stacked passes only).
 
     Returns:
         label -> FitResult with the sweep ((lr, decay) -> best val loss at seeds[0]) and one
@@ -352,6 +399,9 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise HeadbenchError("seeds must list at least one seed", param="seeds")
+    if not stacked and 0 < config.halving < config.epochs and len(_settings(config)) > 1:
+        raise HeadbenchError("members trained one at a time cannot halve a sweep: use "
+                             "halving=0 with stacked=False", param="halving")
     device = resolve_device(config.device)
     train, val = as_features(X_train, device), as_features(X_val, device)
     results = dict(done or {})
@@ -378,22 +428,25 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
             if copy not in results:
                 finished(copy, _twin_result(make_heads, twin, member, result))
 
-    def run(members: list[Member]) -> None:
+    def run(members: list[Member], phase: str) -> None:
         for member in [m for m in members if m in results]:  # done before this call
             copy_to_twins(member, results[member])
         todo = [m for m in members if m not in results and m.head not in twins]
         groups = [todo] if stacked else [[m] for m in todo]
+        saves = checkpoints.at(phase, list(make_heads)) if checkpoints and stacked else None
         for group in groups:
             if group:
                 train_members(make_heads, group, train, y_train, val, y_val, config,
-                              on_done=finished, on_epochs=on_epochs)
+                              on_done=finished, on_epochs=on_epochs, known=dict(results),
+                              checkpoint=saves)
 
-    run([Member(label, wd, seeds[0], lr) for label in make_heads for lr, wd in _settings(config)])
+    run([Member(label, wd, seeds[0], lr) for label in make_heads for lr, wd in _settings(config)],
+        "sweep")
     chosen = {label: _chosen(label, results, config, seeds[0]) for label in make_heads}
     for label in make_heads:  # heads whose every member was done before this call
         fitted(label)
     run([Member(label, chosen[label][1], s, chosen[label][0])
-         for label in make_heads for s in seeds[1:]])
+         for label in make_heads for s in seeds[1:]], "seeds")
     return {label: fits[label] for label in make_heads}
 
 
@@ -406,8 +459,12 @@ def twin_heads(make_heads: dict[str, Callable[[], nn.Module]],
     twins: dict[str, str] = {}
     if len(make_heads) < 2:
         return twins
+    first = {label: _signature(make, seeds[0]) for label, make in make_heads.items()}
     for label in make_heads:
-        signature = tuple(_signature(make_heads[label], seed) for seed in seeds)
+        # the other seeds' weights are compared only where the first seed's are the same
+        alike = [first[label] == first[other] for other in make_heads].count(True) > 1
+        signature = (first[label], *(_signature(make_heads[label], seed)
+                                     for seed in seeds[1:] if alike))
         if signature in signatures:
             twins[label] = signatures[signature]
         else:

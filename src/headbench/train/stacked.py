@@ -106,9 +106,38 @@ def forward(body: nn.Sequential, params: dict[str, torch.Tensor],
     return h
 
 
+# A stacked Linear with at least this many outputs, on inputs of each member's own, takes its
+# gradients as `_WideLinear` computes them (fastai's 2560→512 layer at 10 members of 64 rows:
+# 32 → 24 ms a step for the forward and both gradients on two cores).
+WIDE_OUTPUTS = 64
+
+
+class _WideLinear(torch.autograd.Function):
+    """h (M, b, in) times each member's weight (M, out, in) transposed: (M, b, out), with the
+    input's gradient as g·W and the weight's as gᵀ·h. Autograd's own choice for the same product
+    takes the input's gradient as (Wᵀ·gᵀ)ᵀ, which MKL runs 2× slower for wide outputs."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, weight)
+        return torch.bmm(weight, h.transpose(1, 2)).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        h, weight = ctx.saved_tensors
+        grad_h = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.bmm(grad.transpose(1, 2), h) if ctx.needs_input_grad[1] else None
+        return grad_h, grad_weight
+
+
 def _linear(p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
     """A stacked Linear, (M, b, out), of h (M, b, in) or (b, in)."""
-    out = torch.matmul(p["weight"], h.transpose(-1, -2))  # (M, out, b): fast gradient
+    weight = p["weight"]
+    if (h.dim() == 3 and weight.shape[1] >= WIDE_OUTPUTS and h.dtype == weight.dtype
+            and not torch.is_autocast_enabled(h.device.type)):
+        out = _WideLinear.apply(h, weight)
+        return out + p["bias"].unsqueeze(1) if "bias" in p else out
+    out = torch.matmul(weight, h.transpose(-1, -2))  # (M, out, b): fast gradient
     if "bias" in p:
         out = out + p["bias"].unsqueeze(-1)
     return out.transpose(-1, -2)
