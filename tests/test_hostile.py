@@ -177,6 +177,26 @@ def test_a_head_larger_than_memory_allows_is_refused_before_it_is_built(monkeypa
     assert heads.create_head("gap", 8, 2, (2, 2)).fc.out_features == 2  # small heads still build
 
 
+def test_an_extraction_larger_than_memory_allows_is_one_line_before_any_image_is_read(
+        shapes, tmp_path, monkeypatch):
+    from headbench import backbones, features
+    monkeypatch.setattr(backbones, "EXTRACTION_SHARE", 1e-6)  # any machine: 1e-6 of its memory
+    read = []
+    monkeypatch.setattr(features, "_run", lambda *a, **k: read.append(1))
+    with pytest.raises(HeadbenchError, match=r"extracting at 64 px would hold about .* GiB for a "
+                                             r"batch of 32 images .* use a smaller input size"):
+        hb.compare(shapes, cache_dir=tmp_path / "cache", out=tmp_path / "out", **OPTIONS)
+    assert not read
+
+
+def test_the_extraction_estimate_is_of_the_order_of_the_real_activations():
+    from headbench import backbones
+    bb = backbones.create_backbone("resnet18", weights="none", input_size=64)
+    # resnet18's largest activation is the stem's 64 channels at half the input side
+    assert bb.activation_bytes(64) == 3 * 4 * 64 * 32 * 32
+    assert bb.activation_bytes(128) == 4 * bb.activation_bytes(64)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("head", {"name": "gap", "hidden": [100000000], "dropout": 0.0, "options": {}},
      "hidden sizes must be from 1 to 65536"),

@@ -30,7 +30,7 @@ import timm.layers
 import torch
 from torch import nn
 
-from . import errors, progress
+from . import errors, progress, runtime
 from .errors import HeadbenchError
 from .images import MAX_SIZE
 
@@ -138,6 +138,7 @@ class Backbone(nn.Module):
         self.data_config = data_config
         self.weights_checksum = state_dict_checksum(model.state_dict())
         self._shapes: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self._largest: dict[tuple[int, int], int] = {}  # the largest activation, per image
         self.num_features = self.feature_shape()[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,11 +151,26 @@ class Backbone(nn.Module):
             self._shapes[hw] = self._dry_run(hw)
         return self._shapes[hw]
 
+    def activation_bytes(self, input_size: InputSize | None = None,
+                         element_size: int = 4) -> int:
+        """About the most memory one image's forward pass holds at once: its largest activation
+        three times (that layer's input, its output and a temporary)."""
+        hw = as_hw(input_size if input_size is not None else self.data_config["input_size"])
+        self.feature_shape(hw)
+        return 3 * element_size * self._largest[hw]
+
     def _dry_run(self, hw: tuple[int, int]) -> tuple[int, int, int]:
         param = next(self.model.parameters())
         x = torch.zeros(1, 3, *hw, device=param.device, dtype=param.dtype)
         was_training = self.training
         self.eval()  # batch statistics must not change, and BN needs eval at batch 1
+        largest = [x.numel()]
+
+        def seen(module, args, out) -> None:
+            if isinstance(out, torch.Tensor):
+                largest[0] = max(largest[0], out.numel())
+        hooks = [m.register_forward_hook(seen) for m in self.model.modules()
+                 if not list(m.children())]
         try:
             with torch.no_grad():
                 y = self(x)
@@ -164,11 +180,36 @@ class Backbone(nn.Module):
                                  f"({reason}); is input_size too small?", hints=["input_size"]) from e
         finally:
             self.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        self._largest[hw] = largest[0]
         if y.ndim != 4 or getattr(self.model, "output_fmt", "NCHW") != "NCHW":
             raise HeadbenchError(f"backbone '{self.name}' gives features of shape "
                                  f"{tuple(y.shape)}, not an (N, C, H, W) map; headbench compares "
                                  "heads on CNN feature maps, pick a convolutional backbone")
         return int(y.shape[1]), int(y.shape[2]), int(y.shape[3])
+
+
+# an extraction whose batch would hold more than this share of the machine's memory is refused
+EXTRACTION_SHARE = 0.5
+
+
+def check_extraction_memory(backbone: Backbone, size: InputSize | None, batch_size: int,
+                            element_size: int = 4) -> None:
+    """One line, before any image is read, when a batch of `batch_size` images at `size` would
+    hold more than `EXTRACTION_SHARE` of this machine's memory (`activation_bytes`; a
+    backbone-like module without it is not checked)."""
+    if not hasattr(backbone, "activation_bytes"):
+        return
+    per_image = backbone.activation_bytes(size, element_size)
+    need, memory = per_image * batch_size, runtime.memory_bytes()
+    if memory and need > EXTRACTION_SHARE * memory:
+        side = max(as_hw(size if size is not None else backbone.data_config["input_size"]))
+        raise HeadbenchError(f"extracting at {side} px would hold about {need / 2**30:.1f} GiB "
+                             f"for a batch of {batch_size} images ({per_image / 2**20:.0f} MiB "
+                             f"an image), over {EXTRACTION_SHARE:.0%} of this machine's "
+                             f"{memory / 2**30:.0f} GiB: use a smaller input size",
+                             param="input_size")
 
 
 def create_backbone(name: str = "efficientnet_lite0", weights: str | os.PathLike = "default",

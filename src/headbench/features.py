@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 from . import distributed, io, progress
 from .images import AUG_RECIPE, ImageDataset, View, collate, default_workers
 from .errors import HeadbenchError
-from .backbones import inference_copy
+from .backbones import check_extraction_memory, inference_copy
 from .layers import global_stats
 from .runtime import resolve_device, resolve_precision, tune_allocator
 
@@ -389,6 +389,8 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
     key = cache_key(fields)
     entry = Path(cache_dir or default_cache_dir()) / key
     index = ChunkIndex.load(entry / "chunks")
+    if not all(index.knows(d) for d in digests):  # images to extract: will a batch fit?
+        check_extraction_memory(backbone, view.size, batch_size, 2 if precision == "bf16" else 4)
     work = functools.partial(_run, backbone, view=view, precision=precision, device=device,
                              chunks=entry / "chunks", batch_size=batch_size,
                              workers=default_workers() if workers is None else workers,

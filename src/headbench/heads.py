@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -36,6 +35,7 @@ from torch import nn
 
 from headbench import errors
 from headbench.errors import HeadbenchError
+from headbench.runtime import memory_bytes
 from headbench.layers import (AttentionPool2d, AvgMax, AvgPool2d, CatAvgMax, Flatten, GeM,
                               GlobalAvgPool2d, GlobalMaxPool2d, PerPosition)
 
@@ -461,7 +461,7 @@ def _check_memory(spec: HeadSpec, in_channels: int, num_classes: int,
     """Refuse a head whose float32 parameters exceed `MEMORY_SHARE` of this machine's memory,
     counted on the meta device (nothing allocated; once per head shape: training builds a head
     per member)."""
-    size, memory = _parameter_bytes(spec, in_channels, num_classes, map_size), _memory_bytes()
+    size, memory = _parameter_bytes(spec, in_channels, num_classes, map_size), memory_bytes()
     if memory and size > MEMORY_SHARE * memory:
         raise HeadbenchError(f"head '{spec.label}' would hold {size / 2**30:.1f} GiB of "
                              f"parameters, over {MEMORY_SHARE:.0%} of this machine's "
@@ -484,15 +484,6 @@ def _parameter_bytes(spec: HeadSpec, c: int, k: int, map_size: tuple[int, int]) 
         except (RuntimeError, NotImplementedError, TypeError, ValueError):
             _SIZES[key] = 0
     return _SIZES[key]
-
-
-@functools.cache
-def _memory_bytes() -> int:
-    """The machine's physical memory; 0 where the OS does not say (no check then)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 0
 
 
 # --- building blocks ----------------------------------------------------------------------------

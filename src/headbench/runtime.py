@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,14 @@ def machine() -> dict:
     return dict(platform=platform.platform(), cpu=cpu_name(), cpu_flags=flags,
                 cores=torch.get_num_threads(), gpu=gpu, python=platform.python_version(),
                 torch=torch.__version__, timm=timm.__version__)
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory; 0 where the OS does not say (no memory checks then)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 @functools.lru_cache(maxsize=1)
