@@ -335,7 +335,7 @@ def cached_features(run: hb.Run) -> tuple[dict, tuple]:
     """(train.Features, labels) of the train and val splits from a finished run's feature cache
     (nothing is extracted again), and the feature map's (C, H, W)."""
     bb = backbones.create_backbone(run.backbone.name, run.backbone.weights,
-                                   run.options.input_size)
+                                   run.options.input_size, timm_name=run.backbone.timm_name)
     root, out = Path(run.dataset.root), {}
     for role in ("train", "val"):
         split = run.dataset.splits[role]

@@ -46,7 +46,8 @@ def split_features(ctx: H.Ctx, folder: Path, split_seed: int = 0) -> tuple[dict,
     run = hb.compare(folder, heads=["gap"], seeds=1, epochs=1, lr=1e-3, cache_dir=cache,
                      split_seed=split_seed, out=ctx.fresh(f"protocol-{folder.name}-{split_seed}"),
                      report=False)
-    bb = backbones.create_backbone(run.backbone.name, run.backbone.weights, run.options.input_size)
+    bb = backbones.create_backbone(run.backbone.name, run.backbone.weights, run.options.input_size,
+                                   timm_name=run.backbone.timm_name)
     root, out = Path(run.dataset.root), {}
     for role in ("train", "val", "test"):
         split = run.dataset.splits[role]

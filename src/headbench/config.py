@@ -172,9 +172,10 @@ class CompareConfig(AnalysisOptions):
     cam: int = option(2, "class activation map overlays per head (correct and wrong; 0: none)",
                       parse=parse_cam, kw_only=True)
     backbone: str = option("efficientnet_lite0",
-                           "alias (resnet50, mobilenet, vgg16, efficientnet_lite0) or any timm name")
+                           "alias (resnet50, mobilenet (v1), mobilenetv2, mobilenetv3, vgg16, "
+                           "efficientnet_lite0/1/2) or any timm name")
     weights: str = option("default", "embedded | hub | none | PATH (.safetensors/.pth/.pt/.bin); "
-                                     "default: embedded for efficientnet_lite0, else hub")
+                                     "default: embedded for efficientnet_lite0/1/2, else hub")
     heads: tuple = option(DEFAULT_HEADS, "comma list of heads, e.g. gap,flatten", list=True)
     hidden: tuple[int, ...] = option((), "hidden Linear+ReLU sizes, e.g. 1024,512", list=True)
     dropout: float | None = option(None, "dropout before each Linear (default: the head's own)")

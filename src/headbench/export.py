@@ -116,6 +116,7 @@ def _str_or_none(v) -> bool:
 _MODEL_FIELDS = {
     "backbone": lambda v: isinstance(v, dict),
     "backbone.name": lambda v: isinstance(v, str) and bool(v),
+    "backbone.timm_name": lambda v: isinstance(v, str) and bool(v),  # what is re-created
     "backbone.weights": lambda v: isinstance(v, str) and bool(v),
     "backbone.weights_checksum": _str_or_none,
     "backbone.file": lambda v: v is _MISSING or _str_or_none(v),
@@ -207,7 +208,8 @@ def load_model(model_dir: str | Path, device: torch.device | str | None = None) 
                                  f"'{model_dir / 'model.safetensors'}'")
     with _about(model_dir):  # an unknown name, or weights that cannot be had
         backbone = create_backbone(bmeta["name"], weights=weights,
-                                   input_size=meta["data_config"]["input_size"][-1])
+                                   input_size=meta["data_config"]["input_size"][-1],
+                                   timm_name=bmeta["timm_name"])
     if backbone.weights_checksum != bmeta["weights_checksum"]:
         raise HeadbenchError(f"backbone weights for '{model_dir}' have checksum "
                              f"{backbone.weights_checksum}, expected {bmeta['weights_checksum']}; "

@@ -181,7 +181,8 @@ def _load_backbone(run: Run) -> Any:
     info = run.backbone
     saved = Path(run.run_dir) / "backbone.safetensors"
     weights = str(saved.resolve()) if saved.is_file() else info.weights
-    backbone = create_backbone(info.name, weights, int(info.data_config["input_size"][-1]))
+    backbone = create_backbone(info.name, weights, int(info.data_config["input_size"][-1]),
+                               timm_name=info.timm_name)
     if backbone.weights_checksum != info.weights_checksum:
         raise HeadbenchError(f"backbone weights of '{run.run_dir}' have checksum "
                              f"{backbone.weights_checksum}, the run used {info.weights_checksum}: "
