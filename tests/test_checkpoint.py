@@ -36,8 +36,8 @@ def _stopped_after(saves: int, data, path, monkeypatch) -> dict:
     monkeypatch.setattr(checkpoint, "EVERY_S", 0.0)
     original, count = Checkpoint.save, []
 
-    def save_then_stop(self, epoch, stacks):
-        original(self, epoch, stacks)
+    def save_then_stop(self, epoch, stacks, protocol):
+        original(self, epoch, stacks, protocol)
         count.append(epoch)
         if len(count) == saves:
             raise Stop
@@ -80,22 +80,44 @@ def _spy(epochs: list):
     return spy
 
 
-@pytest.mark.parametrize("damage", ["truncated", "other features", "other members"])
+@pytest.mark.parametrize("damage", ["truncated", "other features", "other members",
+                                    "other protocol"])
 def test_a_checkpoint_that_does_not_fit_is_ignored(data, uninterrupted, tmp_path, monkeypatch,
                                                     damage):
     path = tmp_path / "stacks.safetensors"
     finished = _stopped_after(2, data, path, monkeypatch)
-    tag, todo = "features", [m for m in MEMBERS if m not in finished]
+    tag, todo, config = "features", [m for m in MEMBERS if m not in finished], CONFIG
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:1000])
     elif damage == "other features":
         tag = "other"
-    else:
+    elif damage == "other members":
         todo = todo + [Member("gap", 1e-2, 2, 1e-2)]  # a member the saved stacks never held
+    else:
+        config = TrainConfig(**{**CONFIG.to_dict(), "min_delta": 0.02})
     epochs = []
     monkeypatch.setattr("headbench.train.protocol.train_epoch", _spy(epochs))
-    resumed = train_members(makers(["gap", "fastai"]), todo, *data, CONFIG, known=finished,
+    resumed = train_members(makers(["gap", "fastai"]), todo, *data, config, known=finished,
                             checkpoint=Checkpoint(path, tag=tag))
     assert epochs[0] == 1
-    for member in set(resumed) & set(uninterrupted):
-        assert_same_result(resumed[member], uninterrupted[member])
+    if config is CONFIG:
+        for member in set(resumed) & set(uninterrupted):
+            assert_same_result(resumed[member], uninterrupted[member])
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_training_goes_on(
+        data, uninterrupted, tmp_path, monkeypatch, capsys):
+    import errno
+    from headbench import io, progress
+    monkeypatch.setattr(checkpoint, "EVERY_S", 0.0)
+
+    def full(path, tensors, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(io, "atomic_write_safetensors", full)
+    progress.set_quiet(False)
+    results = train_members(makers(["gap", "fastai"]), MEMBERS, *data, CONFIG,
+                            checkpoint=Checkpoint(tmp_path / "stacks.safetensors"))
+    for member, result in results.items():
+        assert_same_result(result, uninterrupted[member])
+    out = capsys.readouterr().out
+    assert "training state not saved (cannot write" in out and "no space left" in out

@@ -49,6 +49,9 @@ def test_a_run_whose_loss_was_never_a_number_ranks_last_and_ties_keep_the_lower_
     assert behind([a, b, c], {a: logs(math.nan), b: logs(0.4), c: logs(0.4)}, 1,
                   0.0, 0.0) == [0]
     assert behind([b, c], {b: logs(0.4), c: logs(0.4)}, 1, 0.0, 0.0) == [1]
+    # the sweep's own order (its first listed setting wins ties, as its choice does)
+    assert behind([b, c], {b: logs(0.4), c: logs(0.4)}, 1, 0.0, 0.0,
+                  order=lambda m: -m.lr) == [0]
 
 
 CONFIG = TrainConfig(epochs=8, batch_size=16, lr=(1e-4, 1e-3, 1e-2, 5e-2), warmup_epochs=1,

@@ -141,8 +141,8 @@ def test_sigkill_mid_sweep_then_rerun_continues_the_stacks_from_their_checkpoint
         from headbench.train import checkpoint
         checkpoint.EVERY_S = 0.0  # a checkpoint at every epoch end
         original, saved = checkpoint.Checkpoint.save, []
-        def save_then_die(self, epoch, stacks):
-            original(self, epoch, stacks)
+        def save_then_die(self, epoch, stacks, protocol):
+            original(self, epoch, stacks, protocol)
             if epoch == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
         checkpoint.Checkpoint.save = save_then_die

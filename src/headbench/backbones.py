@@ -209,20 +209,25 @@ EXTRACTION_SHARE = 0.5
 
 
 def check_extraction_memory(backbone: Backbone, size: InputSize | None, batch_size: int,
-                            element_size: int = 4) -> None:
-    """One line, before any image is read, when a batch of `batch_size` images at `size` would
-    hold more than `EXTRACTION_SHARE` of this machine's memory (`activation_bytes`; a
-    backbone-like module without it is not checked)."""
+                            precision: str = "fp32",
+                            device: torch.device = torch.device("cpu")) -> None:
+    """One line, before any image is read, when a batch of `batch_size` images at `size` in
+    `precision` would hold more than `EXTRACTION_SHARE` of the memory of `device` (the
+    machine's, or the GPU's; `activation_bytes`; a backbone-like module without it is not
+    checked)."""
     if not hasattr(backbone, "activation_bytes"):
         return
-    per_image = backbone.activation_bytes(size, element_size)
-    need, memory = per_image * batch_size, runtime.memory_bytes()
+    per_image = backbone.activation_bytes(size, 2 if precision == "bf16" else 4)
+    memory = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda"
+              else runtime.memory_bytes())
+    need = per_image * batch_size
     if memory and need > EXTRACTION_SHARE * memory:
         side = max(as_hw(size if size is not None else backbone.data_config["input_size"]))
         raise HeadbenchError(f"extracting at {side} px would hold about {need / 2**30:.1f} GiB "
                              f"for a batch of {batch_size} images ({per_image / 2**20:.0f} MiB "
-                             f"an image), over {EXTRACTION_SHARE:.0%} of this machine's "
-                             f"{memory / 2**30:.0f} GiB: use a smaller input size",
+                             f"an image), over {EXTRACTION_SHARE:.0%} of the "
+                             f"{memory / 2**30:.0f} GiB of {device.type}: use a smaller input "
+                             "size",
                              param="input_size")
 
 

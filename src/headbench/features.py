@@ -390,7 +390,7 @@ def extract(backbone: Any, paths: Sequence[str | Path], digests: Sequence[str],
     entry = Path(cache_dir or default_cache_dir()) / key
     index = ChunkIndex.load(entry / "chunks")
     if not all(index.knows(d) for d in digests):  # images to extract: will a batch fit?
-        check_extraction_memory(backbone, view.size, batch_size, 2 if precision == "bf16" else 4)
+        check_extraction_memory(backbone, view.size, batch_size, precision, device)
     work = functools.partial(_run, backbone, view=view, precision=precision, device=device,
                              chunks=entry / "chunks", batch_size=batch_size,
                              workers=default_workers() if workers is None else workers,

@@ -21,6 +21,7 @@ from typing import Sequence
 
 
 from .. import io as _io
+from .. import progress
 from .results import Member
 
 EVERY_S = 30.0  # seconds between saves, at least (tests set it to 0: every epoch end)
@@ -50,23 +51,29 @@ class Checkpoint:
     def due(self) -> bool:
         return time.monotonic() - self.saved >= EVERY_S
 
-    def save(self, epoch: int, stacks: Sequence) -> None:
-        """The state of `stacks` after `epoch` (stacks whose state cannot be saved: none)."""
+    def save(self, epoch: int, stacks: Sequence, protocol: dict) -> None:
+        """The state of `stacks` after `epoch` under the training `protocol` (the
+        `TrainConfig` as a dict); none where a stack's state cannot be saved. A save that
+        fails (a full disk) is one line: training goes on without it."""
         try:
             states = [stack.snapshot() for stack in stacks]
         except NotImplementedError:
             return
         tensors = {f"{i}/{k}": v.detach().cpu().contiguous()
                    for i, (state, _) in enumerate(states) for k, v in state.items()}
-        meta = {"tag": self.tag, "epoch": epoch,
+        meta = {"tag": self.tag, "epoch": epoch, "protocol": _plain(protocol),
                 "stacks": [{"label": stack.label, **meta}
                            for stack, (_, meta) in zip(stacks, states)]}
-        _io.atomic_write_safetensors(self.path, tensors, {"headbench": json.dumps(meta)})
+        try:
+            _io.atomic_write_safetensors(self.path, tensors, {"headbench": json.dumps(meta)})
+        except OSError as e:
+            progress.log(f"training state not saved ({_io.os_error_text(e)}); training "
+                         "goes on, a kill now would repeat it from the previous save")
         self.saved = time.monotonic()
 
-    def load(self) -> tuple[int, list[tuple[dict, dict]]] | None:
-        """(epoch, [(tensors, meta) per stack]) of the saved state, or None (none, damaged, or
-        of other features)."""
+    def load(self, protocol: dict) -> tuple[int, list[tuple[dict, dict]]] | None:
+        """(epoch, [(tensors, meta) per stack]) of the state saved under `protocol`, or None
+        (none, damaged, or of other features or another protocol)."""
         if not self.path.is_file():
             return None
         from safetensors import safe_open
@@ -74,7 +81,7 @@ class Checkpoint:
             with safe_open(str(self.path), "pt") as f:
                 meta = json.loads(f.metadata()["headbench"])
                 flat = {k: f.get_tensor(k) for k in f.keys()}
-            if meta["tag"] != self.tag:
+            if meta["tag"] != self.tag or meta["protocol"] != _plain(protocol):
                 return None
             stacks = [({k.split("/", 1)[1]: v for k, v in flat.items()
                         if k.split("/", 1)[0] == str(i)}, m) for i, m in enumerate(meta["stacks"])]
@@ -82,10 +89,11 @@ class Checkpoint:
         except Exception:  # a damaged or foreign file: train from the start
             return None
 
-    def resume(self, stacks: Sequence) -> int:
-        """Restore `stacks` from the saved state: the epoch it ended, 0 when there is none for
-        them (start afresh), -1 when restoring failed part way (build the stacks again)."""
-        loaded = self.load()
+    def resume(self, stacks: Sequence, protocol: dict) -> int:
+        """Restore `stacks` from the state saved under `protocol`: the epoch it ended, 0 when
+        there is none for them (start afresh), -1 when restoring failed part way (build the
+        stacks again)."""
+        loaded = self.load(protocol)
         if loaded is None:
             return 0
         epoch, saved = loaded
@@ -99,12 +107,19 @@ class Checkpoint:
         try:
             for stack in stacks:
                 stack.restore(*by_label[stack.label])
-        except Exception:  # tensors that do not fit: the stacks must be built again
+        except Exception as e:  # tensors that do not fit: the stacks must be built again
+            progress.log(f"training state in '{self.path}' does not fit ({type(e).__name__}): "
+                         "training starts afresh")
             return -1
         return epoch
 
     def drop(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _plain(protocol: dict) -> dict:
+    """The protocol as its JSON round trip gives it (tuples as lists), to compare with a file's."""
+    return json.loads(json.dumps(protocol))
 
 
 __all__ = ["EVERY_S", "Checkpoint", "Checkpoints"]

@@ -411,8 +411,8 @@ class Stack:
         with torch.no_grad():
             for prefix, tensors_of in (("param", self.params), ("buffer", self.buffers),
                                        ("best", self.best)):
-                for k, v in tensors_of.items():
-                    v.copy_(tensors[f"{prefix}.{k}"][rows.to(v.device)])
+                for k, v in tensors_of.items():  # the file's tensors are on the CPU
+                    v.copy_(tensors[f"{prefix}.{k}"][rows])
         self.optimizer.load_moments({k[len("adamw."):]: v for k, v in tensors.items()
                                      if k.startswith("adamw.")}, index)
         self.best_loss = tensors["best_loss"][rows].clone()

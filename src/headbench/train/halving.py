@@ -14,7 +14,7 @@ overtake the others after the rung is the cost (bench/RESULTS.md (l) counts how 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .results import EpochLog, Member
 
@@ -36,10 +36,12 @@ def _group(member: Member) -> tuple:
 
 
 def behind(running: Sequence[Member], histories: dict[Member, Sequence[EpochLog]], epoch: int,
-           min_delta: float, min_delta_abs: float) -> list[int]:
+           min_delta: float, min_delta_abs: float,
+           order: Callable[[Member], Any] | None = None) -> list[int]:
     """The positions in `running` of the members that stop at `epoch`: those outside the better
     half (rounded up) of their group, among every member of the group in `histories` (running or
-    finished). Ties go to the lower learning rate, then the lower weight decay."""
+    finished). Ties go to the member first in `order` (the sweep's: the setting listed first, as
+    the choice breaks them), by default the lower learning rate, then the lower weight decay."""
     groups: dict[tuple, list[Member]] = {}
     for member in histories:
         groups.setdefault(_group(member), []).append(member)
@@ -47,7 +49,8 @@ def behind(running: Sequence[Member], histories: dict[Member, Sequence[EpochLog]
     def rank_key(member: Member) -> tuple:
         loss = best_until(histories[member], epoch, min_delta, min_delta_abs)
         lr = -1.0 if member.lr is None else member.lr  # None: the protocol's first lr
-        return (loss if loss == loss else math.inf), lr, member.weight_decay
+        tie = order(member) if order is not None else (lr, member.weight_decay)
+        return (loss if loss == loss else math.inf), tie
 
     ahead = set()
     for group in groups.values():

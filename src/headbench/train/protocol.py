@@ -227,9 +227,11 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
         return _stacks(make_heads, members, train, device,
                        int(max(y_tr.max().item(), y_va.max().item())), precision, config.lr[0])
     stacks = build()
-    start = checkpoint.resume(stacks) if checkpoint is not None else 0
+    start = checkpoint.resume(stacks, config.to_dict()) if checkpoint is not None else 0
     if start < 0:  # a checkpoint that did not fit: from the start
         stacks, start = build(), 0
+    if start and on_epochs is not None:  # the epochs the checkpoint holds count as done
+        on_epochs(start * sum(len(stack) for stack in stacks))
     splits = {s.key: s.split for s in stacks}
     memory = plan_memory(splits, [train] if folds is not None else [train, val])
     inputs_tr = Inputs(train, splits, memory)
@@ -283,7 +285,7 @@ def train_members(make_heads: dict[str, Callable[[], nn.Module]], members: Seque
         if not stacks:
             break
         if checkpoint is not None and checkpoint.due():
-            checkpoint.save(epoch, stacks)
+            checkpoint.save(epoch, stacks, config.to_dict())
     if checkpoint is not None:
         checkpoint.drop()
     return results
@@ -296,8 +298,15 @@ def _halved(stack: Stack, epoch: int, config: TrainConfig,
     labels = {m.head for m in stack.members}
     histories = {m: r.history for m, r in finished.items() if m.head in labels}
     histories.update(zip(stack.members, stack.history))
+    grid = _settings(config)
     return halving.behind(stack.members, histories, epoch, config.min_delta,
-                          config.min_delta_abs)
+                          config.min_delta_abs,
+                          order=lambda m: _position(grid, (config.lr[0] if m.lr is None else m.lr,
+                                                           m.weight_decay)))
+
+
+def _position(grid: list[tuple[float, float]], setting: tuple[float, float]) -> int:
+    return grid.index(setting) if setting in grid else len(grid)
 
 
 def _stacks(make_heads: dict[str, Callable[[], nn.Module]], members: Sequence[Member],
