@@ -213,10 +213,7 @@ def check_extraction_memory(backbone: Backbone, size: InputSize | None, batch_si
                             device: torch.device = torch.device("cpu")) -> None:
     """One line, before any image is read, when a batch of `batch_size` images at `size` in
     `precision` would hold more than `EXTRACTION_SHARE` of the memory of `device` (the
-    machine's, or the GPU's; `activation_bytes`; a backbone-like module without it is not
-    checked)."""
-    if not hasattr(backbone, "activation_bytes"):
-        return
+    machine's, or the GPU's; `activation_bytes`)."""
     per_image = backbone.activation_bytes(size, 2 if precision == "bf16" else 4)
     memory = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda"
               else runtime.memory_bytes())

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-
 from .. import io as _io
 from .. import progress
 from .results import Member
