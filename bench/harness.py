@@ -244,6 +244,21 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+# The start of a script that runs one `compare` in a fresh process from a cold cache:
+# `python -c COMPARE_JOB + "print(...)" OUT CACHE FOLDER OPTIONS_JSON`; it leaves `run`, `wall`.
+COMPARE_JOB = """
+import json, shutil, sys, time
+import headbench as hb
+from headbench import progress
+progress.set_quiet(True)
+out, cache, folder, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+shutil.rmtree(out, ignore_errors=True); shutil.rmtree(cache, ignore_errors=True)
+t0 = time.perf_counter()
+run = hb.compare(folder, out=out, cache_dir=cache, **options)
+wall = time.perf_counter() - t0
+"""
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

@@ -24,6 +24,8 @@ Sections (issue 10, §4), one module each, runnable alone with the same flags bu
   (j) section_j_selection: the recommendation across split seeds (previous rule, 1-SE on val,
       1-SE on 5-fold cross-validation), head training with the folds against extraction
   (k) section_k_default_job: the default job's wall time now against the commit before issue 20
+  (l) section_l_halving: the sweep with and without successive halving
+  (m) section_m_backbones: three backbones in one run against one run per backbone
 
 The full run writes bench/RESULTS.md (and <out>/results.json with the raw numbers); --quick and
 runs of some sections only write <out>/RESULTS.md unless --results is given. RESULTS.md is
@@ -47,12 +49,13 @@ import section_i_protocol
 import section_j_selection
 import section_k_default_job
 import section_l_halving
+import section_m_backbones
 
 SECTIONS = {m.KEY: m for m in (section_a_whole_job, section_b_extraction, section_c_loading,
                                section_d_large_folders, section_e_bf16, section_f_stacked,
                                section_g_finetune, section_h_onnx, section_i_protocol,
                                section_j_selection, section_k_default_job,
-                               section_l_halving)}
+                               section_l_halving, section_m_backbones)}
 
 
 def main() -> None:

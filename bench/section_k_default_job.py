@@ -24,16 +24,7 @@ ESTIMATE_S = {"quick": 60, "full": 120}  # rough seconds on a 2-core CPU
 BEFORE = "81c7896"  # the last commit before issue 20's work (issue 19's engine and earlier)
 TARGET = 1.5
 
-JOB = """
-import json, shutil, sys, time
-import headbench as hb
-from headbench import progress
-progress.set_quiet(True)
-out, cache, folder, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-shutil.rmtree(out, ignore_errors=True); shutil.rmtree(cache, ignore_errors=True)
-t0 = time.perf_counter()
-run = hb.compare(folder, out=out, cache_dir=cache, **options)
-wall = time.perf_counter() - t0
+JOB = H.COMPARE_JOB + """
 print(json.dumps(dict(wall=wall, analyses=sorted(run.analyses), train_s=run.timing.train_s,
                       extract_s=run.timing.extract_s, best=run.best_head)))
 """

@@ -285,3 +285,24 @@ def test_report_of_a_real_compare_run_works_in_chromium(browser, tmp_path):
         "document.getElementById('verdict-forest').getBoundingClientRect().bottom")
     assert 0 < bottom <= 900, bottom
     assert browser.evaluate("document.querySelectorAll('figure.cam img').length") >= 2
+
+
+@pytest.mark.slow
+def test_report_of_several_backbones_draws_the_pareto_fronts_in_chromium(browser, tmp_path):
+    from headbench.compare import compare
+    from headbench.synthetic import make_shapes_dataset
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=8, image_size=64)
+    run = compare(data, backbone="resnet18,mobilenet", weights="none", heads=["gap", "flatten"],
+                  seeds=1, epochs=2, input_size=64, out=tmp_path, cache_dir=tmp_path / "cache",
+                  shots="none", cam=0, workers=0, report=False)
+    alts = check_report_in_browser(browser, run.run_dir, "report-browser-backbones")
+    assert {"pareto-latency", "pareto-params"} <= {a.split(":")[0] for a in alts}
+    for plot_id in ("pareto-latency", "pareto-params"):
+        box = browser.evaluate(f"(() => {{ const i = document.querySelector('#{plot_id} img');"
+                               "i.scrollIntoView(); const r = i.getBoundingClientRect();"
+                               "return [r.width, r.height, i.naturalWidth]; })()")
+        assert box[0] > 300 and box[1] > 200 and box[2] > 0, box
+        caption = browser.evaluate(f"document.querySelector('#{plot_id} p').textContent")
+        assert "Pareto front" in caption and "recommended pair" in caption
+    rows = browser.evaluate("document.querySelectorAll('#summary-table tbody tr').length")
+    assert rows == 4  # one table of every pair

@@ -17,6 +17,7 @@ from . import progress as _progress
 from . import report as _report
 from .analyses import RunContext, list_analyses, parse_options, run_analyses
 from .analyses.findings import findings
+from .pairs import cost_of
 from .verdict import sentence
 from .config import AnalysisOptions, AnalyzeConfig
 from .errors import HeadbenchError
@@ -82,7 +83,7 @@ def _merge(run_dir: Path, sections: dict[str, dict]) -> Run:
         run.analyses.update(sections)
         run.findings = findings(run)
         if run.verdict is not None:  # the recommendation stands; its sentence quotes findings
-            run.verdict.text = sentence(run.verdict, run.heads, run.findings)
+            run.verdict.text = sentence(run.verdict, run.heads, run.findings, cost_of(run))
         run.save_results()
         _report.write_report(run)
     return run

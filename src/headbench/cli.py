@@ -200,11 +200,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _print_findings(findings: list) -> None:
     """Significant findings, those of the headline claims (gap vs flatten: the question headbench
-    answers) and the heads that cannot change resolution; the rest are counted (all are in the
-    report)."""
+    answers; with several backbones, on each and between them) and the heads that cannot change
+    resolution; the rest are counted (all are in the report)."""
     headline = [{c.head, c.versus} for c in NAMED_CLAIMS if c.headline]
-    shown = [f for f in findings if f.significant or {f.a, f.b} in headline
-             or (f.kind == "resolution" and f.a is None)]
+
+    def names(f) -> set:  # the heads' own labels ('resnet50/gap' -> 'gap')
+        return {str(x).rpartition("/")[2] for x in (f.a, f.b)}
+    shown = [f for f in findings if f.significant or names(f) in headline
+             or f.kind == "claim by backbone" or (f.kind == "resolution" and f.a is None)]
     if findings:
         print("findings:")
     for f in shown:

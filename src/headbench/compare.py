@@ -1,9 +1,10 @@
 """The main job: every head trained and compared on an image folder from one cached backbone pass.
 
 One `compare(data, **options)` call:
-1. `CompareConfig(data, **options)` checks every option, `check_paths()` the disk side; the
-   backbone is built and every head built once on its feature map (a head option that cannot
-   fit the map fails here): nothing has been hashed or extracted yet.
+1. `CompareConfig(data, **options)` checks every option, `check_paths()` the disk side; each
+   backbone is built and every head built once on its feature map (a head that fits no
+   backbone's map fails here; with several backbones, a pair that does not fit is skipped):
+   nothing has been hashed or extracted yet.
 2. the run folder: the newest incomplete run of the same options (resumed), else a new one
    marked incomplete; its lock is held until the end.
 3. scan the folder (hash every file), run the backbone once per image into the feature cache,
@@ -37,7 +38,9 @@ from . import features as _features
 from . import finetune as _finetune
 from . import io as _io
 from . import layers as _layers
+from . import pairs as _pairs
 from . import progress as _progress
+from . import records as _records
 from . import run as _run
 from . import selection as _selection
 from . import train as _train
@@ -47,19 +50,17 @@ from .analyses.findings import findings
 from .config import CompareConfig
 from .errors import DiskError, HeadbenchError
 from .heads import Head, HeadSpec, create_head
-from .images import default_workers
-from .model import HeadbenchModel, count_flops, count_params
+from .model import HeadbenchModel
 from .runtime import Runtime
 from .data import ROLES
-from .results import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics, Predictions,
-                      SeedResult, SplitItems, Timing, Variant, sweeps_of)
+from .results import BackboneInfo, HeadResult, Predictions, Timing, Variant
 from .report import write_report
 from .run import Run, default_run_name, mark_complete, run_folder
 
 
 @dataclass
 class _Work:
-    """What compare holds in memory between its steps."""
+    """What compare holds in memory between its steps, for one backbone."""
 
     config: CompareConfig
     backbone: _backbones.Backbone
@@ -73,6 +74,9 @@ class _Work:
     # head -> per-image accuracy on the selection data (val, averaged over its seeds; or every
     # train + val image from the fold that held it out)
     selection_correct: dict = dataclasses.field(default_factory=dict)
+    info: BackboneInfo | None = None  # the backbone's facts as the run records them
+    heads: dict = dataclasses.field(default_factory=dict)  # label -> HeadSpec on this backbone
+    todo: dict = dataclasses.field(default_factory=dict)   # label -> (spec, variant) to train
 
     @property
     def device(self) -> torch.device:
@@ -101,6 +105,10 @@ def compare(data: str | Path | CompareConfig, **options) -> Run | None:
     of the same options: finished heads are reused (when the features are the same), the rest
     are trained. A complete run is never modified; a rerun of it makes a new one.
 
+    With several backbones (`backbone="resnet50,mobilenet"` or a list) every head trains on
+    each backbone that accepts it, from one scan and the same splits; each pair is an entry
+    `<backbone>/<head>` and the verdict recommends a pair (`pairs`).
+
     Under `torchrun` with several processes every rank calls this; they share the extraction
     and the fine-tuning (`distributed`), rank 0 does the rest and returns the Run, the other
     ranks return None.
@@ -113,21 +121,29 @@ def compare(data: str | Path | CompareConfig, **options) -> Run | None:
     config = _config(data, options)
     config.check_paths()
     _distributed.init()
+    if config.several and _distributed.world() > 1:
+        raise HeadbenchError("several backbones are compared in one process; under torchrun give "
+                             "one backbone per job", param="backbone")
     t0 = time.perf_counter()
-    bb = _backbones.create_backbone(config.backbone, config.weights, config.input_size)
+    bbs = [_backbones.create_backbone(name, weights, size)
+           for name, weights, size in config.backbones()]
     rt = Runtime.resolve(config.precision, head_precision=config.head_precision)
-    _check_heads(config, bb)  # every head fits this backbone's map, before any file is read
+    # every head fits some backbone's map, before any file is read
+    accepted, skipped = _pairs.accepted_heads(config.heads, bbs)
     timing = Timing(backbone_s=time.perf_counter() - t0)
-    digest = config.digest(weights_checksum=bb.weights_checksum, precision=rt.extract)
+    checksums = [bb.weights_checksum for bb in bbs]
+    digest = config.digest(weights_checksum=checksums if config.several else checksums[0],
+                           precision=rt.extract)
     if not _distributed.is_main():
-        return _follow(config, bb, rt, timing)
+        return _follow(config, bbs[0], rt, timing)
     committed: list[str] = []
+    name = config.run_name or default_run_name(config.data, config.backbone.replace(",", "+"))
     try:
-        with run_folder(config.out, config.run_name or default_run_name(config.data, config.backbone),
-                        digest, resume=not config.restart) as run_dir:
-            run = _compare(config, bb, rt, timing, run_dir, digest, committed)
+        with run_folder(config.out, name, digest, resume=not config.restart) as run_dir:
+            run = _compare(config, bbs, accepted, rt, timing, run_dir, digest, committed)
+            run.skipped_pairs = skipped
             _distributed.leave()  # the rest is rank 0's alone
-            _finish(run, bb, rt.device, started)
+            _finish(run, bbs, rt.device, started)
             mark_complete(run_dir)
             return run
     except OSError as e:
@@ -137,42 +153,75 @@ def compare(data: str | Path | CompareConfig, **options) -> Run | None:
 def _follow(config: CompareConfig, bb, rt: Runtime, timing: Timing) -> None:
     """A rank other than 0 under torchrun: its part of every extraction, in the order rank 0
     runs them, and of every fine-tuning; rank 0 trains the heads, writes the run, returns it."""
-    work = _prepare(config, bb, rt, timing)
+    (work,) = _prepare(config, [bb], rt, timing)
     if config.aug_views:
         _augmented_views(work)
     if config.finetune:
-        _finetune_heads(work, None, [])
+        _finetune_heads([work], None, [])
     _distributed.leave()
 
 
-def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Path,
-             digest: str, committed: list[str]) -> Run:
-    """Prepare the features, then train and commit every head (reusing finished ones)."""
-    work = _prepare(config, bb, rt, timing)
-    run = Run(options=config, dataset=_dataset_info(work), backbone=_backbone_info(work),
-              precision=rt.extract, device=str(rt.device), train_config=config.train_config(),
-              timing=timing, options_digest=digest, feature_digest=_feature_digest(work),
-              run_dir=run_dir)
-    pool_bytes = 4 * int(np.prod(work.features.shape)) * (len(work.y["train"]) + len(work.y["val"]))
-    work.selection, why = _selection.mode(config.selection, work.y["val"], len(work.scan.classes),
-                                          bool(config.aug_views or config.finetune), pool_bytes)
-    _progress.log(f"selection: {_selection.DESCRIPTION[work.selection]} ({why})")
+def _compare(config: CompareConfig, bbs: list, accepted: dict, rt: Runtime, timing: Timing,
+             run_dir: Path, digest: str, committed: list[str]) -> Run:
+    """Prepare the features, then train and commit every pair (reusing finished ones)."""
+    works = _prepare(config, bbs, rt, timing)
+    infos = [_records.backbone_info(work) for work in works]
+    run = Run(options=config, dataset=_records.dataset_info(works[0]), backbone=infos[0],
+              backbones=infos if config.several else [], precision=rt.extract,
+              device=str(rt.device), train_config=config.train_config(), timing=timing,
+              options_digest=digest, feature_digest=_feature_digest(works), run_dir=run_dir)
+    pool_bytes = max(4 * int(np.prod(w.features.shape)) for w in works) * (
+        len(works[0].y["train"]) + len(works[0].y["val"]))
+    mode, why = _selection.mode(config.selection, works[0].y["val"], len(run.classes),
+                                bool(config.aug_views or config.finetune), pool_bytes)
+    _progress.log(f"selection: {_selection.DESCRIPTION[mode]} ({why})")
     prior = _run.finished_heads(run)
-    backbone_file = _export.save_backbone_if_needed(bb, run_dir)
+    members = _run.load_members(run_dir, run.feature_digest)
+    # the stacks' state, saved at epoch ends so that a kill loses little (`train.checkpoint`)
+    checkpoints = _train.Checkpoints(run_dir / _run.MEMBERS, tag=run.feature_digest)
+    train_config = dataclasses.replace(config.train_config(), precision=rt.heads)  # resolved
+    for work, info in zip(works, infos):
+        work.selection, work.info = mode, info
+        work.heads = {_pairs.label(work.backbone.name, s.label, config.several): s
+                      for s in accepted[work.backbone.name]}
+        work.todo = _passes(work, prior)
+    folds = _selection.FOLDS * _selection.REPEATS if mode == "cv" else 0
+    done = sum(m.fold is None and any(m.head in w.todo for w in works) for m in members)
+    total = config.epochs * (sum(len(w.todo) * _runs_per_head(config) + folds * len(w.heads)
+                                 for w in works) - done)
+    with _progress.progress("training heads", total=total, unit="epoch") as bar:
+        for work in works:
+            _train_heads(work, run, prior, members, train_config, checkpoints, committed, bar)
+    _sort_heads(run)
+    run.save()
+    _run.drop_members(run_dir)  # every head is committed: its training runs are not needed
+    if config.finetune:
+        _finetune_heads(works, run, committed)
+        _sort_heads(run)
+    # on the selection data, never on test
+    correct = {k: v for w in works for k, v in w.selection_correct.items()}
+    run.verdict = _verdict.recommend(run.heads, correct, mode, _pairs.cost_of(run),
+                                     _pairs.RULE if run.backbones else _verdict.RULE)
+    run.best_head = run.verdict.recommended
+    return run
+
+
+def _train_heads(work: _Work, run: Run, prior: dict, members: dict,
+                 train_config: _train.TrainConfig, checkpoints, committed: list[str],
+                 bar) -> None:
+    """Train and commit every head of one backbone (`work.heads`), reusing what an interrupted
+    run finished; cross-validate them when the selection needs it."""
+    config, timing = work.config, run.timing
+    backbone_file = _export.save_backbone_if_needed(work.backbone, run.run_dir, config.several)
     for label, (head, predictions, states) in prior.items():
+        if (head.backbone or run.backbone.name) != work.backbone.name:
+            continue
         _commit(run, head, predictions, states, committed, save=False)
         if not head.finetuned and work.selection == "val":  # fine-tuned: val from its mean
             work.selection_correct[label] = _selection.per_image_correct(
                 lambda spec=head.spec: work.make_head(spec), states, work.F["val"], work.y["val"],
                 work.device)
-    # the frozen heads, then (with aug_views) the same heads on the augmented views
-    passes = [(s.label, s, None) for s in config.heads if s.label not in prior]
-    if config.aug_views:
-        passes += [(aug_label(s.label, config.aug_views), s, Variant("aug", s.label,
-                                                                     aug_views=config.aug_views))
-                   for s in config.heads if aug_label(s.label, config.aug_views) not in prior]
-    todo = {label: (spec, variant) for label, spec, variant in passes}
-    members = _run.load_members(run_dir, run.feature_digest)
+    todo = work.todo
     done = {m: r for m, r in members.items() if m.head in todo and m.fold is None}
     if done:
         _progress.log(f"reusing {len(done)} finished training run(s) of the interrupted run")
@@ -180,65 +229,60 @@ def _compare(config: CompareConfig, bb, rt: Runtime, timing: Timing, run_dir: Pa
     def on_fit(label: str, fit: _train.FitResult) -> None:
         started = time.perf_counter()
         spec, variant = todo[label]
-        head, predictions = _evaluate_fit(work, spec, fit, run.backbone, label, variant)
+        head, predictions = _records.evaluate_fit(work, spec, fit, work.info, label, variant)
         states = {tr.seed: tr.state_dict for tr in fit.runs}
-        _save_head(work, run, head, states, backbone_file)
+        _records.save_head(work, run, head, states, backbone_file)
         _commit(run, head, predictions, states, committed)
         timing.evaluate_s += time.perf_counter() - started
 
     def on_member(member: _train.Member, result: _train.TrainResult) -> None:
         started = time.perf_counter()
-        _run.save_member(run_dir, member, result, run.feature_digest)
+        _run.save_member(run.run_dir, member, result, run.feature_digest)
         timing.evaluate_s += time.perf_counter() - started
 
     t0 = time.perf_counter()
     views = _augmented_views(work) if config.aug_views else None  # on every rank, always
     timing.extract_s += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    # the stacks' state, saved at epoch ends so that a kill loses little (`train.checkpoint`)
-    checkpoints = _train.Checkpoints(run_dir / _run.MEMBERS, tag=run.feature_digest)
-    train_config = dataclasses.replace(config.train_config(), precision=rt.heads)  # resolved
-    folds = (_selection.FOLDS * _selection.REPEATS * len(config.heads)
-             if work.selection == "cv" else 0)
-    total = config.epochs * (len(todo) * _runs_per_head(config) - len(done) + folds)
-    with _progress.progress("training heads", total=total, unit="epoch") as bar:
-        for variant in (False, True):
-            labels = {label: spec for label, (spec, v) in todo.items() if bool(v) == variant}
-            if not labels:
-                continue
-            X_train = views if variant else work.F["train"]
-            _train.fit_heads({label: (lambda spec=spec: work.make_head(spec))
-                              for label, spec in labels.items()},
-                             X_train, work.y["train"], work.F["val"], work.y["val"],
-                             train_config, seeds=list(range(config.seeds)), done=done,
-                             on_member=on_member, on_fit=on_fit, on_epochs=bar.advance,
-                             checkpoints=checkpoints)
-        if work.selection == "cv":
-            work.selection_correct = _cross_validate(work, run, train_config, members,
-                                                     on_member, bar.advance, checkpoints)
+    t0, evaluated = time.perf_counter(), timing.evaluate_s
+    for variant in (False, True):
+        labels = {label: spec for label, (spec, v) in todo.items() if bool(v) == variant}
+        if not labels:
+            continue
+        X_train = views if variant else work.F["train"]
+        _train.fit_heads({label: (lambda spec=spec: work.make_head(spec))
+                          for label, spec in labels.items()},
+                         X_train, work.y["train"], work.F["val"], work.y["val"],
+                         train_config, seeds=list(range(config.seeds)), done=done,
+                         on_member=on_member, on_fit=on_fit, on_epochs=bar.advance,
+                         checkpoints=checkpoints)
+    if work.selection == "cv":
+        mine = [h for h in run.heads if h.head in work.heads]
+        work.selection_correct = _cross_validate(work, mine, train_config, members,
+                                                 on_member, bar.advance, checkpoints)
     # fit_heads calls on_fit / on_member as members finish: their time is evaluate_s
-    timing.train_s = time.perf_counter() - t0 - timing.evaluate_s
-    _sort_heads(run)
-    run.save()
-    _run.drop_members(run_dir)  # every head is committed: its training runs are not needed
-    if config.finetune:
-        _finetune_heads(work, run, committed)
-        _sort_heads(run)
-    # on the selection data, never on test
-    run.verdict = _verdict.recommend(run.heads, work.selection_correct, work.selection)
-    run.best_head = run.verdict.recommended
-    return run
+    timing.train_s += time.perf_counter() - t0 - (timing.evaluate_s - evaluated)
 
 
-def _cross_validate(work: _Work, run: Run, train_config: _train.TrainConfig, members: dict,
-                    on_member, on_epochs, checkpoints) -> dict[str, np.ndarray]:
+def _passes(work: _Work, prior: dict) -> dict[str, tuple[HeadSpec, Variant | None]]:
+    """label -> (spec, variant) of what is left to train: the frozen heads, then (with
+    aug_views) the same heads on the augmented views."""
+    views = work.config.aug_views
+    passes = [(label, s, None) for label, s in work.heads.items() if label not in prior]
+    if views:
+        passes += [(aug_label(label, views), s, Variant("aug", label, aug_views=views))
+                   for label, s in work.heads.items() if aug_label(label, views) not in prior]
+    return {label: (spec, variant) for label, spec, variant in passes}
+
+
+def _cross_validate(work: _Work, frozen: list[HeadResult], train_config: _train.TrainConfig,
+                    members: dict, on_member, on_epochs, checkpoints) -> dict[str, np.ndarray]:
     """Every frozen head's correctness on every train + val image from the fold that held it out
     (`selection.cross_validate`); folds an interrupted run finished (`members`) are reused."""
     index = np.concatenate([work.splits.train, work.splits.val])
     pool = _train.Features.joined(work.features.subset(index), [work.F["train"], work.F["val"]],
                                   work.device)
     y = np.concatenate([work.y["train"], work.y["val"]])
-    heads = {h.head: h for h in run.heads}
+    heads = {h.head: h for h in frozen}
     make = {label: (lambda spec=h.spec: work.make_head(spec)) for label, h in heads.items()}
     chosen = {label: (h.lr, h.weight_decay) for label, h in heads.items()}
     done = {m: r for m, r in members.items() if m.fold is not None}
@@ -253,12 +297,15 @@ def aug_label(label: str, views: int) -> str:
 
 
 def _sort_heads(run: Run) -> None:
-    """The options' order, each head's variants right after it (augmented, fine-tuned)."""
+    """The options' order (by backbone first), each head's variants right after it (augmented,
+    fine-tuned)."""
     order = [s.label for s in run.options.heads]
+    backbones = [b.name for b in run.backbones]
     kinds = [None, "aug", "finetune"]
 
-    def key(h: HeadResult) -> tuple[int, int]:  # a variant keeps its frozen head's spec
-        return order.index(h.spec.label), kinds.index(h.variant.kind if h.variant else None)
+    def key(h: HeadResult) -> tuple[int, int, int]:  # a variant keeps its frozen head's spec
+        return (backbones.index(h.backbone) if h.backbone else 0, order.index(h.spec.label),
+                kinds.index(h.variant.kind if h.variant else None))
     run.heads.sort(key=key)
 
 
@@ -279,14 +326,16 @@ def _augmented_views(work: _Work) -> "_train.Views":
     return _train.Views([fs.subset(np.arange(len(idx))) for fs in sets])
 
 
-def _finetune_heads(work: _Work, run: Run | None, committed: list[str]) -> None:
+def _finetune_heads(works: list[_Work], run: Run | None, committed: list[str]) -> None:
     """Fine-tune the best `finetune_top` frozen heads by val accuracy (each from its best seed)
     and commit each as `<head>+ft`; a fine-tuning an interrupted run began resumes from its
     checkpoint. Under torchrun every rank trains (`run` is rank 0's; other ranks pass None and
     are sent the work); rank 0 evaluates and commits."""
-    fcfg = work.config.finetune_config()
-    images = {role: _images(work, role) for role in ROLES}
+    fcfg = works[0].config.finetune_config()
+    images = {role: _images(works[0], role) for role in ROLES}
+    by_name = {w.backbone.name: w for w in works}
     for base, state, checkpoint, key in _distributed.from_main(lambda: _finetune_jobs(run)):
+        work = by_name.get(base.backbone, works[0])
         label = f"{base.head}+ft"
         head = work.make_head(base.spec)
         head.load_state_dict(state)
@@ -296,10 +345,10 @@ def _finetune_heads(work: _Work, run: Run | None, committed: list[str]) -> None:
             _log_estimate(model, images["train"], fcfg, base, work)
         result = _finetune.finetune(model, images["train"], images["val"], fcfg,
                                     base.weight_decay, checkpoint, device=work.device,
-                                    precision=work.runtime.finetune, workers=_workers(work),
+                                    precision=work.runtime.finetune, workers=_records.workers(work),
                                     label=label, key=key)
         if _distributed.is_main():
-            entry, predictions, states = _finetuned_result(work, run, base, label, result,
+            entry, predictions, states = _records.finetuned_result(work, run, base, label, result,
                                                            images)
             _commit(run, entry, predictions, states, committed)
             checkpoint.unlink(missing_ok=True)  # the committed head replaces it
@@ -324,10 +373,6 @@ def _images(work: _Work, role: str) -> _finetune.Images:
     return _finetune.Images([it.path for it in items], [it.digest for it in items], work.y[role])
 
 
-def _workers(work: _Work) -> int:
-    return default_workers() if work.config.workers is None else work.config.workers
-
-
 def _log_estimate(model: HeadbenchModel, train: _finetune.Images, fcfg, base: HeadResult,
                   work: _Work) -> None:
     rate = _finetune.measure_throughput(model, train, fcfg, base.weight_decay, work.device,
@@ -336,34 +381,6 @@ def _log_estimate(model: HeadbenchModel, train: _finetune.Images, fcfg, base: He
     _progress.log(f"fine-tuning {base.head} (seed {base.best_seed}, unfreeze {fcfg.unfreeze}, "
                   f"BatchNorm {fcfg.bn}, {work.runtime.finetune}): {len(train)} images × up to {fcfg.epochs} epochs at "
                   f"{rate:.1f} img/s measured ≈ {seconds / 60:.1f} min at most, plus validation")
-
-
-def _finetuned_result(work: _Work, run: Run, base: HeadResult, label: str,
-                      result: "_finetune.FinetuneResult", images: dict
-                      ) -> tuple[HeadResult, Predictions, dict]:
-    """The fine-tuned model evaluated once per split, its model folder written."""
-    model, k = result.model, len(run.classes)
-    logits = {role: _finetune.logits_of(model, images[role], work.device, work.runtime.finetune,
-                                        _workers(work)) for role in ROLES}
-    metrics = {role: Metrics(**_evaluate.classification_metrics(logits[role], work.y[role], k))
-               for role in ROLES}
-    work.selection_correct[label] = (logits["val"].argmax(1) == work.y["val"]).astype(np.float64)
-    seed = work.config.finetune_config().seed
-    seeds = [SeedResult(seed, result.best_epoch, result.epochs_run, result.train_time_s,
-                        history=result.history, **metrics)]
-    entry = dataclasses.replace(
-        base, head=label, model_dir=f"heads/{label}", best_seed=seed, wd_sweep={}, sweep={},
-        seeds=seeds,
-        summary=HeadSummary.of(seeds),
-        variant=Variant("finetune", base.head, from_seed=base.best_seed,
-                        settings=dict(work.config.finetune_config().to_dict(),
-                                      precision=work.runtime.finetune),
-                        resumed_from=result.resumed_from))
-    states = {seed: {k: v.cpu() for k, v in model.head.state_dict().items()}}
-    entry.model_size_bytes = _finetune.save_finetuned(run.run_dir / entry.model_dir, model,
-                                                    run.classes, seed)
-    predictions = Predictions.of_logits([seed], [logits["test"]], work.y["test"])
-    return entry, predictions, states
 
 
 def _commit(run: Run, head: HeadResult, predictions: Predictions, states: dict,
@@ -397,17 +414,12 @@ def _config(data, options: dict) -> CompareConfig:
     return CompareConfig(str(data), **options)
 
 
-def _check_heads(config: CompareConfig, bb: _backbones.Backbone) -> None:
-    c, h, w = bb.feature_shape()
-    for spec in config.heads:
-        create_head(spec, c, 2, (h, w))
-
-
 # ----------------------------------------------------------------------------------------------
 # steps
 
-def _prepare(config: CompareConfig, bb, rt: Runtime, timing: Timing) -> _Work:
-    """Scan, extract (or reuse) features, split."""
+def _prepare(config: CompareConfig, bbs: list, rt: Runtime, timing: Timing) -> list[_Work]:
+    """Scan once, extract (or reuse) every backbone's features, split: the same splits for
+    every backbone (an image any backbone could not read is left out of all)."""
     t0 = time.perf_counter()
     scan = _distributed.from_main(lambda: _data.scan_folder(config.data,
                                                             follow_links=config.follow_links))
@@ -420,23 +432,33 @@ def _prepare(config: CompareConfig, bb, rt: Runtime, timing: Timing) -> _Work:
     timing.scan_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     paths, digests = [it.path for it in scan.items], [it.digest for it in scan.items]
-    form = _distributed.from_main(lambda: _cache_form(config, bb, digests, rt.extract))
-    fs = _features.extract(bb, paths, digests, precision=rt.extract, cache_dir=config.cache_dir,
-                           workers=config.workers, device=rt.device, form=form)
-    timing.extract_s, timing.n_extracted = time.perf_counter() - t0, fs.n_extracted
-    if fs.failures:
-        _progress.warn(f"{len(fs.failures)} images could not be decoded and are skipped "
+    sets = []
+    for bb in bbs:
+        form = _distributed.from_main(lambda: _cache_form(config, bb, digests, rt.extract))
+        sets.append(_features.extract(bb, paths, digests, precision=rt.extract,
+                                      cache_dir=config.cache_dir, workers=config.workers,
+                                      device=rt.device, form=form))
+    timing.extract_s = time.perf_counter() - t0
+    timing.n_extracted = sum(fs.n_extracted for fs in sets)
+    valid = np.logical_and.reduce([np.asarray(fs.valid) for fs in sets])
+    failures = {i: r for fs in reversed(sets) for i, r in fs.failures.items()}
+    if failures:
+        _progress.warn(f"{len(failures)} images could not be decoded and are skipped "
                        "(listed in skipped.csv)")
-    splits = _data.make_splits(scan, fs.valid, val_fraction=config.val_fraction,
+    splits = _data.make_splits(scan, valid, val_fraction=config.val_fraction,
                                split=config.split, seed=config.split_seed)
     _data.log_splits(scan, splits)
-    _data.warn_thin(scan, splits, bb.feature_shape(), bb.data_config["input_size"][-1])
-    F, y = {}, {}
-    for role in ROLES:
-        idx = getattr(splits, role)
-        F[role] = _train.Features(fs.subset(idx), rt.device)  # lazy rows of the memory maps
-        y[role] = np.array([scan.items[i].label for i in idx], dtype=np.int64)
-    return _Work(config, bb, rt, scan, splits, fs, F, y)
+    works = []
+    for bb, fs in zip(bbs, sets):
+        _data.warn_thin(scan, splits, bb.feature_shape(), bb.data_config["input_size"][-1])
+        fs.failures = {**fs.failures, **failures}
+        F, y = {}, {}
+        for role in ROLES:
+            idx = getattr(splits, role)
+            F[role] = _train.Features(fs.subset(idx), rt.device)  # lazy rows of the memory maps
+            y[role] = np.array([scan.items[i].label for i in idx], dtype=np.int64)
+        works.append(_Work(config, bb, rt, scan, splits, fs, F, y))
+    return works
 
 
 def _cache_form(config: CompareConfig, bb, digests: list[str],
@@ -448,7 +470,10 @@ def _cache_form(config: CompareConfig, bb, digests: list[str],
     c, h, w = bb.feature_shape()
     needed = set()
     for spec in config.heads:
-        stats = create_head(spec, c, 2, (h, w)).training_split().stats
+        try:
+            stats = create_head(spec, c, 2, (h, w)).training_split().stats
+        except HeadbenchError:  # a pair this backbone does not accept: skipped
+            continue
         if not stats:
             return None
         needed.update(stats)
@@ -457,93 +482,32 @@ def _cache_form(config: CompareConfig, bb, digests: list[str],
     return tuple(name for name in _layers.STATS if name in needed)
 
 
-def _evaluate_fit(work: _Work, spec: HeadSpec, fit: _train.FitResult, bb: BackboneInfo,
-                  label: str, variant: Variant | None) -> tuple[HeadResult, Predictions]:
-    """Every seed of one fitted head evaluated once on each split (base views: val and test
-    are never augmented, and train metrics stay comparable)."""
-    k = len(work.scan.classes)
-    seeds, logits, val_hits = [], [], []
-    for tr in fit.runs:
-        head = work.make_head(spec)
-        head.load_state_dict(tr.state_dict)
-        metrics = {}
-        for role in ROLES:
-            out = _train.predict_logits(head, work.F[role], device=work.device)
-            metrics[role] = Metrics(**_evaluate.classification_metrics(out, work.y[role], k))
-            if role == "test":
-                logits.append(out)
-            if role == "val":
-                val_hits.append(out.argmax(1) == work.y["val"])
-        seeds.append(SeedResult(tr.seed, tr.best_epoch, tr.epochs_run, tr.train_time_s,
-                                history=tr.history, **metrics))
-    predictions = Predictions.of_logits([s.seed for s in seeds], logits, work.y["test"])
-    work.selection_correct[label] = np.mean(val_hits, axis=0)
-    best = min(fit.runs, key=lambda r: r.best_val_loss).seed  # val, never test
-    head = _head_result(work, spec, seeds, bb, label, best, fit)
-    head.variant = variant
-    return head, predictions
-
-
-
-def _backbone_info(work: _Work) -> BackboneInfo:
-    bb, size = work.backbone, work.backbone.data_config["input_size"][-1]
-    cost = _latency(bb, (3, size, size), work)
-    return BackboneInfo(bb.name, bb.timm_name, bb.weights, bb.weights_checksum, bb.data_config,
-                        list(work.map_shape), count_params(bb),
-                        count_flops(bb, torch.zeros(1, 3, size, size)),
-                        cost["latency_ms_b1"], cost["throughput_b32"])
-
-
-def _feature_digest(work: _Work) -> str:
-    """The cache entry and the images of every split, in order: equal digests, equal features."""
-    text = work.features.key + "".join(
+def _feature_digest(works: list[_Work]) -> str:
+    """The cache entries and the images of every split, in order: equal digests, equal
+    features."""
+    work = works[0]
+    text = "+".join(w.features.key for w in works) + "".join(
         f"|{role}:" + ",".join(work.scan.items[i].digest for i in getattr(work.splits, role))
         for role in ROLES)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _head_result(work: _Work, spec: HeadSpec, seeds: list[SeedResult], bb: BackboneInfo,
-                 label: str, best_seed: int, fit: _train.FitResult) -> HeadResult:
-    head = work.make_head(spec)
-    c, h, w = work.map_shape
-    head_flops = count_flops(head.eval(), torch.zeros(1, c, h, w))
-    cost = _latency(head, (c, h, w), work)
-    params = count_params(head)
-    sweep, wd_sweep = sweeps_of(fit)
-    return HeadResult(
-        head=label, spec=spec, any_size=head.any_size, exact_cam=head.exact_cam,
-        head_params=params, total_params=params + bb.params, head_flops=head_flops,
-        total_flops=bb.flops + head_flops, weight_decay=fit.weight_decay, wd_sweep=wd_sweep,
-        lr=fit.lr, sweep=sweep,
-        best_seed=best_seed, model_dir=f"heads/{label}", model_size_bytes=None,
-        latency_ms_b1=bb.latency_ms_b1 + cost["latency_ms_b1"],
-        throughput_b32=1.0 / (1.0 / bb.throughput_b32 + 1.0 / cost["throughput_b32"]),
-        architecture=str(head), seeds=seeds, summary=HeadSummary.of(seeds))
-
-
-def _save_head(work: _Work, run: Run, entry: HeadResult, states: dict[int, dict],
-               backbone_file: Path | None) -> None:
-    """heads/<head>/: every seed's weights and the model of the best seed."""
-    head_dir = run.run_dir / entry.model_dir
-    for seed, state in states.items():
-        _export.save_head_weights(state, head_dir / f"seed{seed}.safetensors")
-    head = work.make_head(entry.spec)
-    head.load_state_dict(states[entry.best_seed])
-    _export.save_model(head_dir, work.backbone, head, run.classes, backbone_file=backbone_file,
-                       extra=dict(seed=entry.best_seed, run_dir="../.."))
-    entry.model_size_bytes = _export.model_size_bytes(head_dir, backbone_file)
-
-
-def _finish(run: Run, bb: _backbones.Backbone, device: torch.device, started: float) -> None:
-    """Analyses (when asked for), findings, report; results rewritten after."""
+def _finish(run: Run, bbs: list, device: torch.device, started: float) -> None:
+    """Analyses (when asked for; with several backbones, of the recommended one's heads),
+    findings, report; results rewritten after."""
     requested = run.options.requested()
     if requested:
+        chosen = run.selected().backbone if run.backbones else None
+        bb = next(b for b in bbs if chosen in (None, b.name))
+        if chosen:
+            _progress.log(f"analyses: the heads of {chosen}, the recommended backbone")
         ctx = RunContext(run=run, backbone=bb, states=run.states, cache_dir=_cache_dir(run.options),
-                         device=device)
+                         device=device, backbone_name=chosen)
         run.analyses.update(run_analyses(ctx, requested))
     run.findings = findings(run)
     if run.verdict is not None:
-        run.verdict.text = _verdict.sentence(run.verdict, run.heads, run.findings)
+        run.verdict.text = _verdict.sentence(run.verdict, run.heads, run.findings,
+                                             _pairs.cost_of(run))
     run.timing.total_s = time.perf_counter() - started
     run.save_results()
     if run.options.report:
@@ -555,45 +519,6 @@ def _finish(run: Run, bb: _backbones.Backbone, device: torch.device, started: fl
 
 def _cache_dir(config: CompareConfig) -> Path | None:
     return Path(config.cache_dir).expanduser().resolve() if config.cache_dir else None
-
-
-def _latency(module: torch.nn.Module, shape: tuple, work: _Work) -> dict:
-    """Latency at batch 1 and throughput at batch 32, with the precision used for extraction."""
-    m = _evaluate.measure_latency(module, shape, device=work.device, batch_sizes=(1, 32),
-                                  autocast_dtype=work.runtime.autocast_dtype("extract"),
-                                  channels_last=True)
-    return dict(latency_ms_b1=m[1]["ms_per_image"], throughput_b32=m[32]["images_per_s"])
-
-
-def _dataset_info(work: _Work) -> DatasetInfo:
-    scan, splits = work.scan, work.splits
-    leakage = _data.find_leakage(scan, splits)
-    if leakage:
-        _progress.warn(f"{len(leakage)} byte-identical files appear in more than one split "
-                       "(leakage; listed in results.json)")
-    skipped = [(_rel(p, scan.root), r) for p, r in scan.skipped]
-    skipped += [(_rel(scan.items[i].path, scan.root), r)
-                for i, r in sorted(work.features.failures.items())]
-    split_items = {}
-    for role in ROLES:
-        items = [scan.items[i] for i in getattr(splits, role)]
-        split_items[role] = SplitItems([_rel(it.path, scan.root) for it in items], work.y[role],
-                                       [it.digest for it in items])
-    return DatasetInfo(
-        root=str(scan.root), name=scan.root.name, layout=scan.layout, classes=scan.classes,
-        split_description=splits.description, counts=splits.counts(),
-        leakage=[dict(digest=leak["digest"],
-                      roles={r: [_rel(p, scan.root) for p in paths]
-                             for r, paths in leak["roles"].items()}) for leak in leakage],
-        skipped=skipped, splits=split_items, links_outside=scan.links_outside,
-        follow_links=scan.follow_links)
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:  # no resolve(): a symlink is listed where it lies, not where it points
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
 
 
 __all__ = ["compare"]

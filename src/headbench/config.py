@@ -94,6 +94,17 @@ def parse_cam(value: Any) -> int:
     return whole(value, "cam", 0)
 
 
+def _per_backbone_sizes(value: Any, backbones: int) -> int | tuple[int, ...] | None:
+    """`input_size`: None, one side for every backbone, or a comma list of one per backbone."""
+    if not isinstance(value, (list, tuple)) and "," not in str(value):
+        return whole(value, "input_size", MIN_SIZE, none_ok=True, high=MAX_SIZE)
+    sizes = numbers(value, "input_size", int, MIN_SIZE, "224,240", high=MAX_SIZE)
+    if len(sizes) not in (1, backbones):
+        raise HeadbenchError(f"input_size has {len(sizes)} values for {backbones} backbones; "
+                             "give one for all or one per backbone", param="input_size")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def _absolute(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
 
@@ -173,9 +184,11 @@ class CompareConfig(AnalysisOptions):
                       parse=parse_cam, kw_only=True)
     backbone: str = option("efficientnet_lite0",
                            "alias (resnet50, mobilenet (v1), mobilenetv2, mobilenetv3, vgg16, "
-                           "efficientnet_lite0/1/2) or any timm name")
+                           "efficientnet_lite0/1/2) or any timm name; a comma list compares "
+                           "every head on each backbone in one run")
     weights: str = option("default", "embedded | hub | none | PATH (.safetensors/.pth/.pt/.bin); "
-                                     "default: embedded for efficientnet_lite0/1/2, else hub")
+                                     "default: embedded for efficientnet_lite0/1/2, else hub; "
+                                     "one for all backbones or a comma list, one per backbone")
     heads: tuple = option(DEFAULT_HEADS, "comma list of heads, e.g. gap,flatten", list=True)
     hidden: tuple[int, ...] = option((), "hidden Linear+ReLU sizes, e.g. 1024,512", list=True)
     dropout: float | None = option(None, "dropout before each Linear (default: the head's own)")
@@ -198,7 +211,9 @@ class CompareConfig(AnalysisOptions):
     selection: str = option("auto", "what the recommendation is scored on: auto (5-fold cross-"
                             "validation over train+val when val has < 300 images or < 30 in a "
                             "class, else val) | cv | val")
-    input_size: int | None = option(None, "input side in pixels (default: the backbone's)")
+    input_size: int | tuple[int, ...] | None = option(
+        None, "input side in pixels (default: the backbone's); one for all backbones or a comma "
+              "list, one per backbone")
     precision: str = option("auto", "extraction precision: auto | fp32 | bf16")
     head_precision: str = option("fp32", "head-training matmul precision: fp32 | bf16 | auto "
                                          "(bf16 only on CPUs/GPUs with native bf16)")
@@ -239,8 +254,7 @@ class CompareConfig(AnalysisOptions):
         # absolute paths: config.json must reproduce the run from any working directory
         self.data, self.out = _absolute(self.data), _absolute(self.out)
         self.cache_dir = _absolute(self.cache_dir) if self.cache_dir is not None else None
-        resolve_name(self.backbone)  # unknown names fail here, with suggestions
-        self.weights = str(self.weights)
+        self._check_backbones()
         self.hidden = numbers(self.hidden, "hidden", int, 1, "1024,512", high=MAX_WIDTH)
         if self.dropout is not None:
             self.dropout = real(self.dropout, "dropout", 0.0, 1.0)
@@ -261,8 +275,7 @@ class CompareConfig(AnalysisOptions):
         self.schedule, self.halving = train.schedule, train.halving
         if self.selection not in SELECTIONS:
             raise unknown("selection", str(self.selection), SELECTIONS, param="selection")
-        self.input_size = whole(self.input_size, "input_size", MIN_SIZE, none_ok=True,
-                                high=MAX_SIZE)
+        self.input_size = _per_backbone_sizes(self.input_size, len(self.backbone_names()))
         if self.precision not in PRECISIONS:
             raise unknown("precision", str(self.precision), PRECISIONS, param="precision")
         self.split = numbers(self.split, "split", float, 0, "0.7,0.15,0.15")
@@ -282,6 +295,48 @@ class CompareConfig(AnalysisOptions):
         self.backbone_lr = real(self.backbone_lr, "backbone_lr", 0.0, 1.0, closed_high=True)
         self.finetune_batch_size = whole(self.finetune_batch_size, "finetune_batch_size", 2)
         self.finetune_patience = whole(self.finetune_patience, "finetune_patience", 0)
+
+    def _check_backbones(self) -> None:
+        """`backbone` as a comma list of distinct known names (each one name when there are
+        several: they name the run's model folders), `weights` one value or one per backbone."""
+        names = items(self.backbone) if isinstance(self.backbone, str) else items(
+            list(self.backbone))
+        if not names:
+            raise HeadbenchError("backbone is empty; name one, e.g. efficientnet_lite0",
+                                 param="backbone")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise HeadbenchError(f"backbone names {', '.join(twice)} more than once; list each "
+                                 "backbone once", param="backbone")
+        for name in names:
+            resolve_name(name)  # unknown names fail here, with suggestions
+            if len(names) > 1:
+                check_name(name, "backbone (in a list of several)", param="backbone")
+        self.backbone = ",".join(names)
+        weights = ([str(w) for w in self.weights] if isinstance(self.weights, (list, tuple))
+                   else [str(self.weights)])
+        if len(names) > 1 and len(weights) == 1:
+            weights = items(weights[0]) or weights
+        if len(weights) not in (1, len(names)):
+            raise HeadbenchError(f"weights has {len(weights)} values for {len(names)} backbones; "
+                                 "give one for all or one per backbone", param="weights")
+        self.weights = ",".join(weights)
+
+    def backbone_names(self) -> list[str]:
+        return self.backbone.split(",")
+
+    def backbones(self) -> list[tuple[str, str, int | None]]:
+        """(name, weights, input size) of each backbone, in the order given."""
+        names = self.backbone_names()
+        weights = self.weights.split(",") if len(names) > 1 else [self.weights]
+        sizes = self.input_size if isinstance(self.input_size, tuple) else (self.input_size,)
+        return [(name, weights[i % len(weights)], sizes[i % len(sizes)])
+                for i, name in enumerate(names)]
+
+    @property
+    def several(self) -> bool:
+        """Whether the run compares several backbones (model folders heads/<backbone>/<head>)."""
+        return len(self.backbone_names()) > 1
 
     def head_specs(self) -> list:
         """The heads as HeadSpecs (names get this config's hidden and dropout); checked for
@@ -338,14 +393,15 @@ class CompareConfig(AnalysisOptions):
             what = "is a file, not a folder" if data.exists() else "does not exist"
             raise HeadbenchError(f"data folder '{self.data}' {what}; pass a folder of class "
                                  "folders", param="data")
-        resolve_weights(resolve_name(self.backbone), self.weights)
-        if self.weights not in ("default", "embedded", "hub", "none"):
-            try:
-                with open(Path(self.weights).expanduser(), "rb") as f:
-                    f.read(1)
-            except OSError as e:
-                raise HeadbenchError(f"weights file '{self.weights}' cannot be read "
-                                     f"({e.strerror or e})", param="weights") from None
+        for name, weights, _ in self.backbones():
+            resolve_weights(resolve_name(name), weights)
+            if weights not in ("default", "embedded", "hub", "none"):
+                try:
+                    with open(Path(weights).expanduser(), "rb") as f:
+                        f.read(1)
+                except OSError as e:
+                    raise HeadbenchError(f"weights file '{weights}' cannot be read "
+                                         f"({e.strerror or e})", param="weights") from None
         _writable(self.out, "out")
         if self.cache_dir is not None:
             _writable(self.cache_dir, "cache_dir")

@@ -381,8 +381,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _time_batch(module: nn.Module, x: torch.Tensor, warmup: int, repeats: int,
-                autocast: torch.dtype | None) -> float:
-    """Median seconds for one forward pass on x."""
+                autocast: torch.dtype | None) -> list[float]:
+    """Seconds of each timed forward pass on x (after `warmup` untimed ones)."""
     device = x.device
     ctx = (torch.autocast(device.type, dtype=autocast) if autocast is not None
            else contextlib.nullcontext())
@@ -395,7 +395,7 @@ def _time_batch(module: nn.Module, x: torch.Tensor, warmup: int, repeats: int,
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 def measure_latency(module: nn.Module, input_shape: Sequence[int],
@@ -417,7 +417,8 @@ def measure_latency(module: nn.Module, input_shape: Sequence[int],
         channels_last: run module and input in channels-last memory format.
 
     Returns:
-        batch size -> {`ms_per_batch`, `ms_per_image`, `images_per_s`}, e.g.
+        batch size -> {`ms_per_batch`, `ms_per_image`, `images_per_s`, `ms_per_image_range`
+        (the fastest and slowest timed call)}, e.g.
         `measure_latency(head, (1280, 7, 7))[32]["images_per_s"]`.
     """
     if repeats < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
@@ -437,10 +438,13 @@ def measure_latency(module: nn.Module, input_shape: Sequence[int],
             x = torch.randn((bs, *input_shape), generator=generator).to(device)
             if channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            seconds = _time_batch(module, x, warmup, repeats, autocast)
+            times = _time_batch(module, x, warmup, repeats, autocast)
+            seconds = statistics.median(times)
             per_batch[int(bs)] = {"ms_per_batch": seconds * 1e3,
                                   "ms_per_image": seconds * 1e3 / bs,
-                                  "images_per_s": bs / seconds}
+                                  "images_per_s": bs / seconds,
+                                  "ms_per_image_range": (min(times) * 1e3 / bs,
+                                                         max(times) * 1e3 / bs)}
     finally:
         if channels_last:
             module.to(memory_format=torch.contiguous_format)

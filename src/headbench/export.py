@@ -37,11 +37,14 @@ def save_head_weights(state_dict: dict, path: Path) -> Path:
     return _io.atomic_write_safetensors(path, tensors, {"format": FORMAT})
 
 
-def save_backbone_if_needed(backbone: Backbone, run_dir: Path) -> Path | None:
-    """Save the backbone's weights unless they can be re-created from a named source."""
+def save_backbone_if_needed(backbone: Backbone, run_dir: Path,
+                            several: bool = False) -> Path | None:
+    """Save the backbone's weights unless they can be re-created from a named source: in the run
+    folder, or beside its heads (`heads/<backbone>/`) in a run of several backbones."""
     if backbone.weights in RECREATABLE:
         return None
-    path = run_dir / "backbone.safetensors"
+    folder = run_dir / "heads" / backbone.name if several else run_dir
+    path = folder / "backbone.safetensors"
     save_head_weights(backbone.model.state_dict(), path)
     return path
 
@@ -142,10 +145,14 @@ def invalid_fields(meta: dict, prefixes: Sequence[str] = ("",)) -> list[str]:
 
 
 def run_root(model_dir: Path) -> Path:
-    """The folder a model may take files from: its run folder (runs/<run>/heads/<head>), or
-    the model folder itself when it stands alone."""
+    """The folder a model may take files from: its run folder (runs/<run>/heads/<head>, or
+    runs/<run>/heads/<backbone>/<head> in a run of several backbones), or the model folder
+    itself when it stands alone."""
     model_dir = model_dir.resolve()
-    return model_dir.parent.parent if model_dir.parent.name == "heads" else model_dir
+    for up in (model_dir.parent, model_dir.parent.parent):
+        if up.name == "heads":
+            return up.parent
+    return model_dir
 
 
 def file_inside_run(model_dir: Path, name: str, what: str) -> Path:

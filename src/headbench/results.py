@@ -142,6 +142,14 @@ class HeadResult:
     lr: float | None = None        # the peak learning rate chosen on val (None: before schema 2)
     # "lr=0.01,wd=0.01" -> best val loss at the first seed (None: that run diverged)
     sweep: dict[str, float | None] = field(default_factory=dict)
+    # the backbone's name in a run of several (`head` is then '<backbone>/<head>'); None: the
+    # run's one backbone (schema 4)
+    backbone: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The head's own label, without its backbone."""
+        return self.head.rpartition("/")[2]
 
     @property
     def fixed_size(self) -> bool:
@@ -254,6 +262,8 @@ class BackboneInfo:
     flops: int
     latency_ms_b1: float
     throughput_b32: float
+    # the fastest and slowest of the timed batch-1 calls (None: runs before schema 4)
+    latency_range_ms_b1: list[float] | None = None
 
 
 @dataclass

@@ -19,10 +19,9 @@ import datetime as _dt
 import json
 import re
 import shutil
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Union, get_args, get_origin, get_type_hints
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -31,8 +30,8 @@ from . import progress
 from .config import CompareConfig
 from .data import ROLES
 from .run_checks import check_loaded
+from .typed_json import from_json, json_schema, to_json
 from .errors import HeadbenchError
-from .heads import HeadSpec
 from .results import (CI, BackboneInfo, DatasetInfo, Finding, HeadResult, HeadSummary, Metrics,
                       Predictions, SeedResult, SplitItems, Timing, Variant, Verdict)
 from .runtime import machine
@@ -40,10 +39,12 @@ from .train import EpochLog, Member, TrainConfig, TrainResult
 from .version import __version__
 
 SCHEMA = "headbench-run"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # schema 2 added each head's `lr` and `sweep` (the learning-rate sweep), `verdict`; schema 3 a
-# finding's Holm `family` and `n_tests`, and its `image_ci` (schema 2's `bootstrap_ci`)
-READS = (1, 2, 3)
+# finding's Holm `family` and `n_tests`, and its `image_ci` (schema 2's `bootstrap_ci`); schema
+# 4 runs of several backbones (`backbones`, `best`, each head's `backbone`) and the backbone's
+# `latency_range_ms_b1`
+READS = (1, 2, 3, 4)
 PREDICTION_COLUMNS = ["head", "seed", "index", "path", "label", "pred", "p_pred", "p_label", "loss"]
 
 
@@ -65,6 +66,10 @@ class Run:
     heads: list[HeadResult] = field(default_factory=list)
     predictions: dict[str, Predictions] = field(default_factory=dict)
     best_head: str | None = None     # the recommended head (`verdict.recommended`)
+    # a run of several backbones: each one's facts (`backbone` is then the first's); empty: one
+    backbones: list[BackboneInfo] = field(default_factory=list)
+    # pairs not trained because the backbone does not accept the head: {backbone, head, reason}
+    skipped_pairs: list[dict] = field(default_factory=list)
     verdict: Verdict | None = None   # None in runs of schema 1
     findings: list[Finding] = field(default_factory=list)
     analyses: dict[str, dict] = field(default_factory=dict)
@@ -100,6 +105,25 @@ class Run:
     def model_dir(self, label: str | None = None) -> Path:
         """Folder of the saved model of head `label` (default: the selected head)."""
         return Path(self.run_dir) / self.head(label or self.best_head).model_dir
+
+    @property
+    def backbone_names(self) -> str:
+        """The backbone's name, or the names of the run's backbones, comma-separated."""
+        return ", ".join(b.name for b in self.backbones) or self.backbone.name
+
+    def backbone_of(self, head: HeadResult) -> BackboneInfo:
+        """The backbone head `head` runs on."""
+        if head.backbone is None:
+            return self.backbone
+        return next(b for b in self.backbones if b.name == head.backbone)
+
+    @property
+    def best(self) -> dict[str, str | None] | None:
+        """The recommended pair, {backbone, head} (head: its own label)."""
+        if not self.best_head:
+            return None
+        head = self.head(self.best_head)
+        return dict(backbone=head.backbone or self.backbone.name, head=head.name)
 
     def selected(self) -> HeadResult | None:
         """The head chosen on val (`best_head`)."""
@@ -141,15 +165,18 @@ class Run:
         return self.run_dir
 
     def results_json(self) -> dict:
+        several = (dict(backbones=to_json(self.backbones), best=self.best,
+                        skipped_pairs=self.skipped_pairs) if self.backbones else {})
         return dict(schema=SCHEMA, schema_version=SCHEMA_VERSION,
                     headbench_version=self.headbench_version, created=self.created,
                     run_dir=str(self.run_dir), dataset=self.dataset.summary(),
-                    backbone=_to_json(self.backbone), precision=self.precision, device=self.device,
-                    machine=self.machine, timing=_to_json(self.timing),
-                    train_config=self.train_config.to_dict(), heads=_to_json(self.heads),
-                    best_head=self.best_head, verdict=_to_json(self.verdict),
-                    findings=_to_json(self.findings), options_digest=self.options_digest, feature_digest=self.feature_digest,
-                    analyses=_to_json(self.analyses))
+                    backbone=to_json(self.backbone), precision=self.precision, device=self.device,
+                    machine=self.machine, timing=to_json(self.timing),
+                    train_config=self.train_config.to_dict(), heads=to_json(self.heads),
+                    best_head=self.best_head, verdict=to_json(self.verdict),
+                    findings=to_json(self.findings), options_digest=self.options_digest,
+                    feature_digest=self.feature_digest,
+                    analyses=to_json(self.analyses), **several)
 
     def _config_json(self) -> dict:
         bb = self.backbone
@@ -181,7 +208,8 @@ class Run:
     def _csv_rows(self) -> list[dict]:
         rows = []
         for h in self.heads:
-            base = dict(head=h.head, head_params=h.head_params, total_params=h.total_params,
+            base = dict(head=h.head, **({"backbone": h.backbone} if h.backbone else {}),
+                        head_params=h.head_params, total_params=h.total_params,
                         head_flops=h.head_flops, weight_decay=h.weight_decay)
             for s in h.seeds:
                 rows.append(dict(base, seed=s.seed, test_accuracy=s.test.accuracy,
@@ -212,16 +240,18 @@ class Run:
         try:
             run = cls(options=CompareConfig.from_dict(config["options"]),
                       dataset=_dataset_from_json(dataset, _read_skipped(run_dir)),
-                      backbone=_from_json(BackboneInfo, results["backbone"]),
+                      backbone=from_json(BackboneInfo, results["backbone"]),
                       precision=results["precision"], device=results["device"],
                       train_config=TrainConfig.from_dict(results["train_config"]),
-                      machine=results["machine"], timing=_from_json(Timing, results["timing"]),
-                      heads=_from_json(list[HeadResult], results["heads"]),
+                      machine=results["machine"], timing=from_json(Timing, results["timing"]),
+                      heads=from_json(list[HeadResult], results["heads"]),
                       best_head=results["best_head"],
-                      verdict=_from_json(Verdict | None, results.get("verdict")),
+                      backbones=from_json(list[BackboneInfo], results.get("backbones", [])),
+                      skipped_pairs=list(results.get("skipped_pairs", [])),
+                      verdict=from_json(Verdict | None, results.get("verdict")),
                       options_digest=results["options_digest"],
                       feature_digest=results["feature_digest"],
-                      findings=_from_json(list[Finding], _findings_v3(results["findings"])),
+                      findings=from_json(list[Finding], _findings_v3(results["findings"])),
                       analyses=results["analyses"], headbench_version=results["headbench_version"],
                       created=results["created"], run_dir=run_dir)
         except HeadbenchError as e:
@@ -306,7 +336,7 @@ def save_member(run_dir: str | Path, member: Member, result: TrainResult,
                 feature_digest: str) -> None:
     """Commit one finished training run (weights and history) so a rerun need not repeat it."""
     meta = {"member": dataclasses.asdict(member), "feature_digest": feature_digest,
-            "result": {f.name: _to_json(getattr(result, f.name))
+            "result": {f.name: to_json(getattr(result, f.name))
                        for f in dataclasses.fields(result) if f.name != "state_dict"}}
     tensors = {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()}
     _io.atomic_write_safetensors(_member_file(Path(run_dir), member), tensors,
@@ -318,7 +348,8 @@ def load_members(run_dir: str | Path, feature_digest: str) -> dict[Member, Train
     those of other features are left out (trained again)."""
     from safetensors import safe_open
     found = {}
-    for path in sorted(Path(run_dir).glob(f"{MEMBERS}/*/*.safetensors")):
+    # members/<head>/ (members/<backbone>/<head>/ in a run of several backbones)
+    for path in sorted(Path(run_dir).glob(f"{MEMBERS}/**/*.safetensors")):
         if _io.is_temp_file(path):
             continue
         try:
@@ -388,7 +419,7 @@ def default_run_name(data: str | Path, backbone: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# JSON: dataclasses to plain values and back, driven by the type hints
+# reading older schemas and the parts of the run folder (`typed_json` converts the dataclasses)
 
 def _findings_v3(findings: Any) -> Any:
     """Findings of schema 1 and 2 named their interval over test images `bootstrap_ci`."""
@@ -396,58 +427,6 @@ def _findings_v3(findings: Any) -> Any:
         return findings
     return [{("image_ci" if k == "bootstrap_ci" else k): v for k, v in f.items()}
             if isinstance(f, dict) else f for f in findings]
-
-
-def _to_json(obj: Any) -> Any:
-    if isinstance(obj, HeadSpec):
-        return obj.to_dict()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _to_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_json(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def _from_json(tp: Any, value: Any) -> Any:
-    """`value` (parsed JSON) as type `tp`: dataclasses field by field, containers recursively."""
-    origin = get_origin(tp)
-    if value is None:
-        return None
-    if origin in (Union, types.UnionType):
-        (inner,) = [a for a in get_args(tp) if a is not type(None)][:1] or (Any,)
-        return _from_json(inner, value)
-    if origin is list:
-        (inner,) = get_args(tp)
-        return [_from_json(inner, v) for v in _expect(value, list)]
-    if origin is dict:
-        _, inner = get_args(tp)
-        return {k: _from_json(inner, v) for k, v in _expect(value, dict).items()}
-    if tp is HeadSpec:
-        return HeadSpec.from_dict(value)
-    if dataclasses.is_dataclass(tp):
-        hints = get_type_hints(tp)
-        value = _expect(value, dict)
-        return tp(**{f.name: _from_json(hints[f.name], value[f.name])
-                     for f in dataclasses.fields(tp) if f.init and f.name in value})
-    if tp in (int, float, str, bool):
-        if tp is float and isinstance(value, int):
-            return float(value)
-        return _expect(value, tp)
-    return value
-
-
-def _expect(value: Any, tp: type) -> Any:
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise TypeError(f"expected {tp.__name__}, got {type(value).__name__} {value!r:.40}")
-    return value
 
 
 def _read_json(run_dir: Path, name: str) -> dict:
@@ -519,33 +498,6 @@ def _read_predictions(run_dir: Path, run: Run) -> dict[str, Predictions]:
 # ----------------------------------------------------------------------------------------------
 # the JSON Schema of results.json, generated from the dataclasses above
 
-def _schema(tp: Any) -> dict:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return {"anyOf": [_schema(a) for a in get_args(tp)]}
-    if tp is type(None):
-        return {"type": "null"}
-    if origin is list:
-        return {"type": "array", "items": _schema(get_args(tp)[0])}
-    if origin is tuple:
-        return {"type": "array"}
-    if origin is dict:
-        return {"type": "object", "additionalProperties": _schema(get_args(tp)[1])}
-    if tp is HeadSpec:
-        return {"type": "object", "required": ["name", "hidden", "dropout", "options"],
-                "properties": {"name": {"type": "string"},
-                               "hidden": {"type": "array", "items": {"type": "integer"}},
-                               "dropout": {"type": "number"}, "options": {"type": "object"}}}
-    if dataclasses.is_dataclass(tp):
-        hints = get_type_hints(tp)
-        fields = [f for f in dataclasses.fields(tp) if f.init]
-        return {"type": "object", "required": [f.name for f in fields],
-                "properties": {f.name: _schema(hints[f.name]) for f in fields}}
-    simple = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object",
-              list: "array"}
-    return {"type": simple[tp]} if tp in simple else {}
-
-
 def results_schema() -> dict:
     """The JSON Schema (draft 2020-12) of results.json for this schema version."""
     run_fields = {
@@ -555,19 +507,25 @@ def results_schema() -> dict:
         "dataset": {"type": "object", "required": ["root", "name", "layout", "classes",
                                                    "split_description", "counts", "n_skipped",
                                                    "leakage"]},
-        "backbone": _schema(BackboneInfo), "precision": {"enum": ["fp32", "bf16"]},
-        "device": {"type": "string"}, "machine": {"type": "object"}, "timing": _schema(Timing),
-        "train_config": {"type": "object"}, "heads": _schema(list[HeadResult]),
-        "best_head": {"type": ["string", "null"]}, "verdict": _schema(Verdict | None),
-        "findings": _schema(list[Finding]),
+        "backbone": json_schema(BackboneInfo), "precision": {"enum": ["fp32", "bf16"]},
+        "device": {"type": "string"}, "machine": {"type": "object"}, "timing": json_schema(Timing),
+        "train_config": {"type": "object"}, "heads": json_schema(list[HeadResult]),
+        "best_head": {"type": ["string", "null"]}, "verdict": json_schema(Verdict | None),
+        "findings": json_schema(list[Finding]),
         "options_digest": {"type": "string"}, "feature_digest": {"type": "string"},
         "analyses": {"type": "object",
                      "description": "one section per analysis that ran: shifts, sizes, shots, cam"},
     }
+    several = {  # runs of several backbones only
+        "backbones": json_schema(list[BackboneInfo]),
+        "best": {"type": "object", "required": ["backbone", "head"],
+                 "properties": {"backbone": {"type": "string"}, "head": {"type": "string"}}},
+        "skipped_pairs": {"type": "array", "items": {"type": "object"}},
+    }
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"{SCHEMA}/{SCHEMA_VERSION}/results.schema.json",
             "title": "headbench results.json", "type": "object",
-            "required": list(run_fields), "properties": run_fields}
+            "required": list(run_fields), "properties": {**run_fields, **several}}
 
 
 __all__ = ["start_run_dir", "is_complete", "mark_complete", "incomplete_runs", "Run", "HeadResult", "SeedResult", "HeadSummary", "Metrics", "CI", "Predictions",

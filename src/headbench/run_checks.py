@@ -49,7 +49,7 @@ def _check_names(run: Any) -> None:
     where = run.run_dir / "results.json"
     labels = []
     for i, head in enumerate(run.heads):
-        labels.append(_io.check_name(head.head, f"'{where}': heads[{i}].head"))
+        labels.append(_check_label(head, f"'{where}': heads[{i}]"))
         if head.model_dir != f"heads/{head.head}":
             raise HeadbenchError(f"'{where}': heads[{i}].model_dir {head.model_dir[:80]!r} is not "
                                  f"'heads/{head.head}'; re-run compare")
@@ -59,3 +59,15 @@ def _check_names(run: Any) -> None:
         if label and label not in labels:
             raise HeadbenchError(f"'{where}': {key} {str(label)[:80]!r} is not a head of the "
                                  "run; re-run compare")
+
+
+def _check_label(head: Any, where: str) -> str:
+    """A head's label: one name, or '<backbone>/<head>' (two names) in a run of several
+    backbones, whose first part is the head's `backbone`."""
+    parts = head.head.split("/") if head.backbone is not None else [head.head]
+    for part in parts:
+        _io.check_name(part, f"{where}.head")
+    if head.backbone is not None and (len(parts) != 2 or parts[0] != head.backbone):
+        raise HeadbenchError(f"{where}.head {head.head[:80]!r} is not '<backbone>/<head>' with "
+                             f"its backbone {str(head.backbone)[:40]!r}; re-run compare")
+    return head.head

@@ -15,7 +15,7 @@ findings over test images, and says so plainly when a head beats the recommended
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -48,8 +48,11 @@ def cost(head: HeadResult) -> tuple[int, int]:
     return head.head_params, head.head_flops
 
 
+Cost = Callable[[HeadResult], tuple]  # what 'cheapest' orders by: `cost`, `pairs.cost_of`
+
+
 def one_standard_error(heads: Sequence[HeadResult], scores: dict[str, float],
-                       se: dict[str, float]) -> tuple[str, str]:
+                       se: dict[str, float], cost: Cost = cost) -> tuple[str, str]:
     """(recommended, best): the best-scoring head (ties: the cheaper) and the cheapest head
     whose score is at least the best's minus the best's standard error."""
     best = max(heads, key=lambda h: (scores[h.head], tuple(-c for c in cost(h)))).head
@@ -59,11 +62,12 @@ def one_standard_error(heads: Sequence[HeadResult], scores: dict[str, float],
 
 
 def recommend(heads: Sequence[HeadResult], correct: dict[str, np.ndarray],
-              selection: str = "val") -> Verdict:
+              selection: str = "val", cost: Cost = cost, rule: str = RULE) -> Verdict:
     """The verdict's choice on the selection data (its sentence is `sentence`, once the findings
     are known). `correct`: head -> per-image accuracy on the selection data (`selection`:
     "val", or "cv" for cross-validation over train + val), averaged over its seeds; a head
-    without it counts by its mean val accuracy with a binomial standard error."""
+    without it counts by its mean val accuracy with a binomial standard error. `cost` and
+    `rule`: what 'cheapest' means (several backbones: `pairs.cost_of`, `pairs.RULE`)."""
     if not heads:
         raise ValueError("no heads to recommend from")
     scores, se, n = {}, {}, 0
@@ -78,12 +82,13 @@ def recommend(heads: Sequence[HeadResult], correct: dict[str, np.ndarray],
             size = h.seeds[0].val.n if h.seeds else 0
             scores[h.head], se[h.head] = p, binomial_se(p, size)
             n = max(n, size)
-    recommended, best = one_standard_error(heads, scores, se)
-    return Verdict(text="", rule=RULE, selection=selection, n_images=n, scores=scores, se=se,
+    recommended, best = one_standard_error(heads, scores, se, cost)
+    return Verdict(text="", rule=rule, selection=selection, n_images=n, scores=scores, se=se,
                    best=best, recommended=recommended)
 
 
-def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Finding]) -> str:
+def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Finding],
+             cost: Cost = cost) -> str:
     """The answer in one sentence: the recommended head, why (selection), and what the test
     split says about it (the run's paired accuracy findings, Holm-adjusted)."""
     by = {h.head: h for h in heads}
@@ -93,15 +98,17 @@ def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Find
     beaten = [f for f in versus if f.significant and _gain(f, verdict.recommended) < 0]
     if verdict.recommended == verdict.best:
         cheaper = [h for h in heads if cost(h) < cost(rec)]
-        first = (f"{rec.head} is recommended ({_count(rec.head_params)} head parameters): "
-                 + (f"it beats every cheaper head in selection by more than one standard error "
+        first = (f"{_name(rec)} is recommended ({_cost_text(rec)}): "
+                 + (f"it beats every cheaper {_kind(rec)} in selection by more than one "
+                    f"standard error "
                     f"({_pp(verdict.scores[rec.head])} vs {_best_of(cheaper, verdict)} on "
                     f"{_selection_images(verdict)})"
                     if cheaper else f"it scores best in selection ({_selection_images(verdict)})"
-                    " and no head is cheaper"))
+                    f" and no {_kind(rec)} is cheaper"))
     else:
-        first = (f"no head is measurably better than the cheapest, {rec.head} "
-                 f"({_count(rec.head_params)} head parameters): recommended — the best in "
+        first = (f"no {_kind(rec)} is measurably better than the cheapest, {_name(rec)} "
+                 f"({_cost_text(rec)}): "
+                 f"recommended — the best in "
                  f"selection, {verdict.best}, is within one standard error "
                  f"({_pp(verdict.scores[verdict.best])} vs {_pp(verdict.scores[rec.head])} "
                  f"± {_pp(verdict.se[verdict.best])} on {_selection_images(verdict)})")
@@ -110,7 +117,7 @@ def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Find
         other = f.b if f.a == verdict.recommended else f.a
         return (f"{first}; selection and test disagree: {other} is better on test by "
                 f"{_signed_pp(-_gain(f, verdict.recommended))} {_interval(f, verdict.recommended, -1)}"
-                f", significant after Holm over {_tests(found)} comparisons — the recommendation "
+                f", significant after Holm over {f.n_tests} comparisons — the recommendation "
                 "is made on selection data only and stands")
     if not versus:
         return first
@@ -121,6 +128,23 @@ def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Find
             f"{_signed_pp(-_gain(f, verdict.recommended))} "
             f"{_interval(f, verdict.recommended, -1)}, not significant after Holm "
             f"({_test_images(heads)} test images resolve about ±{100 * width:.0f} pp)")
+
+
+def _name(head: HeadResult) -> str:
+    """The recommended head as the sentence names it: 'gap', or 'gap on resnet50'."""
+    backbone = getattr(head, "backbone", None)
+    return head.head if backbone is None else f"{head.name} on {backbone}"
+
+
+def _cost_text(head: HeadResult) -> str:
+    if getattr(head, "backbone", None) is None:
+        return f"{_count(head.head_params)} head parameters"
+    return (f"{head.latency_ms_b1:.1f} ms per image at batch 1, {_count(head.total_params)} "
+            "parameters")
+
+
+def _kind(head: HeadResult) -> str:
+    return "head" if getattr(head, "backbone", None) is None else "pair"
 
 
 def _selection_images(verdict: Verdict) -> str:
@@ -140,11 +164,6 @@ def _interval(f: Finding, head: str, sign: int) -> str:
     if (f.a == head) == (sign < 0):
         lo, hi = -hi, -lo
     return f"[{_pp_value(lo)}, {_pp_value(hi)}]"
-
-
-def _tests(found: Sequence[Finding]) -> int:
-    """The comparisons of the heads family (the verdict's; `analyze` never adds to it)."""
-    return sum(1 for f in found if f.p_adjusted is not None and f.family in ("heads", None))
 
 
 def _test_images(heads: Sequence[HeadResult]) -> str:

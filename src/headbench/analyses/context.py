@@ -46,6 +46,7 @@ class RunContext:
         verify_digests: re-hash image files before extracting new views (runs re-opened from
             disk: a changed file must not be cached under its old digest).
         precision: feature precision of new views, part of the cache key (None: the run's).
+        backbone_name: in a run of several backbones, the one whose heads are analysed.
     """
 
     run: Run
@@ -56,6 +57,7 @@ class RunContext:
     device: torch.device | None = None
     verify_digests: bool = False
     precision: str | None = None
+    backbone_name: str | None = None
     _verified: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
@@ -65,8 +67,8 @@ class RunContext:
     # --- the run's facts ------------------------------------------------------------------
     @property
     def heads(self) -> list[HeadResult]:
-        """The heads that run on the run's backbone (fine-tuned ones have their own)."""
-        return [h for h in self.run.heads if not h.finetuned]
+        """The heads that run on the analysed backbone (fine-tuned ones have their own)."""
+        return [h for h in self.run.heads if not h.finetuned and h.backbone == self.backbone_name]
 
     @property
     def classes(self) -> list[str]:
@@ -84,7 +86,9 @@ class RunContext:
     @property
     def feature_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the base-view feature map."""
-        return tuple(int(d) for d in self.run.backbone.feature_shape)
+        info = next((b for b in self.run.backbones if b.name == self.backbone_name),
+                    self.run.backbone)
+        return tuple(int(d) for d in info.feature_shape)
 
     def items(self, role: str) -> SplitItems:
         """Paths (relative to the dataset root), labels and digests of split `role`."""
@@ -159,9 +163,12 @@ class RunContext:
         if precision is not None:
             precision = resolve_precision(precision, device, "extract")
         cache_dir = cache_dir or _recorded_cache(run)
-        states = {h.head: _load_states(run, h) for h in run.heads if not h.finetuned}
-        return cls(run, _load_backbone(run), states, cache_dir=cache_dir, device=device,
-                   verify_digests=True, precision=precision)
+        # several backbones: the analyses are of the recommended backbone's heads
+        name = run.selected().backbone if run.backbones and run.best_head else None
+        states = {h.head: _load_states(run, h) for h in run.heads
+                  if not h.finetuned and h.backbone == name}
+        return cls(run, _load_backbone(run, name), states, cache_dir=cache_dir, device=device,
+                   verify_digests=True, precision=precision, backbone_name=name)
 
 
 def _recorded_cache(run: Run) -> str | None:
@@ -176,10 +183,11 @@ def _recorded_cache(run: Run) -> str | None:
     return None
 
 
-def _load_backbone(run: Run) -> Any:
-    """The run's backbone, from its saved copy when there is one, checked against its checksum."""
-    info = run.backbone
-    saved = Path(run.run_dir) / "backbone.safetensors"
+def _load_backbone(run: Run, name: str | None = None) -> Any:
+    """The run's backbone (of several: the one named), from its saved copy when there is one,
+    checked against its checksum."""
+    info = next((b for b in run.backbones if b.name == name), run.backbone)
+    saved = Path(run.run_dir) / ("heads/" + name if name else "") / "backbone.safetensors"
     weights = str(saved.resolve()) if saved.is_file() else info.weights
     backbone = create_backbone(info.name, weights, int(info.data_config["input_size"][-1]),
                                timm_name=info.timm_name)

@@ -15,7 +15,13 @@ against it and each fixed-size head (its opponents). In order:
 - each analysis's `pair_findings` on (reference, opponent) and its `findings` on its section
   (translation, resolution, small data): one family per analysis;
 - ``augmentation`` / ``finetune``: every variant against the frozen head it varies: the
-  **variants** family.
+  **variants** family;
+- with several backbones the heads family is one per backbone (`heads on <backbone>`, each
+  backbone's best head in selection in the recommended head's place), the recommended pair
+  meets each other backbone's best pair in the **backbones** family, and each named claim's
+  per-image difference (gap − flatten, ...) is compared between every two backbones (the
+  difference of the differences) in the **claims across backbones** family. Overfitting and
+  the analyses' findings are about the recommended backbone's heads (the analyses ran on them).
 
 How a difference is tested: every finding with per-image values of both sides gets one paired
 procedure over the test images, a sign-flip randomisation test of the mean difference
@@ -56,11 +62,21 @@ def findings(run: Run) -> list[Finding]:
     # test image (the same image under several seeds is not independent evidence).
     correct = {h.head: run.correct(h.head).mean(axis=0) for h in heads if h.head in run.predictions}
     best = _selected_head(run, heads)
-    out = [_family(_accuracy_finding(a, b, correct), HEADS) for a, b in head_pairs(heads, best)]
+    groups = {}  # backbone -> its heads (None: the run's one backbone)
+    for h in heads:
+        groups.setdefault(h.backbone, []).append(h)
+    tops = {name: best if best in group else _top(run, group) for name, group in groups.items()}
+    out = [_family(_accuracy_finding(a, b, correct), heads_family(name))
+           for name, group in groups.items() for a, b in head_pairs(group, tops[name])]
+    if len(groups) > 1:
+        out += [_family(_accuracy_finding(best, top, correct), BACKBONES)
+                for top in tops.values() if top is not best]
+        out += [_family(f, CLAIMS_ACROSS) for f in _claims_across(groups, correct)]
     ran = [(a, run.analyses[a.name]) for a in list_analyses()
            if isinstance(run.analyses.get(a.name), dict)]
-    ref = reference_head(heads)
-    opponents = _opponents(heads, ref)
+    mine = groups[best.backbone]  # the analyses ran on the recommended backbone's heads
+    ref = reference_head(mine)
+    opponents = _opponents(mine, ref)
     out += [_overfit_finding(ref, other) for other in opponents]
     for a, section in ran:
         mine = [f for other in opponents if a.pair_findings
@@ -78,6 +94,57 @@ def findings(run: Run) -> list[Finding]:
 
 
 HEADS, VARIANTS = "heads", "variants"  # the families of the run's own comparisons
+# with several backbones: the recommended pair against each other backbone's best pair, and
+# each named claim's difference compared between backbones
+BACKBONES, CLAIMS_ACROSS = "backbones", "claims across backbones"
+
+
+def heads_family(backbone: str | None) -> str:
+    """The family of the comparisons between heads of one backbone."""
+    return HEADS if backbone is None else f"{HEADS} on {backbone}"
+
+
+def _top(run: Run, group: list[HeadResult]) -> HeadResult:
+    """A backbone's best head in selection (the verdict's scores), else on val."""
+    scores = run.verdict.scores if run.verdict else {}
+    if all(h.head in scores for h in group):
+        return max(group, key=lambda h: scores[h.head])
+    return select_head(group)
+
+
+def _claims_across(groups: dict[str | None, list[HeadResult]], correct: dict) -> list[Draft]:
+    """Does a named claim's answer (gap vs flatten, ...) depend on the backbone? For each claim
+    and each two backbones with both heads, the per-image difference of the differences
+    (a − b on one backbone minus a − b on the other) over the same test images."""
+    out = []
+    for claim in NAMED_CLAIMS:
+        diffs = {}
+        for name, group in groups.items():
+            frozen = {h.name: h for h in group if h.variant is None}
+            a, b = frozen.get(claim.head), frozen.get(claim.versus)
+            if a and b and a.head in correct and b.head in correct:
+                diffs[name] = (a, b)
+        names = list(diffs)
+        for i, one in enumerate(names):
+            for two in names[i + 1:]:
+                out.append(_across(claim, one, two, diffs, correct))
+    return out
+
+
+def _across(claim: Any, one: str, two: str, diffs: dict, correct: dict) -> Draft:
+    (a1, b1), (a2, b2) = diffs[one], diffs[two]
+    d1, d2 = correct[a1.head] - correct[b1.head], correct[a2.head] - correct[b2.head]
+    s1 = {s: a1.seed_metric("test")[s] - v for s, v in b1.seed_metric("test").items()
+          if s in a1.seed_metric("test")}
+    s2 = {s: a2.seed_metric("test")[s] - v for s, v in b2.seed_metric("test").items()
+          if s in a2.seed_metric("test")}
+    d = paired_difference(s1, s2, d1, d2)
+    what = f"{claim.head} − {claim.versus}"
+    return Draft(d, "claim by backbone", f"{one}:{what}", f"{two}:{what}", lambda d: (
+        f"does {what} depend on the backbone? on {one} {points(mean_of(s1))}, on {two} "
+        f"{points(mean_of(s2))}; {d.phrase('difference of the differences')} — "
+        + ("it does" if d.significant else "no evidence that it does" if d.p_value is not None
+           else "not tested per image")))
 
 
 def _family(f: Any, family: str) -> Any:
@@ -92,7 +159,7 @@ def head_pairs(heads: list[HeadResult], best: HeadResult) -> list[tuple[HeadResu
     each named claim (gap vs flatten, gap vs avgpool) between frozen heads of the run not
     compared already; each pair once."""
     pairs = [(best, h) for h in heads if h is not best]
-    frozen = {h.head: h for h in heads if h.variant is None}
+    frozen = {h.name: h for h in heads if h.variant is None}
     for claim in NAMED_CLAIMS:
         a, b = frozen.get(claim.head), frozen.get(claim.versus)
         if a and b and {a.head, b.head} not in [{x.head, y.head} for x, y in pairs]:
@@ -324,13 +391,17 @@ def _helps(d: PairedDiff) -> str:
 
 
 def _params_phrase(a: HeadResult, b: HeadResult) -> str:
-    pa, pb = a.head_params, b.head_params
+    """How the two compare in parameters: the heads', or in all (backbone and head) when
+    they run on different backbones."""
+    whole = a.backbone != b.backbone
+    pa, pb = (a.total_params, b.total_params) if whole else (a.head_params, b.head_params)
+    what = "parameters in all" if whole else "head parameters"
     if not pa or not pb:
         return ""
     if pa == pb:
-        return " with as many head parameters"
+        return f" with as many {what}"
     ratio, word = (pb / pa, "fewer") if pa < pb else (pa / pb, "more")
-    return f" with {ratio:.{0 if ratio >= 10 else 1}f}× {word} head parameters"
+    return f" with {ratio:.{0 if ratio >= 10 else 1}f}× {word} {what}"
 
 
 def _overfit_finding(ref: HeadResult, other: HeadResult) -> Draft:
@@ -350,6 +421,7 @@ def per_seed(ci: dict | None, seeds: Sequence[int]) -> dict[int, float]:
     return {int(s): float(v) for s, v in zip(seeds, ci["values"])}
 
 
-__all__ = ["ALPHA", "HEADS", "VARIANTS", "Draft", "PairedDiff", "findings", "head_pairs",
+__all__ = ["ALPHA", "BACKBONES", "CLAIMS_ACROSS", "HEADS", "VARIANTS", "heads_family", "Draft",
+           "PairedDiff", "findings", "head_pairs",
            "holm_correct", "mean_of", "p_text", "paired_difference", "per_image_values",
            "per_seed", "percent", "points", "reference_head", "verdict"]

@@ -54,7 +54,7 @@ def summary_table(run: Run) -> Table:
     green."""
     seeds = len(run.seeds)
     # Text(), not str: folder and head names are data, never rich markup.
-    title = (f"{run.dataset.name} · {run.backbone.name} · {seeds} seed"
+    title = (f"{run.dataset.name} · {run.backbone_names} · {seeds} seed"
              + ("s" if seeds != 1 else ""))
     table = Table(title=Text(printable(title)), caption=Text(ci_note(seeds)), box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)

@@ -42,7 +42,7 @@ JSON_CHARS = 20_000  # an unknown analysis's JSON shown on the page, at most
 def render(run: Run, plots: list[Plot | Paragraph], lead: Plot | None = None) -> str:
     """The whole page of `run` with `plots` (from `plots.all_plots`); `lead`, the verdict's
     plot, stands under the verdict on the first screen."""
-    title = f"headbench · {run.dataset.name} · {run.backbone.name}"
+    title = f"headbench · {run.dataset.name} · {run.backbone_names}"
     sections = [("run", "Run", _run_facts(run)),
                 ("summary", "Summary", _summary_html(run)),
                 ("findings", "Findings", _findings_html(run)),
@@ -120,6 +120,15 @@ def _kv_table(pairs: list[tuple[str, str]]) -> str:
 # ----------------------------------------------------------------------------------------------
 # the run: dataset, backbone, machine
 
+def _backbone_html(bb: Any) -> str:
+    latency = (f", {bb.latency_ms_b1:.1f} ms per image at batch 1"
+               if finite(bb.latency_ms_b1) else "")
+    return (f"{_e(bb.name)} (timm <code>{_e(bb.timm_name)}</code>), {count(bb.params)} params, "
+            f"{count(bb.flops)} FLOPs{latency}"
+            + (f", feature map {'×'.join(_e(x) for x in bb.feature_shape)}"
+               if bb.feature_shape else ""))
+
+
 def _run_facts(run: Run) -> str:
     ds, bb = run.dataset, run.backbone
     classes = run.classes
@@ -134,10 +143,8 @@ def _run_facts(run: Run) -> str:
         ("splits", _e(ds.split_description) + _split_totals(ds.counts)),
         ("skipped files", _skipped_html(run)),
         ("leakage", _leakage_html(ds.leakage)),
-        ("backbone", f"{_e(bb.name)} (timm <code>{_e(bb.timm_name)}</code>), "
-                     f"{count(bb.params)} params, {count(bb.flops)} FLOPs"
-                     + (f", feature map {'×'.join(_e(x) for x in bb.feature_shape)}"
-                        if bb.feature_shape else "")),
+        ("backbone" if not run.backbones else "backbones",
+         "; ".join(_backbone_html(b) for b in run.backbones or [bb])),
         ("weights", _e(bb.weights) + (f" <code>{_e(bb.weights_checksum)}</code>"
                                       if bb.weights_checksum else "")),
         ("input", _e(_data_config_text(bb.data_config))),
@@ -338,7 +345,7 @@ def _cost_html(run: Run, head: HeadResult) -> str:
     chosen = (f"lr {head.lr:g}, " if head.lr is not None else "") + f"wd {head.weight_decay:g}"
     size = head.model_size_bytes
     pairs = [("head params", count(head.head_params)),
-             ("backbone params", count(run.backbone.params)),
+             ("backbone params", count(run.backbone_of(head).params)),
              ("total params", count(head.total_params)),
              ("head FLOPs", count(head.head_flops)),
              ("total FLOPs", count(head.total_flops)),

@@ -6,6 +6,9 @@ not in the run. The id is the `id` of the plot's `<figure>` in report.html:
 
     verdict-forest       every head's paired test difference to the recommended head (first
                          screen, beside the verdict; not in the Plots section)
+    pareto-latency       several backbones: test accuracy of every pair vs its latency at
+                         batch 1, the Pareto front drawn, the recommended pair ringed
+    pareto-params        the same against parameters in all (backbone + head)
     accuracy-vs-params   test accuracy ± 95% CI over seeds vs head parameters (log x)
     learning-curves      train / val loss and accuracy per epoch, best seed of every head
     (each registered analysis that ran: its report parts, in registry order, e.g.
@@ -25,8 +28,9 @@ from matplotlib.ticker import MaxNLocator
 
 from .. import progress as _progress
 from ..analyses import Analysis, list_analyses
-from ..figures import (Gallery, Paragraph, Plot, ci_note, clip_percent_axis, errorbar, finite,
-                       head_colors, mpl, new_figure)
+from ..figures import (COLORS, Gallery, Paragraph, Plot, ci_note, clip_percent_axis, errorbar,
+                       finite, head_colors, mpl, new_figure)
+from ..pairs import pareto_front
 from ..run import Run
 from .format import heads_by_accuracy
 
@@ -67,6 +71,62 @@ def verdict_forest(run: Run) -> Plot | None:
                "heads family, which is why an interval may exclude 0 without a *). "
                "The recommendation was made on val; this is what test says about it.")
     return Plot("verdict-forest", f"Every head against {rec} on test", caption, fig)
+
+
+def pareto_latency(run: Run) -> Plot | None:
+    """Several backbones: test accuracy of every pair against its latency at batch 1."""
+    return _pareto(run, "pareto-latency", lambda h: h.latency_ms_b1,
+                   f"latency at batch 1, backbone + head (ms, {run.device}, log scale)",
+                   "Test accuracy vs latency: every backbone and head")
+
+
+def pareto_params(run: Run) -> Plot | None:
+    """Several backbones: test accuracy of every pair against its parameters in all."""
+    return _pareto(run, "pareto-params", lambda h: h.total_params,
+                   "parameters, backbone + head (log scale)",
+                   "Test accuracy vs parameters: every backbone and head")
+
+
+def _pareto(run: Run, plot_id: str, cost: Callable[[Any], float], xlabel: str,
+            title: str) -> Plot | None:
+    """Every frozen pair as a point (colour: its backbone), the Pareto front as a step line,
+    the recommended pair ringed."""
+    pairs = [h for h in run.heads if h.backbone and not h.finetuned and finite(cost(h))]
+    if not run.backbones or not pairs:
+        return None
+    colors = {b.name: COLORS[i % len(COLORS)] for i, b in enumerate(run.backbones)}
+    fig = new_figure(7.5, 4.8)
+    ax = fig.subplots()
+    labels: dict[tuple, list[str]] = {}  # pairs at the same point share one label
+    for h in pairs:
+        errorbar(ax, [cost(h)], [h.summary.test_accuracy], color=colors[h.backbone],
+                 linestyle="none")
+        xy = (cost(h), round(100 * h.summary.test_accuracy.mean, 6))
+        labels.setdefault(xy, []).append(mpl(h.name))
+    for xy, names in labels.items():
+        ax.annotate(", ".join(names), xy, textcoords="offset points", xytext=(5, 3), fontsize=7)
+    front = pareto_front([(h.head, cost(h), h.summary.test_accuracy.mean) for h in pairs])
+    on = [next(h for h in pairs if h.head == label) for label in front]
+    ax.step([cost(h) for h in on], [100 * h.summary.test_accuracy.mean for h in on],
+            where="post", color="black", linewidth=1, linestyle="--", label="Pareto front")
+    best = run.selected()
+    if best in pairs:
+        ax.plot([cost(best)], [100 * best.summary.test_accuracy.mean], "o", markersize=16,
+                markerfacecolor="none", markeredgecolor="black", markeredgewidth=2,
+                label=f"recommended: {mpl(best.head)}")
+    for name, color in colors.items():
+        ax.plot([], [], "o", color=color, label=mpl(name))
+    ax.set_xscale("log")
+    clip_percent_axis(ax)
+    ax.set(xlabel=xlabel, ylabel="test accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    caption = ("Mean test accuracy over seeds of every backbone and head; bars: "
+               + ci_note(len(run.seeds)) + ". Dashed: the Pareto front (no other pair is both "
+               "as cheap and as accurate). Ringed: the recommended pair, chosen on the selection "
+               "data (the cheapest by backbone latency within one standard error of the best), "
+               "never on test.")
+    return Plot(plot_id, title, caption, fig)
 
 
 def accuracy_vs_params(run: Run) -> Plot | None:
@@ -174,7 +234,8 @@ def time_latency(run: Run) -> Plot | None:
 
 
 # The run's own plots in page order: the analyses' sections go between the two groups.
-BEFORE_ANALYSES: list[Callable[[Run], Plot | None]] = [accuracy_vs_params, learning_curves]
+BEFORE_ANALYSES: list[Callable[[Run], Plot | None]] = [pareto_latency, pareto_params,
+                                                        accuracy_vs_params, learning_curves]
 AFTER_ANALYSES: list[Callable[[Run], Plot | None]] = [confusion_matrix, time_latency]
 
 
