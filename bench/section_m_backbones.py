@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import harness as H
 
@@ -40,10 +41,12 @@ def job(ctx: H.Ctx, name: str, options: dict) -> dict:
     folder, base = ctx.job()
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(H.ROOT / "src"))
     work = ctx.out / "work" / f"backbones-{name}"
+    started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", JOB, str(work / "out"), str(work / "cache"),
                            str(folder), json.dumps({**base, **options})], env=env,
                           capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    process = time.perf_counter() - started  # what the user waits: imports and start-up too
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]), process=process)
 
 
 def run(ctx: H.Ctx) -> tuple[str, dict]:
@@ -59,26 +62,28 @@ def run(ctx: H.Ctx) -> tuple[str, dict]:
     return report(raw), raw
 
 
+def _cells(r: dict) -> list[str]:
+    return [f"{r['process']:.1f}", f"{r['wall']:.1f}", *(H.fmt(r[k]) for k in PARTS),
+            H.fmt(r["analyses_s"])]
+
+
 def report(raw: dict) -> str:
     out = [f"On the default job's data, from a cold cache, report included, each job in a "
            f"fresh process: one `compare --backbone {','.join(raw['backbones'])}` against "
            "the three one-backbone compares run one after the other."]
     for variant in ("default analyses", "no analyses"):
         one, each = raw[variant]["one"], raw[variant]["each"]
-        rows = [["one run of three", f"{one['wall']:.1f}",
-                 *(H.fmt(one[k]) for k in PARTS), H.fmt(one["analyses_s"]), one["best"]]]
-        rows += [[f"{r['best'].split('/')[0] if '/' in r['best'] else name} alone",
-                  f"{r['wall']:.1f}", *(H.fmt(r[k]) for k in PARTS), H.fmt(r["analyses_s"]),
-                  r["best"]] for name, r in zip(raw["backbones"], each)]
-        total = sum(r["wall"] for r in each)
-        rows.append(["three runs, summed", f"{total:.1f}",
-                     *(H.fmt(sum(r[k] for r in each)) for k in PARTS),
-                     H.fmt(sum(r["analyses_s"] for r in each)), ""])
-        table = H.table(["job", "wall s", "scan s", "extraction s", "head training s",
-                         "evaluation s", "analyses s", "recommended"], rows)
-        ratio = one["wall"] / total
-        out.append(f"**{variant}**: one run / three runs = **{ratio:.2f}×** (target ≤ 1: "
-                   f"{'met' if ratio <= 1 else 'missed'}).\n\n{table}")
+        rows = [["one run of three", *_cells(one), one["best"]]]
+        rows += [[f"{name} alone", *_cells(r), r["best"]]
+                 for name, r in zip(raw["backbones"], each)]
+        summed = {k: sum(r[k] for r in each) for k in ("process", "wall", *PARTS, "analyses_s")}
+        rows.append(["three runs, summed", *_cells(summed), ""])
+        table = H.table(["job", "process wall s", "in compare s", "scan s", "extraction s",
+                         "head training s", "evaluation s", "analyses s", "recommended"], rows)
+        ratio, inside = one["process"] / summed["process"], one["wall"] / summed["wall"]
+        out.append(f"**{variant}**: one run / three runs = **{ratio:.2f}×** in process wall "
+                   f"time (target ≤ 1: {'met' if ratio <= 1 else 'missed'}); {inside:.2f}× "
+                   f"inside `compare` (imports and start-up left out).\n\n{table}")
     one = raw["default analyses"]["one"]
     pairs = H.table(["pair", "test accuracy", "latency ms (batch 1)", "parameters"],
                     [[h, f"{100 * acc:.1f} %", f"{ms:.1f}", f"{params:,}"]

@@ -260,10 +260,11 @@ def test_compare_runs_the_analyses_without_a_backbone_pass_by_default_and_analyz
 def test_the_suggested_analyses_cost_their_backbone_passes_at_the_run_s_rate():
     from types import SimpleNamespace
     from headbench.analyses.registry import suggestions
+    backbone = SimpleNamespace(throughput_b32=200.0, data_config={"input_size": [3, 224, 224]})
     run = SimpleNamespace(
         analyses={"shots": {}},
         timing=SimpleNamespace(n_extracted=400, extract_s=4.0),  # 100 images per second
-        backbone=SimpleNamespace(throughput_b32=200.0, data_config={"input_size": [3, 224, 224]}),
+        backbone=backbone, backbones=[], analysed_backbone=lambda: backbone,
         dataset=SimpleNamespace(splits={"test": SimpleNamespace(paths=["x"] * 100)}))
     found = {name: (value, seconds, measured) for name, value, seconds, measured in suggestions(run)}
     # translation: 1 unshifted + 3 shifts × 4 directions + 16 Zhang offsets, of 100 test images

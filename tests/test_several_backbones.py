@@ -3,7 +3,9 @@ splits, every head on every backbone that accepts it, one recommended pair."""
 from __future__ import annotations
 
 import csv
+import importlib
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -139,6 +141,22 @@ def test_bad_backbone_lists_fail_naming_the_option(options, param):
     assert e.value.param == param and "\n" not in str(e.value)
 
 
+def test_a_run_folder_whose_pair_names_no_backbone_of_the_run_is_one_line(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run.run_dir, copy)
+    results = json.loads((copy / "results.json").read_text())
+    results["heads"][0]["backbone"] = "vgg19"
+    (copy / "results.json").write_text(json.dumps(results))
+    with pytest.raises(HeadbenchError, match=r"heads\[0\]\.backbone 'vgg19' is not one of"):
+        Run.load(copy)
+
+
+def test_a_weights_path_with_a_comma_is_refused_in_a_list():
+    with pytest.raises(HeadbenchError, match="may not contain a comma") as e:
+        CompareConfig("x", backbone="resnet50,vgg16", weights=["none", "/m/a,b.pt"])
+    assert e.value.param == "weights"
+
+
 def test_weights_and_sizes_take_one_value_or_one_per_backbone():
     one = CompareConfig("x", backbone=["resnet50", "vgg16"], weights="none", input_size=64)
     assert one.backbones() == [("resnet50", "none", 64), ("vgg16", "none", 64)]
@@ -183,9 +201,75 @@ def test_the_pareto_front_keeps_only_pairs_nothing_beats():
     points = [("a", 1.0, 0.80), ("b", 2.0, 0.85), ("c", 2.0, 0.70), ("d", 3.0, 0.84),
               ("e", 4.0, 0.90)]
     assert pairs.pareto_front(points) == ["a", "b", "e"]
+    assert pairs.pareto_front([("a", 1.0, 0.8), ("twin", 1.0, 0.8)]) == ["a", "twin"]
 
 
 def test_a_run_of_one_backbone_keeps_its_layout(tmp_path):
     fields = results_schema()["required"]
     assert "backbones" not in fields and "best" not in fields
     assert np.all([f in results_schema()["properties"] for f in ("backbones", "best")])
+
+
+TWO = dict(backbone="resnet18,mobilenet", weights="none", input_size=64, heads="gap,flatten",
+           seeds=1, epochs=3, report=False, shots="none", cam=0)
+
+
+def _numbers(run: Run) -> list:
+    return [(h.head, s.test.accuracy, s.val.accuracy, s.best_epoch) for h in run.heads
+            for s in h.seeds]
+
+
+def test_an_interrupted_run_of_several_backbones_resumes_where_it_stopped(shapes, cache,
+                                                                          tmp_path, monkeypatch,
+                                                                          one_thread):
+    compare_module = importlib.import_module("headbench.compare")  # hb.compare is the function
+    whole = hb.compare(shapes, cache_dir=cache, out=tmp_path / "whole", **TWO)
+    original, calls = compare_module._train_heads, []
+
+    def stop_at_the_second_backbone(work, *args, **kwargs):
+        calls.append(work.backbone.name)
+        if len(calls) == 2:  # the first backbone's heads are committed
+            raise KeyboardInterrupt
+        return original(work, *args, **kwargs)
+    monkeypatch.setattr(compare_module, "_train_heads", stop_at_the_second_backbone)
+    with pytest.raises(KeyboardInterrupt):
+        hb.compare(shapes, cache_dir=cache, out=tmp_path / "cut", **TWO)
+    (run_dir,) = (tmp_path / "cut" / "runs").iterdir()
+    assert {p.name for p in (run_dir / "heads" / "resnet18").iterdir()} == {"gap", "flatten"}
+    monkeypatch.setattr(compare_module, "_train_heads", original)
+    fit, trained = compare_module._train.fit_heads, []
+
+    def counting(make, *args, **kwargs):
+        trained.extend(make)
+        return fit(make, *args, **kwargs)
+    monkeypatch.setattr(compare_module._train, "fit_heads", counting)
+    resumed = hb.compare(shapes, cache_dir=cache, out=tmp_path / "cut", **TWO)
+    assert resumed.run_dir == run_dir and sorted(trained) == ["mobilenet/flatten",
+                                                              "mobilenet/gap"]
+    assert _numbers(resumed) == _numbers(whole)
+    assert resumed.best == whole.best
+
+
+def test_augmented_views_and_fine_tuning_work_per_pair(shapes, cache, tmp_path, one_thread):
+    run = hb.compare(shapes, cache_dir=cache, out=tmp_path,
+                     **dict(TWO, heads="gap", epochs=2, aug_views=1, finetune=True,
+                            finetune_epochs=1, selection="val"))
+    labels = [h.head for h in run.heads]
+    assert {"resnet18/gap", "resnet18/gap+aug1", "mobilenet/gap", "mobilenet/gap+aug1"} <= \
+        set(labels)
+    (tuned,) = [h for h in run.heads if h.finetuned]
+    base = run.head(tuned.variant.of)
+    assert tuned.backbone == base.backbone and tuned.head == f"{base.head}+ft"
+    assert tuned.model_dir == f"heads/{tuned.head}"
+    model = hb.load_model(run.run_dir / tuned.model_dir)
+    assert model.backbone.name == tuned.backbone
+    assert Run.load(run.run_dir).best == run.best
+
+
+def test_analyze_adds_sections_about_the_recommended_backbones_heads(run, cache):
+    again = hb.analyze(run.run_dir, cam=1, cache_dir=cache)
+    best = again.selected().backbone
+    assert set(again.analyses["cam"]["heads"]) == {h.head for h in again.heads
+                                                   if h.backbone == best}
+    for files in (v["files"] for v in again.analyses["cam"]["heads"].values()):
+        assert all((again.run_dir / f).is_file() and f"/{best}/" in f for f in files)

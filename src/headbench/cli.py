@@ -204,8 +204,9 @@ def _print_findings(findings: list) -> None:
     resolution; the rest are counted (all are in the report)."""
     headline = [{c.head, c.versus} for c in NAMED_CLAIMS if c.headline]
 
-    def names(f) -> set:  # the heads' own labels ('resnet50/gap' -> 'gap')
-        return {str(x).rpartition("/")[2] for x in (f.a, f.b)}
+    def names(f) -> set:  # the heads' own labels ('resnet50/gap' -> 'gap'), on one backbone
+        parts = [str(x).rpartition("/") for x in (f.a, f.b)]
+        return {p[2] for p in parts} if parts[0][0] == parts[1][0] else set()
     shown = [f for f in findings if f.significant or names(f) in headline
              or f.kind == "claim by backbone" or (f.kind == "resolution" and f.a is None)]
     if findings:

@@ -25,6 +25,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,6 @@ class _Work:
     scan: _data.Scan
     splits: _data.Splits
     features: _features.FeatureSet
-    F: dict            # role -> train.Features, read once and shared by every head
     y: dict            # role -> labels
     selection: str = "val"  # what the verdict scores heads on: "val" or "cv" (`selection.py`)
     # head -> per-image accuracy on the selection data (val, averaged over its seeds; or every
@@ -77,6 +77,21 @@ class _Work:
     info: BackboneInfo | None = None  # the backbone's facts as the run records them
     heads: dict = dataclasses.field(default_factory=dict)  # label -> HeadSpec on this backbone
     todo: dict = dataclasses.field(default_factory=dict)   # label -> (spec, variant) to train
+    views: Any = None  # the training images' augmented views (`aug_views`), as train.Views
+    _F: dict | None = None
+
+    @property
+    def F(self) -> dict:
+        """role -> train.Features, read once and shared by every head of this backbone (held
+        in device memory until `release`)."""
+        if self._F is None:
+            self._F = {role: _train.Features(self.features.subset(getattr(self.splits, role)),
+                                             self.device) for role in ROLES}
+        return self._F
+
+    def release(self) -> None:
+        """Drop the features held for training (the next backbone's take their place)."""
+        self._F = self.views = None
 
     @property
     def device(self) -> torch.device:
@@ -185,6 +200,13 @@ def _compare(config: CompareConfig, bbs: list, accepted: dict, rt: Runtime, timi
         work.heads = {_pairs.label(work.backbone.name, s.label, config.several): s
                       for s in accepted[work.backbone.name]}
         work.todo = _passes(work, prior)
+    for label, (head, predictions, states) in prior.items():
+        _commit(run, head, predictions, states, committed, save=False)
+    if config.aug_views:  # before the training bar: extraction shows a bar of its own
+        t0 = time.perf_counter()
+        for work in works:
+            work.views = _augmented_views(work)  # on every rank, always
+        timing.extract_s += time.perf_counter() - t0
     folds = _selection.FOLDS * _selection.REPEATS if mode == "cv" else 0
     done = sum(m.fold is None and any(m.head in w.todo for w in works) for m in members)
     total = config.epochs * (sum(len(w.todo) * _runs_per_head(config) + folds * len(w.heads)
@@ -192,6 +214,7 @@ def _compare(config: CompareConfig, bbs: list, accepted: dict, rt: Runtime, timi
     with _progress.progress("training heads", total=total, unit="epoch") as bar:
         for work in works:
             _train_heads(work, run, prior, members, train_config, checkpoints, committed, bar)
+            work.release()
     _sort_heads(run)
     run.save()
     _run.drop_members(run_dir)  # every head is committed: its training runs are not needed
@@ -213,10 +236,9 @@ def _train_heads(work: _Work, run: Run, prior: dict, members: dict,
     run finished; cross-validate them when the selection needs it."""
     config, timing = work.config, run.timing
     backbone_file = _export.save_backbone_if_needed(work.backbone, run.run_dir, config.several)
-    for label, (head, predictions, states) in prior.items():
+    for label, (head, predictions, states) in prior.items():  # committed by _compare
         if (head.backbone or run.backbone.name) != work.backbone.name:
             continue
-        _commit(run, head, predictions, states, committed, save=False)
         if not head.finetuned and work.selection == "val":  # fine-tuned: val from its mean
             work.selection_correct[label] = _selection.per_image_correct(
                 lambda spec=head.spec: work.make_head(spec), states, work.F["val"], work.y["val"],
@@ -240,15 +262,12 @@ def _train_heads(work: _Work, run: Run, prior: dict, members: dict,
         _run.save_member(run.run_dir, member, result, run.feature_digest)
         timing.evaluate_s += time.perf_counter() - started
 
-    t0 = time.perf_counter()
-    views = _augmented_views(work) if config.aug_views else None  # on every rank, always
-    timing.extract_s += time.perf_counter() - t0
     t0, evaluated = time.perf_counter(), timing.evaluate_s
     for variant in (False, True):
         labels = {label: spec for label, (spec, v) in todo.items() if bool(v) == variant}
         if not labels:
             continue
-        X_train = views if variant else work.F["train"]
+        X_train = work.views if variant else work.F["train"]
         _train.fit_heads({label: (lambda spec=spec: work.make_head(spec))
                           for label, spec in labels.items()},
                          X_train, work.y["train"], work.F["val"], work.y["val"],
@@ -452,12 +471,9 @@ def _prepare(config: CompareConfig, bbs: list, rt: Runtime, timing: Timing) -> l
     for bb, fs in zip(bbs, sets):
         _data.warn_thin(scan, splits, bb.feature_shape(), bb.data_config["input_size"][-1])
         fs.failures = {**fs.failures, **failures}
-        F, y = {}, {}
-        for role in ROLES:
-            idx = getattr(splits, role)
-            F[role] = _train.Features(fs.subset(idx), rt.device)  # lazy rows of the memory maps
-            y[role] = np.array([scan.items[i].label for i in idx], dtype=np.int64)
-        works.append(_Work(config, bb, rt, scan, splits, fs, F, y))
+        y = {role: np.array([scan.items[i].label for i in getattr(splits, role)],
+                            dtype=np.int64) for role in ROLES}
+        works.append(_Work(config, bb, rt, scan, splits, fs, y))
     return works
 
 

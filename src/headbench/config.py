@@ -317,6 +317,10 @@ class CompareConfig(AnalysisOptions):
                    else [str(self.weights)])
         if len(names) > 1 and len(weights) == 1:
             weights = items(weights[0]) or weights
+        if len(names) > 1 and any("," in w for w in weights):
+            raise HeadbenchError("with several backbones a weights file path may not contain a "
+                                 "comma (the list's separator); rename or link the file",
+                                 param="weights")
         if len(weights) not in (1, len(names)):
             raise HeadbenchError(f"weights has {len(weights)} values for {len(names)} backbones; "
                                  "give one for all or one per backbone", param="weights")

@@ -149,9 +149,11 @@ def run_root(model_dir: Path) -> Path:
     runs/<run>/heads/<backbone>/<head> in a run of several backbones), or the model folder
     itself when it stands alone."""
     model_dir = model_dir.resolve()
-    for up in (model_dir.parent, model_dir.parent.parent):
-        if up.name == "heads":
-            return up.parent
+    if model_dir.parent.name == "heads":
+        return model_dir.parent.parent
+    run = model_dir.parent.parent.parent  # heads/<backbone>/<head>: only inside a run folder
+    if model_dir.parent.parent.name == "heads" and (run / "results.json").is_file():
+        return run
     return model_dir
 
 

@@ -334,7 +334,7 @@ def _read_checkpoint(path: Path, key: str) -> dict | None:
 
 
 def save_finetuned(model_dir: Path, model: HeadbenchModel, class_names: Sequence[str],
-                   seed: int) -> int:
+                   seed: int, run_dir: str = "../..") -> int:
     """A fine-tuned model folder: the head (`model.safetensors`, `seed<k>.safetensors`), the
     fine-tuned backbone (`backbone.safetensors`, which model.json points at, with its
     checksum) and model.json; `export.load_model` and `predict` read it like any other.
@@ -347,7 +347,7 @@ def save_finetuned(model_dir: Path, model: HeadbenchModel, class_names: Sequence
     save_head_weights(backbone.model.state_dict(), backbone_file)
     save_head_weights(model.head.state_dict(), model_dir / f"seed{seed}.safetensors")
     save_model(model_dir, backbone, model.head, class_names, backbone_file=backbone_file,
-               extra=dict(seed=seed, run_dir="../..", finetuned=True))
+               extra=dict(seed=seed, run_dir=run_dir, finetuned=True))
     return model_size_bytes(model_dir, backbone_file)
 
 

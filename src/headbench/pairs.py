@@ -86,10 +86,11 @@ def cost_of(run: Any) -> Callable[[Any], tuple]:
 
 def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
     """The labels of the points (label, cost, accuracy) no other point beats: none both as
-    cheap or cheaper and as accurate or more, and strictly one of them. Cheapest first."""
+    cheap or cheaper and as accurate or more, and strictly one of them (equal points are both
+    on it). Cheapest first."""
     front = []
     for name, cost, acc in sorted(points, key=lambda p: (p[1], -p[2])):
-        if not front or acc > front[-1][2]:
+        if not front or acc > front[-1][2] or (acc, cost) == front[-1][2:0:-1]:
             front.append((name, cost, acc))
     return [name for name, _, _ in front]
 

@@ -95,8 +95,7 @@ def save_head(work: Any, run: Run, entry: HeadResult, states: dict[int, dict],
     head = work.make_head(entry.spec)
     head.load_state_dict(states[entry.best_seed])
     _export.save_model(head_dir, work.backbone, head, run.classes, backbone_file=backbone_file,
-                       extra=dict(seed=entry.best_seed,
-                                  run_dir="/".join([".."] * entry.model_dir.count("/") + [".."])))
+                       extra=dict(seed=entry.best_seed, run_dir=up_to_run(entry.model_dir)))
     entry.model_size_bytes = _export.model_size_bytes(head_dir, backbone_file)
 
 
@@ -163,9 +162,16 @@ def finetuned_result(work: Any, run: Run, base: HeadResult, label: str,
                         resumed_from=result.resumed_from))
     states = {seed: {k: v.cpu() for k, v in model.head.state_dict().items()}}
     entry.model_size_bytes = _finetune.save_finetuned(run.run_dir / entry.model_dir, model,
-                                                    run.classes, seed)
+                                                    run.classes, seed,
+                                                    up_to_run(entry.model_dir))
     predictions = Predictions.of_logits([seed], [logits["test"]], work.y["test"])
     return entry, predictions, states
+
+
+def up_to_run(model_dir: str) -> str:
+    """The run folder relative to a model folder: '../..' from heads/<head>, '../../..' from
+    heads/<backbone>/<head>."""
+    return "/".join([".."] * (model_dir.count("/") + 1))
 
 
 def workers(work: Any) -> int:
@@ -174,4 +180,4 @@ def workers(work: Any) -> int:
 
 
 __all__ = ["backbone_info", "dataset_info", "evaluate_fit", "finetuned_result", "head_result",
-           "latency", "save_head", "workers"]
+           "latency", "save_head", "up_to_run", "workers"]

@@ -117,6 +117,12 @@ class Run:
             return self.backbone
         return next(b for b in self.backbones if b.name == head.backbone)
 
+    def analysed_backbone(self) -> BackboneInfo:
+        """The backbone whose heads the analyses are about: the run's, or of several the
+        recommended pair's."""
+        best = self.selected()
+        return self.backbone_of(best) if best is not None else self.backbone
+
     @property
     def best(self) -> dict[str, str | None] | None:
         """The recommended pair, {backbone, head} (head: its own label)."""
@@ -348,16 +354,19 @@ def load_members(run_dir: str | Path, feature_digest: str) -> dict[Member, Train
     those of other features are left out (trained again)."""
     from safetensors import safe_open
     found = {}
-    # members/<head>/ (members/<backbone>/<head>/ in a run of several backbones)
-    for path in sorted(Path(run_dir).glob(f"{MEMBERS}/**/*.safetensors")):
+    # members/<head>/ (members/<backbone>/<head>/ in a run of several backbones); the stacks'
+    # checkpoints lie in members/ itself
+    found_files = [*Path(run_dir).glob(f"{MEMBERS}/*/*.safetensors"),
+                   *Path(run_dir).glob(f"{MEMBERS}/*/*/*.safetensors")]
+    for path in sorted(found_files):
         if _io.is_temp_file(path):
             continue
         try:
             with safe_open(str(path), "pt") as f:
                 meta = json.loads(f.metadata()["headbench"])
+                if meta["feature_digest"] != feature_digest:
+                    continue  # other features: not even read
                 state = {k: f.get_tensor(k) for k in f.keys()}
-            if meta["feature_digest"] != feature_digest:
-                continue
             member = Member(**meta["member"])
             fields = dict(meta["result"], state_dict=state)
             fields["history"] = [EpochLog(**log) for log in fields["history"]]
@@ -518,7 +527,7 @@ def results_schema() -> dict:
     }
     several = {  # runs of several backbones only
         "backbones": json_schema(list[BackboneInfo]),
-        "best": {"type": "object", "required": ["backbone", "head"],
+        "best": {"type": ["object", "null"], "required": ["backbone", "head"],
                  "properties": {"backbone": {"type": "string"}, "head": {"type": "string"}}},
         "skipped_pairs": {"type": "array", "items": {"type": "object"}},
     }

@@ -40,6 +40,9 @@ def _check_values(run: Any) -> None:
                                  "number; re-run compare")
     for name in invalid_fields({"data_config": run.backbone.data_config}, ("data_config",)):
         raise HeadbenchError(f"'{where}': backbone.{name} is invalid; re-run compare")
+    for i, info in enumerate(run.backbones):
+        for name in invalid_fields({"data_config": info.data_config}, ("data_config",)):
+            raise HeadbenchError(f"'{where}': backbones[{i}].{name} is invalid; re-run compare")
 
 
 def _check_names(run: Any) -> None:
@@ -47,8 +50,14 @@ def _check_names(run: Any) -> None:
     one name (`io.check_name`), its model folder `heads/<label>`, the recommended head one of
     the heads. A run folder is untrusted input: it may come from anyone."""
     where = run.run_dir / "results.json"
+    names = [_io.check_name(b.name, f"'{where}': backbones[{i}].name")
+             for i, b in enumerate(run.backbones)]
     labels = []
     for i, head in enumerate(run.heads):
+        if (head.backbone is not None or names) and head.backbone not in names:
+            raise HeadbenchError(f"'{where}': heads[{i}].backbone "
+                                 f"{str(head.backbone)[:40]!r} is not one of the run's "
+                                 "backbones; re-run compare")
         labels.append(_check_label(head, f"'{where}': heads[{i}]"))
         if head.model_dir != f"heads/{head.head}":
             raise HeadbenchError(f"'{where}': heads[{i}].model_dir {head.model_dir[:80]!r} is not "

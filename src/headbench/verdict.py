@@ -106,12 +106,14 @@ def sentence(verdict: Verdict, heads: Sequence[HeadResult], found: Sequence[Find
                     if cheaper else f"it scores best in selection ({_selection_images(verdict)})"
                     f" and no {_kind(rec)} is cheaper"))
     else:
-        first = (f"no {_kind(rec)} is measurably better than the cheapest, {_name(rec)} "
-                 f"({_cost_text(rec)}): "
-                 f"recommended — the best in "
-                 f"selection, {verdict.best}, is within one standard error "
-                 f"({_pp(verdict.scores[verdict.best])} vs {_pp(verdict.scores[rec.head])} "
-                 f"± {_pp(verdict.se[verdict.best])} on {_selection_images(verdict)})")
+        within = (f"({_pp(verdict.scores[verdict.best])} vs {_pp(verdict.scores[rec.head])} "
+                  f"± {_pp(verdict.se[verdict.best])} on {_selection_images(verdict)})")
+        first = (f"no head is measurably better than the cheapest, {_name(rec)} "
+                 f"({_cost_text(rec)}): recommended — the best in selection, {verdict.best}, "
+                 f"is within one standard error {within}"
+                 if _kind(rec) == "head" else
+                 f"{_name(rec)} ({_cost_text(rec)}) is recommended: the cheapest pair within "
+                 f"one standard error of the best in selection, {verdict.best} {within}")
     if beaten:
         f = min(beaten, key=lambda f: _gain(f, verdict.recommended))
         other = f.b if f.a == verdict.recommended else f.a

@@ -22,6 +22,9 @@ against it and each fixed-size head (its opponents). In order:
   per-image difference (gap − flatten, ...) is compared between every two backbones (the
   difference of the differences) in the **claims across backbones** family. Overfitting and
   the analyses' findings are about the recommended backbone's heads (the analyses ran on them).
+  Each family keeps its own error rate at 5 %: with k backbones the run makes k heads families,
+  so the chance of some false claim among all of them grows with k (as it does with every
+  analysis added); the verdict quotes only the recommended pair's comparisons.
 
 How a difference is tested: every finding with per-image values of both sides gets one paired
 procedure over the test images, a sign-flip randomisation test of the mean difference

@@ -134,8 +134,9 @@ def suggestions(run: Run) -> list[tuple[str, Any, float, bool]]:
     decoding included (`measured`), or where nothing was extracted over the backbone's own
     batch-32 throughput, a lower bound (decoding and the heads come on top)."""
     t = run.timing
-    measured = bool(t.n_extracted and t.extract_s)
-    rate = t.n_extracted / t.extract_s if measured else run.backbone.throughput_b32
+    # several backbones: the extraction rate was pooled over them, the analyses use one
+    measured = bool(t.n_extracted and t.extract_s and not run.backbones)
+    rate = t.n_extracted / t.extract_s if measured else run.analysed_backbone().throughput_b32
     return [(a.name, a.suggest, a.cost(a.parse(a.suggest), run) / rate, measured)
             for a in list_analyses()
             if a.suggest is not None and a.cost is not None and a.name not in run.analyses

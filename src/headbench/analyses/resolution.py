@@ -139,7 +139,7 @@ def size_accuracy_plot(run: Run, section: dict) -> Plot | None:
 def resolution_cost(sizes: Sequence[int], run: Run) -> float:
     """Backbone passes of the analysis, in test images at the run's input size (a pass costs
     about its pixel count)."""
-    base = int(run.backbone.data_config["input_size"][-1])
+    base = int(run.analysed_backbone().data_config["input_size"][-1])
     return sum((s / base) ** 2 for s in sizes) * len(run.dataset.splits["test"].paths)
 
 

@@ -120,13 +120,16 @@ def _kv_table(pairs: list[tuple[str, str]]) -> str:
 # ----------------------------------------------------------------------------------------------
 # the run: dataset, backbone, machine
 
-def _backbone_html(bb: Any) -> str:
+def _backbone_html(bb: Any, several: bool = False) -> str:
+    """One backbone's facts; with several, each also with its weights and input."""
     latency = (f", {bb.latency_ms_b1:.1f} ms per image at batch 1"
-               if finite(bb.latency_ms_b1) else "")
+               if several and finite(bb.latency_ms_b1) else "")
+    own = (f"; weights {_e(bb.weights)}, input {_e(_data_config_text(bb.data_config))}"
+           if several else "")
     return (f"{_e(bb.name)} (timm <code>{_e(bb.timm_name)}</code>), {count(bb.params)} params, "
             f"{count(bb.flops)} FLOPs{latency}"
             + (f", feature map {'×'.join(_e(x) for x in bb.feature_shape)}"
-               if bb.feature_shape else ""))
+               if bb.feature_shape else "") + own)
 
 
 def _run_facts(run: Run) -> str:
@@ -144,10 +147,14 @@ def _run_facts(run: Run) -> str:
         ("skipped files", _skipped_html(run)),
         ("leakage", _leakage_html(ds.leakage)),
         ("backbone" if not run.backbones else "backbones",
-         "; ".join(_backbone_html(b) for b in run.backbones or [bb])),
-        ("weights", _e(bb.weights) + (f" <code>{_e(bb.weights_checksum)}</code>"
-                                      if bb.weights_checksum else "")),
-        ("input", _e(_data_config_text(bb.data_config))),
+         "<br>".join(_backbone_html(b, len(run.backbones) > 1) for b in run.backbones or [bb])),
+        *([] if run.backbones else [
+            ("weights", _e(bb.weights) + (f" <code>{_e(bb.weights_checksum)}</code>"
+                                          if bb.weights_checksum else "")),
+            ("input", _e(_data_config_text(bb.data_config)))]),
+        *([("pairs skipped", "<br>".join(f"{_e(p['backbone'])}/{_e(p['head'])}: "
+                                          f"{_e(p['reason'])}" for p in run.skipped_pairs))]
+          if run.skipped_pairs else []),
         ("precision / device", f"{_e(run.precision)} on {_e(run.device)}"),
         ("machine", _e(machine)),
         ("run time", _e(", ".join(f"{k} {seconds(v)}" for k, v in times if finite(v)))),
