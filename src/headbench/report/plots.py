@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .. import progress as _progress
 from ..analyses import Analysis, list_analyses
@@ -77,18 +77,18 @@ def pareto_latency(run: Run) -> Plot | None:
     """Several backbones: test accuracy of every pair against its latency at batch 1."""
     return _pareto(run, "pareto-latency", lambda h: h.latency_ms_b1,
                    f"latency at batch 1, backbone + head (ms, {run.device}, log scale)",
-                   "Test accuracy vs latency: every backbone and head")
+                   "Test accuracy vs latency: every backbone and head", "{:g}")
 
 
 def pareto_params(run: Run) -> Plot | None:
     """Several backbones: test accuracy of every pair against its parameters in all."""
-    return _pareto(run, "pareto-params", lambda h: h.total_params,
-                   "parameters, backbone + head (log scale)",
-                   "Test accuracy vs parameters: every backbone and head")
+    return _pareto(run, "pareto-params", lambda h: h.total_params / 1e6,
+                   "parameters, backbone + head (millions, log scale)",
+                   "Test accuracy vs parameters: every backbone and head", "{:.3g}")
 
 
 def _pareto(run: Run, plot_id: str, cost: Callable[[Any], float], xlabel: str,
-            title: str) -> Plot | None:
+            title: str, ticks: str) -> Plot | None:
     """Every frozen pair as a point (colour: its backbone), the Pareto front as a step line,
     the recommended pair ringed."""
     pairs = [h for h in run.heads if h.backbone and not h.finetuned and finite(cost(h))]
@@ -97,16 +97,17 @@ def _pareto(run: Run, plot_id: str, cost: Callable[[Any], float], xlabel: str,
     colors = {b.name: COLORS[i % len(COLORS)] for i, b in enumerate(run.backbones)}
     fig = new_figure(7.5, 4.8)
     ax = fig.subplots()
-    labels: dict[tuple, list[str]] = {}  # pairs at the same point share one label
-    for h in pairs:
-        errorbar(ax, [cost(h)], [h.summary.test_accuracy], color=colors[h.backbone],
-                 linestyle="none")
-        xy = (cost(h), round(100 * h.summary.test_accuracy.mean, 6))
-        labels.setdefault(xy, []).append(mpl(h.name))
-    for xy, names in labels.items():
-        ax.annotate(", ".join(names), xy, textcoords="offset points", xytext=(5, 3), fontsize=7)
     front = pareto_front([(h.head, cost(h), h.summary.test_accuracy.mean) for h in pairs])
     on = [next(h for h in pairs if h.head == label) for label in front]
+    labels: dict[tuple, list[str]] = {}  # the front's pairs named; at one point, one label
+    for h in pairs:
+        errorbar(ax, [cost(h)], [h.summary.test_accuracy], color=colors[h.backbone],
+                 linestyle="none", alpha=1.0 if h in on else 0.45)
+        if h in on or h is run.selected():
+            xy = (cost(h), round(100 * h.summary.test_accuracy.mean, 6))
+            labels.setdefault(xy, []).append(mpl(h.name))
+    for xy, names in labels.items():
+        ax.annotate(", ".join(names), xy, textcoords="offset points", xytext=(5, 3), fontsize=7)
     ax.step([cost(h) for h in on], [100 * h.summary.test_accuracy.mean for h in on],
             where="post", color="black", linewidth=1, linestyle="--", label="Pareto front")
     best = run.selected()
@@ -117,13 +118,16 @@ def _pareto(run: Run, plot_id: str, cost: Callable[[Any], float], xlabel: str,
     for name, color in colors.items():
         ax.plot([], [], "o", color=color, label=mpl(name))
     ax.set_xscale("log")
+    for axis_ticks in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis_ticks(FuncFormatter(lambda x, _: ticks.format(x)))
     clip_percent_axis(ax)
     ax.set(xlabel=xlabel, ylabel="test accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     caption = ("Mean test accuracy over seeds of every backbone and head; bars: "
                + ci_note(len(run.seeds)) + ". Dashed: the Pareto front (no other pair is both "
-               "as cheap and as accurate). Ringed: the recommended pair, chosen on the selection "
+               "as cheap and as accurate), its pairs named and drawn solid (the table lists "
+               "every pair). Ringed: the recommended pair, chosen on the selection "
                "data (the cheapest by backbone latency within one standard error of the best), "
                "never on test.")
     return Plot(plot_id, title, caption, fig)
