@@ -120,6 +120,13 @@ def test_a_pair_the_backbone_does_not_accept_is_skipped_and_listed(shapes, cache
     (skipped,) = run.skipped_pairs
     assert (skipped["backbone"], skipped["head"]) == ("mobilenet", "avgpool")
     assert Run.load(run.run_dir).skipped_pairs == run.skipped_pairs
+    # each backbone resolves from its own base size: the sections cannot merge
+    sizes = hb.analyze(run.run_dir, sizes="48", cache_dir=cache).analyses["sizes"]
+    best = run.selected().backbone
+    other = ({"resnet50", "mobilenet"} - {best}).pop()
+    assert sizes["base"] == {"resnet50": 64, "mobilenet": 32}[best]
+    assert set(sizes["heads"]) == {h.head for h in run.heads if h.backbone == best}
+    assert sizes["backbones"][other]["base"] == {"resnet50": 64, "mobilenet": 32}[other]
 
 
 def test_a_head_no_backbone_accepts_is_one_line(shapes, tmp_path):
@@ -266,10 +273,14 @@ def test_augmented_views_and_fine_tuning_work_per_pair(shapes, cache, tmp_path, 
     assert Run.load(run.run_dir).best == run.best
 
 
-def test_analyze_adds_sections_about_the_recommended_backbones_heads(run, cache):
+def test_the_analyses_cover_every_pair(run, cache):
+    # compare ran the default analyses (small-data curve, CAM) on every backbone's heads
+    for name in ("shots", "cam"):
+        assert set(run.analyses[name]["heads"]) == {h.head for h in run.heads}
+        assert "backbones" not in run.analyses[name]
     again = hb.analyze(run.run_dir, cam=1, cache_dir=cache)
-    best = again.selected().backbone
-    assert set(again.analyses["cam"]["heads"]) == {h.head for h in again.heads
-                                                   if h.backbone == best}
-    for files in (v["files"] for v in again.analyses["cam"]["heads"].values()):
-        assert all((again.run_dir / f).is_file() and f"/{best}/" in f for f in files)
+    for label, cams in again.analyses["cam"]["heads"].items():
+        assert cams["files"] and all((again.run_dir / f).is_file() and
+                                     f.startswith(f"analyses/cam/{label}/") for f in cams["files"])
+    html = (again.run_dir / "report.html").read_text()
+    assert html.count('<figure class="cam">') >= len(again.heads)

@@ -15,7 +15,7 @@ from typing import Any
 from . import io as _io
 from . import progress as _progress
 from . import report as _report
-from .analyses import RunContext, list_analyses, parse_options, run_analyses
+from .analyses import RunContext, list_analyses, parse_options, run_on_backbones
 from .analyses.findings import findings
 from .pairs import cost_of
 from .verdict import sentence
@@ -48,12 +48,22 @@ def analyze(run_dir: str | Path, *, cache_dir: str | Path | None = None,
         if not is_complete(config.run_dir):
             raise HeadbenchError(f"run '{config.run_dir}' is incomplete (still running, or "
                                  "interrupted: rerun its compare command to finish it)")
-        ctx = RunContext.from_run_dir(config.run_dir, cache_dir=config.cache_dir,
-                                      precision=config.precision)
-        sections = run_analyses(ctx, requested)  # the long part, outside the lock
+        contexts = [RunContext.from_run_dir(config.run_dir, cache_dir=config.cache_dir,
+                                            precision=config.precision, backbone_name=name)
+                    for name in _backbones_of(Run.load(config.run_dir))]
+        sections = run_on_backbones(contexts, requested)  # the long part, outside the lock
         return _merge(Path(config.run_dir), sections)
     finally:
         _progress.set_quiet(was_quiet)
+
+
+def _backbones_of(run: Run) -> list[str | None]:
+    """The backbones whose heads are analysed: the run's one (None), or the recommended one
+    first, then the others."""
+    if not run.backbones:
+        return [None]
+    chosen = run.selected().backbone if run.best_head else run.backbones[0].name
+    return sorted((b.name for b in run.backbones), key=lambda name: name != chosen)
 
 
 def _check(run_dir: str | Path, cache_dir: str | Path | None, precision: str | None,

@@ -46,7 +46,7 @@ from . import run as _run
 from . import selection as _selection
 from . import train as _train
 from . import verdict as _verdict
-from .analyses import RunContext, run_analyses
+from .analyses import RunContext, run_on_backbones
 from .analyses.findings import findings
 from .config import CompareConfig
 from .errors import DiskError, HeadbenchError
@@ -512,14 +512,13 @@ def _finish(run: Run, bbs: list, device: torch.device, started: float) -> None:
     """Analyses (when asked for; with several backbones, of the recommended one's heads),
     findings, report; results rewritten after."""
     requested = run.options.requested()
-    if requested:
+    if requested:  # several backbones: the recommended one's first
         chosen = run.selected().backbone if run.backbones else None
-        bb = next(b for b in bbs if chosen in (None, b.name))
-        if chosen:
-            _progress.log(f"analyses: the heads of {chosen}, the recommended backbone")
-        ctx = RunContext(run=run, backbone=bb, states=run.states, cache_dir=_cache_dir(run.options),
-                         device=device, backbone_name=chosen)
-        run.analyses.update(run_analyses(ctx, requested))
+        order = sorted(bbs, key=lambda b: b.name != chosen) if chosen else bbs[:1]
+        contexts = [RunContext(run=run, backbone=bb, states=run.states,
+                               cache_dir=_cache_dir(run.options), device=device,
+                               backbone_name=bb.name if chosen else None) for bb in order]
+        run.analyses.update(run_on_backbones(contexts, requested))
     run.findings = findings(run)
     if run.verdict is not None:
         run.verdict.text = _verdict.sentence(run.verdict, run.heads, run.findings,

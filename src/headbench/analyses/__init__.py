@@ -31,11 +31,11 @@ from __future__ import annotations
 
 from .context import RunContext
 from .registry import (Analysis, analysis_info, list_analyses, parse_options, register_analysis,
-                       run_analyses, unregister_analysis)
+                       run_analyses, run_on_backbones, unregister_analysis)
 
 # The built-ins register themselves when imported, in this order: the order in which they run
 # and in which their findings and report sections appear.
 from . import translation, resolution, shots, cam  # noqa: E402,F401  (not sorted: the order)
 
 __all__ = ["Analysis", "RunContext", "analysis_info", "list_analyses", "parse_options",
-           "register_analysis", "run_analyses", "unregister_analysis"]
+           "register_analysis", "run_analyses", "run_on_backbones", "unregister_analysis"]

@@ -150,10 +150,12 @@ class RunContext:
     # --- from a run folder ----------------------------------------------------------------------
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, cache_dir: str | Path | None = None,
-                     precision: str | None = None) -> "RunContext":
+                     precision: str | None = None,
+                     backbone_name: str | None = None) -> "RunContext":
         """The context of a finished run: backbone re-created, every seed's head weights loaded.
 
-        `cache_dir` defaults to the run's, `precision` (of new views) to the run's.
+        `cache_dir` defaults to the run's, `precision` (of new views) to the run's; in a run of
+        several backbones, `backbone_name` picks whose heads (default: the recommended pair's).
         """
         run = Run.load(run_dir)
         if not Path(run.dataset.root).is_dir():
@@ -163,8 +165,8 @@ class RunContext:
         if precision is not None:
             precision = resolve_precision(precision, device, "extract")
         cache_dir = cache_dir or _recorded_cache(run)
-        # several backbones: the analyses are of the recommended backbone's heads
-        name = run.selected().backbone if run.backbones and run.best_head else None
+        name = backbone_name or (run.selected().backbone if run.backbones and run.best_head
+                                 else None)
         states = {h.head: _load_states(run, h) for h in run.heads
                   if not h.finetuned and h.backbone == name}
         return cls(run, _load_backbone(run, name), states, cache_dir=cache_dir, device=device,

@@ -21,7 +21,8 @@ against it and each fixed-size head (its opponents). In order:
   meets each other backbone's best pair in the **backbones** family, and each named claim's
   per-image difference (gap − flatten, ...) is compared between every two backbones (the
   difference of the differences) in the **claims across backbones** family. Overfitting and
-  the analyses' findings are about the recommended backbone's heads (the analyses ran on them).
+  the analyses' findings are about the recommended backbone's heads (its reference head and
+  opponents), though the analyses run on every pair.
   Each family keeps its own error rate at 5 %: with k backbones the run makes k heads families,
   so the chance of some false claim among all of them grows with k (as it does with every
   analysis added); the verdict quotes only the recommended pair's comparisons.
@@ -77,7 +78,7 @@ def findings(run: Run) -> list[Finding]:
         out += [_family(f, CLAIMS_ACROSS) for f in _claims_across(groups, correct)]
     ran = [(a, run.analyses[a.name]) for a in list_analyses()
            if isinstance(run.analyses.get(a.name), dict)]
-    mine = groups[best.backbone]  # the analyses ran on the recommended backbone's heads
+    mine = groups[best.backbone]  # the findings of the analyses: the recommended backbone's
     ref = reference_head(mine)
     opponents = _opponents(mine, ref)
     out += [_overfit_finding(ref, other) for other in opponents]

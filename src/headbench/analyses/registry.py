@@ -165,5 +165,28 @@ def run_analyses(ctx: RunContext, requested: dict[str, Any]) -> dict[str, dict]:
     return out
 
 
+def run_on_backbones(contexts: list[RunContext], requested: dict[str, Any]) -> dict[str, dict]:
+    """The requested analyses on the heads of each context's backbone (a run of several
+    backbones: the first is the recommended one). Where the sections of every backbone agree
+    on everything but their heads (the small-data curve, CAM, translation), one section holds
+    every pair's heads; where they do not (resolution: each backbone has its own base size),
+    the first backbone's section stands and the others' are under its `backbones`."""
+    first, *others = [run_analyses(ctx, requested) for ctx in contexts]
+    for name, section in first.items():
+        rest = {ctx.backbone_name: more[name] for ctx, more in zip(contexts[1:], others)}
+        if all(_frame(s) == _frame(section) for s in rest.values()):
+            for s in rest.values():
+                section.setdefault("heads", {}).update(s.get("heads", {}))
+                section["time_s"] = round(section["time_s"] + s["time_s"], 3)
+        elif rest:
+            section["backbones"] = rest
+    return first
+
+
+def _frame(section: dict) -> dict:
+    """A section without its heads and timing: what must agree for sections to merge."""
+    return {k: v for k, v in section.items() if k not in ("heads", "time_s")}
+
+
 __all__ = ["Analysis", "analysis_info", "list_analyses", "parse_options", "register_analysis",
-           "run_analyses", "unregister_analysis"]
+           "run_analyses", "run_on_backbones", "unregister_analysis"]
