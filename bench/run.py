@@ -26,6 +26,7 @@ Sections (issue 10, §4), one module each, runnable alone with the same flags bu
   (k) section_k_default_job: the default job's wall time now against the commit before issue 20
   (l) section_l_halving: the sweep with and without successive halving
   (m) section_m_backbones: three backbones in one run against one run per backbone
+  (n) section_n_vit: a ViT's token extraction against timm's default forward, its heads
 
 The full run writes bench/RESULTS.md (and <out>/results.json with the raw numbers); --quick and
 runs of some sections only write <out>/RESULTS.md unless --results is given. RESULTS.md is
@@ -50,12 +51,13 @@ import section_j_selection
 import section_k_default_job
 import section_l_halving
 import section_m_backbones
+import section_n_vit
 
 SECTIONS = {m.KEY: m for m in (section_a_whole_job, section_b_extraction, section_c_loading,
                                section_d_large_folders, section_e_bf16, section_f_stacked,
                                section_g_finetune, section_h_onnx, section_i_protocol,
                                section_j_selection, section_k_default_job,
-                               section_l_halving, section_m_backbones)}
+                               section_l_halving, section_m_backbones, section_n_vit)}
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.func import stack_module_state
 
-from headbench.heads import training_split
+from headbench.splits import training_split
 from headbench.layers import AttentionPool2d
 from headbench.train import stacked
 

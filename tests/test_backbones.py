@@ -275,9 +275,10 @@ def test_unknown_backbone_suggests_closest():
         resolve_name("resnet50.bogus")
 
 
-def test_transformer_without_feature_map_rejected():
-    with pytest.raises(HeadbenchError, match=r"not an \(N, C, H, W\) map"):
-        meta_backbone("vit_tiny_patch16_224")
+def test_features_neither_a_map_nor_tokens_of_a_patch_grid_are_rejected():
+    # Swin gives channels-last (N, H, W, C) maps; a ViT's tokens are taken (tests/test_tokens.py)
+    with pytest.raises(HeadbenchError, match=r"neither an \(N, C, H, W\) map nor tokens"):
+        meta_backbone("swin_tiny_patch4_window7_224")
 
 
 def test_random_init_is_seeded_and_leaves_global_rng_alone():

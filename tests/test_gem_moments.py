@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from headbench.errors import HeadbenchError
-from headbench.heads import HeadSpec, create_head, training_split
+from headbench.heads import HeadSpec, create_head
+from headbench.splits import training_split
 from headbench.gem_moments import WINDOW, expansion_point, gem_from_moments, moments_of, series
 from headbench.layers import GeM
 from headbench.train import Member, TrainConfig, inputs, seeded, stacked, train_members

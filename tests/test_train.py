@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headbench.errors import HeadbenchError
-from headbench.heads import training_split
+from headbench.splits import training_split
 from headbench.train import inputs
 from headbench.train import (Features, TrainConfig, fit_head, lr_at, predict_logits, seeded,
                              train_head)

@@ -34,6 +34,7 @@ from torch import nn
 from . import errors, progress, runtime
 from .errors import HeadbenchError
 from .images import MAX_SIZE
+from .tokens import TokenLayout
 
 # Name a user types -> timm model name. Any timm name (or 'arch.tag') works as well.
 # Keras' names mean Keras' models: `mobilenet` is MobileNet v1 (1024-channel map). Runs and model
@@ -153,10 +154,32 @@ class Backbone(nn.Module):
         self.weights_checksum = state_dict_checksum(model.state_dict())
         self._shapes: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._largest: dict[tuple[int, int], int] = {}  # the largest activation, per image
+        self._layouts: dict[tuple[int, int], TokenLayout | None] = {}
         self.num_features = self.feature_shape()[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
+        y = self.model.forward_features(x)
+        # tokens (N, T, C) as a (N, C, 1, T) row, so that every backbone gives (N, C, H, W)
+        return y.transpose(1, 2).unsqueeze(2) if y.ndim == 3 else y
+
+    @property
+    def size_step(self) -> int:
+        """The input sides this backbone takes are multiples of it: a token backbone's patch
+        side, else 1."""
+        embed = getattr(self.model, "patch_embed", None)
+        return int(max(getattr(embed, "patch_size", (1,)))) if self.kind == "tokens" else 1
+
+    @property
+    def kind(self) -> str:
+        """'tokens' for a token backbone (ViT, ...), else 'map'."""
+        return "map" if self.token_layout() is None else "tokens"
+
+    def token_layout(self, input_size: InputSize | None = None) -> TokenLayout | None:
+        """Where a token backbone's prefix and patch tokens are (`tokens.TokenLayout`) for an
+        input size (default: the data config's); None for a feature-map backbone."""
+        hw = as_hw(input_size if input_size is not None else self.data_config["input_size"])
+        self.feature_shape(hw)
+        return self._layouts[hw]
 
     def feature_shape(self, input_size: InputSize | None = None) -> tuple[int, int, int]:
         """(C, h, w) of the feature map for an input size (default: the data config's)."""
@@ -197,11 +220,28 @@ class Backbone(nn.Module):
             for hook in hooks:
                 hook.remove()
         self._largest[hw] = largest[0]
-        if y.ndim != 4 or getattr(self.model, "output_fmt", "NCHW") != "NCHW":
+        self._layouts[hw] = self._tokens_of(y, hw)
+        if y.ndim != 4 or (getattr(self.model, "output_fmt", "NCHW") != "NCHW"
+                           and self._layouts[hw] is None):
             raise HeadbenchError(f"backbone '{self.name}' gives features of shape "
-                                 f"{tuple(y.shape)}, not an (N, C, H, W) map; headbench compares "
-                                 "heads on CNN feature maps, pick a convolutional backbone")
+                                 f"{tuple(y.shape)}, neither an (N, C, H, W) map nor tokens of "
+                                 "a patch grid; pick another backbone")
         return int(y.shape[1]), int(y.shape[2]), int(y.shape[3])
+
+    def _tokens_of(self, y: torch.Tensor, hw: tuple[int, int]) -> TokenLayout | None:
+        """The token layout of features `y` (N, C, 1, T) from a token model at input `hw`."""
+        embed = getattr(self.model, "patch_embed", None)
+        if y.ndim != 4 or y.shape[2] != 1 or embed is None:
+            return None
+        patch = tuple(getattr(embed, "patch_size", (1, 1)))
+        layout = TokenLayout(int(getattr(self.model, "num_prefix_tokens", 0)),
+                             (hw[0] // patch[0], hw[1] // patch[1]))
+        if layout.tokens != y.shape[3]:
+            raise HeadbenchError(f"backbone '{self.name}' gives {y.shape[3]} tokens at "
+                                 f"{hw[0]}x{hw[1]}, not {layout.prefix} prefix tokens and a "
+                                 f"{layout.grid[0]}x{layout.grid[1]} patch grid; pick another "
+                                 "backbone", hints=["input_size"])
+        return layout
 
 
 # an extraction whose batch would hold more than this share of the machine's memory is refused
@@ -251,6 +291,7 @@ def create_backbone(name: str = "efficientnet_lite0", weights: str | os.PathLike
     with _seeded(seed):
         model = _hub_model(name, timm_name) if source == "hub" else _timm_model(timm_name)
     _drop_unused_head(model)
+    _any_size(model)
     if source == "embedded":
         model.load_state_dict(_embedded_state_dict(model, timm_name.partition(".")[0]))
     elif source not in WEIGHT_SOURCES:
@@ -344,6 +385,18 @@ def _cached_hub_file(cfg) -> str | None:
         if isinstance(path, str):
             return path
     return None
+
+
+def _any_size(model: nn.Module) -> None:
+    """A token model (ViT) made to take any input size whose sides are whole patches, its
+    position embedding resampled to the grid (timm's `dynamic_img_size`; at the size it was
+    built for the features are unchanged)."""
+    embed = getattr(model, "patch_embed", None)
+    if not hasattr(model, "dynamic_img_size") or not hasattr(embed, "strict_img_size"):
+        return
+    model.dynamic_img_size = True
+    embed.strict_img_size, embed.flatten = False, False
+    embed.output_fmt = timm.layers.Format.NHWC
 
 
 def _drop_unused_head(model: nn.Module) -> None:

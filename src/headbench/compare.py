@@ -83,11 +83,15 @@ class _Work:
     @property
     def F(self) -> dict:
         """role -> train.Features, read once and shared by every head of this backbone (held
-        in device memory until `release`)."""
+        in device memory from `load` until `release`)."""
         if self._F is None:
-            self._F = {role: _train.Features(self.features.subset(getattr(self.splits, role)),
-                                             self.device) for role in ROLES}
+            self.load()
         return self._F
+
+    def load(self) -> None:
+        """Read this backbone's features for training."""
+        self._F = {role: _train.Features(self.features.subset(getattr(self.splits, role)),
+                                         self.device) for role in ROLES}
 
     def release(self) -> None:
         """Drop the features held for training (the next backbone's take their place)."""
@@ -104,7 +108,8 @@ class _Work:
 
     def make_head(self, spec: HeadSpec) -> Head:
         c, h, w = self.map_shape
-        return create_head(spec, c, len(self.scan.classes), (h, w))
+        return create_head(spec, c, len(self.scan.classes), (h, w),
+                           tokens=self.backbone.token_layout())
 
 
 def compare(data: str | Path | CompareConfig, **options) -> Run | None:
@@ -213,6 +218,7 @@ def _compare(config: CompareConfig, bbs: list, accepted: dict, rt: Runtime, timi
                                  for w in works) - done)
     with _progress.progress("training heads", total=total, unit="epoch") as bar:
         for work in works:
+            work.load()  # reading the features is not training
             _train_heads(work, run, prior, members, train_config, checkpoints, committed, bar)
             work.release()
     _sort_heads(run)
@@ -481,7 +487,7 @@ def _cache_form(config: CompareConfig, bb, digests: list[str],
                 precision: str) -> tuple[str, ...] | None:
     """The global statistics to cache when every head needs only those and no analysis needs
     the maps; None (maps) otherwise, or when the maps of every image are cached already."""
-    if config.requested():
+    if config.requested() or bb.kind == "tokens":  # a token row's statistics mix in the prefix
         return None
     c, h, w = bb.feature_shape()
     needed = set()

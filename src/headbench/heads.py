@@ -15,6 +15,15 @@ A head maps a backbone feature map (N, C, H, W) to logits (N, K). Heads, in Kera
 - ``fastai``: fastai's default head: [avg, max] -> BatchNorm -> Dropout(0.25) -> Dense(512) ->
   ReLU -> BatchNorm -> Dropout(0.5) -> Dense(K), its Dense layers without bias as in fastai.
 
+On a token backbone (ViT) the heads above read the patch tokens as a C×h×w grid
+(`tokens.PatchGrid`), and three more, in timm's vocabulary, read the tokens themselves:
+
+- ``token``: the class token -> [hidden] -> Dense(K) (timm's global_pool='token').
+- ``avg``: the mean of the patch tokens -> [hidden] -> Dense(K) (global_pool='avg'): gap on
+  the grid, trained once with it.
+- ``map``: attention pooling by a learned latent query, timm's AttentionPoolLatent ->
+  [hidden] -> Dense(K) (global_pool='map').
+
 ``hidden=[1024, 512]`` inserts Dense+ReLU blocks before the classifier; ``dropout=p`` puts a
 Dropout(p) before every Dense.
 
@@ -25,7 +34,6 @@ torch.Size([2, 10])
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -38,6 +46,8 @@ from headbench.errors import HeadbenchError
 from headbench.runtime import memory_bytes
 from headbench.layers import (AttentionPool2d, AvgMax, AvgPool2d, CatAvgMax, Flatten, GeM,
                               GlobalAvgPool2d, GlobalMaxPool2d, PerPosition)
+from headbench.splits import TrainingSplit, training_split
+from headbench.tokens import ClassToken, LatentAttentionPool, PatchGrid, TokenLayout
 
 DEFAULT_HEADS = ("gap", "flatten", "avgpool", "dense_map", "gmp", "gem", "catavgmax",
                  "attention", "fastai")
@@ -89,6 +99,9 @@ class HeadInfo:
             ``W, b`` its last Linear (gap, dense_map): class activation maps are then exact.
         options: the head's own options and their defaults (avgpool: pool_size, strides).
         hidden, dropout: the defaults used when a spec leaves them None.
+        kinds: the backbones it takes: 'map' heads also take a token backbone's patch tokens
+            as a grid (`tokens.PatchGrid`); 'tokens' only heads (token, avg, map) are built
+            by `factory(spec, C, K, layout)` with the backbone's `tokens.TokenLayout`.
     """
 
     name: str
@@ -99,6 +112,7 @@ class HeadInfo:
     options: tuple[tuple[str, Any], ...] = ()
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
+    kinds: tuple[str, ...] = ("map", "tokens")
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -110,7 +124,8 @@ _REGISTRY: dict[str, HeadInfo] = {}
 
 def register_head(name: str, description: str, *, any_size: bool = True, exact_cam: bool = False,
                   options: dict[str, Any] | None = None, hidden: Sequence[int] = (),
-                  dropout: float = 0.0) -> Callable[[Factory], Factory]:
+                  dropout: float = 0.0,
+                  kinds: Sequence[str] = ("map", "tokens")) -> Callable[[Factory], Factory]:
     """Decorator adding `factory(spec, in_channels, num_classes, map_size) -> [(name, layer)]`.
 
     This is the only place a head is described: compare, the analyses, the report and export
@@ -126,7 +141,8 @@ def register_head(name: str, description: str, *, any_size: bool = True, exact_c
     """
     def add(factory: Factory) -> Factory:
         _REGISTRY[name] = HeadInfo(name, factory, description, any_size, exact_cam,
-                                   tuple((options or {}).items()), tuple(hidden), float(dropout))
+                                   tuple((options or {}).items()), tuple(hidden), float(dropout),
+                                   tuple(kinds))
         return factory
     return add
 
@@ -136,9 +152,10 @@ def unregister_head(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def list_heads() -> list[str]:
-    """Names of all registered heads, sorted."""
-    return sorted(_REGISTRY)
+def list_heads(kind: str | None = None) -> list[str]:
+    """Names of the registered heads, sorted: all, or those a backbone of `kind` takes ('map':
+    a CNN's feature map; 'tokens': a ViT's tokens)."""
+    return sorted(name for name, info in _REGISTRY.items() if kind is None or kind in info.kinds)
 
 
 def head_info(name: str) -> HeadInfo:
@@ -246,6 +263,7 @@ class Head(nn.Sequential):
         self.spec = spec
         self.in_channels, self.num_classes = in_channels, num_classes
         self.map_size = (int(map_size[0]), int(map_size[1]))
+        self.tokens: TokenLayout | None = None  # a token backbone's layout (`create_head`)
 
     @property
     def info(self) -> HeadInfo:
@@ -284,7 +302,7 @@ class Head(nn.Sequential):
         """Whether the head runs on a feature map of `map_size` (H, W)."""
         return self.any_size or tuple(map_size) == self.map_size
 
-    def training_split(self) -> "TrainingSplit":
+    def training_split(self) -> TrainingSplit:
         """This head as a parameter-free `prepare` and a trainable `body` (see `training_split`)."""
         return training_split(self)
 
@@ -298,125 +316,9 @@ class Head(nn.Sequential):
         return fc.weight.detach(), fc.bias.detach()
 
 
-@dataclass
-class TrainingSplit:
-    """A head cut in two for training on cached features: ``body(prepare(x)) == head(x)``.
-
-    `prepare` has no parameters and no randomness, so training computes it once per image
-    rather than once per epoch (a global pool, GeM's moments, attention's tokens); heads with
-    the same `key` share it. `body` shares the head's parameters: training it trains the head.
-    `stats` names the global statistics `prepare` is a function of (('avg',) for gap), or is
-    empty when it needs the whole map; `from_stats` then computes it from a cache of them.
-    `prepare_at(x, c)`, where set, is `prepare` taken at another expansion point c (GeM's
-    moments, exact only near their point: the stacked engine asks for the point each member's
-    p needs, see `train.stacked`).
-    """
-
-    prepare: Callable[[torch.Tensor], torch.Tensor]
-    key: str
-    body: nn.Module
-    stats: tuple[str, ...] = ()
-    pool: nn.Module | None = None
-    prepare_at: Callable[[torch.Tensor, float], torch.Tensor] | None = None
-
-    def apply(self, x: torch.Tensor, form: tuple[str, ...] | None = None) -> torch.Tensor:
-        """`prepare` of feature rows stored as maps (form None) or as the statistics `form`."""
-        if form is None:
-            return self.prepare(x)
-        if not self.stats or not set(self.stats) <= set(form):
-            raise HeadbenchError(f"features hold {', '.join(form)} statistics but this head "
-                                 f"needs {', '.join(self.stats) or 'the feature maps'}")
-        parts = dict(zip(form, x.chunk(len(form), dim=1)))
-        return self.pool.from_stats(parts)
-
-
-class _FromPrepared(nn.Module):
-    """The trainable rest of a pool with a `prepare` step (GeM, attention); shares its params."""
-
-    def __init__(self, pool: nn.Module):
-        super().__init__()
-        self.pool = pool
-
-    def forward(self, prepared: torch.Tensor) -> torch.Tensor:
-        return self.pool.from_prepared(prepared)
-
-
-class FromMoments(nn.Module):
-    """The trainable rest of a GeM trained from its moments at expansion point `centre`
-    (`GeM.moments`); shares its p."""
-
-    def __init__(self, pool: GeM, centre: float):
-        super().__init__()
-        self.pool, self.centre = pool, centre
-
-    def forward(self, moments: torch.Tensor) -> torch.Tensor:
-        return self.pool.from_moments(moments, self.centre)
-
-
-# The layers the stacked engine runs itself (`train.stacked`), which GeM trains from moments
-# before: a member whose p leaves the moments' window is moved to other moments per step,
-# which needs every member's p at hand (not so under vmap, the engine's way for other layers).
-_STACKED_LAYERS = (nn.Linear, nn.ReLU, nn.Dropout, nn.BatchNorm1d)
-
-
-def _moments_split(layers: list[nn.Module]) -> TrainingSplit | None:
-    """A learnable GeM before stacked layers only, trained from its moments around its p
-    (`GeM.moments`); else None."""
-    pool = layers[0]
-    if not (isinstance(pool, GeM) and isinstance(pool.p, nn.Parameter) and not pool.keepdims
-            and all(isinstance(m, _STACKED_LAYERS) for m in layers[1:])):
-        return None
-    centre = float(pool.p.detach())
-    body = nn.Sequential(FromMoments(pool, centre), *layers[1:])
-    return TrainingSplit(functools.partial(pool.moments, centre=centre),
-                         pool.moments_key(centre), body, prepare_at=pool.moments)
-
-
-def _fixed(module: nn.Module) -> bool:
-    """No parameters, no buffers, no randomness: the output never changes during training."""
-    return not (any(True for _ in module.parameters()) or any(True for _ in module.buffers())
-                or isinstance(module, nn.modules.dropout._DropoutNd))
-
-
-def _affine(module: nn.Module) -> bool:
-    layers = list(module) if isinstance(module, nn.Sequential) else [module]
-    return len(layers) == 1 and isinstance(layers[0], nn.Linear)
-
-
-def training_split(head: nn.Module) -> TrainingSplit:
-    """Cut a head (any Sequential) into `prepare` and `body`, the longest exact way.
-
-    - leading layers without parameters (global pools, AvgPool2d, Flatten) go to `prepare`;
-    - else a learnable GeM gives its moments to `prepare` (`_moments_split`), and another
-      pool with a `prepare` step (GeM, attention) that step;
-    - a Dense applied at every position and then averaged is the Dense of the average
-      (mean(W·x + b) = W·mean(x) + b: dense_map without hidden layers and dropout).
-    """
-    layers = list(head) if isinstance(head, nn.Sequential) else [head]
-    if (len(layers) == 2 and isinstance(layers[0], PerPosition) and _affine(layers[0].module)
-            and isinstance(layers[1], GlobalAvgPool2d) and not layers[1].keepdims):
-        prepare = nn.Sequential(layers[1])  # gap's prepare: one shared pooled input
-        return TrainingSplit(prepare, repr(prepare), layers[0].module, ("avg",), layers[1])
-    n = 0
-    while n < len(layers) - 1 and _fixed(layers[n]):
-        n += 1
-    if n:
-        prepare = nn.Sequential(*layers[:n])
-        pool = layers[0] if n == 1 and getattr(layers[0], "stats", ()) else None
-        stats = pool.stats if pool is not None and not pool.keepdims else ()
-        return TrainingSplit(prepare, repr(prepare), nn.Sequential(*layers[n:]), stats, pool)
-    moments = _moments_split(layers)
-    if moments is not None:
-        return moments
-    if hasattr(layers[0], "from_prepared") and not layers[0].keepdims:
-        body = nn.Sequential(_FromPrepared(layers[0]), *layers[1:])
-        return TrainingSplit(layers[0].prepare, layers[0].prepare_key, body)
-    return TrainingSplit(nn.Identity(), "identity", head)
-
-
 def create_head(spec: HeadSpec | str, in_channels: int, num_classes: int,
                 map_size: tuple[int, int], hidden: Sequence[int] | None = None,
-                dropout: float | None = None) -> Head:
+                dropout: float | None = None, tokens: TokenLayout | None = None) -> Head:
     """Build a head by name (or HeadSpec) for a backbone's C×H×W feature map and K classes.
 
     Args:
@@ -424,7 +326,10 @@ def create_head(spec: HeadSpec | str, in_channels: int, num_classes: int,
             fill the spec (None: the head's defaults). Ignored when `spec` is a HeadSpec.
         in_channels: C, channels of the feature map.
         num_classes: K ≥ 2.
-        map_size: (H, W) of the feature map the head is built for.
+        map_size: (H, W) of the feature map the head is built for ((1, T) for the T tokens
+            of a token backbone).
+        tokens: a token backbone's layout (`backbone.token_layout()`); a map head then reads
+            the patch tokens as a grid (`tokens.PatchGrid`). None: a feature-map backbone.
 
     Raises:
         HeadbenchError: unknown name, K < 2, dropout outside [0, 1), a hidden size < 1, or an
@@ -451,9 +356,21 @@ def create_head(spec: HeadSpec | str, in_channels: int, num_classes: int,
     if in_channels < 1 or min(map_size) < 1:
         raise HeadbenchError(f"head '{spec.name}' needs a non-empty feature map, got "
                              f"{in_channels} channels of {map_size[0]}×{map_size[1]}")
-    _check_memory(spec, in_channels, num_classes, map_size)
-    layers = spec.info.factory(spec, in_channels, num_classes, map_size)
-    return Head(spec, layers, in_channels, num_classes, map_size)
+    kind = "map" if tokens is None else "tokens"
+    if kind not in spec.info.kinds:
+        raise HeadbenchError(f"head '{spec.label}' needs a token backbone (a ViT); this "
+                             "backbone gives a feature map", param="heads")
+    if "map" not in spec.info.kinds:  # a token head
+        layers = spec.info.factory(spec, in_channels, num_classes, tokens)
+    else:
+        grid = tokens.grid if tokens is not None else map_size
+        _check_memory(spec, in_channels, num_classes, grid)
+        layers = spec.info.factory(spec, in_channels, num_classes, grid)
+        if tokens is not None:
+            layers = [("grid", PatchGrid(tokens)), *layers]
+    head = Head(spec, layers, in_channels, num_classes, map_size)
+    head.tokens = tokens
+    return head
 
 
 def _check_memory(spec: HeadSpec, in_channels: int, num_classes: int,
@@ -560,6 +477,29 @@ def _fastai(spec: HeadSpec, c: int, k: int, map_size: tuple[int, int]) -> Layers
     return layers
 
 
+# --- token heads (timm's vocabulary: a token backbone only) --------------------------------------
+
+@register_head("token", "the class token (timm global_pool='token') -> Dense", kinds=("tokens",))
+def _token(spec: HeadSpec, c: int, k: int, layout: TokenLayout) -> Layers:
+    return [("pool", ClassToken(layout.prefix))] + _mlp(c, spec.hidden, k, spec.dropout)
+
+
+@register_head("avg", "the mean of the patch tokens (timm global_pool='avg') -> Dense; gap on "
+                      "the patch grid, so it trains once with gap", kinds=("tokens",))
+def _avg(spec: HeadSpec, c: int, k: int, layout: TokenLayout) -> Layers:
+    # timm's fc_norm after the mean is the backbone's own head (not here): without it the mean
+    # of the patch tokens is gap on their grid, built alike so that it trains as gap's twin
+    return [("grid", PatchGrid(layout)), ("pool", GlobalAvgPool2d())] + _mlp(c, spec.hidden, k,
+                                                                            spec.dropout)
+
+
+@register_head("map", "attention pooling of the patch tokens by a learned latent query, as "
+                      "timm's AttentionPoolLatent (global_pool='map') -> Dense",
+               kinds=("tokens",))
+def _map(spec: HeadSpec, c: int, k: int, layout: TokenLayout) -> Layers:
+    return [("pool", LatentAttentionPool(c, layout.prefix))] + _mlp(c, spec.hidden, k,
+                                                                  spec.dropout)
+
+
 __all__ = ["DEFAULT_HEADS", "NAMED_CLAIMS", "Head", "HeadInfo", "HeadSpec", "NamedClaim",
-           "TrainingSplit", "create_head", "head_info", "list_heads", "register_head",
-           "training_split", "unregister_head"]
+           "create_head", "head_info", "list_heads", "register_head", "unregister_head"]

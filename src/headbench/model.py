@@ -131,7 +131,8 @@ def build_model(backbone: str | Backbone, head: str | HeadSpec, num_classes: int
     if not isinstance(backbone, Backbone):
         backbone = create_backbone(backbone, weights=weights, input_size=input_size)
     c, h, w = backbone.feature_shape(input_size)
-    head_module = create_head(head, c, num_classes, (h, w), hidden=hidden, dropout=dropout)
+    head_module = create_head(head, c, num_classes, (h, w), hidden=hidden, dropout=dropout,
+                              tokens=backbone.token_layout(input_size))
     param = next(backbone.parameters())
     head_module.to(device=param.device)
     return HeadbenchModel(backbone, head_module, input_size=input_size, class_names=class_names,
@@ -149,13 +150,20 @@ def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
     Runs in eval mode without gradients and restores the module's mode afterwards.
     """
     was_training = module.training
+    # parameters counted as constants: torch's module tracker fails on a parameter passed to a
+    # submodule as it is (timm's AttentionPoolLatent hands its latent query to a Linear)
+    grads = [(p, p.requires_grad) for p in module.parameters()]
     module.eval()
     counter = FlopCounterMode(display=False)
     try:
+        for p, _ in grads:
+            p.requires_grad_(False)
         with torch.no_grad(), counter:
             module(*inputs)
     finally:
         module.train(was_training)
+        for p, flag in grads:
+            p.requires_grad_(flag)
     return int(counter.get_total_flops())
 
 
@@ -194,7 +202,8 @@ def param_table(backbone: str, num_classes: int,
     rows = []
     for spec in heads:
         with torch.device("meta"):
-            head = create_head(spec, c, num_classes, (h, w), hidden=hidden, dropout=dropout)
+            head = create_head(spec, c, num_classes, (h, w), hidden=hidden, dropout=dropout,
+                               tokens=bb.token_layout())
         n = count_params(head)
         rows.append({"head": head.spec.label, "feature_map": f"{c}×{h}×{w}", "head_params": n,
                      "total_params": base + n,

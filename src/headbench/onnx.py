@@ -27,6 +27,7 @@ from .export import (FORMAT, check_predict_args, file_inside_run, image_tensors,
 from .images import MIN_SIZE, image_files
 from .model import HeadbenchModel
 from .run import Run
+from .tokens import PatchGrid
 ONNX_TOLERANCE = 1e-4  # max abs difference of logits, onnxruntime vs PyTorch fp32
 ONNX_VERIFICATION = "onnx_verification.json"
 ONNX_EXPORTER = "torch.onnx.export(dynamo=True)"
@@ -53,23 +54,31 @@ def _first_line(e: BaseException) -> str:
 
 
 def _dynamic(model: HeadbenchModel, dynamic_size: bool | None) -> bool:
-    """Whether height and width are exported dynamic: any-size heads only."""
+    """Whether height and width are exported dynamic: any-size heads only (on a token backbone,
+    those that pool the tokens: the patch grid's shape is worked out in Python, which the
+    exported graph would keep as a constant)."""
+    on_grid = model.head.tokens is not None and isinstance(model.head[0], PatchGrid)
     if dynamic_size is None:
-        return model.head.any_size
-    if dynamic_size and model.head.fixed_size:
+        return model.head.any_size and not on_grid
+    if dynamic_size and (model.head.fixed_size or on_grid):
         h, w = model.data_config["input_size"][1:]
-        raise HeadbenchError(f"head '{model.head.spec.label}' is built for {h}×{w} px input and "
-                             "cannot export with a dynamic size; export it at its fixed size or "
-                             "use a global-pooling head such as 'gap'")
+        why = ("reads the patch tokens as a grid of one shape" if on_grid
+               else f"is built for {h}×{w} px input")
+        raise HeadbenchError(f"head '{model.head.spec.label}' {why} and cannot export with a "
+                             "dynamic size; export it at its fixed size or use a global-pooling "
+                             "head such as 'gap'" + (" on a CNN, or token or map" if on_grid
+                                                     else ""))
     return bool(dynamic_size)
 
 
-def verification_sizes(size: int, dynamic: bool) -> list[int]:
+def verification_sizes(size: int, dynamic: bool, step: int = 1) -> list[int]:
     """The input sides an export is checked at: the training size, and for a dynamic export
-    one smaller and one larger (odd sides included, so no stride divides them evenly)."""
+    one smaller and one larger (odd sides included, so no stride divides them evenly; for a
+    token backbone, whole patches of `step` px)."""
     if not dynamic:
         return [size]
-    return [size, max(MIN_SIZE, size * 3 // 4), size * 5 // 4 + 1]
+    others = [max(MIN_SIZE, size * 3 // 4), size * 5 // 4 + 1]
+    return [size, *(max(step, s - s % step) for s in others)]
 
 
 def _verification_images(model_dir: Path, images: Iterable[str | Path] | None) -> list[Path]:
@@ -218,7 +227,7 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *,
     program.model.metadata_props.update(_onnx_metadata(model, meta, dynamic))
     _io.atomic_write(out, program.save)
     check = _verify(model, _session(out, ort), files, verification_sizes(
-        model.data_config["input_size"][-1], dynamic))
+        model.data_config["input_size"][-1], dynamic, model.backbone.size_step))
     report = dict(onnx_file=_onnx_file_field(out, model_dir), sha256=_sha256(out),
                   size_bytes=out.stat().st_size, dynamic_batch=True, dynamic_size=dynamic,
                   input=ONNX_INPUT, output=ONNX_OUTPUT, **check, exporter=ONNX_EXPORTER,

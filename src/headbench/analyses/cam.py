@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .. import io as _io
 from .. import progress as _progress
@@ -22,6 +23,7 @@ from ..config import analysis_option
 from ..errors import HeadbenchError
 from ..figures import Gallery
 from ..heads import Head
+from ..tokens import PatchGrid
 from ..images import View, load_image, make_transform
 from ..run import Run
 from .context import RunContext
@@ -151,13 +153,22 @@ def cam_analysis(ctx: RunContext, per_head: int) -> dict:
     if per_head < 1:
         raise HeadbenchError(f"cam must be at least 1 image per head (got {per_head})", param="cam")
     X = ctx.view_features("test")
-    heads = {}
+    heads, skipped = {}, {}
     with _progress.progress("class activation maps", total=len(ctx.heads), unit="head") as bar:
         for h in ctx.heads:
-            heads[h.head] = _cams_of_head(ctx, h.head, h.best_seed, X, per_head)
+            if _has_map(ctx.make_head(h.head)):
+                heads[h.head] = _cams_of_head(ctx, h.head, h.best_seed, X, per_head)
+            else:
+                skipped[h.head] = "pools tokens, no patch grid to map"
             bar.advance()
     return {"per_head": int(per_head), "colormap": CAM_COLORMAP, "alpha": CAM_ALPHA,
-            "heads": heads}
+            "heads": heads, **({"skipped": skipped} if skipped else {})}
+
+
+def _has_map(head: Head) -> bool:
+    """Whether the head sees a map: a CNN's, or a token backbone's patch grid (token, avg and
+    map pool the tokens themselves)."""
+    return head.tokens is None or isinstance(head[0], PatchGrid)
 
 
 def _cams_of_head(ctx: RunContext, label: str, seed: int, X: Any, per_head: int) -> dict:
@@ -173,9 +184,13 @@ def _cams_of_head(ctx: RunContext, label: str, seed: int, X: Any, per_head: int)
         if old.name.startswith(("ok_", "wrong_")):
             old.unlink()  # overlays of an earlier run of this analysis
     files = []
+    # a token backbone's head: the maps are of its patch grid, explained by the rest of it
+    grid, rest = (head[0], nn.Sequential(*list(head)[1:])) if head.tokens else (None, head)
     for kind, i in chosen:
         f = torch.from_numpy(np.asarray(X[i:i + 1], dtype=np.float32))[0]
-        cam = exact_cam(head, f)[pred[i]] if head.exact_cam else grad_cam(head, f, int(pred[i]))
+        if grid is not None:
+            f = grid(f[None])[0]
+        cam = exact_cam(head, f)[pred[i]] if head.exact_cam else grad_cam(rest, f, int(pred[i]))
         png = overlay_cam(seen_image(ctx.run.dataset.path("test", i),
                                      ctx.backbone.data_config), cam)
         name = (f"{kind}_{i}_true-{safe_name(ctx.classes[y[i]])}"

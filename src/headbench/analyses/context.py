@@ -105,7 +105,9 @@ class RunContext:
     def make_head(self, label: str, seed: int | None = None) -> Head:
         """A fresh head `label`, with the weights of `seed` loaded when given, in eval mode."""
         c, h, w = self.feature_shape
-        head = create_head(self.run.head(label).spec, c, len(self.classes), (h, w))
+        tokens = self.backbone.token_layout() if self.backbone is not None else None
+        head = create_head(self.run.head(label).spec, c, len(self.classes), (h, w),
+                           tokens=tokens)
         if seed is not None:
             head.load_state_dict(self.states[label][seed])
         return head.eval()

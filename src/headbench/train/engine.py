@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..heads import TrainingSplit, training_split
+from ..splits import TrainingSplit, training_split
 from . import stacked
 from .inputs import CHUNK_ROWS, Block, Inputs, batches
 from .results import EpochLog, Member, TrainResult

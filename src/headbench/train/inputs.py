@@ -5,7 +5,7 @@ supporting `X[index_array]` -- or (N, S·C) global statistics (`Features.form`).
 to `CACHE_BYTES` are held in memory on the device (`Features`).
 
 A head's parameter-free `prepare` (global pool, GeM's moments, attention's tokens;
-`heads.TrainingSplit`) runs once per image per fit, not once per epoch: prepared inputs that fit
+`splits.TrainingSplit`) runs once per image per fit, not once per epoch: prepared inputs that fit
 in `MEMORY_BYTES` are held in memory (`Inputs`); larger ones are computed per batch from
 training rows read in blocks (`blocks`) once per epoch for every member.
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import HeadbenchError
-from ..heads import TrainingSplit
+from ..splits import TrainingSplit
 
 # Feature sets up to this many bytes (in their stored dtype) are held in memory on the device.
 CACHE_BYTES = 512 * 2**20

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import HeadbenchError
 from ..gem_moments import expansion_point, gem_from_moments
-from ..heads import FromMoments
+from ..splits import FromMoments
 from ..layers import AttentionPool2d, GeM, _GeMOfLogs, _gem_from_logs
 
 _SIMPLE = (nn.Linear, nn.ReLU, nn.Dropout, nn.BatchNorm1d)
@@ -32,7 +32,7 @@ FUSED_OUTPUTS = 8
 
 
 def _pool_of(module: nn.Module) -> nn.Module | None:
-    """The pool behind a `heads._FromPrepared` (GeM or key-less attention), else None."""
+    """The pool behind a `splits._FromPrepared` (GeM or key-less attention), else None."""
     pool = getattr(module, "pool", None)
     if isinstance(pool, GeM) and isinstance(pool.p, nn.Parameter):
         return pool
