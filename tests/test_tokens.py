@@ -172,3 +172,23 @@ def test_fine_tuning_and_onnx_on_a_vit(tmp_path, one_thread):
     with pytest.raises(HeadbenchError, match="reads the patch tokens as a grid"):
         export_onnx(run.run_dir / run.head("gap").model_dir, tmp_path / "gap2.onnx",
                     dynamic_size=True)
+
+
+def test_a_vit_without_a_class_token_refuses_the_token_head():
+    layout = TokenLayout(4, (4, 4), class_token=False)  # four registers, no class token
+    with pytest.raises(HeadbenchError, match="needs a class token") as e:
+        create_head("token", 192, 3, (1, 20), tokens=layout)
+    assert e.value.param == "heads"
+    assert create_head("avg", 192, 3, (1, 20), tokens=layout)[0].layout.prefix == 4
+
+
+@pytest.mark.parametrize("name", ["mixer_s16_224", "swinv2_cr_tiny_224"])
+def test_tokens_without_a_patch_grid_and_size_bound_models_are_refused_or_left_alone(name):
+    # an MLP-Mixer's tokens have no patch embedding to place them; Swin-V2-CR (a map) keeps its
+    # fixed size: its attention masks are built for it
+    if name.startswith("mixer"):
+        with pytest.raises(HeadbenchError, match="not 0 prefix tokens and a patch grid"):
+            create_backbone(name, weights="none")
+    else:
+        bb = create_backbone(name, weights="none")
+        assert bb.kind == "map" and bb.model.patch_embed.strict_img_size

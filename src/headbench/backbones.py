@@ -165,9 +165,12 @@ class Backbone(nn.Module):
     @property
     def size_step(self) -> int:
         """The input sides this backbone takes are multiples of it: a token backbone's patch
-        side, else 1."""
-        embed = getattr(self.model, "patch_embed", None)
-        return int(max(getattr(embed, "patch_size", (1,)))) if self.kind == "tokens" else 1
+        side (in pixels), else 1."""
+        if self.kind != "tokens":
+            return 1
+        embed = self.model.patch_embed
+        ratio = embed.feat_ratio() if hasattr(embed, "feat_ratio") else embed.patch_size
+        return int(max(timm.layers.to_2tuple(ratio)))
 
     @property
     def kind(self) -> str:
@@ -210,7 +213,7 @@ class Backbone(nn.Module):
                  if not list(m.children())]
         try:
             with torch.no_grad():
-                y = self(x)
+                y = self.model.forward_features(x)
         except (RuntimeError, AssertionError, ValueError) as e:  # timm asserts fixed ViT sizes
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise HeadbenchError(f"backbone '{self.name}' fails on a {hw[0]}x{hw[1]} input "
@@ -220,27 +223,28 @@ class Backbone(nn.Module):
             for hook in hooks:
                 hook.remove()
         self._largest[hw] = largest[0]
-        self._layouts[hw] = self._tokens_of(y, hw)
-        if y.ndim != 4 or (getattr(self.model, "output_fmt", "NCHW") != "NCHW"
-                           and self._layouts[hw] is None):
+        self._layouts[hw] = self._tokens_of(y, hw) if y.ndim == 3 else None
+        if y.ndim == 3:  # tokens (N, T, C), kept as a (N, C, 1, T) row
+            return int(y.shape[2]), 1, int(y.shape[1])
+        if y.ndim != 4 or getattr(self.model, "output_fmt", "NCHW") != "NCHW":
             raise HeadbenchError(f"backbone '{self.name}' gives features of shape "
                                  f"{tuple(y.shape)}, neither an (N, C, H, W) map nor tokens of "
                                  "a patch grid; pick another backbone")
         return int(y.shape[1]), int(y.shape[2]), int(y.shape[3])
 
-    def _tokens_of(self, y: torch.Tensor, hw: tuple[int, int]) -> TokenLayout | None:
-        """The token layout of features `y` (N, C, 1, T) from a token model at input `hw`."""
+    def _tokens_of(self, y: torch.Tensor, hw: tuple[int, int]) -> TokenLayout:
+        """The token layout of `forward_features`' tokens `y` (N, T, C) at input `hw`: its
+        prefix tokens and the patch grid timm's patch embedding gives (a model without one,
+        or whose token count is not prefix + grid, is refused)."""
         embed = getattr(self.model, "patch_embed", None)
-        if y.ndim != 4 or y.shape[2] != 1 or embed is None:
-            return None
-        patch = tuple(getattr(embed, "patch_size", (1, 1)))
-        layout = TokenLayout(int(getattr(self.model, "num_prefix_tokens", 0)),
-                             (hw[0] // patch[0], hw[1] // patch[1]))
-        if layout.tokens != y.shape[3]:
-            raise HeadbenchError(f"backbone '{self.name}' gives {y.shape[3]} tokens at "
-                                 f"{hw[0]}x{hw[1]}, not {layout.prefix} prefix tokens and a "
-                                 f"{layout.grid[0]}x{layout.grid[1]} patch grid; pick another "
-                                 "backbone", hints=["input_size"])
+        grid = _patch_grid(embed, hw) if embed is not None else None
+        prefix = int(getattr(self.model, "num_prefix_tokens", 0))
+        layout = (TokenLayout(prefix, grid, getattr(self.model, "cls_token", None) is not None)
+                  if grid else None)
+        if layout is None or layout.tokens != y.shape[1]:
+            raise HeadbenchError(f"backbone '{self.name}' gives {y.shape[1]} tokens at "
+                                 f"{hw[0]}x{hw[1]} that are not {prefix} prefix tokens and a "
+                                 "patch grid; pick another backbone")
         return layout
 
 
@@ -388,15 +392,28 @@ def _cached_hub_file(cfg) -> str | None:
 
 
 def _any_size(model: nn.Module) -> None:
-    """A token model (ViT) made to take any input size whose sides are whole patches, its
+    """A Vision Transformer made to take any input size whose sides are whole patches, its
     position embedding resampled to the grid (timm's `dynamic_img_size`; at the size it was
-    built for the features are unchanged)."""
+    built for the features are unchanged). Only timm's VisionTransformer family: other models
+    with the flag keep size-bound parts (Swin-V2-CR's attention masks, EVA's RoPE)."""
     embed = getattr(model, "patch_embed", None)
-    if not hasattr(model, "dynamic_img_size") or not hasattr(embed, "strict_img_size"):
+    if not isinstance(model, timm.models.vision_transformer.VisionTransformer) or not hasattr(
+            embed, "strict_img_size"):
         return
     model.dynamic_img_size = True
     embed.strict_img_size, embed.flatten = False, False
     embed.output_fmt = timm.layers.Format.NHWC
+
+
+def _patch_grid(embed: nn.Module, hw: tuple[int, int]) -> tuple[int, int] | None:
+    """The (h, w) patch grid timm's patch embedding gives at input `hw` (None: unknown)."""
+    if hasattr(embed, "dynamic_feat_size"):
+        return tuple(int(v) for v in embed.dynamic_feat_size(hw))
+    patch = getattr(embed, "patch_size", None)
+    if patch is None:
+        return None
+    ph, pw = timm.layers.to_2tuple(patch)
+    return hw[0] // ph, hw[1] // pw
 
 
 def _drop_unused_head(model: nn.Module) -> None:

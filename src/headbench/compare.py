@@ -186,6 +186,8 @@ def _compare(config: CompareConfig, bbs: list, accepted: dict, rt: Runtime, timi
     """Prepare the features, then train and commit every pair (reusing finished ones)."""
     works = _prepare(config, bbs, rt, timing)
     infos = [_records.backbone_info(work) for work in works]
+    if config.several:
+        _records.backbone_latencies(works, infos)
     run = Run(options=config, dataset=_records.dataset_info(works[0]), backbone=infos[0],
               backbones=infos if config.several else [], precision=rt.extract,
               device=str(rt.device), train_config=config.train_config(), timing=timing,
@@ -218,7 +220,9 @@ def _compare(config: CompareConfig, bbs: list, accepted: dict, rt: Runtime, timi
                                  for w in works) - done)
     with _progress.progress("training heads", total=total, unit="epoch") as bar:
         for work in works:
+            started = time.perf_counter()
             work.load()  # reading the features is not training
+            timing.extract_s += time.perf_counter() - started
             _train_heads(work, run, prior, members, train_config, checkpoints, committed, bar)
             work.release()
     _sort_heads(run)

@@ -398,6 +398,45 @@ def _time_batch(module: nn.Module, x: torch.Tensor, warmup: int, repeats: int,
     return times
 
 
+def _quartiles(times: Sequence[float], scale: float) -> tuple[float, float]:
+    """(first, third) quartile of `times` × scale (the one value twice for one time)."""
+    if len(times) < 2:
+        return times[0] * scale, times[0] * scale
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return q1 * scale, q3 * scale
+
+
+def measure_latency_interleaved(modules: Sequence[nn.Module], input_shapes: Sequence[Sequence[int]],
+                                device: str | torch.device | None = None, rounds: int = 15,
+                                warmup: int = 2,
+                                autocast_dtype: str | torch.dtype | None = None
+                                ) -> list[dict[str, Any]]:
+    """Batch-1 latency of several modules timed in turns (one call of each per round), so
+    that a disturbance of the machine slows all of them alike rather than one: per module
+    {`ms_per_image` (the median), `ms_per_image_range` (the interquartile range)}. Modules
+    run as `measure_latency` runs them (eval, inference mode, channels_last), then go back."""
+    device = resolve_device(device)
+    autocast = _autocast_dtype(autocast_dtype)
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn((1, *shape), generator=generator).to(device).contiguous(
+        memory_format=torch.channels_last) for shape in input_shapes]
+    homes = [(m, next(m.parameters()).device, m.training) for m in modules]
+    times: list[list[float]] = [[] for _ in modules]
+    try:
+        for m in modules:
+            m.to(device=device, memory_format=torch.channels_last).eval()
+        for r in range(warmup + rounds):
+            for i, (m, x) in enumerate(zip(modules, inputs)):
+                (seconds,) = _time_batch(m, x, 0, 1, autocast)
+                if r >= warmup:
+                    times[i].append(seconds)
+    finally:
+        for m, home, training in homes:
+            m.to(device=home, memory_format=torch.contiguous_format).train(training)
+    return [{"ms_per_image": statistics.median(t) * 1e3, "ms_per_image_range": _quartiles(t, 1e3)}
+            for t in times]
+
+
 def measure_latency(module: nn.Module, input_shape: Sequence[int],
                     device: str | torch.device | None = None,
                     batch_sizes: Sequence[int] = (1, 32), warmup: int = 2, repeats: int = 5,
@@ -418,7 +457,7 @@ def measure_latency(module: nn.Module, input_shape: Sequence[int],
 
     Returns:
         batch size -> {`ms_per_batch`, `ms_per_image`, `images_per_s`, `ms_per_image_range`
-        (the fastest and slowest timed call)}, e.g.
+        (the interquartile range of the timed calls)}, e.g.
         `measure_latency(head, (1280, 7, 7))[32]["images_per_s"]`.
     """
     if repeats < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
@@ -443,8 +482,7 @@ def measure_latency(module: nn.Module, input_shape: Sequence[int],
             per_batch[int(bs)] = {"ms_per_batch": seconds * 1e3,
                                   "ms_per_image": seconds * 1e3 / bs,
                                   "images_per_s": bs / seconds,
-                                  "ms_per_image_range": (min(times) * 1e3 / bs,
-                                                         max(times) * 1e3 / bs)}
+                                  "ms_per_image_range": _quartiles(times, 1e3 / bs)}
     finally:
         if channels_last:
             module.to(memory_format=torch.contiguous_format)

@@ -481,7 +481,7 @@ def _fastai(spec: HeadSpec, c: int, k: int, map_size: tuple[int, int]) -> Layers
 
 @register_head("token", "the class token (timm global_pool='token') -> Dense", kinds=("tokens",))
 def _token(spec: HeadSpec, c: int, k: int, layout: TokenLayout) -> Layers:
-    return [("pool", ClassToken(layout.prefix))] + _mlp(c, spec.hidden, k, spec.dropout)
+    return [("pool", ClassToken(layout))] + _mlp(c, spec.hidden, k, spec.dropout)
 
 
 @register_head("avg", "the mean of the patch tokens (timm global_pool='avg') -> Dense; gap on "

@@ -60,7 +60,8 @@ def accepted_heads(specs: Sequence[HeadSpec], backbones: Sequence[Any]
 def latency_classes(backbones: Sequence[Any]) -> dict[str, int]:
     """Backbone name -> its latency class: backbones in order of median batch-1 latency, a
     backbone tied with the fastest of the class before it when their timed calls overlap
-    (its fastest call no slower than that one's slowest); runs without the spread tie none."""
+    (its first quartile no slower than that one's third: `BackboneInfo.latency_range_ms_b1`);
+    runs without the spread tie none."""
     order = sorted(backbones, key=lambda b: b.latency_ms_b1)
     classes, leader, rank = {}, None, -1
     for bb in order:

@@ -262,7 +262,7 @@ class BackboneInfo:
     flops: int
     latency_ms_b1: float
     throughput_b32: float
-    # the fastest and slowest of the timed batch-1 calls (None: runs before schema 4)
+    # the interquartile range of the timed batch-1 calls (None: runs before schema 4)
     latency_range_ms_b1: list[float] | None = None
 
 

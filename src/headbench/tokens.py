@@ -26,21 +26,17 @@ from .errors import HeadbenchError
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """`prefix` class / register tokens, then the patch tokens of a `grid` (h, w)."""
+    """`prefix` class / register tokens (the class token first, when `class_token`), then the
+    patch tokens of a `grid` (h, w)."""
 
     prefix: int
     grid: tuple[int, int]
+    class_token: bool = True
 
     @property
     def tokens(self) -> int:
         return self.prefix + self.grid[0] * self.grid[1]
 
-    def to_dict(self) -> dict:
-        return {"prefix": self.prefix, "grid": list(self.grid)}
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "TokenLayout | None":
-        return None if d is None else cls(int(d["prefix"]), (int(d["grid"][0]), int(d["grid"][1])))
 
 
 def grid_of(layout: TokenLayout, tokens: int) -> tuple[int, int]:
@@ -76,11 +72,12 @@ class ClassToken(nn.Module):
     """(N, C, 1, T) tokens -> (N, C): the class token (the first prefix token), as timm's
     'token' pool takes it."""
 
-    def __init__(self, prefix: int):
+    def __init__(self, layout: TokenLayout):
         super().__init__()
-        if prefix < 1:
-            raise HeadbenchError("head 'token' needs a class token; this backbone has none: "
-                                 "use avg or map")
+        if not layout.class_token or layout.prefix < 1:
+            raise HeadbenchError("head 'token' needs a class token; this backbone has none "
+                                 "(its prefix tokens, if any, are registers): use avg or map",
+                                 param="heads")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :, 0, 0]

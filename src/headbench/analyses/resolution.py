@@ -51,7 +51,13 @@ def resolution_analysis(ctx: RunContext, sizes: Sequence[int]) -> dict:
     fresh = {label: ctx.make_head(label) for label in labels}  # capabilities only, no weights
     heads: dict[str, dict] = {label: {} for label in labels}
     map_sizes = {}
+    step = ctx.backbone.size_step  # a ViT's patch: other sides are not whole patches
     for size in sizes:
+        if size % step:
+            for label in labels:
+                heads[label][str(size)] = {"not_applicable": f"{size} px is not a whole number "
+                                                             f"of {step} px patches"}
+            continue
         map_size = tuple(int(d) for d in ctx.backbone.feature_shape(input_size=size)[1:])
         map_sizes[str(size)] = list(map_size)
         runs = [label for label in labels if fresh[label].accepts(map_size)]
