@@ -65,8 +65,7 @@ def test_the_map_head_is_timms_attention_pool_latent(vit, tokens):
     from timm.layers import AttentionPoolLatent
     row, nlc = tokens
     head = create_head("map", 192, 3, (1, 17), tokens=vit.token_layout()).eval()
-    timm_pool = AttentionPoolLatent(192, num_heads=head.pool.pool.attn.num_heads
-                                    if hasattr(head.pool.pool, "attn") else 8).eval()
+    timm_pool = AttentionPoolLatent(192, num_heads=head.pool.pool.num_heads).eval()
     timm_pool.load_state_dict(head.pool.pool.state_dict())
     with torch.no_grad():
         assert torch.allclose(head.pool(row), timm_pool(nlc[:, 1:]), atol=1e-5)

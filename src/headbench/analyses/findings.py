@@ -137,18 +137,21 @@ def _claims_across(groups: dict[str | None, list[HeadResult]], correct: dict) ->
 
 def _across(claim: Any, one: str, two: str, diffs: dict, correct: dict) -> Draft:
     (a1, b1), (a2, b2) = diffs[one], diffs[two]
-    d1, d2 = correct[a1.head] - correct[b1.head], correct[a2.head] - correct[b2.head]
-    s1 = {s: a1.seed_metric("test")[s] - v for s, v in b1.seed_metric("test").items()
-          if s in a1.seed_metric("test")}
-    s2 = {s: a2.seed_metric("test")[s] - v for s, v in b2.seed_metric("test").items()
-          if s in a2.seed_metric("test")}
-    d = paired_difference(s1, s2, d1, d2)
+    s1, s2 = _seed_gap(a1, b1), _seed_gap(a2, b2)
+    d = paired_difference(s1, s2, correct[a1.head] - correct[b1.head],
+                          correct[a2.head] - correct[b2.head])
     what = f"{claim.head} − {claim.versus}"
     return Draft(d, "claim by backbone", f"{one}:{what}", f"{two}:{what}", lambda d: (
         f"does {what} depend on the backbone? on {one} {points(mean_of(s1))}, on {two} "
         f"{points(mean_of(s2))}; {d.phrase('difference of the differences')} — "
         + ("it does" if d.significant else "no evidence that it does" if d.p_value is not None
            else "not tested per image")))
+
+
+def _seed_gap(a: HeadResult, b: HeadResult) -> dict[int, float]:
+    """{seed: a's test accuracy − b's} over the seeds both have."""
+    va, vb = a.seed_metric("test"), b.seed_metric("test")
+    return {s: va[s] - vb[s] for s in va if s in vb}
 
 
 def _family(f: Any, family: str) -> Any:
