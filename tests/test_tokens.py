@@ -116,10 +116,12 @@ def test_compare_on_a_vit_end_to_end(tmp_path, one_thread):
     data = make_shapes_dataset(tmp_path / "shapes", classes=("circle", "square", "star"),
                                per_class=10, image_size=64)
     run = hb.compare(data, backbone=VIT, weights="none", input_size=64,
-                     heads="token,avg,map,gap,flatten", seeds=1, epochs=3, out=tmp_path,
+                     heads="token,avg,map,gap,flatten,timm", seeds=1, epochs=3, out=tmp_path,
                      cache_dir=tmp_path / "cache", shots="1,all", cam=1, sizes="48,96",
                      workers=0)
-    assert [h.head for h in run.heads] == ["token", "avg", "map", "gap", "flatten"]
+    assert [h.head for h in run.heads] == ["token", "avg", "map", "gap", "flatten", "timm"]
+    # vit_tiny pools its class token: its own head is the token head, trained once for both
+    assert run.head("timm").seeds[0].test == run.head("token").seeds[0].test
     assert run.head("map").head_params > run.head("token").head_params == 192 * 3 + 3
     cams = run.analyses["cam"]["heads"]
     assert set(cams) == {"avg", "gap", "flatten"}  # token and map pool without a grid
@@ -130,7 +132,7 @@ def test_compare_on_a_vit_end_to_end(tmp_path, one_thread):
     sizes = run.analyses["sizes"]["heads"]
     assert {"48", "64", "96"} <= set(sizes["gap"]) and {"48", "96"} <= set(sizes["token"])
     assert "not_applicable" in sizes["flatten"]["96"]
-    assert run.analyses["cam"]["skipped"].keys() == {"token", "map"}
+    assert run.analyses["cam"]["skipped"].keys() == {"token", "map", "timm"}
 
 
 def test_a_local_weights_file_gives_timms_tokens_and_pooling(tmp_path):
@@ -191,3 +193,34 @@ def test_tokens_without_a_patch_grid_and_size_bound_models_are_refused_or_left_a
     else:
         bb = create_backbone(name, weights="none")
         assert bb.kind == "map" and bb.model.patch_embed.strict_img_size
+
+
+def test_token_statistics_stand_in_for_the_rows(vit, tokens):
+    """The cache of a token backbone may keep the class token and the statistics of the patch
+    tokens instead of every token: each pooling head's prepared input is the same from them."""
+    from headbench.layers import global_stats
+    row, _ = tokens
+    form = ("avg", "max", "token")
+    stats = global_stats(row, form, vit.token_prefix)
+    for name in ("token", "avg", "gap", "gmp", "catavgmax"):
+        split = create_head(name, 192, 3, (1, 17), backbone=vit).training_split()
+        assert split.stats, name
+        assert torch.allclose(split.apply(stats, form), split.prepare(row), atol=1e-6), name
+    for name in ("map", "flatten", "attention"):  # these need every token
+        assert not create_head(name, 192, 3, (1, 17), backbone=vit).training_split().stats
+
+
+@pytest.mark.slow
+def test_a_vit_compare_of_pooling_heads_caches_only_their_statistics(tmp_path, one_thread):
+    from headbench.cache import list_entries
+    data = make_shapes_dataset(tmp_path / "shapes", classes=("circle", "square"),
+                               per_class=8, image_size=64)
+    run = hb.compare(data, backbone=VIT, weights="none", input_size=64, heads="token,avg,gmp",
+                     seeds=1, epochs=2, out=tmp_path, cache_dir=tmp_path / "cache",
+                     shots="none", cam=0, selection="val", report=False, workers=0)
+    (entry,) = list_entries(tmp_path / "cache")
+    assert entry["form"] == "avg+max+token"
+    assert {h.head for h in run.heads} == {"token", "avg", "gmp"}
+    model = hb.load_model(run.run_dir / run.head("token").model_dir)
+    (row,) = hb.predict(model, [next(Path(data).glob("circle/*.png"))], topk=1)
+    assert row["top"][0]["label"] in run.classes

@@ -31,7 +31,7 @@ import timm.layers
 import torch
 from torch import nn
 
-from . import errors, progress, runtime
+from . import errors, own_head as _own_head, progress, runtime
 from .errors import HeadbenchError
 from .images import MAX_SIZE
 from .tokens import TokenLayout
@@ -155,12 +155,28 @@ class Backbone(nn.Module):
         self._shapes: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._largest: dict[tuple[int, int], int] = {}  # the largest activation, per image
         self._layouts: dict[tuple[int, int], TokenLayout | None] = {}
+        self._num_params: int | None = None
         self.num_features = self.feature_shape()[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.model.forward_features(x)
         # tokens (N, T, C) as a (N, C, 1, T) row, so that every backbone gives (N, C, H, W)
         return y.transpose(1, 2).unsqueeze(2) if y.ndim == 3 else y
+
+    @property
+    def num_params(self) -> int:
+        """Parameters of the features: the model's, less those only its own head reads
+        (mobilenetv3's conv_head, a ViT's fc_norm: `own_head.head_only_params`)."""
+        if self._num_params is None:
+            own = _own_head.head_only_params(self)
+            self._num_params = sum(p.numel() for p in self.model.parameters()) - own
+        return self._num_params
+
+    @property
+    def token_prefix(self) -> int | None:
+        """A token backbone's number of prefix (class, register) tokens; None for a map."""
+        layout = self.token_layout()
+        return None if layout is None else layout.prefix
 
     @property
     def size_step(self) -> int:

@@ -108,8 +108,7 @@ class _Work:
 
     def make_head(self, spec: HeadSpec) -> Head:
         c, h, w = self.map_shape
-        return create_head(spec, c, len(self.scan.classes), (h, w),
-                           tokens=self.backbone.token_layout())
+        return create_head(spec, c, len(self.scan.classes), (h, w), backbone=self.backbone)
 
 
 def compare(data: str | Path | CompareConfig, **options) -> Run | None:
@@ -491,13 +490,13 @@ def _cache_form(config: CompareConfig, bb, digests: list[str],
                 precision: str) -> tuple[str, ...] | None:
     """The global statistics to cache when every head needs only those and no analysis needs
     the maps; None (maps) otherwise, or when the maps of every image are cached already."""
-    if config.requested() or bb.kind == "tokens":  # a token row's statistics mix in the prefix
+    if config.requested():
         return None
     c, h, w = bb.feature_shape()
     needed = set()
     for spec in config.heads:
         try:
-            stats = create_head(spec, c, 2, (h, w)).training_split().stats
+            stats = create_head(spec, c, 2, (h, w), backbone=bb).training_split().stats
         except HeadbenchError:  # a pair this backbone does not accept: skipped
             continue
         if not stats:
@@ -505,7 +504,7 @@ def _cache_form(config: CompareConfig, bb, digests: list[str],
         needed.update(stats)
     if _features.is_cached(bb, digests, precision=precision, cache_dir=config.cache_dir):
         return None
-    return tuple(name for name in _layers.STATS if name in needed)
+    return tuple(name for name in (*_layers.STATS, "token") if name in needed)
 
 
 def _feature_digest(works: list[_Work]) -> str:

@@ -234,7 +234,7 @@ def load_model(model_dir: str | Path, device: torch.device | str | None = None) 
                              "model with compare")
     with _about(model_dir, "head"):
         head = create_head(HeadSpec.from_dict(meta["head"]), c, meta["num_classes"], (h, w),
-                           tokens=backbone.token_layout())
+                           backbone=backbone)
     state = load_head_weights(head_file)
     try:
         head.load_state_dict(state)

@@ -227,15 +227,16 @@ def _entry_lock(entry: Path):
 
 def _forward(backbone: torch.nn.Module, images: torch.Tensor, device: torch.device,
              precision: str, form: tuple[str, ...] | None = None) -> np.ndarray:
-    """float16 (n, C, H, W) feature maps of one batch, or their global statistics `form`
-    (n, len(form)·C), pooled in float32."""
+    """float16 maps (n, C, H, W) of a batch, or their statistics `form`: (n, len(form)·C)."""
     x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
     with torch.inference_mode():
         with autocast:
             out = backbone(x)
-        out = out.float() if not form else global_stats(out.float(), form)
+        out = out.float()
+        if form:  # a token row's statistics: its class token, the others of its patch tokens
+            out = global_stats(out, form, getattr(backbone, "token_prefix", None))
         out = out.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
         return out.contiguous().cpu().numpy()
 
@@ -308,8 +309,7 @@ def _run(backbone: Any, todo: list[tuple[str, Path]], first_chunk: int, stride: 
          shape: tuple, *, view: View, precision: str, device: torch.device, chunks: Path,
          batch_size: int, workers: int, chunk_size: int, description: str,
          form: tuple[str, ...] | None = None) -> int:
-    """Extract the (digest, path) pairs in `todo` into new chunks numbered `first_chunk`,
-    `first_chunk + stride`, ...; the number of rows written."""
+    """Extract `todo` into chunks `first_chunk`, `first_chunk + stride`, ...; rows written."""
     dataset = ImageDataset([p for _, p in todo], backbone.data_config, view,
                            keys=[d for d, _ in todo])
     n_batches = -(-len(todo) // batch_size)

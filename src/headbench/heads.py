@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from headbench import errors
+from headbench import own_head as _own
 from headbench.errors import HeadbenchError
 from headbench.runtime import memory_bytes
 from headbench.layers import (AttentionPool2d, AvgMax, AvgPool2d, CatAvgMax, Flatten, GeM,
@@ -102,6 +103,8 @@ class HeadInfo:
         kinds: the backbones it takes: 'map' heads also take a token backbone's patch tokens
             as a grid (`tokens.PatchGrid`); 'tokens' only heads (token, avg, map) are built
             by `factory(spec, C, K, layout)` with the backbone's `tokens.TokenLayout`.
+        own: built from the backbone's own pretrained layers (`own_head`), by
+            `factory(spec, C, K, backbone)`: the timm head.
     """
 
     name: str
@@ -113,6 +116,7 @@ class HeadInfo:
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
     kinds: tuple[str, ...] = ("map", "tokens")
+    own: bool = False
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -124,8 +128,8 @@ _REGISTRY: dict[str, HeadInfo] = {}
 
 def register_head(name: str, description: str, *, any_size: bool = True, exact_cam: bool = False,
                   options: dict[str, Any] | None = None, hidden: Sequence[int] = (),
-                  dropout: float = 0.0,
-                  kinds: Sequence[str] = ("map", "tokens")) -> Callable[[Factory], Factory]:
+                  dropout: float = 0.0, kinds: Sequence[str] = ("map", "tokens"),
+                  own: bool = False) -> Callable[[Factory], Factory]:
     """Decorator adding `factory(spec, in_channels, num_classes, map_size) -> [(name, layer)]`.
 
     This is the only place a head is described: compare, the analyses, the report and export
@@ -142,7 +146,7 @@ def register_head(name: str, description: str, *, any_size: bool = True, exact_c
     def add(factory: Factory) -> Factory:
         _REGISTRY[name] = HeadInfo(name, factory, description, any_size, exact_cam,
                                    tuple((options or {}).items()), tuple(hidden), float(dropout),
-                                   tuple(kinds))
+                                   tuple(kinds), own)
         return factory
     return add
 
@@ -318,7 +322,8 @@ class Head(nn.Sequential):
 
 def create_head(spec: HeadSpec | str, in_channels: int, num_classes: int,
                 map_size: tuple[int, int], hidden: Sequence[int] | None = None,
-                dropout: float | None = None, tokens: TokenLayout | None = None) -> Head:
+                dropout: float | None = None, tokens: TokenLayout | None = None,
+                backbone: Any = None) -> Head:
     """Build a head by name (or HeadSpec) for a backbone's C×H×W feature map and K classes.
 
     Args:
@@ -330,6 +335,9 @@ def create_head(spec: HeadSpec | str, in_channels: int, num_classes: int,
             of a token backbone).
         tokens: a token backbone's layout (`backbone.token_layout()`); a map head then reads
             the patch tokens as a grid (`tokens.PatchGrid`). None: a feature-map backbone.
+        backbone: the `backbones.Backbone` the head sits on, for the layers taken from it: the
+            timm head's own head and a token head's fc_norm (`own_head`); `tokens` defaults
+            to its layout. Needed by the timm head.
 
     Raises:
         HeadbenchError: unknown name, K < 2, dropout outside [0, 1), a hidden size < 1, or an
@@ -356,12 +364,23 @@ def create_head(spec: HeadSpec | str, in_channels: int, num_classes: int,
     if in_channels < 1 or min(map_size) < 1:
         raise HeadbenchError(f"head '{spec.name}' needs a non-empty feature map, got "
                              f"{in_channels} channels of {map_size[0]}×{map_size[1]}")
+    if tokens is None and backbone is not None:
+        tokens = backbone.token_layout()
     kind = "map" if tokens is None else "tokens"
     if kind not in spec.info.kinds:
         raise HeadbenchError(f"head '{spec.label}' needs a token backbone (a ViT); this "
                              "backbone gives a feature map", param="heads")
-    if "map" not in spec.info.kinds:  # a token head
+    if spec.info.own:
+        if backbone is None:
+            raise HeadbenchError(f"head '{spec.label}' is built from the backbone's own layers: "
+                                 "give the backbone", param="heads")
+        layers = spec.info.factory(spec, in_channels, num_classes, backbone)
+    elif "map" not in spec.info.kinds:  # a token head, with the backbone's fc_norm if any
         layers = spec.info.factory(spec, in_channels, num_classes, tokens)
+        norm = _own.fc_norm(backbone) if backbone is not None else None
+        if norm is not None:
+            at = [name for name, _ in layers].index("pool") + 1
+            layers.insert(at, ("norm", norm))
     else:
         grid = tokens.grid if tokens is not None else map_size
         _check_memory(spec, in_channels, num_classes, grid)
@@ -484,11 +503,12 @@ def _token(spec: HeadSpec, c: int, k: int, layout: TokenLayout) -> Layers:
     return [("pool", ClassToken(layout))] + _mlp(c, spec.hidden, k, spec.dropout)
 
 
-@register_head("avg", "the mean of the patch tokens (timm global_pool='avg') -> Dense; gap on "
-                      "the patch grid, so it trains once with gap", kinds=("tokens",))
+@register_head("avg", "the mean of the patch tokens (timm global_pool='avg') -> Dense; without "
+                      "an fc_norm, gap on the patch grid, so it trains once with gap",
+               kinds=("tokens",))
 def _avg(spec: HeadSpec, c: int, k: int, layout: TokenLayout) -> Layers:
-    # timm's fc_norm after the mean is the backbone's own head (not here): without it the mean
-    # of the patch tokens is gap on their grid, built alike so that it trains as gap's twin
+    # built as gap on the grid, so that it trains as gap's twin where the backbone has no
+    # fc_norm (`create_head` adds the backbone's fc_norm after the pool where it has one)
     return [("grid", PatchGrid(layout)), ("pool", GlobalAvgPool2d())] + _mlp(c, spec.hidden, k,
                                                                             spec.dropout)
 
@@ -499,6 +519,17 @@ def _avg(spec: HeadSpec, c: int, k: int, layout: TokenLayout) -> Layers:
 def _map(spec: HeadSpec, c: int, k: int, layout: TokenLayout) -> Layers:
     return [("pool", LatentAttentionPool(c, layout.prefix))] + _mlp(c, spec.hidden, k,
                                                                   spec.dropout)
+
+
+@register_head("timm", "the backbone's own head (timm forward_head, pre_logits), pretrained and "
+                       "frozen -> Dense; where it is only a pool, the head of that pool",
+               own=True)
+def _timm(spec: HeadSpec, c: int, k: int, backbone: Any) -> Layers:
+    own = _own.own_layers(backbone)
+    c, h, w = backbone.feature_shape()
+    with torch.no_grad():
+        width = nn.Sequential(OrderedDict(own)).eval()(torch.zeros(1, c, h, w)).shape[-1]
+    return own + _mlp(width, spec.hidden, k, spec.dropout)
 
 
 __all__ = ["DEFAULT_HEADS", "NAMED_CLAIMS", "Head", "HeadInfo", "HeadSpec", "NamedClaim",

@@ -72,9 +72,15 @@ def _size_text(pair: tuple[int, int]) -> str:
 STATS = {"avg": lambda x: x.mean(dim=(2, 3)), "max": lambda x: x.amax(dim=(2, 3))}
 
 
-def global_stats(x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
-    """The named global statistics of an NCHW map, concatenated: (N, len(names)·C)."""
-    return torch.cat([STATS[name](x) for name in names], dim=1)
+def global_stats(x: torch.Tensor, names: tuple[str, ...], prefix: int | None = None
+                 ) -> torch.Tensor:
+    """The named global statistics of an NCHW map, concatenated: (N, len(names)·C). With
+    `prefix`, x is a token backbone's (N, C, 1, T) row: 'token' is its class token
+    (`tokens.ClassToken`) and the others are taken over its patch tokens only, as the heads
+    on its patch grid see them."""
+    if prefix is not None:
+        token, x = x[:, :, 0, 0], x[:, :, :, prefix:]
+    return torch.cat([token if name == "token" else STATS[name](x) for name in names], dim=1)
 
 
 class _GlobalPool(nn.Module):

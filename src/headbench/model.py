@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .backbones import Backbone, InputSize, as_hw, create_backbone
 from .errors import HeadbenchError
 from .heads import DEFAULT_HEADS, Head, HeadSpec, create_head
+from .own_head import frozen_params
 
 # Backbone FLOPs depend only on the architecture and the input size: count once per pair.
 _BACKBONE_FLOPS: dict[tuple[str, int, int], int] = {}
@@ -96,8 +97,9 @@ class HeadbenchModel(nn.Module):
         param = next(self.head.parameters())
         head_flops = count_flops(self.head, torch.zeros(1, c, h, w, device=param.device,
                                                         dtype=param.dtype))
-        backbone_params, head_params = count_params(self.backbone), count_params(self.head)
-        return ModelSummary(feature_shape=(c, h, w), total_params=count_params(self),
+        backbone_params, head_params = self.backbone.num_params, count_params(self.head)
+        total = backbone_params + head_params + frozen_params(self.head)
+        return ModelSummary(feature_shape=(c, h, w), total_params=total,
                             trainable_params=count_params(self, trainable_only=True),
                             backbone_params=backbone_params, head_params=head_params,
                             flops=backbone_flops(self.backbone, hw) + head_flops,
@@ -132,7 +134,7 @@ def build_model(backbone: str | Backbone, head: str | HeadSpec, num_classes: int
         backbone = create_backbone(backbone, weights=weights, input_size=input_size)
     c, h, w = backbone.feature_shape(input_size)
     head_module = create_head(head, c, num_classes, (h, w), hidden=hidden, dropout=dropout,
-                              tokens=backbone.token_layout(input_size))
+                              tokens=backbone.token_layout(input_size), backbone=backbone)
     param = next(backbone.parameters())
     head_module.to(device=param.device)
     return HeadbenchModel(backbone, head_module, input_size=input_size, class_names=class_names,
@@ -198,14 +200,14 @@ def param_table(backbone: str, num_classes: int,
     with torch.device("meta"):
         bb = create_backbone(backbone, weights="none", input_size=input_size)
     c, h, w = bb.feature_shape()
-    base = count_params(bb)
+    base = bb.num_params
     rows = []
     for spec in heads:
         with torch.device("meta"):
             head = create_head(spec, c, num_classes, (h, w), hidden=hidden, dropout=dropout,
-                               tokens=bb.token_layout())
+                               backbone=bb)
         n = count_params(head)
         rows.append({"head": head.spec.label, "feature_map": f"{c}×{h}×{w}", "head_params": n,
-                     "total_params": base + n,
+                     "total_params": base + n + frozen_params(head),
                      "head_flops": count_flops(head, torch.zeros(1, c, h, w, device="meta"))})
     return rows

@@ -40,7 +40,7 @@ def accepted_heads(specs: Sequence[HeadSpec], backbones: Sequence[Any]
                 if bb.kind not in spec.info.kinds:
                     raise HeadbenchError(f"head '{spec.label}' needs a token backbone (a ViT); "
                                          f"{bb.name} gives a feature map", param="heads")
-                create_head(spec, c, 2, (h, w), tokens=bb.token_layout())
+                create_head(spec, c, 2, (h, w), backbone=bb)
             except HeadbenchError as e:
                 if len(backbones) == 1:
                     raise

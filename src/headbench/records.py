@@ -24,6 +24,7 @@ from .data import ROLES
 from .heads import HeadSpec
 from .images import default_workers
 from .model import count_flops, count_params
+from .own_head import frozen_params
 from .results import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics, Predictions,
                       SeedResult, SplitItems, Variant, sweeps_of)
 from .run import Run
@@ -60,7 +61,7 @@ def backbone_info(work: Any) -> BackboneInfo:
     bb, size = work.backbone, work.backbone.data_config["input_size"][-1]
     cost = latency(bb, (3, size, size), work)
     return BackboneInfo(bb.name, bb.timm_name, bb.weights, bb.weights_checksum, bb.data_config,
-                        list(work.map_shape), count_params(bb),
+                        list(work.map_shape), bb.num_params,
                         count_flops(bb, torch.zeros(1, 3, size, size)),
                         cost["latency_ms_b1"], cost["throughput_b32"],
                         cost["latency_range_ms_b1"])
@@ -76,7 +77,8 @@ def head_result(work: Any, spec: HeadSpec, seeds: list[SeedResult], bb: Backbone
     sweep, wd_sweep = sweeps_of(fit)
     return HeadResult(
         head=label, spec=spec, any_size=head.any_size, exact_cam=head.exact_cam,
-        head_params=params, total_params=params + bb.params, head_flops=head_flops,
+        head_params=params, total_params=params + frozen_params(head) + bb.params,
+        head_flops=head_flops,
         total_flops=bb.flops + head_flops, weight_decay=fit.weight_decay, wd_sweep=wd_sweep,
         lr=fit.lr, sweep=sweep,
         best_seed=best_seed, model_dir=f"heads/{label}", model_size_bytes=None,

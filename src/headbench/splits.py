@@ -35,6 +35,7 @@ class TrainingSplit:
     stats: tuple[str, ...] = ()
     pool: nn.Module | None = None
     prepare_at: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+    after: nn.Module | None = None  # what `prepare` does after the pool (a frozen fc_norm)
 
     def apply(self, x: torch.Tensor, form: tuple[str, ...] | None = None) -> torch.Tensor:
         """`prepare` of feature rows stored as maps (form None) or as the statistics `form`."""
@@ -44,7 +45,8 @@ class TrainingSplit:
             raise HeadbenchError(f"features hold {', '.join(form)} statistics but this head "
                                  f"needs {', '.join(self.stats) or 'the feature maps'}")
         parts = dict(zip(form, x.chunk(len(form), dim=1)))
-        return self.pool.from_stats(parts)
+        pooled = self.pool.from_stats(parts)
+        return pooled if self.after is None else self.after(pooled)
 
 
 class _FromPrepared(nn.Module):
@@ -90,7 +92,10 @@ def _moments_split(layers: list[nn.Module]) -> TrainingSplit | None:
 
 
 def _fixed(module: nn.Module) -> bool:
-    """No parameters, no buffers, no randomness: the output never changes during training."""
+    """No parameters, no buffers, no randomness (or a frozen pretrained part, `own_head`): the
+    output never changes during training."""
+    if getattr(module, "frozen", False):
+        return True
     return not (any(True for _ in module.parameters()) or any(True for _ in module.buffers())
                 or isinstance(module, nn.modules.dropout._DropoutNd))
 
@@ -121,9 +126,12 @@ def training_split(head: nn.Module) -> TrainingSplit:
         n += 1
     if n:
         prepare = nn.Sequential(*layers[:n])
-        pool = layers[0] if n == 1 and getattr(layers[0], "stats", ()) else None
+        frozen_tail = all(getattr(m, "frozen", False) for m in layers[1:n])
+        pool = layers[0] if frozen_tail and getattr(layers[0], "stats", ()) else None
         stats = pool.stats if pool is not None and not pool.keepdims else ()
-        return TrainingSplit(prepare, repr(prepare), nn.Sequential(*layers[n:]), stats, pool)
+        after = nn.Sequential(*layers[1:n]) if n > 1 and stats else None
+        return TrainingSplit(prepare, repr(prepare), nn.Sequential(*layers[n:]), stats, pool,
+                             after=after)
     moments = _moments_split(layers)
     if moments is not None:
         return moments
@@ -135,10 +143,11 @@ def training_split(head: nn.Module) -> TrainingSplit:
 
 def _on_grid(grid: PatchGrid, rest: TrainingSplit) -> TrainingSplit:
     """The split of a map head read from tokens: its grid view, then the map head's own split
-    (no statistics cache: a token row's statistics would count the prefix tokens)."""
+    (a token row's cached statistics are of its patch tokens, `layers.global_stats`)."""
     at = rest.prepare_at
     return TrainingSplit(lambda x: rest.prepare(grid(x)), f"{grid!r}|{rest.key}", rest.body,
-                         prepare_at=None if at is None else (lambda x, c: at(grid(x), c)))
+                         rest.stats, rest.pool, None if at is None else
+                         (lambda x, c: at(grid(x), c)), rest.after)
 
 
 __all__ = ["FromMoments", "TrainingSplit", "training_split"]

@@ -70,7 +70,10 @@ class PatchGrid(nn.Module):
 
 class ClassToken(nn.Module):
     """(N, C, 1, T) tokens -> (N, C): the class token (the first prefix token), as timm's
-    'token' pool takes it."""
+    'token' pool takes it; a feature cache of the 'token' statistic stands in for the rows
+    (`layers.global_stats`)."""
+
+    stats, keepdims = ("token",), False
 
     def __init__(self, layout: TokenLayout):
         super().__init__()
@@ -81,6 +84,9 @@ class ClassToken(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :, 0, 0]
+
+    def from_stats(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return stats["token"]
 
 
 class LatentAttentionPool(nn.Module):

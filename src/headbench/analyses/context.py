@@ -107,7 +107,7 @@ class RunContext:
         c, h, w = self.feature_shape
         tokens = self.backbone.token_layout() if self.backbone is not None else None
         head = create_head(self.run.head(label).spec, c, len(self.classes), (h, w),
-                           tokens=tokens)
+                           tokens=tokens, backbone=self.backbone)
         if seed is not None:
             head.load_state_dict(self.states[label][seed])
         return head.eval()

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import progress as _progress
 from ..checks import real, whole
 from ..errors import HeadbenchError, unknown
 from ..runtime import PRECISIONS, resolve_device, resolve_precision, tune_allocator
@@ -416,6 +417,9 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
     results = dict(done or {})
     fits: dict[str, FitResult] = {}
     twins = twin_heads(make_heads, seeds)  # trained once, reported under both labels
+    for twin, original in twins.items():
+        _progress.log(f"{twin} is {original} here (the same input, layers and initial weights): "
+                      "trained once, reported under both")
 
     def fitted(label: str) -> None:
         fit = _fit_of(label, results, config, seeds)
