@@ -209,6 +209,99 @@ def test_hub_weights_offline_load_from_local_cache(monkeypatch, tmp_path):
     assert bb.data_config["crop_pct"] == timm.models.get_pretrained_cfg("resnet18").crop_pct
 
 
+def _no_network(monkeypatch) -> list:
+    """Any request to the hub or a raw socket fails the test; returns the download calls."""
+    import socket
+
+    import huggingface_hub
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network touched: {args} {kwargs}")
+    calls: list = []
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda *a, **k: calls.append((a, k)) or refuse(*a, **k))
+    return calls
+
+
+def test_hub_offline_set_after_import_fails_in_one_line_at_once(monkeypatch, tmp_path):
+    import time
+
+    import huggingface_hub.constants
+    calls = _no_network(monkeypatch)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read at import
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # ... and set since
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # empty cache
+    start = time.monotonic()
+    with pytest.raises(HeadbenchError) as info:
+        create_backbone("resnet50", weights="hub")
+    assert time.monotonic() - start < 5 and not calls
+    assert "could not download hub weights for 'resnet50'" in str(info.value)
+    assert "\n" not in str(info.value) and info.value.param == "weights"
+
+
+@pytest.fixture
+def online(monkeypatch, tmp_path):
+    """huggingface_hub online with an empty cache, no socket and a fake `hf_hub_download`
+    (as behind a mirror or a proxy that a raw connection to huggingface.co cannot reach)."""
+    import huggingface_hub.constants
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    _no_network(monkeypatch)
+    calls: list = []
+
+    def fake(behaviour):
+        def download(repo_id, filename, **kwargs):
+            calls.append((repo_id, filename, kwargs))
+            return behaviour(filename)
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    return fake, calls
+
+
+def test_hub_weights_online_are_fetched_by_huggingface_hub_not_a_socket_probe(online, tmp_path):
+    fake, calls = online
+    full = timm.create_model("resnet18")
+    safetensors.torch.save_file(full.state_dict(), str(tmp_path / "model.safetensors"))
+    fake(lambda filename: str(tmp_path / filename))
+    bb = create_backbone("resnet18", weights="hub")
+    expected = {k: v for k, v in full.state_dict().items() if not k.startswith("fc.")}
+    assert bb.weights_checksum == backbones.state_dict_checksum(expected)
+    assert [(repo, name) for repo, name, _ in calls] == [("timm/resnet18.a1_in1k",
+                                                          "model.safetensors")]
+    assert 0 < calls[0][2]["etag_timeout"] <= 30  # a short wait, not a minute of retries
+
+
+def test_hub_weights_unreachable_fail_in_one_line_after_one_request(online):
+    from huggingface_hub.utils import LocalEntryNotFoundError
+    fake, calls = online
+
+    def unreachable(filename):
+        raise LocalEntryNotFoundError("connection error, and not in the local cache")
+    fake(unreachable)
+    with pytest.raises(HeadbenchError) as info:
+        create_backbone("resnet50", weights="hub")
+    assert "could not download hub weights for 'resnet50' (offline?)" in str(info.value)
+    assert "\n" not in str(info.value) and info.value.param == "weights"
+    assert len(calls) == 1  # a connection error is not retried under the next file name
+
+
+def test_hub_weights_missing_under_one_name_try_the_next(online, tmp_path):
+    from huggingface_hub.utils import EntryNotFoundError
+    fake, calls = online
+    full = timm.create_model("resnet18")
+    torch.save(full.state_dict(), tmp_path / "pytorch_model.bin")
+
+    def only_bin(filename):
+        if filename != "pytorch_model.bin":
+            raise EntryNotFoundError(f"{filename} is not in the repository")
+        return str(tmp_path / filename)
+    fake(only_bin)
+    bb = create_backbone("resnet18", weights="hub")
+    assert [name for _, name, _ in calls] == ["model.safetensors", "pytorch_model.bin"]
+    assert bb.weights == "hub"
+
+
 def test_local_weights_round_trip_gives_same_checksum(resnet18_file):
     bb, state, folder = resnet18_file
     safetensors.torch.save_file(state, str(folder / "w.safetensors"))

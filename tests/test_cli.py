@@ -168,7 +168,7 @@ def test_findings_of_the_headline_claims_are_printed_even_when_not_significant(c
                          finding("gmp", "gem", significant=True)])
     out = capsys.readouterr().out.splitlines()
     assert out == ["findings:", "- flatten vs gap", "- gmp vs gem",
-                   "- 1 more comparisons: no significant difference after the Holm correction, "
+                   "- 1 more comparison: no significant difference after the Holm correction, "
                    "or not tested (results.json, report.html)"]
 
 
@@ -305,3 +305,39 @@ def test_report_on_a_read_only_run_folder_is_one_line(cli_run):
                            f"report '{run_dir}'", sys.executable], capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == f"error: cannot write '{run_dir}/report.html': read-only file system\n"
+
+
+def test_every_option_of_every_command_has_help_with_its_default():
+    """`--help` is where a user looks first: every option says what it does and its default
+    (flags that are off unless given say what they do)."""
+    import argparse
+    parser = cli.build_parser()
+    missing = []
+    for name, sub in parser.subcommands.items():
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            text = action.help or ""
+            flag = not action.option_strings or action.nargs == 0
+            if not text or (not flag and "default" not in text and not action.required):
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+
+
+def test_compare_help_groups_its_options_and_says_where_the_cache_is():
+    from headbench.config import GROUPS, CompareConfig, fields_of
+    grouped = {n for names in GROUPS.values() for n in names}
+    assert {f.name for f in fields_of(CompareConfig) if not f.metadata.get("positional")} \
+        <= grouped
+    text = cli.build_parser().subcommands["compare"].format_help()
+    titles = [t for t in GROUPS if f"\n{t}:\n" in text]
+    assert titles == list(GROUPS)
+    from headbench.features import default_cache_dir
+    assert str(default_cache_dir()) in " ".join(text.split())
+
+
+def test_version(capsys):
+    from headbench.version import __version__
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"headbench {__version__}"

@@ -40,7 +40,7 @@ def test_compare_writes_the_documented_run_folder(run):
     d = run.run_dir
     assert d.parent.name == "runs" and d.name.endswith("-shapes-efficientnet_lite0")
     for name in ("config.json", "dataset.json", "results.json", "results.csv", "skipped.csv",
-                 "predictions.csv"):
+                 "predictions.csv", "per_class.csv"):
         assert (d / name).is_file(), name
     for head in ("gap", "flatten"):
         files = {p.name for p in (d / "heads" / head).iterdir()}

@@ -13,7 +13,7 @@ from torch import nn
 
 from headbench.errors import HeadbenchError
 from headbench.evaluate import (classification_metrics, holm, mean_ci, measure_latency,
-                                paired_diff_ci, sign_flip, sign_flip_p_value, t_quantile)
+                                paired_diff_ci, sign_flip, sign_flip_p_value)
 
 
 def hand_logits() -> tuple[np.ndarray, np.ndarray]:
@@ -69,16 +69,35 @@ def test_ece_on_hand_case():
     assert m["ece"] == pytest.approx(0.4)
 
 
-@pytest.mark.parametrize("df, expected", [(2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042),
-                                          (100_000, 1.960)])
-def test_t_quantile_matches_tables(df, expected):
-    assert t_quantile(0.975, df) == pytest.approx(expected, abs=5e-4)
+def unit_standard_error(n: int) -> np.ndarray:
+    """n values of mean 0 whose standard error (sample sd / sqrt(n)) is 1."""
+    v = np.arange(n) - (n - 1) / 2
+    return v / (v.std(ddof=1) / math.sqrt(n))
 
 
-@pytest.mark.parametrize("p", [0.9, 0.95, 0.995, 0.5001, 0.025])
-@pytest.mark.parametrize("df", [1, 3, 7.5, 250])
-def test_t_quantile_matches_scipy(p, df):
-    assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8, abs=1e-12)
+# the t quantiles of the hand-written incomplete-beta code mean_ci used before scipy (to 1e-12)
+@pytest.mark.parametrize("confidence, n, quantile", [
+    (0.95, 5, 2.7764451051977987), (0.95, 2, 12.706204736172367), (0.9, 10, 1.833112932657059),
+    (0.99, 3, 9.924843200915348), (0.95, 30, 2.0452296421326537),
+    (0.95, 100_001, 1.9599877075224867)])
+def test_mean_ci_half_width_is_the_t_quantile_of_before(confidence, n, quantile):
+    mean, lo, hi = mean_ci(unit_standard_error(n), confidence)
+    assert abs(mean) < 1e-12
+    assert abs(hi - quantile) < 1e-10 and abs(-lo - quantile) < 1e-10
+
+
+def test_mean_ci_and_paired_diff_ci_keep_their_values_of_before():
+    before = [(mean_ci([0.71, 0.74, 0.69, 0.73, 0.70], 0.9),
+               (0.7139999999999999, 0.6942300662127584, 0.7337699337872413)),
+              (mean_ci([0.80, 0.82, 0.84]), (0.82, 0.77031724576499, 0.8696827542350098)),
+              (paired_diff_ci([0.80, 0.83, 0.78, 0.81], [0.781, 0.809, 0.762, 0.79]),
+               (0.01949999999999999, 0.01744573974323907, 0.02155426025676091))]
+    for now, then in before:
+        assert np.abs(np.subtract(now, then)).max() < 1e-10, (now, then)
+
+
+def test_mean_ci_of_equal_values_is_a_zero_width_interval():
+    assert mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
 
 
 def test_mean_ci_width_is_t_times_standard_error():
@@ -175,6 +194,22 @@ def test_sign_flip_p_value_on_0_1_values_agrees_with_mcnemar():
     exact = stats.binomtest(12, 14).pvalue  # McNemar's exact test: 2·(1 + 14 + 91) / 2^14
     assert exact == pytest.approx(212 / 16384)
     assert sign_flip_p_value(a, b) == pytest.approx(exact, abs=0.003)
+
+
+def test_sign_flip_p_value_is_within_three_standard_errors_of_scipys_exact_test():
+    """scipy.stats.permutation_test swaps within pairs over all 2^n patterns (n small); the
+    20000-draw Monte-Carlo p-value lies within three of its standard errors of that."""
+    rng = np.random.default_rng(5)
+    pairs = [(rng.random(12) + shift, rng.random(12)) for shift in (0.0, 0.15, 0.3)]
+    for _ in range(3):  # ties, as with correctness averaged over 3 seeds
+        a = rng.integers(0, 4, 14) / 3
+        pairs.append((a, np.clip(a - rng.integers(-1, 3, 14) / 3, 0, 1)))
+    for a, b in pairs:
+        exact = stats.permutation_test((a, b), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                       permutation_type="samples", vectorized=True,
+                                       n_resamples=np.inf).pvalue
+        error = math.sqrt(exact * (1 - exact) / 20000) + 1 / 20001  # + the (1 + k) / (1 + n)
+        assert abs(sign_flip_p_value(a, b) - exact) <= 3 * error, (a, b, exact)
 
 
 def test_sign_flip_p_value_holds_its_level_under_the_null():

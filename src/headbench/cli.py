@@ -4,6 +4,7 @@
     headbench compare DATA [options]     train and compare heads on an image folder
     headbench analyze RUN_DIR [options]  add translation / size / small-data / CAM analyses
     headbench report RUN_DIR             re-render report.html
+    headbench log RUN_DIR --to mlflow    log a finished run to MLflow or TensorBoard
     headbench predict MODEL_DIR PATH...  top-k classes for images or folders
     headbench export MODEL_DIR --onnx F  ONNX export, verified against PyTorch
     headbench params / explain           parameter arithmetic and the worked pooling examples
@@ -33,7 +34,7 @@ from . import distributed
 from . import io as _io
 from . import progress
 from .progress import printable
-from .config import AnalysisOptions, AnalyzeConfig, CompareConfig, fields_of, flag_of
+from .config import GROUPS, AnalysisOptions, AnalyzeConfig, CompareConfig, fields_of, flag_of
 from .errors import DiskError, HeadbenchError
 from .heads import MAX_CLASSES, NAMED_CLAIMS
 from .images import MAX_SIZE, MIN_SIZE
@@ -100,25 +101,29 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
 
     Values stay strings (comma lists too): the dataclass parses and checks them, naming the
     field. Absent options are left out of the namespace (SUPPRESS), so the dataclass's own
-    defaults apply; `--help` shows them. The analysis options get a group of their own.
+    defaults apply; `--help` shows them, grouped as `config.GROUPS` says.
     """
-    analyses = {f.name for f in fields_of(AnalysisOptions)}
-    group = parser.add_argument_group("analyses", AnalysisOptions.__doc__)
+    groups = {title: parser.add_argument_group(title) for title in GROUPS}
+    group_of = {name: groups[title] for title, names in GROUPS.items() for name in names}
     for f in fields_of(cls):
         text = f.metadata.get("help", "").replace("%", "%%")
         if f.metadata.get("positional"):
             parser.add_argument(f.name, help=text)
             continue
         default = _default_text(f)
-        add = (group if f.name in analyses else parser).add_argument
+        if f.name == "cache_dir" and cls is CompareConfig:  # where it resolves on this machine
+            from .features import default_cache_dir
+            text += f"; here {str(default_cache_dir()).replace('%', '%%')}"
+        add = group_of.get(f.name, parser).add_argument
         if isinstance(f.default, bool):  # the help says what the option does when on
             add(flag_of(f), dest=f.name, default=argparse.SUPPRESS,
                 action="store_false" if f.default else "store_true",
                 help=f"do not {text}" if f.default else text)
             continue
-        if default is not None and "default" not in text:  # some helps explain their default
-            text += f" (default: {default})"
-        add(flag_of(f), dest=f.name, default=argparse.SUPPRESS, help=text)
+        if "default" not in text:  # some helps explain their default
+            text += f" (default: {default if default is not None else 'none'})"
+        repeat = {"action": "append"} if f.metadata.get("repeat") else {}  # --log a --log b
+        add(flag_of(f), dest=f.name, default=argparse.SUPPRESS, help=text, **repeat)
 
 
 def config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -158,9 +163,15 @@ def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def _field_help(name: str) -> str:
-    """The help of a CompareConfig field, for the hand-written commands sharing the option."""
-    return next(f.metadata["help"] for f in fields_of(CompareConfig) if f.name == name)
+def _field_help(name: str, default: Any = dataclasses.MISSING) -> str:
+    """The help of a CompareConfig field, for the hand-written commands sharing the option, with
+    `default` (the command's own) or the field's."""
+    f = next(f for f in fields_of(CompareConfig) if f.name == name)
+    text = f.metadata["help"]
+    if "default" in text:
+        return text
+    shown = _default_text(f) if default is dataclasses.MISSING else default
+    return f"{text} (default: {shown if shown is not None else 'none'})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,8 +225,9 @@ def _print_findings(findings: list) -> None:
     for f in shown:
         say(f"- {f.text}")
     if len(findings) > len(shown):
-        print(f"- {len(findings) - len(shown)} more comparisons: no significant difference after "
-              "the Holm correction, or not tested (results.json, report.html)")
+        rest = len(findings) - len(shown)
+        print(f"- {rest} more comparison{'s' if rest != 1 else ''}: no significant difference "
+              "after the Holm correction, or not tested (results.json, report.html)")
 
 
 def _print_suggestions(run) -> None:
@@ -284,6 +296,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_log(args: argparse.Namespace) -> int:
+    from .run import Run, is_complete
+    from .tracking import check_available, log_run, parse_targets
+    targets = parse_targets(args.to, param="to")
+    check_available(targets, param="to")
+    run = Run.load(args.run_dir)  # a folder that is not a run gives Run.load's one line
+    if not is_complete(args.run_dir):
+        raise HeadbenchError(f"run '{args.run_dir}' is incomplete (interrupted or still "
+                             "running); rerun its compare to finish it, then log it")
+    for line in log_run(run, targets):
+        say(line)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .export import load_model, predict
     from .onnx import predict_onnx
@@ -328,6 +354,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
         entries = list_entries(cache_dir)
         if not entries:
             say(f"no cached features in {cache_dir}")
+        else:
+            say(f"{cache_dir}:")
+            say(f"{'key':<16}  {'backbone':<20} {'weights':<10} {'view':<14} {'prec':<5} "
+                f"{'form':<7} {'images':>10}  {'size':>11}  per image")
         for e in entries:  # an entry without readable meta.json has None fields
             text = {k: str(e[k]) if e[k] is not None else "?" for k in
                     ("backbone", "weights", "view", "precision", "form")}
@@ -347,9 +377,25 @@ def cmd_cache(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 # the parser
 
+DESCRIPTION = """\
+Which classification head should sit on your pretrained backbone? headbench trains every head
+(gap, flatten, avgpool, dense_map, gmp, gem, catavgmax, attention, fastai; token, avg, map on
+Vision Transformers; timm: the backbone's own head) from one cached backbone pass over your
+images and answers in one sentence: the cheapest head not measurably worse than the best.
+
+  headbench compare path/to/images      the comparison: a run folder with report.html
+  headbench compare --help              every option, grouped, with its default
+  headbench predict runs/<run>/heads/best image.jpg
+
+Results go to stdout, progress to stderr (bars in a terminal; in a log, a line at least every
+30 s). Exit codes: 0 done, 1 a disk error (what was kept is said), 2 a bad option or input."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="headbench", description=__doc__,
+    from .version import __version__
+    parser = _Parser(prog="headbench", description=DESCRIPTION,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"headbench {__version__}")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -382,38 +428,57 @@ def build_parser() -> argparse.ArgumentParser:
                        help="parameters and FLOPs of every head on a backbone")
     p.add_argument("--backbone", default="efficientnet_lite0", help=_field_help("backbone"))
     p.add_argument("--weights", default="none",
-                   help="embedded | hub | none | PATH; counts do not depend on weights")
+                   help="embedded | hub | none | PATH; counts do not depend on weights "
+                        "(default: none)")
     p.add_argument("--input-size", type=_whole(MIN_SIZE, MAX_SIZE), default=None,
                    help="input side in pixels (default: 224)")
     p.add_argument("--heads", type=_names, default=None, help=_field_help("heads"))
-    p.add_argument("--hidden", type=_numbers("--hidden"), default=[], help=_field_help("hidden"))
+    p.add_argument("--hidden", type=_numbers("--hidden"), default=[],
+                   help=_field_help("hidden", "none"))
     p.add_argument("--dropout", type=float, default=None, help=_field_help("dropout"))
-    p.add_argument("--num-classes", type=_whole(2, MAX_CLASSES), default=10)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--num-classes", type=_whole(2, MAX_CLASSES), default=10,
+                   help="number of classes (default: 10)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("explain", parents=[common],
                        help="what GAP and Flatten keep, with live worked examples")
-    p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--num-classes", type=_whole(2, MAX_CLASSES), default=10)
-    p.add_argument("--hidden", type=_numbers("--hidden"), default=[1024])
-    p.add_argument("--input-size", type=_whole(MIN_SIZE, MAX_SIZE), default=224)
+    p.add_argument("--backbone", default="resnet50",
+                   help="the backbone of the examples (default: resnet50)")
+    p.add_argument("--num-classes", type=_whole(2, MAX_CLASSES), default=10,
+                   help="number of classes (default: 10)")
+    p.add_argument("--hidden", type=_numbers("--hidden"), default=[1024],
+                   help="hidden Linear+ReLU sizes of the Dense examples (default: 1024)")
+    p.add_argument("--input-size", type=_whole(MIN_SIZE, MAX_SIZE), default=224,
+                   help="input side in pixels (default: 224)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("report", parents=[common], help="re-render report.html of a run")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder written by compare (runs/<run>)")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("log", parents=[common],
+                       help="log a finished run to an experiment tracker (MLflow, TensorBoard)")
+    p.add_argument("run_dir", help="a run folder written by compare (runs/<run>)")
+    p.add_argument("--to", action="append", required=True, metavar="TRACKER",
+                   help="mlflow[=URI] | tensorboard[=DIR], a comma list or repeated (required; "
+                        "URI default: $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db; DIR "
+                        "default: <out>/tensorboard, the run in DIR/<run name>; <out> holds "
+                        "the run's runs/ folder)")
+    p.set_defaults(func=cmd_log)
+
     p = sub.add_parser("predict", parents=[common], help="top-k classes from a saved model")
-    p.add_argument("model_dir", help="e.g. runs/<run>/heads/gap")
+    p.add_argument("model_dir", help="e.g. runs/<run>/heads/gap (or heads/best)")
     p.add_argument("paths", nargs="+", help="images or folders")
-    p.add_argument("--topk", type=_whole(1), default=5)
+    p.add_argument("--topk", type=_whole(1), default=5,
+                   help="classes per image, most probable first (default: 5)")
     p.add_argument("--input-size", type=_whole(MIN_SIZE, MAX_SIZE), default=None,
-                   help="predict at another size (heads that accept any size only)")
+                   help="predict at another size (heads that accept any size only; default: "
+                        "the model's)")
     p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                    help="torch: the model folder with PyTorch; onnx: its verified ONNX export "
-                        "(or an exported .onnx file) with onnxruntime")
-    p.add_argument("--json", action="store_true")
+                        "(or an exported .onnx file) with onnxruntime (default: torch)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", parents=[common],
@@ -434,10 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("cache", parents=[common], help="list or remove cached features")
-    p.add_argument("action", choices=["ls", "rm"])
-    p.add_argument("keys", nargs="*")
-    p.add_argument("--all", action="store_true")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("action", choices=["ls", "rm"], help="ls: list the entries; rm: remove some")
+    p.add_argument("keys", nargs="*", help="entries to remove (rm): keys or their prefixes")
+    p.add_argument("--all", action="store_true", help="rm: remove every entry")
+    p.add_argument("--cache-dir", default=None, help=_field_help("cache_dir"))
     p.set_defaults(func=cmd_cache)
     parser.subcommands = sub.choices  # for the flags of an error's parameters
     return parser

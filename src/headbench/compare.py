@@ -44,6 +44,7 @@ from . import progress as _progress
 from . import records as _records
 from . import run as _run
 from . import selection as _selection
+from . import tracking as _tracking
 from . import train as _train
 from . import verdict as _verdict
 from .analyses import RunContext, run_on_backbones
@@ -139,6 +140,7 @@ def compare(data: str | Path | CompareConfig, **options) -> Run | None:
     started = time.perf_counter()
     config = _config(data, options)
     config.check_paths()
+    _tracking.check_available(config.log)  # a tracker's package, before any work
     _distributed.init()
     if config.several and _distributed.world() > 1:
         raise HeadbenchError("several backbones are compared in one process; under torchrun give "
@@ -164,9 +166,10 @@ def compare(data: str | Path | CompareConfig, **options) -> Run | None:
             _distributed.leave()  # the rest is rank 0's alone
             _finish(run, bbs, rt.device, started)
             mark_complete(run_dir)
-            return run
     except OSError as e:
         raise DiskError(_disk_error(e, committed)) from None
+    _tracking.log_finished(run)  # the complete run, to the trackers of `log`
+    return run
 
 
 def _follow(config: CompareConfig, bb, rt: Runtime, timing: Timing) -> None:

@@ -31,6 +31,7 @@ from .images import MAX_SIZE, MIN_SIZE
 from .io import check_name
 from .runtime import PRECISIONS
 from .selection import MODES as SELECTIONS
+from .tracking import parse_targets
 from .train import LRS, TrainConfig
 
 
@@ -217,8 +218,9 @@ class CompareConfig(AnalysisOptions):
     precision: str = option("auto", "extraction precision: auto | fp32 | bf16")
     head_precision: str = option("fp32", "head-training matmul precision: fp32 | bf16 | auto "
                                          "(bf16 only on CPUs/GPUs with native bf16)")
-    cache_dir: str | None = option(None, "feature cache folder (default: the user cache dir)")
-    out: str = option(".", "runs/ is created here")
+    cache_dir: str | None = option(None, "feature cache folder (default: $HEADBENCH_CACHE, else "
+                                         "the user cache folder)")
+    out: str = option(".", "the run is written to OUT/runs/<run name>/")
     val_fraction: float = option(0.15, "fraction of train held out for selection when the "
                                        "folder has no val split")
     split: tuple[float, ...] = option((0.7, 0.15, 0.15), "train,val,test fractions for a folder "
@@ -246,6 +248,11 @@ class CompareConfig(AnalysisOptions):
     report: bool = option(True, "write report.html", flag="--no-report")
     run_name: str | None = option(None, "run folder name (default: <date>-<data>-<backbone>)",
                                   flag="--name")
+    log: tuple[str, ...] = option((), "experiment trackers to log the finished run to: "
+                                      "mlflow[=URI] | tensorboard[=DIR], a comma list or "
+                                      "repeated (default: none; URI: $MLFLOW_TRACKING_URI, else "
+                                      "sqlite:///<out>/mlflow.db; DIR: <out>/tensorboard, the "
+                                      "run in DIR/<run name>)", list=True, repeat=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -295,6 +302,7 @@ class CompareConfig(AnalysisOptions):
         self.backbone_lr = real(self.backbone_lr, "backbone_lr", 0.0, 1.0, closed_high=True)
         self.finetune_batch_size = whole(self.finetune_batch_size, "finetune_batch_size", 2)
         self.finetune_patience = whole(self.finetune_patience, "finetune_patience", 0)
+        self.log = parse_targets(self.log)
 
     def _check_backbones(self) -> None:
         """`backbone` as a comma list of distinct known names (each one name when there are
@@ -430,7 +438,7 @@ class CompareConfig(AnalysisOptions):
 _OLD_PROTOCOL = {"schedule": "cosine", "min_delta": 0.0, "min_delta_abs": 0.0, "halving": 0}
 # options that change neither the heads nor their numbers (the analyses are added to a run)
 _NOT_IN_DIGEST = {"out", "run_name", "report", "workers", "cache_dir", "shifts", "sizes", "shots",
-                  "cam", "restart"}
+                  "cam", "restart", "log"}
 # options added after runs were made: at their default they leave the digest as it was, so an
 # interrupted run of an older version still resumes
 _NEW_DEFAULTS = {"aug_views": 0, "finetune": False, "finetune_top": 1, "unfreeze": "all",
@@ -456,6 +464,22 @@ class AnalyzeConfig(AnalysisOptions):
             raise unknown("precision", str(self.precision), PRECISIONS, param="precision")
         if self.cache_dir is not None:
             _writable(self.cache_dir, "cache_dir")
+
+
+# The help's groups of options, in order ('analyses': the AnalysisOptions fields). Every option
+# of compare is in one (tests/test_cli.py); analyze's few stand alone.
+GROUPS = {
+    "data": ("val_fraction", "split", "split_seed", "workers", "follow_links"),
+    "backbone": ("backbone", "weights", "input_size", "precision"),
+    "heads": ("heads", "hidden", "dropout"),
+    "training protocol": ("seeds", "epochs", "batch_size", "lr", "weight_decays", "patience",
+                          "min_delta", "min_delta_abs", "schedule", "halving", "selection",
+                          "head_precision", "aug_views"),
+    "analyses": ("shifts", "sizes", "shots", "cam"),
+    "fine-tuning": ("finetune", "finetune_top", "unfreeze", "bn", "finetune_epochs",
+                    "finetune_lr", "backbone_lr", "finetune_batch_size", "finetune_patience"),
+    "output": ("out", "run_name", "cache_dir", "report", "restart", "log"),
+}
 
 
 def fields_of(cls: type) -> list[dataclasses.Field]:

@@ -3,8 +3,7 @@
 - `classification_metrics`: accuracy, top-5, macro-F1, NLL and ECE from logits.
 - `select_head`: the best head on the val split (which heads to fine-tune; the recommendation is
   `verdict.recommend`'s).
-- `mean_ci`: Student-t interval of a mean over seeds (the t quantile is computed here, from the
-  regularized incomplete beta function; no scipy).
+- `mean_ci`: Student-t interval of a mean over seeds (the t quantile from `scipy.stats.t`).
 - `paired_diff_ci`: paired t interval of a - b over seeds (same seeds, same splits).
 - `sign_flip`: one paired sign-flip randomisation procedure over test images giving both the
   two-sided p-value of a per-image difference and its interval (the test inverted);
@@ -27,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy import stats
 from torch import nn
 
 from headbench.errors import HeadbenchError, unknown
@@ -51,6 +51,21 @@ def macro_f1(pred: Any, y: Any, num_classes: int) -> float:
     fp, fn = cm.sum(axis=0) - tp, cm.sum(axis=1) - tp
     present = (tp + fp + fn) > 0
     return float(np.mean(2 * tp[present] / (2 * tp + fp + fn)[present]))
+
+
+def per_class_metrics(pred: Any, y: Any, num_classes: int) -> dict[str, np.ndarray]:
+    """Precision TP/(TP+FP), recall TP/(TP+FN), F1 and support (images of the class in `y`) of
+    each class, arrays of length K in class order. As scikit-learn's
+    `precision_recall_fscore_support` with zero_division=0: a ratio with nothing to divide by
+    (a class never predicted, or absent from `y`) is 0."""
+    cm = confusion_matrix(pred, y, num_classes)
+    tp = np.diag(cm).astype(np.float64)
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+    return {"precision": ratio(tp, predicted), "recall": ratio(tp, support),
+            "f1": ratio(2 * tp, predicted + support), "support": support}
 
 
 def expected_calibration_error(probs: Any, y: Any, bins: int = ECE_BINS) -> float:
@@ -115,71 +130,6 @@ def select_head(heads: Sequence[Any]) -> Any:
 
 # ----------------------------------------------------------------------------- Student t
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)),
-                    -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """CDF of Student's t with `df` degrees of freedom."""
-    # Two forms of the same identity, each exact where the other cancels.
-    x = df / (df + t * t)
-    if x < 0.5:  # |t| large: the tail directly
-        tail = 0.5 * betainc(df / 2.0, 0.5, x)
-    else:        # |t| small: 1 - x computed without cancellation
-        tail = 0.5 - 0.5 * betainc(0.5, df / 2.0, t * t / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """Inverse CDF of Student's t (bisection on `t_cdf`); t_quantile(0.975, 4) = 2.776."""
-    if not 0.0 < p < 1.0 or not df > 0:
-        raise ValueError(f"need 0 < p < 1 and df > 0, got p={p}, df={df}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * hi:
-            break
-    return 0.5 * (lo + hi)
-
-
 def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise HeadbenchError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
@@ -204,7 +154,8 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     mean = float(v.mean())
     if v.size == 1:
         return mean, math.nan, math.nan
-    t = t_quantile(0.5 + confidence / 2.0, v.size - 1)
+    # not stats.t.interval: with equal values (scale 0) it gives nan, not a zero-width interval
+    t = float(stats.t.ppf(0.5 + confidence / 2.0, v.size - 1))
     half = t * float(v.std(ddof=1)) / math.sqrt(v.size)
     return mean, mean - half, mean + half
 
@@ -270,6 +221,7 @@ def sign_flip_p_value(values_a: Any, values_b: Any, n_resamples: int = 20000,
     return _SignFlips(_paired(values_a, values_b), n_resamples, seed).p_at(0.0)
 
 
+# kept over scipy.stats.permutation_test, which cannot invert the test on shared sign patterns
 class _SignFlips:
     """The random sign patterns of one paired difference d, drawn once: the p-value of the test
     of mean(d) = δ for any shift δ, on the same patterns."""
@@ -350,6 +302,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
         >>> [round(p, 3) for p in holm([0.01, 0.04, 0.03, 0.005])]
         [0.03, 0.06, 0.06, 0.02]
     """
+    # scipy.stats has no Holm adjustment (statsmodels has, but is not a dependency)
     p = np.asarray(p_values, dtype=np.float64)
     if p.ndim != 1 or ((p < 0) | (p > 1) | np.isnan(p)).any():
         raise ValueError("p-values must be a 1-d sequence of numbers in [0, 1]")

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from . import io as _io
+from . import progress as _progress
 from .backbones import Backbone, create_backbone
 from .errors import HeadbenchError
 from .heads import MAX_CLASSES, MAX_WIDTH, Head, HeadSpec, create_head
@@ -273,17 +274,21 @@ def predict_rows(files: list[Path], data_config: dict, names: Sequence[str], top
     """Top-k rows for `files`; `logits_of` maps a (N, 3, S, S) batch to (N, K) logits."""
     k = min(topk, len(names))
     results: list[dict] = []
-    for start in range(0, len(files), batch_size):
-        rows, tensors = image_tensors(files[start:start + batch_size], data_config, input_size)
-        results += [r for r in rows if "error" in r]
-        if not tensors:
-            continue
-        probs = torch.as_tensor(logits_of(torch.stack(tensors))).float().softmax(dim=1)
-        top_p, top_i = probs.topk(k, dim=1)
-        for row, ps, ids in zip([r for r in rows if "error" not in r], top_p.tolist(),
-                                top_i.tolist()):
-            row["top"] = [dict(label=names[i], probability=p) for p, i in zip(ps, ids)]
-            results.append(row)
+    shown = len(files) if len(files) > batch_size else None  # one batch: no bar
+    with _progress.progress("predicting", total=shown, unit="img") as bar:
+        for start in range(0, len(files), batch_size):
+            batch = files[start:start + batch_size]
+            rows, tensors = image_tensors(batch, data_config, input_size)
+            results += [r for r in rows if "error" in r]
+            bar.advance(len(batch))
+            if not tensors:
+                continue
+            probs = torch.as_tensor(logits_of(torch.stack(tensors))).float().softmax(dim=1)
+            top_p, top_i = probs.topk(k, dim=1)
+            for row, ps, ids in zip([r for r in rows if "error" not in r], top_p.tolist(),
+                                    top_i.tolist()):
+                row["top"] = [dict(label=names[i], probability=p) for p, i in zip(ps, ids)]
+                results.append(row)
     order = {str(f): n for n, f in enumerate(files)}
     return sorted(results, key=lambda r: order[r["path"]])
 

@@ -3,7 +3,8 @@
 - `atomic_write*`: write a temporary file beside the target, fsync it, rename it onto the target
   and fsync the folder: a crash or a power loss leaves the old file or the new one, never half.
   Temporary files are named `.<name>.<random>.tmp`; `sweep_temp_files` removes stale ones.
-- `locked(path)`: an exclusive `flock` on `path` (a lock file), waited for with a log line.
+- `locked(path)`: an exclusive `filelock` lock on `path` (a lock file), waited for with a log
+  line; on Linux, macOS and Windows.
 - CSV: a text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return is written
   with a leading `'` (OWASP's advice against formula injection); `unescape_cell` undoes it.
   Numbers are written as numbers, so a negative overfitting gap stays a number.
@@ -25,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import filelock
 
 from . import progress
 from .errors import HeadbenchError
@@ -199,36 +202,43 @@ class Busy(Exception):
     """The lock is held by another process (only raised with `wait=False`)."""
 
 
+# errors of a filesystem that has no locks (EOPNOTSUPP is ENOTSUP on Linux)
+_NO_LOCKS = {getattr(errno, n) for n in ("ENOSYS", "ENOLCK", "EOPNOTSUPP", "ENOTSUP")
+             if hasattr(errno, n)}
+
+
 @contextlib.contextmanager
 def locked(lock_file: str | Path, waiting: str = "", wait: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on `lock_file` (created if needed) for the block.
 
     Other processes block until it is free (`waiting` is logged once if they have to wait);
-    with `wait=False` a held lock raises `Busy` instead. On a filesystem without locks (some
-    network mounts) or without flock (Windows) the block runs unlocked.
+    with `wait=False` a held lock raises `Busy` instead. A `filelock.FileLock`: flock on Linux
+    and macOS, a Windows lock on Windows; where the filesystem cannot lock at all (some network
+    mounts) the block runs unlocked.
     """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
     Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
+    lock, held = filelock.FileLock(str(lock_file)), True
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:  # before OSError: Timeout is a TimeoutError
             if not wait:
                 raise Busy(str(lock_file)) from None
             if waiting:
                 progress.log(waiting)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:
-            pass
-        try:
-            yield
-        finally:
+            lock.acquire()
+    except (NotImplementedError, OSError) as e:
+        # a filesystem without locks (filelock 3 raises NotImplementedError there; NFS without
+        # its lock daemon ENOLCK): run unlocked rather than not at all
+        if not isinstance(e, NotImplementedError) and e.errno not in _NO_LOCKS:
+            raise
+        held = False
+    try:
+        yield
+    finally:
+        if held:
             with contextlib.suppress(OSError):
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                lock.release()
 
 
 def is_temp_file(path: Path) -> bool:

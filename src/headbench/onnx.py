@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import io as _io
+from . import progress as _progress
 from .errors import HeadbenchError
 from .export import (FORMAT, check_predict_args, file_inside_run, image_tensors, invalid_fields,
                      is_int, load_model, predict_rows, read_model_json, run_root)
@@ -159,10 +160,11 @@ def _compare(model: HeadbenchModel, session, x: torch.Tensor) -> tuple[float | N
     return (diff, None) if math.isfinite(diff) else (None, "non-finite output")
 
 
-def _verify(model: HeadbenchModel, session, files: list[Path], sizes: list[int]) -> dict:
+def _verify(model: HeadbenchModel, session, files: list[Path], sizes: list[int], bar) -> dict:
     """Logits of onnxruntime vs PyTorch fp32 on real preprocessed images at every size."""
     diffs, errors, n = {}, {}, 0
     for size in sizes:
+        bar.set_postfix(f"verifying at {size} px")
         _, tensors = image_tensors(files, model.data_config, size)
         if not tensors:
             raise HeadbenchError("none of the verification images could be read; pass other "
@@ -171,6 +173,7 @@ def _verify(model: HeadbenchModel, session, files: list[Path], sizes: list[int])
         diffs[str(size)], error = _compare(model, session, torch.stack(tensors))
         if error:
             errors[str(size)] = error
+        bar.advance()
     passed = all(d is not None and d <= ONNX_TOLERANCE for d in diffs.values())
     return dict(sizes=sizes, images=n, max_abs_diff=diffs, errors=errors,
                 tolerance=ONNX_TOLERANCE, passed=passed)
@@ -223,11 +226,16 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *,
     model = load_model(model_dir, device="cpu").float()
     dynamic = _dynamic(model, dynamic_size)
     files = _verification_images(model_dir, images)  # before the slow export
-    program = _export_program(model, dynamic, opset)
-    program.model.metadata_props.update(_onnx_metadata(model, meta, dynamic))
-    _io.atomic_write(out, program.save)
-    check = _verify(model, _session(out, ort), files, verification_sizes(
-        model.data_config["input_size"][-1], dynamic, model.backbone.size_step))
+    sizes = verification_sizes(model.data_config["input_size"][-1], dynamic,
+                               model.backbone.size_step)
+    with _progress.progress(f"ONNX export of {model_dir}", total=1 + len(sizes),
+                            unit="step") as bar:
+        bar.set_postfix("exporting the graph")
+        program = _export_program(model, dynamic, opset)
+        program.model.metadata_props.update(_onnx_metadata(model, meta, dynamic))
+        _io.atomic_write(out, program.save)
+        bar.advance()
+        check = _verify(model, _session(out, ort), files, sizes, bar)
     report = dict(onnx_file=_onnx_file_field(out, model_dir), sha256=_sha256(out),
                   size_bytes=out.stat().st_size, dynamic_batch=True, dynamic_size=dynamic,
                   input=ONNX_INPUT, output=ONNX_OUTPUT, **check, exporter=ONNX_EXPORTER,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+import threading
 import time
 import warnings
 from typing import Any, Iterator
@@ -20,7 +21,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 
 console = Console(stderr=False, highlight=False)
+# progress goes to stderr, so that results on stdout (predict --json) stay clean when piped
+bars = Console(stderr=True, highlight=False)
 _quiet = False
+LOG_EVERY_S = 30.0  # without a terminal, a progress line at least this often
 
 
 def set_quiet(flag: bool) -> None:
@@ -94,6 +98,12 @@ def log(message: str) -> None:
         console.print(printable(message), markup=False, highlight=False)
 
 
+def line(message: str) -> None:
+    """A progress line (to stderr); dropped in quiet mode."""
+    if not _quiet:
+        bars.print(printable(message), markup=False, highlight=False)
+
+
 def warn(message: str) -> None:
     """A warning line to stderr; printed even in quiet mode."""
     print(f"warning: {printable(message)}", file=sys.stderr)
@@ -124,22 +134,83 @@ class _Bar:
             self._bar.update(self._task, postfix=printable(text))
 
 
+class _LogBar(_Bar):
+    """Progress in a log, where redrawn bars would be noise: a line when the task starts, one at
+    least every `LOG_EVERY_S` with done/total, rate and ETA (from a timer, so a slow step still
+    shows), and one when it ends."""
+
+    def __init__(self, description: str, total: int, unit: str, every: float):
+        super().__init__(None, None)
+        self.description, self.total, self.unit = printable(description), total, unit
+        self.done, self.postfix, self.started = 0, "", time.perf_counter()
+        self._stop = threading.Event()
+        line(f"{self.description}: {count(total, unit)} to do")
+        self._timer = threading.Thread(target=self._tick, args=(every,), daemon=True,
+                                       name="headbench-progress")
+        self._timer.start()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+
+    def set_postfix(self, text: str) -> None:
+        self.postfix = printable(text)
+
+    def _tick(self, every: float) -> None:
+        while not self._stop.wait(every):
+            line(self._line())
+
+    def _line(self) -> str:
+        seconds = time.perf_counter() - self.started
+        rate = self.done / max(seconds, 1e-9)
+        eta = f", eta {_duration((self.total - self.done) / rate)}" if self.done else ""
+        extra = f" ({self.postfix})" if self.postfix else ""
+        return (f"{self.description}: {self.done:,}/{count(self.total, self.unit)} "
+                f"({100 * self.done / self.total:.0f} %), {rate:.1f} {self.unit}/s{eta}{extra}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._timer.join()
+        seconds = time.perf_counter() - self.started
+        extra = f" ({self.postfix})" if self.postfix else ""
+        line(f"{self.description}: {count(self.done, self.unit)} in {_duration(seconds)} "
+            f"({self.done / max(seconds, 1e-9):.1f} {self.unit}/s){extra}")
+
+
+def count(n: int, unit: str) -> str:
+    """'398 files', '1 file', '2,500 img': a number and its unit, plural when it is not 1
+    (abbreviations such as img and it stay as they are)."""
+    plural = unit if n == 1 or unit in ("img", "it") or unit.endswith("s") else unit + "s"
+    return f"{n:,} {plural}"
+
+
+def _duration(seconds: float) -> str:
+    """'42 s', '3 min 05 s', '1 h 02 min'."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 @contextlib.contextmanager
 def progress(description: str, total: int | None, unit: str = "it") -> Iterator[_Bar]:
-    """A rich progress bar with rate and ETA; a no-op in quiet mode or when nothing is to do."""
+    """A rich progress bar with rate and ETA in a terminal; in a log, lines at the start, at
+    least every `LOG_EVERY_S` and at the end (`_LogBar`); a no-op in quiet mode or when nothing
+    is to do."""
     if _quiet or not total:
         yield _Bar(None, None)
         return
-    if not console.is_terminal:  # a log file gets one summary line, not redrawn bars
-        started, bar = time.perf_counter(), _Bar(None, None)
-        yield bar
-        seconds = time.perf_counter() - started
-        rate = total / max(seconds, 1e-9)
-        log(f"{description}: {total} {unit} in {seconds:.1f} s ({rate:.1f} {unit}/s)")
+    if not bars.is_terminal:
+        bar = _LogBar(description, total, unit, LOG_EVERY_S)
+        try:
+            yield bar
+        finally:
+            bar.close()
         return
     columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                _RateColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                TextColumn("{task.fields[postfix]}", markup=False)]
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=bars, transient=False) as bar:
         task = bar.add_task(printable(description), total=total, postfix="")
         yield _Bar(bar, task)

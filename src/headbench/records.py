@@ -19,6 +19,7 @@ from . import evaluate as _evaluate
 from . import export as _export
 from . import finetune as _finetune
 from . import progress as _progress
+from . import runtime as _runtime
 from . import train as _train
 from .data import ROLES
 from .heads import HeadSpec
@@ -26,7 +27,7 @@ from .images import default_workers
 from .model import count_flops, count_params
 from .own_head import frozen_params
 from .results import (BackboneInfo, DatasetInfo, HeadResult, HeadSummary, Metrics, Predictions,
-                      SeedResult, SplitItems, Variant, sweeps_of)
+                      SeedResult, SplitItems, Variant, per_class_of, sweeps_of)
 from .run import Run
 
 
@@ -54,6 +55,7 @@ def evaluate_fit(work: Any, spec: HeadSpec, fit: _train.FitResult, bb: BackboneI
     best = min(fit.runs, key=lambda r: r.best_val_loss).seed  # val, never test
     head = head_result(work, spec, seeds, bb, label, best, fit)
     head.variant = variant
+    head.per_class = per_class_of(predictions, best, work.y["test"], work.scan.classes)
     return head, predictions
 
 
@@ -83,9 +85,17 @@ def head_result(work: Any, spec: HeadSpec, seeds: list[SeedResult], bb: Backbone
         lr=fit.lr, sweep=sweep,
         best_seed=best_seed, model_dir=f"heads/{label}", model_size_bytes=None,
         latency_ms_b1=bb.latency_ms_b1 + cost["latency_ms_b1"],
+        latency_range_ms_b1=_range_sum(bb.latency_range_ms_b1, cost["latency_range_ms_b1"]),
+        latency_other_cores=cost["other_cores"],
         throughput_b32=1.0 / (1.0 / bb.throughput_b32 + 1.0 / cost["throughput_b32"]),
         architecture=str(head), seeds=seeds, summary=HeadSummary.of(seeds),
         backbone=bb.name if work.config.several else None)
+
+
+def _range_sum(backbone: list[float] | None, head: list[float]) -> list[float] | None:
+    """The spread of backbone + head latency: the sums of their quartiles (their calls are
+    timed apart, so this is the spread of the sum when their slow calls coincide)."""
+    return None if not backbone else [backbone[0] + head[0], backbone[1] + head[1]]
 
 
 def save_head(work: Any, run: Run, entry: HeadResult, states: dict[int, dict],
@@ -116,12 +126,16 @@ def backbone_latencies(works: list, infos: list[BackboneInfo]) -> None:
 
 
 def latency(module: torch.nn.Module, shape: tuple, work: Any) -> dict:
-    """Latency at batch 1 and throughput at batch 32, with the precision used for extraction."""
-    m = _evaluate.measure_latency(module, shape, device=work.device, batch_sizes=(1, 32),
-                                  autocast_dtype=work.runtime.autocast_dtype("extract"),
-                                  channels_last=True)
+    """Latency at batch 1 (median and interquartile range of the timed calls) and throughput
+    at batch 32, with the precision used for extraction, and the cores other processes used
+    meanwhile (`runtime.load_elsewhere`)."""
+    with _runtime.load_elsewhere() as load:
+        m = _evaluate.measure_latency(module, shape, device=work.device, batch_sizes=(1, 32),
+                                      autocast_dtype=work.runtime.autocast_dtype("extract"),
+                                      channels_last=True)
     return dict(latency_ms_b1=m[1]["ms_per_image"], throughput_b32=m[32]["images_per_s"],
-                latency_range_ms_b1=list(m[1]["ms_per_image_range"]))
+                latency_range_ms_b1=list(m[1]["ms_per_image_range"]),
+                other_cores=load.get("other_cores"))
 
 
 def dataset_info(work: Any) -> DatasetInfo:
@@ -168,9 +182,10 @@ def finetuned_result(work: Any, run: Run, base: HeadResult, label: str,
     seed = work.config.finetune_config().seed
     seeds = [SeedResult(seed, result.best_epoch, result.epochs_run, result.train_time_s,
                         history=result.history, **metrics)]
+    predictions = Predictions.of_logits([seed], [logits["test"]], work.y["test"])
     entry = dataclasses.replace(
         base, head=label, model_dir=f"heads/{label}", best_seed=seed, wd_sweep={}, sweep={},
-        seeds=seeds,
+        seeds=seeds, per_class=per_class_of(predictions, seed, work.y["test"], run.classes),
         summary=HeadSummary.of(seeds),
         variant=Variant("finetune", base.head, from_seed=base.best_seed,
                         settings=dict(work.config.finetune_config().to_dict(),
@@ -180,7 +195,6 @@ def finetuned_result(work: Any, run: Run, base: HeadResult, label: str,
     entry.model_size_bytes = _finetune.save_finetuned(run.run_dir / entry.model_dir, model,
                                                     run.classes, seed,
                                                     up_to_run(entry.model_dir))
-    predictions = Predictions.of_logits([seed], [logits["test"]], work.y["test"])
     return entry, predictions, states
 
 

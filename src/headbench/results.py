@@ -3,8 +3,9 @@ back (its type hints drive both, and the JSON Schema of results.json).
 
 Metrics per split and seed (`Metrics`, `SeedResult`), intervals over seeds (`CI`,
 `HeadSummary`), one head's whole result (`HeadResult`, with its `Variant` when it is an
-augmented or fine-tuned twin), test predictions as arrays (`Predictions`), the dataset
-(`DatasetInfo`, `SplitItems`), the backbone (`BackboneInfo`), timings and findings.
+augmented or fine-tuned twin, and its per-class test metrics, `ClassMetrics`), test
+predictions as arrays (`Predictions`), the dataset (`DatasetInfo`, `SplitItems`), the backbone
+(`BackboneInfo`), timings and findings.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import ci_summary
+from .evaluate import ci_summary, per_class_metrics
 from .heads import HeadSpec
 from .train import EpochLog, FitResult
 
@@ -117,6 +118,29 @@ def sweeps_of(fit: FitResult) -> tuple[dict[str, float | None], dict[str, float]
 
 
 @dataclass
+class ClassMetrics:
+    """One class's test metrics of a head (`evaluate.per_class_metrics`: a ratio with nothing
+    to divide by is 0). `support`: the class's test images."""
+
+    class_name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+def per_class_of(p: Predictions, seed: int, labels: np.ndarray,
+                 classes: list[str]) -> list[ClassMetrics] | None:
+    """Per-class metrics of seed `seed`'s test predictions, in class order; None when `p` has
+    no row for that seed."""
+    if seed not in p.seeds:
+        return None
+    m = per_class_metrics(p.pred[p.of_seed(seed)], labels, len(classes))
+    return [ClassMetrics(c, float(m["precision"][i]), float(m["recall"][i]), float(m["f1"][i]),
+                         int(m["support"][i])) for i, c in enumerate(classes)]
+
+
+@dataclass
 class HeadResult:
     """One head of the run: what it is, what it costs, and how every seed did."""
 
@@ -145,6 +169,13 @@ class HeadResult:
     # the backbone's name in a run of several (`head` is then '<backbone>/<head>'); None: the
     # run's one backbone (schema 4)
     backbone: str | None = None
+    # per class on test, from `best_seed`'s predictions: the seed whose model is saved, so they
+    # describe the model a user exports (schema 5; older runs: computed when loaded)
+    per_class: list[ClassMetrics] | None = None
+    # the interquartile range of the batch-1 latency (backbone's + head's quartiles), and the
+    # CPU cores other processes used while the head was timed (schema 5; None: not measured)
+    latency_range_ms_b1: list[float] | None = None
+    latency_other_cores: float | None = None
 
     @property
     def name(self) -> str:

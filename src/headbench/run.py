@@ -2,8 +2,8 @@
 
 `compare` builds a `Run`, the analyses add sections to it, `report` and `export` read it.
 `Run.save(run_dir)` is the only writer of the run folder's tables (config.json, dataset.json,
-results.json, results.csv, predictions.csv, skipped.csv) and `Run.load(run_dir)` the only
-reader. Test predictions are held as arrays per head (seeds × test images), so a run of
+results.json, results.csv, per_class.csv, predictions.csv, skipped.csv) and `Run.load(run_dir)`
+the only reader. Test predictions are held as arrays per head (seeds × test images), so a run of
 100,000 images stays small in memory. results.json carries `schema` and `schema_version`; its
 JSON Schema ships with the package (`results_schema()`, generated from these dataclasses, see
 docs/DESIGN.md).
@@ -32,20 +32,24 @@ from .data import ROLES
 from .run_checks import check_loaded
 from .typed_json import from_json, json_schema, to_json
 from .errors import HeadbenchError
-from .results import (CI, BackboneInfo, DatasetInfo, Finding, HeadResult, HeadSummary, Metrics,
-                      Predictions, SeedResult, SplitItems, Timing, Variant, Verdict)
+from .results import (CI, BackboneInfo, ClassMetrics, DatasetInfo, Finding, HeadResult,
+                      HeadSummary, Metrics, Predictions, SeedResult, SplitItems, Timing, Variant,
+                      Verdict, per_class_of)
 from .runtime import machine
 from .train import EpochLog, Member, TrainConfig, TrainResult
 from .version import __version__
 
 SCHEMA = "headbench-run"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # schema 2 added each head's `lr` and `sweep` (the learning-rate sweep), `verdict`; schema 3 a
 # finding's Holm `family` and `n_tests`, and its `image_ci` (schema 2's `bootstrap_ci`); schema
 # 4 runs of several backbones (`backbones`, `best`, each head's `backbone`) and the backbone's
-# `latency_range_ms_b1`
-READS = (1, 2, 3, 4)
+# `latency_range_ms_b1`; schema 5 each head's `per_class` (and per_class.csv), its
+# `latency_range_ms_b1` and `latency_other_cores`
+READS = (1, 2, 3, 4, 5)
 PREDICTION_COLUMNS = ["head", "seed", "index", "path", "label", "pred", "p_pred", "p_label", "loss"]
+PER_CLASS_COLUMNS = ["head", "backbone", "seed", "class_name", "precision", "recall", "f1",
+                     "support"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,6 +146,14 @@ class Run:
         """(S, N) per-seed, per-test-image correctness of head `label`."""
         return self.predictions[label].correct(self.labels("test"))
 
+    def per_class(self, head: HeadResult) -> list[ClassMetrics] | None:
+        """`head.per_class`, else computed from its best seed's test predictions (a run built
+        by hand, or before schema 5); None when the run has none."""
+        if head.per_class is not None or head.head not in self.predictions:
+            return head.per_class
+        return per_class_of(self.predictions[head.head], head.best_seed, self.labels("test"),
+                            self.classes)
+
     # --- writing --------------------------------------------------------------------------
     def save(self, run_dir: str | Path | None = None) -> Path:
         """Write every table of the run folder (atomically, file by file)."""
@@ -157,10 +169,16 @@ class Run:
         return run_dir
 
     def save_results(self, run_dir: str | Path | None = None) -> Path:
-        """Write results.json and results.csv (after analyses or findings changed)."""
+        """Write results.json, results.csv and per_class.csv (after analyses or findings
+        changed)."""
         run_dir = self._dir(run_dir)
+        for head in self.heads:  # a head built without them: from its predictions
+            head.per_class = self.per_class(head)
         _io.atomic_write_json(run_dir / "results.json", self.results_json())
         _io.atomic_write_csv(run_dir / "results.csv", self._csv_rows())
+        columns = PER_CLASS_COLUMNS if self.backbones else [c for c in PER_CLASS_COLUMNS
+                                                            if c != "backbone"]
+        _io.atomic_write_csv(run_dir / "per_class.csv", self._per_class_rows(), columns)
         return run_dir
 
     def _dir(self, run_dir: str | Path | None) -> Path:
@@ -210,6 +228,11 @@ class Run:
                                      p_pred=_num(p.p_pred[s, i]), p_label=_num(p.p_label[s, i]),
                                      loss=_num(p.loss[s, i])))
         return rows
+
+    def _per_class_rows(self) -> list[dict]:
+        """One row per head and class: the best seed's test metrics (`HeadResult.per_class`)."""
+        return [dict(head=h.head, backbone=h.backbone, seed=h.best_seed, **to_json(c))
+                for h in self.heads for c in h.per_class or []]
 
     def _csv_rows(self) -> list[dict]:
         rows = []
@@ -267,6 +290,8 @@ class Run:
                                  "re-run compare") from None
         check_loaded(run)
         run.predictions = _read_predictions(run_dir, run)
+        for head in run.heads:  # before schema 5: from the stored predictions
+            head.per_class = run.per_class(head)
         return run
 
 
@@ -537,9 +562,10 @@ def results_schema() -> dict:
             "required": list(run_fields), "properties": {**run_fields, **several}}
 
 
-__all__ = ["start_run_dir", "is_complete", "mark_complete", "incomplete_runs", "Run", "HeadResult", "SeedResult", "HeadSummary", "Metrics", "CI", "Predictions",
-           "SplitItems", "DatasetInfo", "BackboneInfo", "Timing", "Finding", "Variant", "results_schema",
-           "SCHEMA", "SCHEMA_VERSION"]
+__all__ = ["start_run_dir", "is_complete", "mark_complete", "incomplete_runs", "Run", "HeadResult",
+           "SeedResult", "HeadSummary", "Metrics", "CI", "Predictions", "ClassMetrics",
+           "SplitItems", "DatasetInfo", "BackboneInfo", "Timing", "Finding", "Variant",
+           "results_schema", "SCHEMA", "SCHEMA_VERSION"]
 
 
 if __name__ == "__main__":  # python -m headbench.run > src/headbench/results.schema.json

@@ -23,10 +23,12 @@ re-read from the options by each stage:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +74,35 @@ def machine() -> dict:
     return dict(platform=platform.platform(), cpu=cpu_name(), cpu_flags=flags,
                 cores=torch.get_num_threads(), gpu=gpu, python=platform.python_version(),
                 torch=torch.__version__, timm=timm.__version__)
+
+
+@contextlib.contextmanager
+def load_elsewhere():
+    """{'other_cores': x} once the block ends: the CPU cores other processes kept busy while it
+    ran (the machine's busy time less this process's, per second; 0: alone), so that a timing
+    says whether it was taken under load; {} where the OS does not say (no /proc/stat)."""
+    out: dict[str, float] = {}
+    busy, own, started = _busy_seconds(), _own_seconds(), time.monotonic()
+    yield out
+    if busy is not None:
+        elsewhere = (_busy_seconds() - busy) - (_own_seconds() - own)
+        out["other_cores"] = max(0.0, elsewhere / max(time.monotonic() - started, 1e-9))
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds every core has been busy since boot (Linux), else None."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def memory_bytes() -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich import box
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -25,6 +26,8 @@ from .format import SUMMARY_COLUMNS, summary_rows
 # The summary's headers on two lines, so the terminal table fits in 80 columns.
 _TERMINAL_HEADERS = ["head", "test acc\n± 95% CI", "train − test\ngap", "head\nparams",
                      "train time\n/ seed", "latency\nb1", "throughput\nb32"]
+# In a narrow terminal these columns go first, in this order (the head and its accuracy stay).
+_DROPPED_FIRST = (6, 4, 5, 2)
 
 
 def write_report(run: str | Path | Run) -> Path:
@@ -49,19 +52,40 @@ def write_report(run: str | Path | Run) -> Path:
     return _io.atomic_write_text(Path(run.run_dir) / "report.html", page)
 
 
-def summary_table(run: Run) -> Table:
-    """The report's summary (same columns and order) as a rich Table; the selected head in bold
-    green."""
+def summary_table(run: Run, width: int | None = None) -> Table:
+    """The report's summary (same columns and order) as a rich Table, the selected head in bold
+    green, fitted to `width` (default: the terminal's): the least used columns are left out
+    first (`_DROPPED_FIRST`), and a head name still too long wraps; neither it nor the accuracy
+    is ever cut."""
+    from ..progress import console
+    rows, keep = summary_rows(run), list(range(len(_TERMINAL_HEADERS)))
+    for drop in (None, *_DROPPED_FIRST):
+        if drop is not None:
+            keep.remove(drop)
+        table = _summary_table(run, rows, keep)
+        if Console(width=10_000).measure(table).maximum <= (width or console.width):
+            break
+    return table
+
+
+def _summary_table(run: Run, rows: list, keep: list[int]) -> Table:
     seeds = len(run.seeds)
     # Text(), not str: folder and head names are data, never rich markup.
     title = (f"{run.dataset.name} · {run.backbone_names} · {seeds} seed"
              + ("s" if seeds != 1 else ""))
-    table = Table(title=Text(printable(title)), caption=Text(ci_note(seeds)), box=box.SIMPLE_HEAD,
+    left_out = [_TERMINAL_HEADERS[i].replace("\n", " ") for i in range(len(_TERMINAL_HEADERS))
+                if i not in keep]
+    caption = ci_note(seeds) + (f"; left out here: {', '.join(left_out)} (in report.html)"
+                                if left_out else "")
+    table = Table(title=Text(printable(title)), caption=Text(caption), box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)
-    for i, name in enumerate(_TERMINAL_HEADERS):
-        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
-    for row in summary_rows(run):
-        table.add_row(*(Text(printable(text)) for text, _ in row),
+    for i in keep:
+        table.add_column(_TERMINAL_HEADERS[i], justify="left" if i == 0 else "right",
+                         no_wrap=i != 0, overflow="fold",
+                         min_width=max(len(text) for text, _ in (r[i] for r in rows)) if i == 1
+                         else None)
+    for row in rows:
+        table.add_row(*(Text(printable(row[i][0])) for i in keep),
                       style="bold green" if row[0][0] == run.best_head else None)
     return table
 

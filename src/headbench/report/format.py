@@ -32,7 +32,31 @@ def seconds(s: Any) -> str:
 
 
 def ms(x: Any) -> str:
-    return f"{x:.3g} ms" if finite(x) else "—"
+    """12.3 -> '12.3 ms', 1030.4 -> '1,030 ms'."""
+    if not finite(x):
+        return "—"
+    return f"{x:,.0f} ms" if abs(x) >= 100 else f"{x:.3g} ms"
+
+
+def latency_note(run: Run) -> str:
+    """How latency was measured, and which heads' latencies are within the recommended head's
+    spread (their interquartile ranges overlap: the difference is not measured)."""
+    text = ("Latency: the median of timed batch-1 calls after warm-up (interquartile range in "
+            "each head's details), backbone included.")
+    best = next((h for h in run.heads if h.head == run.best_head), None)
+    if best is None or not best.latency_range_ms_b1:
+        return text
+    low, high = best.latency_range_ms_b1
+    tied = [h.head for h in run.heads if h is not best and h.latency_range_ms_b1
+            and h.latency_range_ms_b1[0] <= high and h.latency_range_ms_b1[1] >= low]
+    if tied:
+        text += (f" Within the spread of {best.head}'s ({ms(low)}–{ms(high)}), so not measurably "
+                 f"faster or slower: {', '.join(tied)}.")
+    busy = [h.latency_other_cores for h in run.heads if h.latency_other_cores is not None]
+    if busy and max(busy) >= 0.5:
+        text += (f" Other processes kept up to {max(busy):.1f} CPU cores busy while heads were "
+                 "timed: latencies may be inflated.")
+    return text
 
 
 def rate(x: Any) -> str:

@@ -29,8 +29,9 @@ from ..evaluate import select_head
 from ..figures import Gallery, Paragraph, Plot, ci_note, finite, pct
 from ..results import HeadResult, Timing
 from ..run import Run
-from .format import (SUMMARY_COLUMNS, count, findings_note, heads_by_accuracy, ms, rate, seconds,
-                     summary_rows)
+from .format import (SUMMARY_COLUMNS, count, findings_note, heads_by_accuracy, latency_note, ms,
+                     rate, seconds, summary_rows)
+from .per_class import confusion_per_head, per_class_table
 from .plots import head_galleries
 
 TOP_LOSS_IMAGES = 6
@@ -45,10 +46,11 @@ def render(run: Run, plots: list[Plot | Paragraph], lead: Plot | None = None) ->
     title = f"headbench · {run.dataset.name} · {run.backbone_names}"
     sections = [("run", "Run", _run_facts(run)),
                 ("summary", "Summary", _summary_html(run)),
+                ("per-class", "Per class", _per_class_html(run)),
                 ("findings", "Findings", _findings_html(run)),
                 ("plots", "Plots", _plots_html(run, plots))]
     if any(h.variant for h in run.heads):
-        sections.insert(2, ("variants", "Augmented views and fine-tuning", _variants_html(run)))
+        sections.insert(3, ("variants", "Augmented views and fine-tuning", _variants_html(run)))
     drawn = {a.name for a in list_analyses() if a.has_report}
     others = [name for name in run.analyses if name not in drawn]
     if others:
@@ -229,10 +231,16 @@ def _summary_html(run: Run) -> str:
     selected = (f"Recommended head: <strong>{_e(run.best_head)}</strong> ({how}: chosen on the "
                 "val split, never on test; highlighted). " if run.best_head else "")
     note = (f"<p>{selected}{_e(ci_note(len(run.seeds)))}. Gap: train minus test accuracy in "
-            "percentage points. Latency and throughput include the backbone. "
+            f"percentage points. Throughput includes the backbone. {_e(latency_note(run))} "
             '<span class="js-only">Click a column header to sort.</span></p>')
     return (f'<table id="summary-table" class="sortable grid"><thead><tr>{header}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>{note}")
+
+
+def _per_class_html(run: Run) -> str:
+    """The recommended head's per-class table, then every head's confusion matrix."""
+    plot = confusion_per_head(run)
+    return per_class_table(run) + (_figure_html(plot) if plot is not None else "")
 
 
 def _variants_html(run: Run) -> str:
@@ -358,13 +366,24 @@ def _cost_html(run: Run, head: HeadResult) -> str:
              ("total FLOPs", count(head.total_flops)),
              ("model size on disk", count(size) + "B" if finite(size) else "—"),
              ("latency b1 / throughput b32",
-              f"{ms(head.latency_ms_b1)} / {rate(head.throughput_b32)}"),
+              f"{ms(head.latency_ms_b1)}{_spread(head)} / {rate(head.throughput_b32)}"),
              ("setting (chosen on val)", _e(chosen)
               + (f" — best val loss of each: {_e(sweep)}" if sweep else "")
               + _halving_note(run, head)),
              ("fixed input size", "yes" if head.fixed_size else "no"),
              ("saved model", f"<code>{_e(head.model_dir)}</code>")]
     return _kv_table(pairs)
+
+
+def _spread(head: HeadResult) -> str:
+    """' (interquartile range a–b; other processes used c cores)' when measured."""
+    parts = []
+    if head.latency_range_ms_b1:
+        low, high = head.latency_range_ms_b1
+        parts.append(f"interquartile range {ms(low)}–{ms(high)}")
+    if head.latency_other_cores is not None:
+        parts.append(f"other processes used {head.latency_other_cores:.1f} cores meanwhile")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _seeds_html(head: HeadResult) -> str:

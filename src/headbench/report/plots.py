@@ -14,6 +14,8 @@ not in the run. The id is the `id` of the plot's `<figure>` in report.html:
     (each registered analysis that ran: its report parts, in registry order, e.g.
      shift-accuracy, shift-consistency, size-accuracy, shots-accuracy)
     confusion-matrix     test confusion matrix of the selected head, its best seed
+    confusion-per-head   every head's test confusion matrix, small multiples (per_class.py:
+                         in the Per class section, after the summary; not in the Plots section)
     time-latency         training time per seed and latency at batch 1, per head
 
 Run fields are typed; analysis sections are plain dicts written by each analysis, so their
