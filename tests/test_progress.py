@@ -67,3 +67,26 @@ def test_progress_goes_to_stderr_so_results_on_stdout_stay_clean(capsys, monkeyp
         bar.advance(40)
     out, err = capsys.readouterr()
     assert out == "" and "predicting: 40 img to do" in err
+
+
+def test_training_advances_its_bar_by_every_planned_member_epoch_twins_included():
+    """dense_map is gap's twin (trained once): its epochs count as done, so a log's last line
+    says as many epochs as its first ('5,760 epochs to do' ... '5,760 epochs in 16 s')."""
+    import numpy as np
+    from headbench import train
+    from headbench.heads import create_head
+    from headbench.train import folds as _folds
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 8, 2, 2)).astype(np.float16)
+    y = np.arange(40) % 2
+    make = {n: (lambda n=n: create_head(n, 8, 2, (2, 2))) for n in ("gap", "dense_map")}
+    config = train.TrainConfig(epochs=4, lr=(1e-3, 1e-2), halving=0)
+    done: list[int] = []
+    train.fit_heads(make, X[:30], y[:30], X[30:], y[30:], config, seeds=[0, 1],
+                    on_epochs=done.append)
+    assert sum(done) == 4 * (2 + 1) * 2  # epochs × (2 settings + 1 more seed) × 2 heads
+    done.clear()
+    folds = _folds.make_folds(y, 0, repeats=2)
+    _folds.fit_folds(make, X, y, config, folds, 0, settings={n: [(1e-2, 1e-2)] for n in make},
+                     on_epochs=done.append)
+    assert sum(done) == 4 * len(folds.train) * 2

@@ -22,7 +22,7 @@ def demo(out: str | Path = ".", cache_dir: str | Path | None = None, seeds: int 
     data = make_shapes_dataset(cache / "datasets" / "shapes", **DEMO_DATA)
     kwargs = dict(backbone="efficientnet_lite0", weights="embedded", seeds=seeds, out=out,
                   cache_dir=cache_dir, split=DEMO_SPLIT)
-    if analyses:
-        kwargs.update(DEMO_ANALYSES)
+    # without analyses: not even the ones compare runs by default (small data, CAM)
+    kwargs.update(DEMO_ANALYSES if analyses else dict(shots="none", cam=0))
     kwargs.update(overrides)
     return compare(data, **kwargs)

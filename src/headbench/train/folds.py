@@ -159,6 +159,9 @@ def fit_folds(make_heads: dict[str, Callable[[], nn.Module]], X_pool: Any, y_poo
         if on_member is not None:
             on_member(member, result)
 
+    if on_epochs is not None:  # a twin's epochs are its original's: done with them
+        on_epochs(config.epochs * sum(len(folds.train) * len(grid[t])
+                                      - sum(m.head == t for m in results) for t in twins))
     todo = [m for m in members if m not in results]
     if todo:
         train_members(make_heads, todo, pool, y_pool, None, None, config, on_done=finished,

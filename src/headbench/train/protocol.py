@@ -420,6 +420,9 @@ def fit_heads(make_heads: dict[str, Callable[[], nn.Module]], X_train: Any, y_tr
     for twin, original in twins.items():
         _progress.log(f"{twin} is {original} here (the same input, layers and initial weights): "
                       "trained once, reported under both")
+    if on_epochs is not None:  # a twin's epochs are its original's: done with them
+        runs = len(_settings(config)) + len(seeds) - 1
+        on_epochs(config.epochs * sum(runs - sum(m.head == t for m in results) for t in twins))
 
     def fitted(label: str) -> None:
         fit = _fit_of(label, results, config, seeds)
