@@ -19,9 +19,11 @@ def test_the_load_of_other_processes_is_measured_around_a_block():
         until = time.monotonic() + 0.3
         while time.monotonic() < until:  # this process's own work is not counted
             pass
-    assert set(load) <= {"other_cores"}
-    if load:  # Linux: /proc/stat
+    import os
+    if os.path.exists("/proc/stat"):  # Linux: measured
         assert 0.0 <= load["other_cores"] < 2.0
+    else:  # elsewhere: said to be unknown, never made up
+        assert load == {}
 
 
 def test_the_report_says_which_latencies_are_within_the_spread(tmp_path):

@@ -57,7 +57,7 @@ def test_counts_read_as_english():
     assert progress.count(398, "file") == "398 files"
     assert progress.count(1, "file") == "1 file"
     assert progress.count(2500, "img") == "2,500 img"
-    assert progress._duration(185) == "3 min 05 s" and progress._duration(3720) == "1 h 02 min"
+    assert progress.duration(185) == "3 min 05 s" and progress.duration(3720) == "1 h 02 min"
 
 
 def test_progress_goes_to_stderr_so_results_on_stdout_stay_clean(capsys, monkeypatch):

@@ -234,14 +234,10 @@ def _print_suggestions(run) -> None:
     """The analyses this run did not do that need backbone passes, with their estimated cost."""
     from .analyses.registry import analysis_info, suggestions
     for name, value, seconds, measured in suggestions(run):
-        cost = (f"≈ {_duration(seconds)} at this run's extraction rate" if measured else
-                f"at least {_duration(seconds)} of backbone passes, plus decoding")
+        cost = (f"≈ {progress.duration(seconds)} at this run's extraction rate" if measured
+                else f"at least {progress.duration(seconds)} of backbone passes, plus decoding")
         say(f"more evidence: headbench analyze {run.run_dir} --{name.replace('_', '-')} {value}"
             f"   ({analysis_info(name).title}: {cost})")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _print_result(run) -> None:

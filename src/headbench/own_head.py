@@ -69,11 +69,14 @@ def head_only_params(backbone) -> int:
 
 
 def _own_head(backbone) -> OwnHead:
-    """The backbone's own head, pruned once per backbone (kept on it, not as a submodule)."""
+    """The backbone's own head, pruned once per backbone (kept on it, not as a submodule);
+    `is_mean` says whether it is only the mean over a CNN's map (EfficientNet's: pool, flatten)."""
     own = backbone.__dict__.get("_own_head")
     if own is None:
         tokens = backbone.token_layout() is not None
         own = OwnHead(_pruned(backbone.model, _probe(backbone), tokens), tokens)
+        own.is_mean = (not tokens and own.params == 0 and not any(True for _ in own.buffers())
+                       and _probe(backbone).device.type != "meta" and _is_mean(own, backbone))
         object.__setattr__(backbone, "_own_head", own)
     return own
 
@@ -106,11 +109,8 @@ def own_layers(backbone) -> list[tuple[str, nn.Module]]:
             return [("pool", ClassToken(layout)), *tail]
         if pool == "avg" and not getattr(model, "pool_include_prefix", False):
             return [("grid", PatchGrid(layout)), ("pool", GlobalAvgPool2d()), *tail]
-    own = copy.deepcopy(_own_head(backbone))
-    if (layout is None and own.params == 0 and not list(own.buffers())
-            and _probe(backbone).device.type != "meta" and _is_mean(own, backbone)):
-        return [("pool", GlobalAvgPool2d())]
-    return [("pool", own)]
+    own = _own_head(backbone)
+    return [("pool", GlobalAvgPool2d() if own.is_mean else copy.deepcopy(own))]
 
 
 def _probe(backbone) -> torch.Tensor:
@@ -129,36 +129,42 @@ def _is_mean(own: OwnHead, backbone) -> bool:
 
 
 def _pruned(model: nn.Module, probe: torch.Tensor, tokens: bool) -> nn.Module:
-    """A copy of `model` with only what `forward_head` uses: modules it never calls become
-    Identity, and parameters it never reads (position embeddings, class tokens) are dropped."""
-    model = copy.deepcopy(model).eval()
+    """A copy of what `forward_head` uses of `model`: the modules it calls and the parameters it
+    reads. The rest (the features' layers, position embeddings) becomes Identity or None
+    without being copied."""
     called: set[nn.Module] = set()
     hooks = [m.register_forward_pre_hook(lambda m, args: called.add(m)) for m in model.modules()]
+    params, training = list(model.parameters()), model.training
     try:
-        x = probe[:, :, 0].transpose(1, 2) if tokens else probe
-        out = model.forward_head(x, pre_logits=True)
-        if out.requires_grad:  # the parameters it reads get a gradient
-            out.float().sum().backward()
+        model.eval()
+        with torch.enable_grad():
+            out = model.forward_head(probe[:, :, 0].transpose(1, 2) if tokens else probe,
+                                     pre_logits=True)
+            grads = (torch.autograd.grad(out.float().sum(), params, allow_unused=True)
+                     if out.requires_grad else [None] * len(params))
     finally:
+        model.train(training)
         for hook in hooks:
             hook.remove()
-    _prune(model, called)
-    return model
+    read = {id(p) for p, g in zip(params, grads) if g is not None}
+    memo: dict[int, object] = {}  # deepcopy takes these as the copies of what they stand for
+    _left_out(model, called, read, memo)
+    return copy.deepcopy(model, memo).eval()
 
 
-def _prune(module: nn.Module, called: set[nn.Module]) -> None:
-    """Below `module` (not called itself): uncalled subtrees to Identity, unread parameters and
-    buffers dropped; called modules kept whole."""
-    for name, p in list(module._parameters.items()):
-        if p is not None and p.grad is None:
-            del module._parameters[name]
-    for name in list(module._buffers):
-        del module._buffers[name]
-    for name, child in list(module.named_children()):
+def _left_out(module: nn.Module, called: set[nn.Module], read: set[int], memo: dict) -> None:
+    """Below `module` (not called itself): uncalled subtrees as Identity, unread parameters and
+    its buffers as None, in `memo`; called modules are kept whole."""
+    for p in module._parameters.values():
+        if p is not None and id(p) not in read:
+            memo[id(p)] = None
+    for b in module._buffers.values():
+        if b is not None:
+            memo[id(b)] = None
+    for child in module.children():
         if child in called:
             continue
         if any(m in called for m in child.modules()):
-            _prune(child, called)
+            _left_out(child, called, read, memo)
         else:
-            setattr(module, name, nn.Identity())
-
+            memo[id(child)] = nn.Identity()

@@ -162,7 +162,7 @@ class _LogBar(_Bar):
     def _line(self) -> str:
         seconds = time.perf_counter() - self.started
         rate = self.done / max(seconds, 1e-9)
-        eta = f", eta {_duration((self.total - self.done) / rate)}" if self.done else ""
+        eta = f", eta {duration((self.total - self.done) / rate)}" if self.done else ""
         extra = f" ({self.postfix})" if self.postfix else ""
         return (f"{self.description}: {self.done:,}/{count(self.total, self.unit)} "
                 f"({100 * self.done / self.total:.0f} %), {rate:.1f} {self.unit}/s{eta}{extra}")
@@ -172,7 +172,7 @@ class _LogBar(_Bar):
         self._timer.join()
         seconds = time.perf_counter() - self.started
         extra = f" ({self.postfix})" if self.postfix else ""
-        line(f"{self.description}: {count(self.done, self.unit)} in {_duration(seconds)} "
+        line(f"{self.description}: {count(self.done, self.unit)} in {duration(seconds)} "
             f"({self.done / max(seconds, 1e-9):.1f} {self.unit}/s){extra}")
 
 
@@ -183,7 +183,7 @@ def count(n: int, unit: str) -> str:
     return f"{n:,} {plural}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """'42 s', '3 min 05 s', '1 h 02 min'."""
     seconds = round(seconds)
     if seconds < 60:
