@@ -4,8 +4,9 @@ One member at a time: the head's own forward on the float32 feature maps (no pre
 no stacking), `torch.optim.AdamW` with decay on matrices only, torch's own BatchNorm, and the
 protocol written out from its specification: the batch order from `torch.Generator` seeded by
 the seed, sorted batches with a last batch of one joined to the one before, one dropout mask per
-Dropout layer and step from the member's dropout stream, per-step linear warm-up then a constant
-rate or cosine decay, early stopping on validation loss (an improvement: below the best by more
+Dropout layer and step from the member's dropout stream (`engine.dropout_mask`: the masks are
+the engine's by definition, the training around them is not), per-step linear warm-up then a
+constant rate or cosine decay, early stopping on validation loss (an improvement: below the best by more
 than `min_delta` of it or `min_delta_abs`, whichever is more) with the best epoch restored.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from headbench.train.engine import dropout_mask
 
 
 @dataclass
@@ -79,9 +82,8 @@ class _GivenMasks:
     def draw(self, batch: int) -> None:
         """One mask per Dropout for a batch of `batch` rows, in layer order."""
         for layer in self.layers:
-            keep = torch.empty(batch, *self.shapes[layer]).bernoulli_(1 - layer.p,
-                                                                      generator=self.generator)
-            self.masks[layer] = keep / (1 - layer.p)
+            self.masks[layer] = dropout_mask((batch, *self.shapes[layer]), layer.p,
+                                             self.generator)
 
 
 def train_plain(head: nn.Module, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,

@@ -202,27 +202,44 @@ def test_the_stacked_batchnorm_is_nn_batchnorm1d_per_member(options, layout):
         torch.testing.assert_close(grads[0], expected_grad, rtol=1e-5, atol=1e-5)
 
 
-def old_masks(stack: engine.Stack, batch: int) -> dict[str, torch.Tensor]:
-    """The masks as bernoulli_ draws them (the engine before it drew uniforms)."""
-    masks = {}
-    for name, (p, shape) in stack.drops.items():
-        keep = [torch.empty(batch, *shape).bernoulli_(1 - p, generator=g) for g in stack.drop_rng]
-        masks[name] = torch.stack(keep) / (1 - p)
-    return masks
-
-
-def test_dropout_masks_are_bernoullis_draws_to_the_bit():
-    """The same masks as bernoulli_ from the same generators, which end in the same state."""
+def test_dropout_masks_are_each_members_own_draws():
+    """A stack's masks are, member by member and layer by layer, `dropout_mask` from the
+    member's generator (what the plain reference loop draws), which end in the same state."""
     heads = []
     for seed in range(len(DECAYS)):
         torch.manual_seed(seed)
-        heads.append(nn.Sequential(nn.Dropout(0.25), nn.Linear(F_IN, 300), nn.ReLU(),
-                                   nn.Dropout(0.5), nn.Linear(300, K)))
+        heads.append(nn.Sequential(nn.Dropout(0.25), nn.Linear(F_IN, 301), nn.ReLU(),
+                                   nn.Dropout(0.5), nn.Linear(301, K)))
     stack, twin = stack_of(heads), stack_of(copy.deepcopy(heads))
-    for batch in (B, 200):  # 200 × 300 crosses torch's grain size for parallel kernels
-        new, old = stack._masks(batch), old_masks(twin, batch)
-        assert new.keys() == old.keys()
-        for name in new:
-            assert torch.equal(new[name], old[name])
+    for batch in (B, 211):  # 211 × (12 + 301): members drawn in parallel, a last word in part
+        masks = stack._masks(batch)
+        for i, generator in enumerate(twin.drop_rng):
+            for name, (p, shape) in twin.drops.items():
+                assert torch.equal(masks[name][i],
+                                   engine.dropout_mask((batch, *shape), p, generator))
         for a, b in zip(stack.drop_rng, twin.drop_rng):
             assert torch.equal(a.get_state(), b.get_state())
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.25, 0.5, 0.9, 1.0])
+def test_dropout_mask_keeps_one_minus_p_scaled(p):
+    """Kept elements are scaled by 1 / (1 - p) and kept at rate 1 - p (to 2^-16), so the
+    mask's mean is 1 as torch's Dropout's is; p = 0 keeps all, p = 1 none."""
+    mask = engine.dropout_mask((1000, 1000), p, torch.Generator().manual_seed(3))
+    kept = mask > 0
+    if p == 1.0:
+        assert not kept.any()
+        return
+    torch.testing.assert_close(mask[kept], torch.full_like(mask[kept], 1 / (1 - p)),
+                               rtol=1e-4, atol=0)
+    rate = kept.double().mean().item()
+    assert abs(rate - (1 - p)) <= 4 * math.sqrt(p * (1 - p) / 1e6) + 1e-9
+    assert abs(mask.double().mean().item() - 1) < 0.01
+
+
+def test_dropout_masks_are_uncorrelated_within_a_draw():
+    """Neighbouring elements, which share a 64-bit draw, are independent."""
+    mask = engine.dropout_mask((4, 250_000), 0.5, torch.Generator().manual_seed(5)) > 0
+    a, b = mask[:, 0::2].double(), mask[:, 1::2].double()
+    corr = ((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std())
+    assert abs(corr.item()) < 0.01

@@ -350,7 +350,9 @@ def test_a_run_written_before_the_lr_sweep_keeps_its_protocol():
             config.halving) == ((1e-3,), "cosine", 0.0, 0.0, 0)
     new = TrainConfig()
     assert (new.schedule, new.min_delta, new.min_delta_abs, new.patience, new.halving) == (
-        "constant", 0.01, 1e-3, 3, 10)
+        "constant", 0.01, 1e-3, 2, 10)
+    # a run of 1.0 (patience 3) resumes with its own patience, not the new default
+    assert TrainConfig.from_dict({**new.to_dict(), "patience": 3}).patience == 3
     # a run of the protocol before halving keeps it off
     assert TrainConfig.from_dict({k: v for k, v in new.to_dict().items()
                                   if k != "halving"}).halving == 0

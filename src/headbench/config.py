@@ -200,7 +200,7 @@ class CompareConfig(AnalysisOptions):
                                         "warm-up), chosen on val", list=True)
     weight_decays: tuple[float, ...] = option((1e-2,), "weight decays swept with them",
                                               list=True)
-    patience: int = option(3, "early stopping: epochs without a val-loss improvement (0: off)")
+    patience: int = option(2, "early stopping: epochs without a val-loss improvement (0: off)")
     min_delta: float = option(0.01, "early stopping: the relative val-loss decrease that counts "
                                     "as an improvement")
     min_delta_abs: float = option(1e-3, "early stopping: the least val-loss decrease (nats per "

@@ -89,7 +89,7 @@ class TrainConfig:
     lr: tuple[float, ...] = LRS
     weight_decays: tuple[float, ...] = (1e-2,)
     warmup_epochs: int = 2
-    patience: int | None = 3
+    patience: int | None = 2
     min_delta: float = 0.01
     min_delta_abs: float = 1e-3
     schedule: str = "constant"
