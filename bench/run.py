@@ -28,6 +28,8 @@ Sections (issue 10, §4), one module each, runnable alone with the same flags bu
   (m) section_m_backbones: three backbones in one run against one run per backbone
   (n) section_n_vit: a ViT's token extraction against timm's default forward, its heads
   (o) section_o_patience: early stopping's patience, 3 epochs against 2, in whole default jobs
+  (p) section_p_cold_ratio: head training against extraction, cold default jobs in fresh
+      processes (patience 2 and 3)
 
 The full run writes bench/RESULTS.md (and <out>/results.json with the raw numbers); --quick and
 runs of some sections only write <out>/RESULTS.md unless --results is given. RESULTS.md is
@@ -54,13 +56,14 @@ import section_l_halving
 import section_m_backbones
 import section_n_vit
 import section_o_patience
+import section_p_cold_ratio
 
 SECTIONS = {m.KEY: m for m in (section_a_whole_job, section_b_extraction, section_c_loading,
                                section_d_large_folders, section_e_bf16, section_f_stacked,
                                section_g_finetune, section_h_onnx, section_i_protocol,
                                section_j_selection, section_k_default_job,
                                section_l_halving, section_m_backbones, section_n_vit,
-                               section_o_patience)}
+                               section_o_patience, section_p_cold_ratio)}
 
 
 def main() -> None:

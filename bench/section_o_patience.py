@@ -64,7 +64,7 @@ def run(ctx: H.Ctx) -> tuple[str, dict]:
             H.log(f"  {data.name} split seed {seed}, patience {patience}")
             raw.append(dict(data=data.name, seed=seed, patience=patience,
                             **job(ctx, data, options, seed, patience, cache)))
-    return report(raw), raw
+    return report(raw), dict(jobs=raw)
 
 
 def report(raw: list[dict]) -> str:
