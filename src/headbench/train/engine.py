@@ -396,10 +396,10 @@ class Stack:
         below = torch.minimum(self.best_loss * (1 - min_delta), self.best_loss - min_delta_abs)
         improved = val < below  # NaN never improves
         if improved.any():
-            where = improved.to(self.device)
-            with torch.no_grad():
+            rows = improved.nonzero().flatten().to(self.device)
+            with torch.no_grad():  # only the improved members' rows are copied
                 for k, v in {**self.params, **self.buffers}.items():
-                    self.best[k][where] = v.detach()[where]
+                    self.best[k].index_copy_(0, rows, v.detach().index_select(0, rows))
             self.best_loss = torch.where(improved, val, self.best_loss)
         stop = []
         for i, log in enumerate(logs):
@@ -464,8 +464,9 @@ class Stack:
         """Go on with members `keep` only (the others stopped and were taken out)."""
         index = torch.as_tensor(keep, device=self.device)
 
-        def take(d: dict, grad: bool = False) -> dict:
-            return {k: v.detach()[index].clone().requires_grad_(grad) for k, v in d.items()}
+        def take(d: dict, grad: bool = False) -> dict:  # index_select copies: no clone
+            return {k: v.detach().index_select(0, index).requires_grad_(grad)
+                    for k, v in d.items()}
 
         self.params = take(self.params, grad=True)
         self.optimizer = self.optimizer.kept(self.params, keep)
