@@ -35,7 +35,7 @@ KEY, TITLE = "i", "The training protocol: previous vs default, the sweep's sprea
 ESTIMATE_S = {"quick": 60, "full": 420}  # rough seconds on a 2-core CPU
 
 PREVIOUS = dict(lr=(1e-3,), weight_decays=(1e-4, 1e-3, 1e-2, 1e-1), patience=8, min_delta=0.0,
-                min_delta_abs=0.0, schedule="cosine")
+                min_delta_abs=0.0, schedule="cosine", halving=0)  # halving came later (l)
 MNIST = H.ROOT.parent / "shared" / "datasets" / "mnist_small"
 
 
