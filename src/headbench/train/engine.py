@@ -250,7 +250,7 @@ def dropout_mask(shape: Sequence[int], p: float, generator: torch.Generator) -> 
 
 
 # Dropout masks of at least this many elements per step are drawn for members in parallel
-# (fastai's head, 4 members of 64 rows: 2.8 → 1.8 ms a step on two cores).
+# (a generator draws on one core; fastai's head, 4 members of 64 rows, is above it).
 PARALLEL_DRAWS = 1 << 16
 _POOL: ThreadPoolExecutor | None = None
 
