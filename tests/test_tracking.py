@@ -264,6 +264,15 @@ def test_headbench_log_logs_a_finished_run_again(logged, tmp_path, capsys):
 
 
 @needs_mlflow
+def test_a_new_mlflow_store_is_created_without_mlflows_info_lines(logged, tmp_path, capfd):
+    uri = f"sqlite:///{tmp_path / 'new.db'}"
+    assert cli.main(["log", str(logged.run_dir), "--to", f"mlflow={uri}", "--quiet"]) == 0
+    out, err = capfd.readouterr()
+    assert "database tables" not in out + err and " INFO " not in out + err
+    assert out.startswith("logged to mlflow: run ")
+
+
+@needs_mlflow
 def test_a_tracker_that_refuses_is_one_line_and_compare_only_warns(logged, tmp_path, capsys):
     refused = tmp_path / "plain-folder"  # MLflow 3 refuses a file store unless told
     assert cli.main(["log", str(logged.run_dir), "--to", f"mlflow={refused}"]) == 2

@@ -26,10 +26,12 @@ unless `MLFLOW_TRACKING_URI` is set; the experiment is `MLFLOW_EXPERIMENT_NAME`,
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
@@ -268,9 +270,10 @@ def _finite(value: Any) -> bool:
 def _to_mlflow(run: Any, uri: str | None) -> str:
     mlflow = _import("mlflow")
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_uri(run)
-    client = mlflow.tracking.MlflowClient(uri)
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
-    experiment = _experiment(client, name, uri)
+    with _store_setup_quiet():
+        client = mlflow.tracking.MlflowClient(uri)
+        experiment = _experiment(client, name, uri)
     run_id = client.create_run(experiment, run_name=Path(run.run_dir).name).info.run_id
     try:
         _mlflow_values(client, run_id, run)
@@ -283,6 +286,21 @@ def _to_mlflow(run: Any, uri: str | None) -> str:
         raise
     client.set_terminated(run_id)
     return f"logged to mlflow: run {run_id} in experiment '{name}' at {uri}"
+
+
+@contextlib.contextmanager
+def _store_setup_quiet() -> Iterator[None]:
+    """MLflow announces at INFO that it creates (and migrates) a new store's tables; the line
+    headbench prints says where the run went. Warnings and errors still show."""
+    loggers = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _default_uri(run: Any) -> str:
