@@ -259,6 +259,17 @@ wall = time.perf_counter() - t0
 """
 
 
+def compare_in_child(script: str, work: Path, folder: Path, options: dict,
+                     env: dict | None = None) -> dict:
+    """Run `script` (COMPARE_JOB and a line printing JSON) in a fresh process, its run folder
+    and an empty feature cache under `work`; the JSON it printed last."""
+    done = subprocess.run([sys.executable, "-c", script, str(work / "out"), str(work / "cache"),
+                           str(folder), json.dumps(options)],
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})),
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

@@ -10,8 +10,6 @@ checked out with `git archive` under the work folder.
 """
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -43,12 +41,8 @@ def source_of(ctx: H.Ctx, commit: str) -> str:
 
 def job(ctx: H.Ctx, src: str, name: str) -> dict:
     folder, options = ctx.job()
-    env = dict(os.environ, PYTHONPATH=src, HF_HUB_OFFLINE="1")
-    work = ctx.out / "work" / f"wall-{name}"
-    done = subprocess.run([sys.executable, "-c", JOB, str(work / "out"), str(work / "cache"),
-                           str(folder), json.dumps(options)], env=env, capture_output=True,
-                          text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return H.compare_in_child(JOB, ctx.out / "work" / f"wall-{name}", folder, options,
+                              env=dict(PYTHONPATH=src))
 
 
 def run(ctx: H.Ctx) -> tuple[str, dict]:

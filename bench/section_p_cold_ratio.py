@@ -12,9 +12,6 @@ patience 2) and then `patience=3` (1.0's default); the figure is the median of t
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 
 import harness as H
@@ -32,12 +29,8 @@ print(json.dumps(dict(wall=wall, train_s=run.timing.train_s, extract_s=run.timin
 
 def job(ctx: H.Ctx, name: str, extra: dict) -> dict:
     folder, options = ctx.job()
-    work = ctx.out / "work" / f"cold-{len(extra)}"
-    done = subprocess.run([sys.executable, "-c", JOB, str(work / "out"), str(work / "cache"),
-                           str(folder), json.dumps(dict(options, report=False, **extra))],
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True,
-                          text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    work = ctx.out / "work" / f"cold-{name.split()[0]}"
+    return H.compare_in_child(JOB, work, folder, dict(options, report=False, **extra))
 
 
 def run(ctx: H.Ctx) -> tuple[str, dict]:
